@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Make sure Fashion-MNIST is available: use it where it already is, install the Debian package
+# `dataset-fashion-mnist` where apt is available, otherwise download it from the public mirror.
+set -euo pipefail
+PYTHON=${PYTHON:-.venv/bin/python}
+if "$PYTHON" -m distill.data.fashion_mnist >/dev/null 2>&1; then
+    echo "Fashion-MNIST: $("$PYTHON" -m distill.data.fashion_mnist)"
+    exit 0
+fi
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "Fashion-MNIST: installing the Debian package dataset-fashion-mnist"
+    if apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; then
+        echo "Fashion-MNIST: $("$PYTHON" -m distill.data.fashion_mnist)"
+        exit 0
+    fi
+    echo "Fashion-MNIST: apt-get failed; downloading instead"
+fi
+"$PYTHON" -m distill.data.fashion_mnist --ensure

@@ -1,0 +1,55 @@
+"""The ``distill`` command: a thin typer shell over :mod:`distill.api`.
+
+User errors print one line to stderr and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from distill.errors import DistillError
+
+app = typer.Typer(
+    name="distill",
+    help="Knowledge distillation: train small, fast students from large teachers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+from distill.cli import commands  # noqa: E402,F401  (registers the commands on `app`)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``distill`` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DistillError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except (OSError, ValueError) as err:  # bad paths, permissions, values that escaped validation
+        err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the last checkpoint is kept (resume with --resume)")
+        return 130
+    except typer.Exit as done:
+        return done.exit_code
+    except Exception as err:  # click usage errors and aborts
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Recipe schemas (pydantic v2, ``extra="forbid"``). Names are checked against the registries here, so
+``distill validate`` catches a typo without building anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from distill.config.signature import check_kwargs
+from distill.train.config import TrainConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _lookup(kind: str, name: str) -> Any:
+    """Resolve ``name`` in the registry of ``kind`` (imported lazily to keep schema import cheap)."""
+    if kind == "loss":
+        from distill.losses import LOSSES as registry
+    elif kind == "model":
+        from distill.models import MODELS as registry
+    elif kind == "dataset":
+        from distill.data import DATASETS as registry
+    elif kind == "task":
+        from distill.tasks import TASKS as registry
+    elif kind == "schedule":
+        from distill.schedules import SCHEDULES as registry
+    else:
+        from distill.projectors import PROJECTORS as registry
+    return registry.get(name)
+
+
+class ScheduleSpec(BaseModel):
+    """``{schedule: linear_warmup, value: 8.0, warmup_epochs: 20}``: the other keys go to the schedule."""
+
+    model_config = ConfigDict(extra="allow")
+    schedule: str
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleSpec:
+        cls = _lookup("schedule", self.schedule)
+        check_kwargs(cls, self.model_extra or {}, what=f"schedule {self.schedule!r}")
+        return self
+
+
+Weight = float | ScheduleSpec
+
+
+class ModelSpec(Strict):
+    name: str = Field(description="registry name (`distill list models`), or torchvision:NAME / timm:NAME")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    weights: str | None = Field(None, description="a run directory, a .safetensors file or a .pt/.pth state dict")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if ":" not in self.name:
+            check_kwargs(_lookup("model", self.name), self.options, what=f"model {self.name!r}",
+                         skip=("num_classes", "in_channels"))
+        return self
+
+
+class AugmentSpec(Strict):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class DataSpec(Strict):
+    name: str = "fashion_mnist"
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    train_subset: int | None = Field(None, gt=0, description="use only this many training samples")
+    test_subset: int | None = Field(None, gt=0, description="evaluate on only this many test samples")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        _lookup("dataset", name)
+        return name
+
+
+class TermSpec(Strict):
+    loss: str
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
+    student: str | list[str] = "@logits"
+    teacher: str | list[str] = "@logits"
+    weight: Weight = 1.0
+    projector: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TermSpec:
+        check_kwargs(_lookup("loss", self.loss), self.options, what=f"loss {self.loss!r}")
+        if self.projector is not None:
+            _lookup("projector", self.projector)
+        return self
+
+
+class DistillSpec(Strict):
+    task_weight: Weight = 1.0
+    terms: list[TermSpec] = Field(default_factory=list)
+
+
+class Recipe(Strict):
+    """A whole run: data, models, distillation terms and training settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name; outputs go to runs/<name> by default")
+    description: str = ""
+    plugins: list[str] = Field(default_factory=list, description="importable modules that register extra items")
+    task: str = "classification"
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    data: DataSpec = Field(default_factory=DataSpec)
+    student: ModelSpec
+    teacher: ModelSpec | None = None
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: str | None = Field(None, description="run directory (default: runs/<name>)")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        _lookup("task", name)
+        return name
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.distill.terms and self.teacher is None:
+            raise ValueError("distill.terms need a teacher: add a 'teacher:' section or remove the terms")
+        check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return self.output or f"runs/{self.name}"

@@ -1,0 +1,262 @@
+"""Terms, teacher-output sources and the Distiller: the one module that turns a batch into a loss.
+
+>>> distiller = Distiller(student, task, teacher=teacher,
+...                       terms=[Term(KDLoss(4.0), weight=0.9)], task_weight=0.1)
+>>> step = distiller(batch, epoch=0.0)
+>>> step.loss.backward()          # step.parts holds each weighted term for logging
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError, did_you_mean
+from distill.projectors import build_projector
+from distill.schedules import Schedule, weight_at
+from distill.taps import FeatureTaps
+from distill.tasks.base import Batch, Task
+
+TapSpec = str | Sequence[str]
+
+
+@dataclass
+class Term:
+    """One loss wired between a student tap and a teacher tap.
+
+    Taps starting with ``@`` name task outputs (``@logits``); others name modules (``layer2``, or
+    ``layer2:in`` for the module's input). A list of taps hands the loss a list of tensors (multi-level
+    methods). ``projector`` is a module, a registered name (``conv1x1``, ``linear``) built from the shapes
+    of an example batch, or ``None``.
+    """
+
+    loss: nn.Module
+    student: TapSpec = "@logits"
+    teacher: TapSpec = "@logits"
+    weight: float | Schedule = 1.0
+    projector: nn.Module | str | None = None
+    name: str | None = None
+
+
+def _as_list(spec: TapSpec) -> list[str]:
+    return [spec] if isinstance(spec, str) else list(spec)
+
+
+def _module_taps(specs: Sequence[TapSpec]) -> list[str]:
+    return [t for s in specs for t in _as_list(s) if not t.startswith("@")]
+
+
+def _pick(spec: TapSpec, outputs: dict[str, torch.Tensor], taps: FeatureTaps | dict, who: str):
+    """Tensors for a tap spec: ``@name`` from the task ``outputs`` (keys without ``@``), else from ``taps``."""
+
+    def one(tap: str) -> torch.Tensor:
+        if tap.startswith("@"):
+            if tap[1:] not in outputs:
+                raise DistillError(
+                    f"{who} tap {tap!r} is not an output of this task.{did_you_mean(tap[1:], outputs)} "
+                    f"Outputs: {', '.join('@' + k for k in outputs)}"
+                )
+            return outputs[tap[1:]]
+        return taps[tap]
+
+    return one(spec) if isinstance(spec, str) else [one(t) for t in spec]
+
+
+class TeacherSource(Protocol):
+    """Where teacher outputs come from: run the teacher online, or read a cache (later)."""
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]: ...
+
+
+class OnlineTeacher:
+    """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""
+
+    def __init__(self, teacher: nn.Module, task: Task) -> None:
+        self.teacher = teacher
+        self.task = task
+
+    @torch.no_grad()
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        self.teacher.eval()
+        with FeatureTaps(self.teacher, [t for t in taps if not t.startswith("@")], detach=True) as captured:
+            named = self.task.forward(self.teacher, batch.inputs)
+        result = {"@" + k: v.detach() for k, v in named.items()}
+        result.update(captured)
+        return result
+
+
+def _teacher_pick(spec: TapSpec, teacher_outputs: dict[str, torch.Tensor]):
+    outputs = {k[1:]: v for k, v in teacher_outputs.items() if k.startswith("@")}
+    return _pick(spec, outputs, teacher_outputs, "teacher")
+
+
+@dataclass
+class DistillStep:
+    """What one forward gives: the total ``loss``, each weighted part (``task``, term names) and outputs."""
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+
+
+class StudentSide(nn.Module):
+    """Everything trainable: the student, the projectors and any loss parameters.
+
+    This is the part a data-parallel wrapper (DDP) wraps; the teacher stays outside.
+    """
+
+    def __init__(self, student: nn.Module, task: Task, terms: list[Term], task_weight: float | Schedule) -> None:
+        super().__init__()
+        self.student = student
+        self.task = task
+        self.terms = terms
+        self.task_weight = task_weight
+        self.losses = nn.ModuleList(t.loss for t in terms)
+        self.projectors = nn.ModuleList(t.projector if isinstance(t.projector, nn.Module) else nn.Identity() for t in terms)
+        self.names = _term_names(terms)
+        self.student_taps = _module_taps([t.student for t in terms])
+
+    def forward(self, batch: Batch, teacher_outputs: dict[str, torch.Tensor], epoch: float) -> DistillStep:
+        with FeatureTaps(self.student, self.student_taps) as taps:
+            outputs = self.task.forward(self.student, batch.inputs)
+        parts: dict[str, torch.Tensor] = {}
+        total = outputs[next(iter(outputs))].new_zeros((), dtype=torch.float32)
+        w_task = weight_at(self.task_weight, epoch)
+        if w_task:
+            parts["task"] = w_task * self.task.loss(outputs, batch)
+            total = total + parts["task"]
+        for term, name, loss, projector in zip(self.terms, self.names, self.losses, self.projectors):
+            w = weight_at(term.weight, epoch)
+            student = _pick(term.student, outputs, taps, "student")
+            teacher = _teacher_pick(term.teacher, teacher_outputs)
+            student = projector(student) if not isinstance(student, list) else [projector(s) for s in student]
+            extras = _extras_for(loss, batch, name)
+            parts[name] = w * loss(student, teacher, **extras)
+            total = total + parts[name]
+        return DistillStep(total, parts, outputs)
+
+
+def _term_names(terms: Sequence[Term]) -> list[str]:
+    names: list[str] = []
+    for term in terms:
+        base = term.name or type(term.loss).__name__.removesuffix("Loss").lower() or "term"
+        name, i = base, 2
+        while name in names or name == "task":
+            name, i = f"{base}_{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
+    wanted = getattr(loss, "extra_inputs", ())
+    missing = [k for k in wanted if k not in batch.extras]
+    if missing:
+        raise DistillError(
+            f"term {name!r} needs {missing} from the batch, which carries only {sorted(batch.extras)}; "
+            "use a dataset that provides them (distill's datasets return 'index' and 'label')"
+        )
+    return {k: batch.extras[k] for k in wanted}
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + terms. ``forward(batch, epoch)`` returns a :class:`DistillStep`.
+
+    With no teacher and no terms it trains the student on the task loss alone (the scratch baseline), so
+    one trainer serves every run. ``trainable_parameters()`` is student + projectors + loss parameters.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        task: Task,
+        teacher: nn.Module | None = None,
+        terms: Sequence[Term] = (),
+        task_weight: float | Schedule = 1.0,
+        source: TeacherSource | None = None,
+    ) -> None:
+        super().__init__()
+        terms = list(terms)
+        if terms and teacher is None and source is None:
+            raise DistillError("distillation terms need a teacher; pass teacher=... or remove the terms")
+        self.task = task
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.source = source or (OnlineTeacher(teacher, task) if teacher is not None else None)
+        self.student_side = StudentSide(student, task, terms, task_weight)
+        self._unwrapped = self.student_side
+        self.teacher_taps = list(dict.fromkeys(t for term in terms for t in _as_list(term.teacher)))
+        if teacher is not None:  # check module names now, not an hour into training
+            FeatureTaps(teacher, _module_taps(self.teacher_taps))
+        FeatureTaps(student, self.student_side.student_taps)
+        self._needs_setup = any(isinstance(t.projector, str) for t in terms)
+
+    @property
+    def student(self) -> nn.Module:
+        return self._unwrapped.student
+
+    @property
+    def terms(self) -> list[Term]:
+        return self._unwrapped.terms
+
+    def trainable(self) -> StudentSide:
+        """The unwrapped trainable module (what checkpoints save)."""
+        return self._unwrapped
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self._unwrapped.parameters() if p.requires_grad]
+
+    def parallelize(self, wrap: Any) -> None:
+        """Wrap only the trainable part, e.g. ``distiller.parallelize(lambda m: DDP(m))``."""
+        self.student_side = wrap(self._unwrapped)
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # never leaves eval mode: BN statistics and dropout stay frozen
+        return self
+
+    def setup(self, example_batch: Any) -> None:
+        """Build named projectors from the feature shapes of one example batch and check term shapes."""
+        batch = self.task.split(example_batch)
+        device = next(self._unwrapped.parameters()).device
+        batch = batch.to(device)
+        side = self._unwrapped
+        was_training = side.training
+        side.eval()
+        try:
+            with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
+                outputs = self.task.forward(side.student, batch.inputs)
+                teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.source else {}
+            for i, term in enumerate(side.terms):
+                s = _pick(term.student, outputs, taps, "student")
+                t = _teacher_pick(term.teacher, teacher_outputs)
+                if isinstance(term.projector, str):
+                    one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
+                    side.projectors[i] = build_projector(term.projector, one_s.shape, one_t.shape).to(device)
+                    term.projector = side.projectors[i]
+                elif (
+                    getattr(term.loss, "needs_same_shape", True)
+                    and not isinstance(s, list)
+                    and isinstance(side.projectors[i], nn.Identity)
+                    and s.shape != t.shape
+                ):
+                    raise DistillError(
+                        f"term {side.names[i]!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
+                        f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
+                        "linear for vectors)"
+                    )
+        finally:
+            side.train(was_training)
+        self._needs_setup = False
+
+    def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
+        if self._needs_setup:
+            raise DistillError("this distiller has named projectors; call distiller.setup(example_batch) first")
+        teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.source and self.terms else {}
+        return self.student_side(batch, teacher_outputs, epoch)

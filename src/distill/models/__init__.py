@@ -1,0 +1,237 @@
+"""Classification model zoo: small CNN / MLP / CIFAR-ResNet / MobileNet factories plus adapters.
+
+Every registered factory is ``f(num_classes: int = 10, in_channels: int = 1, **options) -> nn.Module``
+and the model maps ``[N, in_channels, H, W]`` images to raw logits ``[N, num_classes]``.
+Build by name with :func:`build_model`; ``"torchvision:<name>"`` and ``"timm:<name>"`` reach
+the classification models of those libraries (the ``vision`` extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError, did_you_mean
+from distill.registry import Registry
+
+ModelFactory = Callable[..., nn.Module]
+
+MODELS: Registry[ModelFactory] = Registry("model")
+ADAPTERS = ("torchvision", "timm")
+VISION_EXTRA_HINT = "install the vision extra: pip install 'distill[vision]'"
+_COMMON_ARGS = ("num_classes", "in_channels")
+
+
+def check_option(ok: bool, model: str, option: str, value: Any, expected: str) -> None:
+    """Raise a one-line :class:`DistillError` unless ``ok``, e.g. ``cnn: invalid dropout=1.5; expected ...``."""
+    if not ok:
+        raise DistillError(f"{model}: invalid {option}={value!r}; expected {expected}")
+
+
+def is_positive_int(value: Any) -> bool:
+    """True for ints >= 1 (bools excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_dropout(model: str, dropout: Any) -> None:
+    """Dropout must be a probability in ``[0, 1)``."""
+    ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1
+    check_option(ok, model, "dropout", dropout, "a probability 0 <= dropout < 1")
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Options (beyond num_classes/in_channels) a registered model accepts, with their defaults."""
+    params = inspect.signature(MODELS.get(name)).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _COMMON_ARGS
+    }
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    params = inspect.signature(MODELS.get(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return  # the factory validates its own options
+    accepted = list(model_options(name))
+    for key in options:
+        if key not in accepted:
+            raise DistillError(
+                f"unknown option {key!r} for model {name!r}.{did_you_mean(key, accepted)} "
+                f"Accepted options: {', '.join(accepted) or '(none)'}"
+            )
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any) -> nn.Module:
+    """Build model ``name`` (a registered name, ``torchvision:<arch>`` or ``timm:<arch>``).
+
+    ``kwargs`` are the factory's options; adapters also take ``pretrained: bool = False``.
+    """
+    check_option(is_positive_int(num_classes), name, "num_classes", num_classes, "an int >= 1")
+    check_option(is_positive_int(in_channels), name, "in_channels", in_channels, "an int >= 1")
+    source, sep, arch = name.partition(":")
+    if sep:
+        adapters = {"torchvision": _torchvision_model, "timm": _timm_model}
+        if source not in adapters:
+            raise DistillError(
+                f"unknown model source {source!r} in {name!r}.{did_you_mean(source, ADAPTERS)} "
+                "Use 'torchvision:<name>', 'timm:<name>' or a registered model name"
+            )
+        return adapters[source](arch, num_classes, in_channels, **kwargs)
+    factory = MODELS.get(name)
+    _check_options(name, kwargs)
+    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (shared-once) parameter elements, optionally only those with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of parameters plus buffers as stored (``numel * element_size``, dtype-aware)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# --- adapters -------------------------------------------------------------------------------
+
+
+def _import_vision(package: str, name: str) -> ModuleType:
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        raise DistillError(
+            f"model {name!r} needs {package}, which is not installed; {VISION_EXTRA_HINT}"
+        ) from err
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def _adapt_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Map pretrained RGB filters ``[O, 3, kh, kw]`` to ``[O, in_channels, kh, kw]`` (timm's recipe)."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = math.ceil(in_channels / 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool, name: str) -> None:
+    """Replace the first RGB ``Conv2d`` by one taking ``in_channels`` inputs."""
+    found = next(
+        (
+            (path, m)
+            for path, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.in_channels == 3
+        ),
+        None,
+    )
+    if found is None:
+        raise DistillError(
+            f"cannot adapt {name!r} to in_channels={in_channels}: no RGB Conv2d; use in_channels=3"
+        )
+    path, old = found
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+        old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
+    )  # fmt: skip
+    if pretrained:
+        with torch.no_grad():
+            new.weight.copy_(_adapt_rgb_weight(old.weight, in_channels))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+    _set_submodule(model, path, new)
+
+
+def _replace_classifier(model: nn.Module, num_classes: int, old_classes: int, name: str) -> None:
+    """Swap the last Linear / 1x1 Conv2d head (``old_classes`` outputs) for a fresh one."""
+    heads = [(p, m) for p, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    path, old = heads[-1] if heads else ("", None)
+    if isinstance(old, nn.Linear) and old.out_features == old_classes:
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    elif (
+        isinstance(old, nn.Conv2d) and old.out_channels == old_classes and old.kernel_size == (1, 1)
+    ):
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    else:
+        raise DistillError(
+            f"cannot find the classifier of {name!r} to resize it to num_classes={num_classes}; "
+            f"use num_classes={old_classes} or pretrained=False"
+        )
+    _set_submodule(model, path, new)
+
+
+def _torchvision_model(
+    arch: str, num_classes: int, in_channels: int, pretrained: bool = False, **options: Any
+) -> nn.Module:
+    """``torchvision.models.get_model(arch)``, random init unless ``pretrained`` (DEFAULT weights)."""
+    name = f"torchvision:{arch}"
+    _import_vision("torchvision", name)
+    tv_models = importlib.import_module("torchvision.models")
+    known = tv_models.list_models(module=tv_models)  # classification models only
+    if arch not in known:
+        raise DistillError(
+            f"unknown torchvision model {arch!r}.{did_you_mean(arch, known)} "
+            "See torchvision.models.list_models() for the classification models"
+        )
+    if "weights" in options:
+        raise DistillError(
+            f"model {name!r} does not take 'weights'; pass pretrained=True for the default weights"
+        )
+    weights = tv_models.get_model_weights(arch).DEFAULT if pretrained else None
+    kwargs = options if pretrained else {"num_classes": num_classes, **options}
+    try:
+        model = tv_models.get_model(arch, weights=weights, **kwargs)
+    except TypeError as err:
+        raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
+    if weights is not None and num_classes != len(weights.meta["categories"]):
+        _replace_classifier(model, num_classes, len(weights.meta["categories"]), name)
+    if in_channels != 3:
+        _adapt_first_conv(model, in_channels, pretrained, name)
+    return model
+
+
+def _timm_model(
+    arch: str, num_classes: int, in_channels: int, pretrained: bool = False, **options: Any
+) -> nn.Module:
+    """``timm.create_model(arch, pretrained, num_classes, in_chans)``; timm adapts stem and head."""
+    name = f"timm:{arch}"
+    timm = _import_vision("timm", name)
+    if not timm.is_model(arch):
+        raise DistillError(
+            f"unknown timm model {arch!r}.{did_you_mean(arch, timm.list_models())} "
+            "See timm.list_models() for the architectures"
+        )
+    try:
+        return timm.create_model(
+            arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **options
+        )
+    except TypeError as err:
+        raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
+
+
+# Importing the model modules registers their factories (they import MODELS from here).
+from distill.models import cnn, mlp, mobilenet, resnet_cifar  # noqa: E402, F401
+
+__all__ = [
+    "ADAPTERS",
+    "MODELS",
+    "ModelFactory",
+    "build_model",
+    "check_dropout",
+    "check_option",
+    "is_positive_int",
+    "count_parameters",
+    "model_options",
+    "model_size_bytes",
+]

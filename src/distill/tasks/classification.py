@@ -1,0 +1,120 @@
+"""Image (or any vector) classification: ``model(x) -> logits (B, C)``, cross-entropy, top-k, NLL, ECE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.errors import DistillError
+from distill.tasks import TASKS
+from distill.tasks.base import Batch
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): confidence-accuracy gap averaged over equal-width confidence bins."""
+    confidence, predicted = probs.max(dim=1)
+    correct = predicted.eq(labels).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    which = torch.bucketize(confidence, edges[1:-1], right=True)  # 0..bins-1
+    counts = torch.bincount(which, minlength=bins).float()
+    conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
+    acc_sum = torch.bincount(which, weights=correct, minlength=bins)
+    return float((conf_sum - acc_sum).abs().sum() / labels.numel())
+
+
+@TASKS.register("classification", description="class logits, cross-entropy; top-1/top-5/NLL/ECE/agreement")
+class ClassificationTask:
+    """Batches are ``(x, y[, index])`` tuples or dicts with ``image``/``label``/``index`` keys."""
+
+    name = "classification"
+    primary_metric = "top1"
+
+    def __init__(self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label") -> None:
+        self.label_smoothing = label_smoothing
+        self.input_key = input_key
+        self.label_key = label_key
+
+    def split(self, batch: Any) -> Batch:
+        if isinstance(batch, Mapping):
+            try:
+                x, y = batch[self.input_key], batch[self.label_key]
+            except KeyError as missing:
+                raise DistillError(
+                    f"classification batch has no key {missing}; batch keys are {sorted(batch)}. "
+                    "Set the task's input_key/label_key"
+                ) from None
+            extras = {k: v for k, v in batch.items() if k not in (self.input_key, self.label_key)}
+        elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            x, y = batch[0], batch[1]
+            extras = {"index": batch[2]} if len(batch) > 2 else {}
+        else:
+            raise DistillError(
+                f"classification batches must be (inputs, labels[, index]) or a dict, got {type(batch).__name__}"
+            )
+        extras["labels"] = y
+        return Batch(inputs=x, targets=y, extras=extras)
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = model(inputs)
+        if isinstance(out, Mapping):  # e.g. Hugging Face style outputs
+            out = out["logits"]
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        return {"logits": out}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        logits = outputs["logits"]
+        targets = batch.targets
+        if targets.numel() and (int(targets.max()) >= logits.shape[-1] or int(targets.min()) < 0):
+            raise DistillError(
+                f"label {int(targets.max())} is out of range for a model with {logits.shape[-1]} classes; "
+                "set num_classes to match the data"
+            )
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+    def batch_metrics(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        teacher: nn.Module | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, float]:
+        """Top-1/top-5 accuracy (%), NLL (nats), ECE (%), and agreement with ``teacher`` (% same argmax)."""
+        was_training = model.training
+        model.eval()
+        if teacher is not None:
+            teacher.eval()
+        probs, labels, agree = [], [], []
+        try:
+            for raw in loader:
+                batch = self.split(raw).to(device)
+                logits = self.forward(model, batch.inputs)["logits"].float()
+                probs.append(logits.softmax(-1).cpu())
+                labels.append(batch.targets.cpu())
+                if teacher is not None:
+                    t_logits = self.forward(teacher, batch.inputs)["logits"]
+                    agree.append(t_logits.argmax(-1).eq(logits.argmax(-1)).cpu())
+        finally:
+            model.train(was_training)
+        if not probs:
+            raise DistillError("evaluation data is empty; give a non-empty validation/test set")
+        p, y = torch.cat(probs), torch.cat(labels)
+        k = min(5, p.shape[1])
+        metrics = {
+            "top1": 100.0 * p.argmax(1).eq(y).float().mean().item(),
+            f"top{k}" if k != 5 else "top5": 100.0 * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item(),
+            "nll": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
+            "ece": 100.0 * expected_calibration_error(p, y),
+            "samples": float(len(y)),
+        }
+        if agree:
+            metrics["agreement"] = 100.0 * torch.cat(agree).float().mean().item()
+        return metrics

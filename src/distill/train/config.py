@@ -1,0 +1,35 @@
+"""Training settings: one pydantic model used by the Python API and by recipes (``train:`` section)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, schedule, precision, evaluation and checkpoint settings. Sizes are global (all ranks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(128, gt=0, description="global batch size, split across ranks")
+    eval_batch_size: int = Field(512, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    seed: int = 0
+    deterministic: bool = False
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
+    checkpoint_every: int | None = Field(None, gt=0, description="also save 'last' every N steps")
+    log_every: int = Field(20, gt=0, description="write a metrics line every N steps")
+    device: str = "auto"
+    progress: bool = True
+    tensorboard: bool = False

@@ -1,0 +1,308 @@
+"""The training loop: read it top to bottom.
+
+Every step is a pure function of (weights, optimizer state, global step): the data order comes from a
+seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number. That is
+what makes resume exact: the last checkpoint holds weights, optimizer state and step counters, and a
+resumed run skips the batches it already saw and continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from distill.distiller import Distiller
+from distill.errors import DistillError
+from distill.train.checkpoint import (
+    load_checkpoint,
+    model_tensors,
+    optimizer_state_from_json,
+    save_checkpoint,
+    unflatten_state,
+    write_json,
+)
+from distill.train.config import TrainConfig
+from distill.train.distributed import DistInfo, barrier, broadcast_object, init_distributed, pick_device
+from distill.train.logging import MetricsLogger, format_values, make_progress
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimizer step ``step`` (0-based) of ``total``: linear warm-up, then the schedule."""
+    if cfg.schedule == "onecycle":
+        warmup = warmup or int(0.3 * total)
+        start, final = cfg.lr / 25, cfg.lr / 25 / 1e4
+    else:
+        start, final = 0.0, 0.0
+    if step < warmup:
+        return start + (cfg.lr - start) * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return final + (cfg.lr - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class _SkipSampler(Sampler[int]):
+    """Yields the wrapped sampler's indices after dropping the first ``skip`` (for mid-epoch resume)."""
+
+    def __init__(self, inner: Sampler[int], skip: int) -> None:
+        self.inner, self.skip = inner, skip
+
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.inner)
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
+
+
+def _make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None) -> DataLoader:
+    if hasattr(dataset, "loader"):  # distill's in-memory datasets batch by slicing tensors
+        return dataset.loader(batch_size, sampler=sampler)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
+
+
+class Trainer:
+    """Trains ``distiller``'s student (and projectors) on ``train_data``; evaluates on ``val_data``.
+
+    ``train_data``/``val_data`` are datasets (the trainer shards and orders them, which makes resume and
+    ``torchrun`` exact) or ready DataLoaders (used as given). Artefacts go to ``run_dir``:
+    ``metrics.jsonl``, ``checkpoints/{last,best}.{safetensors,json}`` and ``summary.json``.
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        train_data: Dataset | DataLoader,
+        val_data: Dataset | DataLoader | None = None,
+        config: TrainConfig | None = None,
+        run_dir: str | Path | None = None,
+        augment: Augment | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.config = cfg = config or TrainConfig()
+        self.dist: DistInfo = init_distributed(cfg.device)
+        self.device = pick_device(cfg.device, self.dist)
+        self.console = console or Console()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.distiller = distiller.to(self.device)
+        self.task = distiller.task
+        self.augment = augment
+        self.train_data, self.val_data = train_data, val_data
+        if cfg.batch_size % self.dist.world_size:
+            raise DistillError(
+                f"batch_size {cfg.batch_size} does not split over {self.dist.world_size} processes; "
+                f"use a multiple of {self.dist.world_size}"
+            )
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.global_step = 0
+        self.epoch = 0
+        self.epoch_step = 0
+        self.best: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------- set-up
+    def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
+        if isinstance(self.train_data, DataLoader):
+            return self.train_data
+        sampler: Sampler[int] = DistributedSampler(
+            self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
+            shuffle=True, seed=self.config.seed, drop_last=False,
+        )
+        sampler.set_epoch(epoch)
+        if skip_batches:
+            sampler = _SkipSampler(sampler, skip_batches * self.local_batch)
+        return _make_loader(self.train_data, self.local_batch, sampler)
+
+    def _val_loader(self) -> Iterable[Any] | None:
+        if self.val_data is None or isinstance(self.val_data, DataLoader):
+            return self.val_data
+        return _make_loader(self.val_data, self.config.eval_batch_size, None)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg, params = self.config, self.distiller.trainable_parameters()
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]  # biases and norm scales: no weight decay
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def _setup(self, resume: bool) -> None:
+        seed_everything(self.config.seed, self.config.deterministic)
+        if self.distiller.terms:  # builds named projectors, checks tap shapes before any training
+            self.distiller.setup(next(iter(self._train_loader(0))))
+        self.optimizer = self._build_optimizer()
+        if resume:
+            self._resume()
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.distiller.parallelize(lambda m: DistributedDataParallel(m, device_ids=ids))
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir else None
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "epoch_step": self.epoch_step, "global_step": self.global_step,
+            "best": self.best, "history": self.history, "config": self.config.model_dump(),
+        }
+
+    def _save(self, tag: str, with_optimizer: bool) -> None:
+        if self.checkpoint_dir is None or not self.dist.is_main:
+            return
+        optimizer = self.optimizer if with_optimizer else None
+        save_checkpoint(self.checkpoint_dir, tag, self.distiller.trainable(), self._state(), optimizer)
+
+    def _resume(self) -> None:
+        if self.checkpoint_dir is None or not (self.checkpoint_dir / "last.json").is_file():
+            return
+        tensors, state = load_checkpoint(self.checkpoint_dir, "last")
+        self.distiller.trainable().load_state_dict(model_tensors(tensors))
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(optimizer_state_from_json(unflatten_state(state["optimizer"], tensors)))
+        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
+        self.global_step, self.best, self.history = state["global_step"], state["best"], state["history"]
+        if self.dist.is_main:
+            self.console.print(f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}")
+
+    # ------------------------------------------------------------------ steps
+    def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
+        cfg = self.config
+        torch.manual_seed(cfg.seed * 1_000_003 + self.global_step)  # dropout etc.: a function of the step
+        batch = self.task.split(raw).to(self.device)
+        if self.augment is not None:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank)
+            batch.inputs = self.augment(batch.inputs, g)
+        lr = lr_at(self.global_step, total_steps, warmup, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
+        if not torch.isfinite(step.loss):
+            parts = format_values({k: float(v) for k, v in step.parts.items()})
+            raise DistillError(
+                f"loss became {float(step.loss)} at step {self.global_step} ({parts}); lower the learning rate "
+                "or a term weight, or set grad_clip; the last good checkpoint is kept"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        step.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        metrics = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
+        metrics.update(self.task.batch_metrics(step.outputs, batch))
+        return metrics, lr, len(batch)
+
+    def evaluate(self) -> dict[str, float]:
+        """Task metrics of the student on ``val_data`` (rank 0 computes, every rank gets them)."""
+        loader = self._val_loader()
+        metrics: dict[str, float] = {}
+        if loader is not None and self.dist.is_main:
+            metrics = self.task.evaluate(self.distiller.student, loader, self.distiller.teacher, self.device)
+        return broadcast_object(metrics, self.dist)
+
+    # ------------------------------------------------------------------- loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``config.epochs`` (or ``max_steps``); returns ``{"best": ..., "last": ..., "history": ...}``."""
+        cfg = self.config
+        self._setup(resume)
+        steps_per_epoch = len(self._train_loader(0))
+        total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=self.dist.is_main)
+        progress = make_progress(cfg.progress and self.dist.is_main, self.console)
+        last: dict[str, float] = self.history[-1] if self.history else {}
+        try:
+            with progress:
+                bar = progress.add_task("train", total=total, completed=self.global_step, info="")
+                while self.epoch < cfg.epochs and self.global_step < total:
+                    last = self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch) or last
+        finally:
+            logger.close()
+        summary = {"best": self.best, "last": last, "history": self.history, "steps": self.global_step}
+        if self.run_dir is not None and self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        barrier(self.dist)
+        return summary
+
+    def _run_epoch(self, progress, bar, logger: MetricsLogger, total: int, warmup: int, steps_per_epoch: int):
+        cfg = self.config
+        progress.update(bar, description=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        self.distiller.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen, count, started = 0, 0, time.perf_counter()
+        for raw in self._train_loader(self.epoch, self.epoch_step):
+            if self.global_step >= total:
+                break
+            metrics, lr, n = self._train_step(raw, total, warmup, steps_per_epoch)
+            self.global_step += 1
+            self.epoch_step += 1
+            seen, count = seen + n, count + 1
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.global_step % cfg.log_every == 0 or self.global_step == total:
+                values = {k: float(v) / count for k, v in sums.items()}
+                rate = seen * self.dist.world_size / (time.perf_counter() - started)
+                logger.log("train", {"step": self.global_step, "epoch": self.epoch + self.epoch_step / steps_per_epoch,
+                                     "lr": lr, "samples_per_s": round(rate, 1), **values})
+                progress.update(bar, info=format_values(values))
+                sums, seen, count, started = {}, 0, 0, time.perf_counter()
+            progress.update(bar, completed=self.global_step)
+            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                self._save("last", with_optimizer=True)
+        epoch_done = self.epoch_step >= steps_per_epoch
+        if epoch_done:
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+        finished = self.epoch >= cfg.epochs or self.global_step >= total
+        record: dict[str, float] = {}
+        if finished or (epoch_done and self.epoch % cfg.eval_every == 0):
+            record = self._evaluate_and_record(logger, progress)
+        self._save("last", with_optimizer=True)
+        return record
+
+    def _evaluate_and_record(self, logger: MetricsLogger, progress) -> dict[str, float]:
+        metrics = self.evaluate()
+        if not metrics:
+            return {}
+        record = {"epoch": self.epoch, "step": self.global_step, **metrics}
+        self.history.append(record)
+        logger.log("eval", record)
+        key = self.task.primary_metric
+        if not self.best or metrics[key] > self.best[key]:
+            self.best = dict(record)
+            self._save("best", with_optimizer=False)
+        if self.dist.is_main:
+            shown = {k: v for k, v in metrics.items() if k != "samples"}
+            progress.console.print(f"epoch {self.epoch}: {format_values(shown)}")
+        return record
