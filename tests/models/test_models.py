@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,6 +20,15 @@ from distill.models import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """Batch-2 passes gain nothing from intra-op threads, which stall on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _options_for(name: str, size: int) -> dict[str, int]:
     """Models with a fixed input size (the MLP) are built for the size under test."""
     return {"image_size": size} if "image_size" in model_options(name) else {}
@@ -32,7 +42,9 @@ def test_model_forward_backward(name: str, in_channels: int) -> None:
     model = None
     for size in (28, 32):
         if model is None or _options_for(name, size):
-            model = build_model(name, num_classes=7, in_channels=in_channels, **_options_for(name, size))
+            model = build_model(
+                name, num_classes=7, in_channels=in_channels, **_options_for(name, size)
+            )
         assert count_parameters(model) > 0
         logits = model(torch.randn(2, in_channels, size, size))
         assert logits.shape == (2, 7)
@@ -92,7 +104,11 @@ def test_resnet_stage_shapes() -> None:
             lambda _m, _i, out, tap=tap: shapes.__setitem__(tap, tuple(out.shape))
         )
     model(torch.zeros(1, 3, 32, 32))
-    assert shapes == {"layer1": (1, 64, 32, 32), "layer2": (1, 128, 16, 16), "layer3": (1, 256, 8, 8)}
+    assert shapes == {
+        "layer1": (1, 64, 32, 32),
+        "layer2": (1, 128, 16, 16),
+        "layer3": (1, 256, 8, 8),
+    }
 
 
 def test_cnn_options() -> None:

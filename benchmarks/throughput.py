@@ -1,0 +1,110 @@
+"""KD training throughput: distill's Trainer against a hand-written PyTorch loop, same process.
+
+Both sides train the same student from the same teacher on the same Fashion-MNIST batches (no
+augmentation, no evaluation, no checkpoints): teacher forward under no_grad, student forward,
+cross-entropy + Hinton KD, backward, SGD step. Runs alternate (distill, plain, distill, plain, ...)
+so that machine noise hits both; the ratio is median(distill samples/s) / median(plain samples/s).
+
+    python benchmarks/throughput.py [--steps 40] [--repeats 5] [--batch-size 256] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from distill import ClassificationTask, Distiller, KDLoss, Term, TrainConfig, Trainer
+from distill.data import FashionMNIST
+from distill.models import build_model, count_parameters
+
+TEACHER = {"name": "cnn", "channels": (32, 64, 128)}
+STUDENT = {"name": "cnn", "channels": (8, 16, 32)}
+
+
+def models(seed: int):
+    torch.manual_seed(seed)
+    teacher = build_model(TEACHER["name"], channels=TEACHER["channels"]).eval()
+    student = build_model(STUDENT["name"], channels=STUDENT["channels"])
+    return teacher, student
+
+
+def run_distill(data, steps: int, batch_size: int) -> float:
+    teacher, student = models(0)
+    distiller = Distiller(student, ClassificationTask(), teacher=teacher,
+                          terms=[Term(KDLoss(4.0), weight=0.5)], task_weight=0.5)
+    cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=0.05, progress=False,
+                      schedule="constant", device="cpu")
+    trainer = Trainer(distiller, data, None, cfg)
+    start = time.perf_counter()
+    trainer.fit()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def run_plain(data, steps: int, batch_size: int) -> float:
+    teacher, student = models(0)
+    teacher.requires_grad_(False)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data), generator=g)
+    start = time.perf_counter()
+    student.train()
+    for step in range(steps):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        x, y = data.images[idx], data.labels[idx]
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        T = 4.0
+        kd = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1),
+                      reduction="batchmean", log_target=True) * T * T
+        loss = 0.5 * F.cross_entropy(s_logits, y) + 0.5 * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--write", default=None, help="markdown file to write the result into")
+    args = parser.parse_args()
+    data = FashionMNIST("train")
+    run_plain(data, 5, args.batch_size)  # warm-up: allocator, kernels
+    ours, plain = [], []
+    for _ in range(args.repeats):
+        ours.append(run_distill(data, args.steps, args.batch_size))
+        plain.append(run_plain(data, args.steps, args.batch_size))
+    ratio = statistics.median(ours) / statistics.median(plain)
+    t, s = models(0)
+    lines = [
+        "| loop | samples/s (median) | min | max |",
+        "|---|---|---|---|",
+        f"| distill Trainer + Distiller | {statistics.median(ours):.0f} | {min(ours):.0f} | {max(ours):.0f} |",
+        f"| hand-written PyTorch | {statistics.median(plain):.0f} | {min(plain):.0f} | {max(plain):.0f} |",
+        "",
+        f"**Ratio distill / plain: {ratio:.3f}** (target >= 0.95).",
+        "",
+        f"Teacher cnn{TEACHER['channels']} ({count_parameters(t):,} params), student cnn{STUDENT['channels']} "
+        f"({count_parameters(s):,} params), batch {args.batch_size}, {args.steps} steps x {args.repeats} "
+        f"alternating repeats, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{platform.machine()} {platform.system()}.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write("# Benchmarks\n\n## KD training throughput: distill vs hand-written PyTorch\n\n")
+            f.write("Command: `python benchmarks/throughput.py --write docs/benchmarks.md`\n\n")
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

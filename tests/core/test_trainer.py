@@ -1,0 +1,377 @@
+"""Trainer: artefacts, exact resume, LR schedule, NaN guard, checkpoints, scratch training."""
+
+import io
+import json
+import math
+
+import pytest
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from distill.distiller import Distiller, Term
+from distill.errors import DistillError
+from distill.losses import KDLoss
+from distill.tasks import ClassificationTask
+from distill.train import TrainConfig, Trainer, load_checkpoint, load_student_weights, save_checkpoint
+from distill.train import trainer as trainer_module
+from distill.train.checkpoint import model_tensors, optimizer_state_from_json, unflatten_state
+from distill.train.trainer import lr_at
+
+PIXELS = 16  # images are (1, 4, 4)
+
+
+@pytest.fixture(autouse=True)
+def restore_global_torch_state(monkeypatch):
+    """Trainer(deterministic=True) flips process-wide switches; restore them for other tests."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    rng = torch.get_rng_state()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_rng_state(rng)
+
+
+def synthetic(n, seed):
+    """Random images; the label is the sign of the image mean (learnable by a linear model)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    return TensorDataset(x, y)
+
+
+def oracle_teacher():
+    """A hand-set teacher that computes the label rule exactly (logits -k*mean, +k*mean)."""
+    lin = nn.Linear(PIXELS, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([-torch.ones(PIXELS), torch.ones(PIXELS)]) * (4.0 / PIXELS))
+        lin.bias.zero_()
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def mlp_student(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 2))
+
+
+def kd_distiller(dropout=0.0):
+    return Distiller(
+        mlp_student(dropout), ClassificationTask(), teacher=oracle_teacher(),
+        terms=[Term(KDLoss(2.0), weight=0.5)], task_weight=0.5,
+    )
+
+
+def quiet():
+    return Console(file=io.StringIO())
+
+
+def config(**overrides):
+    base = dict(epochs=3, batch_size=16, lr=0.1, progress=False, device="cpu", log_every=2, seed=0)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def read_events(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def states_equal(a, b):
+    a, b = a.state_dict(), b.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- (a) artefacts
+def test_tiny_run_writes_artefacts_and_learns(tmp_path):
+    run_dir = tmp_path / "run"
+    distiller = kd_distiller()
+    val = synthetic(256, seed=1)
+    before = ClassificationTask().evaluate(distiller.student, [val.tensors])["top1"]
+    trainer = Trainer(distiller, synthetic(128, seed=0), val, config(), run_dir=run_dir, console=quiet())
+    summary = trainer.fit()
+
+    for name in ("last", "best"):
+        assert (run_dir / "checkpoints" / f"{name}.safetensors").is_file()
+        assert (run_dir / "checkpoints" / f"{name}.json").is_file()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["steps"] == summary["steps"] == 3 * 128 // 16
+    assert len(on_disk["history"]) == 3 and on_disk["best"]["top1"] == max(h["top1"] for h in on_disk["history"])
+
+    events = read_events(run_dir)
+    train = [e for e in events if e["event"] == "train"]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in train] == list(range(2, 25, 2))
+    assert all({"loss", "task", "kd", "acc", "lr"} <= set(e) for e in train)
+    assert all(math.isfinite(e["loss"]) for e in train)
+    assert [e["epoch"] for e in evals] == [1, 2, 3]
+    assert {"top1", "nll", "ece", "agreement"} <= set(evals[-1])
+
+    final = evals[-1]["top1"]
+    # chance is 50 % (+-3 % on 256 samples); this rule is learnt to ~85 % in 24 steps
+    assert final > 70.0 and final > before + 15, f"accuracy {final} did not beat chance; started at {before}"
+    assert summary["last"]["top1"] == final
+
+    # 'last' holds the final student; 'best' loads into a fresh student
+    fresh = mlp_student(seed=123)
+    state = load_student_weights(run_dir, fresh, tag="last")
+    assert state["global_step"] == 24 and state["epoch"] == 3
+    assert states_equal(fresh, distiller.student)
+    load_student_weights(run_dir, fresh, tag="best")
+    assert ClassificationTask().evaluate(fresh, [val.tensors])["top1"] == pytest.approx(on_disk["best"]["top1"])
+
+
+# --------------------------------------------------------------------------- (b) resume
+def noise_augment(x, g):
+    return x + 0.3 * torch.randn(x.shape, generator=g) * (torch.rand(x.shape[0], 1, 1, 1, generator=g) > 0.5)
+
+
+RESUME_CASES = {
+    "plain": dict(dropout=0.0, augment=None),
+    "dropout": dict(dropout=0.3, augment=None),
+    "dropout+augment": dict(dropout=0.3, augment=noise_augment),
+}
+# 64 samples / batch 16 = 4 steps per epoch, 12 in all; step 6 is in the middle of epoch 2
+RESUME_CFG = dict(epochs=3, deterministic=True, checkpoint_every=1, warmup_epochs=0.5)
+
+
+def _train(run_dir, case, resume=False, **cfg):
+    distiller = kd_distiller(case["dropout"])
+    trainer = Trainer(
+        distiller, synthetic(64, seed=0), synthetic(32, seed=1), config(**RESUME_CFG, **cfg),
+        run_dir=run_dir, augment=case["augment"], console=quiet(),
+    )
+    summary = trainer.fit(resume=resume)
+    return distiller, summary
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", list(RESUME_CASES))
+def test_resume_after_crash_is_bit_exact(tmp_path, monkeypatch, name):
+    case = RESUME_CASES[name]
+    full, _ = _train(tmp_path / "a", case)
+
+    original = trainer_module.Trainer._train_step
+
+    def crash_at_step_6(self, *args, **kwargs):
+        if self.global_step == 6:
+            raise Crash
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", crash_at_step_6)
+    with pytest.raises(Crash):
+        _train(tmp_path / "b", case)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", original)
+    last = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    assert (last["global_step"], last["epoch"], last["epoch_step"]) == (6, 1, 2)
+
+    resumed, summary = _train(tmp_path / "b", case, resume=True)
+    assert summary["steps"] == 12
+    assert states_equal(resumed.student, full.student)
+    # sanity: the run is sensitive to the step seeding, i.e. this comparison can fail
+    other, _ = _train(tmp_path / "c", case, seed=1)
+    assert not states_equal(other.student, full.student)
+
+
+def test_resume_after_max_steps_constant_lr_is_bit_exact(tmp_path):
+    case = RESUME_CASES["dropout+augment"]
+    full, _ = _train(tmp_path / "a", case, schedule="constant")
+    stopped, summary = _train(tmp_path / "b", case, schedule="constant", max_steps=6)
+    assert summary["steps"] == 6
+    assert not states_equal(stopped.student, full.student)
+    resumed, summary = _train(tmp_path / "b", case, resume=True, schedule="constant")
+    assert summary["steps"] == 12
+    assert states_equal(resumed.student, full.student)
+
+
+@pytest.mark.xfail(
+    reason="trainer.py fit(): total = min(max_steps, epochs*steps_per_epoch) is also the length of the LR "
+    "schedule, so a run stopped by max_steps used a compressed cosine and resuming without max_steps "
+    "cannot reproduce the uninterrupted run",
+    strict=True,
+)
+def test_resume_after_max_steps_cosine_is_bit_exact(tmp_path):
+    case = RESUME_CASES["dropout+augment"]
+    full, _ = _train(tmp_path / "a", case)
+    _train(tmp_path / "b", case, max_steps=6)
+    resumed, _ = _train(tmp_path / "b", case, resume=True)
+    assert states_equal(resumed.student, full.student)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    case = RESUME_CASES["plain"]
+    fresh, _ = _train(tmp_path / "a", case)
+    resumed, summary = _train(tmp_path / "b", case, resume=True)
+    assert summary["steps"] == 12
+    assert states_equal(resumed.student, fresh.student)
+
+
+# --------------------------------------------------------------------------- (c) lr_at
+def test_lr_linear_warmup_then_cosine():
+    cfg = TrainConfig(lr=0.4, schedule="cosine")
+    total, warmup = 100, 10
+    lrs = [lr_at(s, total, warmup, cfg) for s in range(total)]
+    # warm-up: lr * (s + 1) / warmup, linear, reaching lr at its last step
+    for s in range(warmup):
+        assert lrs[s] == pytest.approx(0.4 * (s + 1) / warmup)
+    assert lrs[warmup - 1] == pytest.approx(0.4)
+    steps = [b - a for a, b in zip(lrs[: warmup - 1], lrs[1:warmup])]
+    assert max(steps) == pytest.approx(min(steps))
+    # cosine: starts at lr, decreases monotonically, ends near 0
+    assert lrs[warmup] == pytest.approx(0.4)
+    assert all(b <= a for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+    mid = warmup + (total - warmup) // 2
+    assert lrs[mid] == pytest.approx(0.2)
+    assert 0 < lrs[-1] < 1e-3 * 0.4
+
+
+def test_lr_constant_and_constant_with_warmup():
+    cfg = TrainConfig(lr=0.1, schedule="constant")
+    assert [lr_at(s, 50, 0, cfg) for s in range(50)] == [0.1] * 50
+    assert lr_at(0, 50, 4, cfg) == pytest.approx(0.025)
+    assert lr_at(3, 50, 4, cfg) == pytest.approx(0.1)
+    assert lr_at(20, 50, 4, cfg) == 0.1
+
+
+def test_lr_onecycle():
+    cfg = TrainConfig(lr=1.0, schedule="onecycle")
+    total = 10_000
+    lrs = [lr_at(s, total, 0, cfg) for s in range(total)]
+    warmup = int(0.3 * total)  # default: 30 % warm-up
+    assert lrs[0] == pytest.approx(1.0 / 25, rel=1e-2)
+    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == warmup - 1
+    assert all(b > a for a, b in zip(lrs[: warmup - 1], lrs[1:warmup]))
+    assert lrs[-1] < 1e-5 and lrs[-1] >= 1.0 / 25 / 1e4
+
+
+# --------------------------------------------------------------------------- (d) NaN guard
+class NaNAfter(nn.Module):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls, self.left = 0, calls
+
+    def forward(self, student, teacher):
+        self.calls += 1
+        value = (student - teacher).pow(2).mean()
+        return value * float("nan") if self.calls > self.left else value
+
+
+def test_nan_loss_raises_naming_step(tmp_path):
+    distiller = Distiller(
+        mlp_student(), ClassificationTask(), teacher=oracle_teacher(), terms=[Term(NaNAfter(2), name="bad")]
+    )
+    trainer = Trainer(distiller, synthetic(64, 0), None, config(checkpoint_every=1), run_dir=tmp_path, console=quiet())
+    with pytest.raises(DistillError, match=r"loss became nan at step 2\b") as info:
+        trainer.fit()
+    assert "bad=nan" in str(info.value)
+    # the last good checkpoint survives and holds the two finite steps
+    _, state = load_checkpoint(tmp_path / "checkpoints", "last")
+    assert state["global_step"] == 2
+
+
+# --------------------------------------------------------------------------- (e) checkpoints
+def _sgd_pair(seed):
+    model = mlp_student(seed=seed)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+
+
+def _step(model, optimizer, x):
+    optimizer.zero_grad()
+    model(x).pow(2).mean().backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path, kind):
+    x = torch.randn(8, 1, 4, 4)
+    model, optimizer = _sgd_pair(0)
+    if kind == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(3):
+        _step(model, optimizer, x)
+    save_checkpoint(tmp_path, "ck", model, {"global_step": 3, "note": "hi"}, optimizer)
+
+    tensors, state = load_checkpoint(tmp_path, "ck")
+    assert state["global_step"] == 3 and state["note"] == "hi" and len(state["sha256"]) == 64
+    model2, optimizer2 = _sgd_pair(seed=99)
+    if kind == "adamw":
+        optimizer2 = torch.optim.AdamW(model2.parameters(), lr=0.5)
+    assert not states_equal(model, model2)
+    model2.load_state_dict(model_tensors(tensors))
+    optimizer2.load_state_dict(optimizer_state_from_json(unflatten_state(state["optimizer"], tensors)))
+
+    assert states_equal(model, model2)
+    a, b = optimizer.state_dict(), optimizer2.state_dict()
+    # JSON turns tuples (AdamW's betas) into lists; the values must survive exactly
+    assert json.loads(json.dumps(a["param_groups"])) == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k in a["state"][i]:
+            assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k])), (i, k)
+    # continuing from the restored state is bit-identical
+    for _ in range(2):
+        _step(model, optimizer, x)
+        _step(model2, optimizer2, x)
+    assert states_equal(model, model2)
+
+
+def test_corrupt_checkpoint_is_detected(tmp_path):
+    model, optimizer = _sgd_pair(0)
+    _step(model, optimizer, torch.randn(4, 1, 4, 4))
+    path = save_checkpoint(tmp_path, "last", model, {"global_step": 1}, optimizer)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 16, len(data)):  # flip bytes inside the tensor payload
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DistillError, match="checksum"):
+        load_checkpoint(tmp_path, "last")
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(DistillError, match="checksum"):
+        load_checkpoint(tmp_path, "last")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(DistillError, match="no 'best' checkpoint"):
+        load_checkpoint(tmp_path, "best")
+
+
+def test_checkpoint_writes_no_temporary_files(tmp_path):
+    model, optimizer = _sgd_pair(0)
+    save_checkpoint(tmp_path, "a", model, {}, optimizer)
+    save_checkpoint(tmp_path, "a", model, {}, optimizer)  # overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors"]
+
+
+@pytest.mark.xfail(
+    reason="checkpoint.py save_checkpoint(): safetensors.save_file refuses tensors that share memory, so a "
+    "student with tied weights (e.g. tied LM embedding/head) cannot be checkpointed",
+    strict=True,
+)
+def test_checkpoint_tied_weights(tmp_path):
+    model = nn.Module()
+    model.embed = nn.Linear(4, 4, bias=False)
+    model.head = nn.Linear(4, 4, bias=False)
+    model.head.weight = model.embed.weight
+    save_checkpoint(tmp_path, "tied", model, {})
+    tensors, _ = load_checkpoint(tmp_path, "tied")
+    model.load_state_dict(model_tensors(tensors))
+
+
+# --------------------------------------------------------------------------- (f) scratch
+def test_scratch_training(tmp_path):
+    distiller = Distiller(mlp_student(), ClassificationTask())
+    trainer = Trainer(
+        distiller, synthetic(128, 0), synthetic(256, 1), config(optimizer="adamw", lr=0.03),
+        run_dir=tmp_path, console=quiet(),
+    )
+    summary = trainer.fit()
+    assert summary["steps"] == 24
+    assert summary["last"]["top1"] > 75.0  # chance is 50 %
+    assert "agreement" not in summary["last"]
+    train = [e for e in read_events(tmp_path) if e["event"] == "train"]
+    assert train and all("kd" not in e and "task" in e for e in train)
+    # the task loss went down
+    assert train[-1]["task"] < train[0]["task"]
