@@ -102,6 +102,12 @@ class FeatureTaps(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return self._captured[name]
 
+    def get(self, name: str, default: object = None) -> torch.Tensor | object:
+        return self._captured.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._captured
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._captured)
 

@@ -36,7 +36,9 @@ def make_net(width, dropout=0.0):
 @pytest.fixture
 def nets():
     torch.manual_seed(0)
-    teacher = make_net(8, dropout=0.5)  # dropout: would change outputs if the teacher left eval mode
+    teacher = make_net(
+        8, dropout=0.5
+    )  # dropout: would change outputs if the teacher left eval mode
     student = make_net(4)
     return teacher, student
 
@@ -54,7 +56,9 @@ def kd_fitnet(teacher, student, **kw):
         Term(KDLoss(4.0), weight=0.9),
         Term(FitNetLoss(), student="feat", teacher="feat", projector="conv1x1", weight=10.0),
     ]
-    return Distiller(student, ClassificationTask(), teacher=teacher, terms=terms, task_weight=0.1, **kw)
+    return Distiller(
+        student, ClassificationTask(), teacher=teacher, terms=terms, task_weight=0.1, **kw
+    )
 
 
 def clone_state(module):
@@ -66,7 +70,9 @@ def test_teacher_frozen_through_training(nets, batch):
     distiller = kd_fitnet(teacher, student)
     distiller.setup(batch)
     teacher_before, student_before = clone_state(teacher), clone_state(student)
-    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    optimizer = torch.optim.SGD(
+        distiller.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3
+    )
     distiller.train()
     task = distiller.task
     for _ in range(3):
@@ -147,7 +153,9 @@ def test_string_projector_built_in_setup(nets, batch):
 def test_mismatched_shapes_without_projector_fail_in_setup(nets, batch):
     teacher, student = nets
     distiller = Distiller(
-        student, ClassificationTask(), teacher=teacher,
+        student,
+        ClassificationTask(),
+        teacher=teacher,
         terms=[Term(FitNetLoss(), student="feat", teacher="feat")],
     )
     with pytest.raises(DistillError, match="projector") as info:
@@ -160,7 +168,9 @@ def test_equal_shapes_need_no_projector(nets, batch):
     torch.manual_seed(1)
     student = make_net(8)
     distiller = Distiller(
-        student, ClassificationTask(), teacher=teacher,
+        student,
+        ClassificationTask(),
+        teacher=teacher,
         terms=[Term(FitNetLoss(), student="feat:in", teacher="feat:in")],
     )
     distiller.setup(batch)
@@ -171,7 +181,9 @@ def test_equal_shapes_need_no_projector(nets, batch):
 @pytest.mark.parametrize("side", ["student", "teacher"])
 def test_unknown_module_tap_fails_at_construction(nets, side):
     teacher, student = nets
-    term = Term(FitNetLoss(), **{"student": "feat", "teacher": "feat", side: "faet"}, projector="conv1x1")
+    term = Term(
+        FitNetLoss(), **{"student": "feat", "teacher": "feat", side: "faet"}, projector="conv1x1"
+    )
     with pytest.raises(TapError, match=r"'faet'.*Did you mean .*'feat'"):
         Distiller(student, ClassificationTask(), teacher=teacher, terms=[term])
 
@@ -179,7 +191,9 @@ def test_unknown_module_tap_fails_at_construction(nets, side):
 def test_unknown_output_tap(nets, batch):
     teacher, student = nets
     task = ClassificationTask()
-    distiller = Distiller(student, task, teacher=teacher, terms=[Term(KDLoss(), student="@nonsense")])
+    distiller = Distiller(
+        student, task, teacher=teacher, terms=[Term(KDLoss(), student="@nonsense")]
+    )
     with pytest.raises(DistillError) as info:
         distiller(task.split(batch))
     assert "'@nonsense'" in str(info.value) and "@logits" in str(info.value)
@@ -193,7 +207,11 @@ def test_unknown_output_tap(nets, batch):
 def test_parts_and_total(nets, batch):
     teacher, student = nets
     task = ClassificationTask()
-    terms = [Term(KDLoss(4.0), weight=0.5), Term(KDLoss(2.0), weight=2.0), Term(KDLoss(1.0), name="soft")]
+    terms = [
+        Term(KDLoss(4.0), weight=0.5),
+        Term(KDLoss(2.0), weight=2.0),
+        Term(KDLoss(1.0), name="soft"),
+    ]
     distiller = Distiller(student, task, teacher=teacher, terms=terms, task_weight=0.25)
     distiller.eval()
     split = task.split(batch)
@@ -214,7 +232,9 @@ def test_schedules_apply(nets, batch):
     teacher, student = nets
     task = ClassificationTask()
     distiller = Distiller(
-        student, task, teacher=teacher,
+        student,
+        task,
+        teacher=teacher,
         terms=[Term(KDLoss(4.0), weight=LinearWarmup(value=2.0, warmup_epochs=2.0))],
         task_weight=LinearWarmup(value=1.0, warmup_epochs=1.0),
     )

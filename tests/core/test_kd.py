@@ -20,18 +20,18 @@ def test_kd_hand_computed_2x3():
     teacher = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
     T = 2.0
     kl_sum = 0.0
-    for s_row, t_row in zip(student, teacher):
+    for s_row, t_row in zip(student, teacher, strict=True):
         p = _softmax(t_row, T)  # teacher distribution
         q = _softmax(s_row, T)  # student distribution
-        kl_sum += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+        kl_sum += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
     expected = T**2 * kl_sum / 2  # batchmean over 2 samples
 
     got = kd_loss(torch.tensor(student), torch.tensor(teacher), temperature=T)
     assert got.shape == ()
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    assert KDLoss(temperature=T)(torch.tensor(student), torch.tensor(teacher)).item() == pytest.approx(
-        expected, rel=1e-5
-    )
+    assert KDLoss(temperature=T)(
+        torch.tensor(student), torch.tensor(teacher)
+    ).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_kd_is_not_symmetric_kl_teacher_to_student():
@@ -86,7 +86,9 @@ def test_kd_invariant_to_per_row_shift():
     s, t = torch.randn(3, 4), torch.randn(3, 4)
     shift_s = torch.tensor([[1.0], [-7.0], [100.0]])
     shift_t = torch.tensor([[3.0], [0.5], [-50.0]])
-    torch.testing.assert_close(kd_loss(s + shift_s, t + shift_t, 4.0), kd_loss(s, t, 4.0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        kd_loss(s + shift_s, t + shift_t, 4.0), kd_loss(s, t, 4.0), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_kd_3d_equals_flattened():

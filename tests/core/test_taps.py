@@ -30,7 +30,11 @@ class Nested(nn.Module):
 
 
 def all_hooks(model):
-    return [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    return [
+        h
+        for m in model.modules()
+        for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+    ]
 
 
 def test_split_tap():
@@ -164,11 +168,6 @@ def test_tuple_outputs_give_first_tensor():
     torch.testing.assert_close(taps["rnn"], out)
 
 
-@pytest.mark.xfail(
-    reason="taps.py FeatureTaps.__getitem__ raises TapError (not a KeyError) for a requested tap that "
-    "did not run, so Mapping.__contains__/.get() raise instead of returning False/None",
-    strict=True,
-)
 def test_mapping_protocol_for_tap_that_did_not_run():
     model = Nested()
     with FeatureTaps(model, ["unused", "stem"]) as taps:

@@ -9,6 +9,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from distill.errors import DistillError
 
@@ -24,15 +25,21 @@ err_console = Console(stderr=True)
 from distill.cli import commands  # noqa: E402,F401  (registers the commands on `app`)
 
 
+def _error(message: str) -> None:
+    """One line on stderr: ``error: <message>`` (no markup interpretation of the message)."""
+    line = " ".join(message.split())
+    err_console.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
     try:
         app(args=argv, standalone_mode=False)
     except DistillError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
         return 2
     except (OSError, ValueError) as err:  # bad paths, permissions, values that escaped validation
-        err_console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", highlight=False, soft_wrap=True)
+        _error(f"{type(err).__name__}: {err}")
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; the last checkpoint is kept (resume with --resume)")

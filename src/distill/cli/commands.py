@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distill import api
@@ -70,7 +71,7 @@ def list_(what: Annotated[str, typer.Argument(help=f"one of: {', '.join(LISTABLE
         if not table.columns:
             for key in row:
                 table.add_column(key)
-        table.add_row(*(str(v) for v in row.values()))
+        table.add_row(*(escape(str(v)) for v in row.values()))
     console.print(table)
 
 

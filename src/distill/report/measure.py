@@ -12,13 +12,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from distill.models import count_parameters
+from distill.train.checkpoint import state_tensors
 from distill.tasks.base import Task
 
 
 def serialized_size(model: nn.Module) -> int:
     """Bytes of the model's weights as a safetensors file (what ships to the device)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return len(safetensors_bytes(state))
+    return len(safetensors_bytes(state_tensors(model.state_dict())))
 
 
 @torch.inference_mode()

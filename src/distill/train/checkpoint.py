@@ -49,6 +49,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def state_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """CPU copies of a state dict's tensors; tied weights (shared storage) are stored once per name."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        out[prefix + key] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out
+
+
 def flatten_state(state: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Replace tensors in a nested state (e.g. an optimizer state_dict) with ``{"__tensor__": key}``."""
     if isinstance(state, torch.Tensor):
@@ -87,7 +99,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``<tag>.safetensors`` then ``<tag>.json`` (the JSON names the tensor file's checksum)."""
     directory = Path(directory)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = state_tensors(model.state_dict(), "model.")
     record = dict(state)
     if optimizer is not None:
         record["optimizer"] = flatten_state(optimizer.state_dict(), "optim", tensors)

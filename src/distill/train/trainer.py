@@ -128,6 +128,7 @@ class Trainer:
         self.epoch_step = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self._stop_after: int | None = None
 
     # ----------------------------------------------------------------- set-up
     def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
@@ -210,9 +211,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
         if not torch.isfinite(step.loss):
-            parts = format_values({k: float(v) for k, v in step.parts.items()})
+            parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
             raise DistillError(
-                f"loss became {float(step.loss)} at step {self.global_step} ({parts}); lower the learning rate "
+                f"loss became {float(step.loss.detach())} at step {self.global_step} ({parts}); lower the learning rate "
                 "or a term weight, or set grad_clip; the last good checkpoint is kept"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,9 +234,14 @@ class Trainer:
         return broadcast_object(metrics, self.dist)
 
     # ------------------------------------------------------------------- loop
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train for ``config.epochs`` (or ``max_steps``); returns ``{"best": ..., "last": ..., "history": ...}``."""
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+        """Train for ``config.epochs`` (or ``max_steps``); returns ``{"best": ..., "last": ..., "history": ...}``.
+
+        ``resume`` continues from ``run_dir``'s last checkpoint. ``stop_after`` stops after that global step
+        as an interruption would (the schedule is unchanged; ``last`` is saved), for tests and time budgets.
+        """
         cfg = self.config
+        self._stop_after = stop_after
         self._setup(resume)
         steps_per_epoch = len(self._train_loader(0))
         total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
@@ -246,7 +252,7 @@ class Trainer:
         try:
             with progress:
                 bar = progress.add_task("train", total=total, completed=self.global_step, info="")
-                while self.epoch < cfg.epochs and self.global_step < total:
+                while self.epoch < cfg.epochs and self.global_step < total and not self._stopped():
                     last = self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch) or last
         finally:
             logger.close()
@@ -263,7 +269,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen, count, started = 0, 0, time.perf_counter()
         for raw in self._train_loader(self.epoch, self.epoch_step):
-            if self.global_step >= total:
+            if self.global_step >= total or self._stopped():
                 break
             metrics, lr, n = self._train_step(raw, total, warmup, steps_per_epoch)
             self.global_step += 1
@@ -290,6 +296,9 @@ class Trainer:
             record = self._evaluate_and_record(logger, progress)
         self._save("last", with_optimizer=True)
         return record
+
+    def _stopped(self) -> bool:
+        return self._stop_after is not None and self.global_step >= self._stop_after
 
     def _evaluate_and_record(self, logger: MetricsLogger, progress) -> dict[str, float]:
         metrics = self.evaluate()

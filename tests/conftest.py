@@ -1,0 +1,46 @@
+"""Shared fixtures: the shipped recipes and a tiny, fast Fashion-MNIST recipe written to ``tmp_path``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "src" / "distill" / "recipes"
+
+
+def shipped_recipes() -> list[Path]:
+    """Every shipped recipe (``_``-prefixed files are include-only fragments by convention)."""
+    return sorted(p for p in RECIPES_DIR.glob("**/*.yaml") if not p.name.startswith("_"))
+
+
+def recipe_id(path: Path) -> str:
+    return str(path.relative_to(RECIPES_DIR).with_suffix(""))
+
+
+def tiny_recipe_dict(output: Path, **extra: object) -> dict:
+    """Fashion-MNIST, 256/128 samples, a 2-stage CNN with 4/8 channels, one epoch: trains in seconds."""
+    recipe = {
+        "name": "tiny",
+        "data": {"name": "fashion_mnist", "train_subset": 256, "test_subset": 128},
+        "student": {"name": "cnn", "options": {"channels": [4, 8]}},
+        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 128, "progress": False,
+                  "device": "cpu", "log_every": 2},
+        "output": str(output),
+    }
+    recipe.update(extra)
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """``write_recipe(data_or_text, name="r.yaml") -> Path`` in ``tmp_path``."""
+
+    def write(content: dict | str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write

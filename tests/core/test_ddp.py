@@ -1,0 +1,130 @@
+"""Two CPU processes under torchrun (gloo) train the same student as one process with the same global batch."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+SCRIPT = textwrap.dedent(
+    """
+    import io
+    import sys
+
+    import torch
+    import torch.distributed as dist
+    from rich.console import Console
+    from safetensors.torch import save_file
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from distill.distiller import Distiller, Term
+    from distill.losses import KDLoss
+    from distill.tasks import ClassificationTask
+    from distill.train import TrainConfig, Trainer
+
+    out, run_dir = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 1, 4, 4, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    train = TensorDataset(x, y)
+    val = TensorDataset(x[:64], y[:64])
+
+    torch.manual_seed(0)  # identical models on every rank (no batchnorm, no dropout)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 2))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    init = {"init." + k: v.detach().clone() for k, v in student.state_dict().items()}
+    distiller = Distiller(
+        student, ClassificationTask(), teacher=teacher,
+        terms=[Term(KDLoss(4.0), weight=0.7)], task_weight=0.3,
+    )
+    config = TrainConfig(
+        epochs=2, batch_size=32, lr=0.1, progress=False, deterministic=False, seed=0, device="cpu",
+        warmup_epochs=0.5,
+    )
+    trainer = Trainer(distiller, train, val, config, run_dir=run_dir, console=Console(file=io.StringIO()))
+    summary = trainer.fit()
+    if trainer.dist.is_main:
+        assert summary["steps"] == 16, summary["steps"]
+        state = {"final." + k: v.detach().contiguous() for k, v in distiller.student.state_dict().items()}
+        save_file({**state, **init}, out)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    """
+)
+
+
+def _run(args, tmp_path, name):
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    out = tmp_path / f"{name}.safetensors"
+    run_dir = tmp_path / f"run_{name}"
+    proc = subprocess.run(
+        [sys.executable, *args, str(out), str(run_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, (
+        f"{name} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+    assert out.is_file(), proc.stderr[-3000:]
+    return out, run_dir
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    single, single_dir = _run([str(script)], tmp_path, "single")
+    double, double_dir = _run(
+        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)],
+        tmp_path,
+        "ddp",
+    )
+    a, b = load_file(str(single)), load_file(str(double))
+    assert a.keys() == b.keys()
+    finals = [k for k in a if k.startswith("final.")]
+    assert finals
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), (
+            key,
+            (a[key] - b[key]).abs().max().item(),
+        )
+    # training moved the weights (the comparison is not between two untouched initialisations)
+    for key in finals:
+        init = a["init." + key.removeprefix("final.")]
+        assert (a[key] - init).abs().max() > 1e-3, key
+    # only rank 0 writes artefacts, and it writes them all
+    for run_dir in (single_dir, double_dir):
+        for name in (
+            "metrics.jsonl",
+            "summary.json",
+            "checkpoints/last.safetensors",
+            "checkpoints/best.json",
+        ):
+            assert (run_dir / name).is_file(), name
+    train_lines = [
+        line
+        for line in (double_dir / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    single_lines = [
+        line
+        for line in (single_dir / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
+    assert len(train_lines) == len(single_lines)  # one writer, not two

@@ -1,0 +1,68 @@
+"""``distill demo --tiny`` end to end: teacher (cached), scratch and KD students, report and plot."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+ROW_KEYS = {"name", "accuracy", "params", "size_bytes", "latency_ms_b1", "latency_ms_b256", "agreement"}
+
+
+@pytest.mark.integration
+def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
+    from distill import api, demo
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo"
+    console_text = io.StringIO()
+    result = demo.run_demo(out=out, tiny=True, console=Console(file=console_text, width=120))
+
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == ["teacher", "student (scratch)", "student (KD)"]
+    assert rows == result["rows"]
+    for row in rows:
+        assert ROW_KEYS <= row.keys(), row
+        assert 0.0 <= row["accuracy"] <= 100.0
+        assert isinstance(row["params"], int) and row["params"] > 0
+        assert row["size_bytes"] > 4 * row["params"] * 0.9  # float32 weights, plus a header
+        assert row["latency_ms_b1"] > 0 and row["latency_ms_b256"] > 0
+        assert 0.0 <= row["agreement"] <= 100.0
+    teacher, scratch, kd = rows
+    assert teacher["agreement"] == 100.0
+    assert scratch["params"] == kd["params"]  # the same student architecture
+    assert teacher["params"] >= 10 * kd["params"]
+    assert teacher["size_bytes"] > kd["size_bytes"]
+    assert report["tiny"] is True
+
+    md = (out / "report.md").read_text()
+    assert "| teacher |" in md and "| student (KD) |" in md and "accuracy_latency.png" in md
+    png = out / "accuracy_latency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert Path(result["paths"]["plot"]) == png
+
+    # the teacher was trained into the cache, the students into the output folder
+    teacher_dir = Path(teacher["run_dir"])
+    assert teacher_dir.parent == tmp_path / "cache"
+    assert (out / "student-scratch" / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "student-kd" / "checkpoints" / "last.safetensors").is_file()
+    kd_recipe = api.run_recipe(out / "student-kd")
+    assert kd_recipe.teacher.weights == str(teacher_dir)
+
+    # a second demo with the same settings reuses the cached teacher: no training, files untouched
+    ckpt = teacher_dir / "checkpoints" / "last.safetensors"
+    before = (ckpt.stat().st_mtime_ns, ckpt.read_bytes())
+
+    def no_teacher_training(recipe, *args, **kwargs):
+        raise AssertionError(f"the cached teacher was retrained ({recipe.name})")
+
+    monkeypatch.setattr(demo.api, "train", no_teacher_training)
+    second = io.StringIO()
+    assert demo._teacher_run(demo.TINY, fresh=False, console=Console(file=second, width=200)) == teacher_dir
+    assert "reusing" in second.getvalue()
+    assert (ckpt.stat().st_mtime_ns, ckpt.read_bytes()) == before
