@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from distill.distiller import Distiller, DistillStep, OnlineTeacher, Term, TeacherSource
+from distill.distiller import Distiller, DistillStep, OnlineTeacher, TeacherSource, Term
 from distill.errors import ConfigError, DistillError
 from distill.losses import LOSSES, FitNetLoss, KDLoss, build_loss
 from distill.projectors import PROJECTORS

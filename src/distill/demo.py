@@ -55,14 +55,15 @@ def run_demo(
     started = time.perf_counter()
     common = ([f"data.root={data_root}"] if data_root else []) + (TINY if tiny else [])
     teacher_dir = _teacher_run(common, fresh, console)
-    runs = {"teacher": (teacher_dir, "fashion_mnist/teacher")}
+    teacher_weights = f"teacher.weights={teacher_dir / 'checkpoints' / 'last.safetensors'}"
+    runs = {"teacher": teacher_dir}
     for slug, recipe_name in (("student-scratch", "fashion_mnist/scratch"), ("student-kd", "fashion_mnist/kd")):
-        extra = [f"teacher.weights={teacher_dir}"] if slug == "student-kd" else []
+        extra = [teacher_weights] if slug == "student-kd" else []
         recipe = load_recipe(recipe_name, [*common, *extra, f"output={out / slug}"])
         console.rule(slug)
         api.train(recipe, overwrite=True, console=console)
-        runs[slug] = (out / slug, recipe_name)
-    rows = _measure_runs(runs, common, teacher_dir, console)
+        runs[slug] = out / slug
+    rows = _measure_runs(runs, [*common, teacher_weights], console)
     elapsed = time.perf_counter() - started
     notes = (
         "Accuracy is the last epoch's test top-1 (no checkpoint picking on the test set). Agreement: share of "
@@ -74,9 +75,10 @@ def run_demo(
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "elapsed_s": elapsed}
 
 
-def _measure_runs(runs: dict[str, tuple[Path, str]], common: list[str], teacher_dir: Path, console: Console):
+def _measure_runs(runs: dict[str, Path], overrides: list[str], console: Console) -> list[dict[str, Any]]:
+    """Measure the teacher and each student run (last checkpoint) on the test set, the same way."""
     console.rule("measuring")
-    kd_recipe = load_recipe("fashion_mnist/kd", [*common, f"teacher.weights={teacher_dir}"])
+    kd_recipe = load_recipe("fashion_mnist/kd", overrides)
     train, test = build_data(kd_recipe)
     built = build(kd_recipe, data=(train, test))
     teacher = built.teacher
@@ -84,7 +86,7 @@ def _measure_runs(runs: dict[str, tuple[Path, str]], common: list[str], teacher_
     example = test.images[0]
     labels = {"teacher": "teacher", "student-scratch": "student (scratch)", "student-kd": "student (KD)"}
     rows = []
-    for slug, (run_dir, recipe_name) in runs.items():
+    for slug, run_dir in runs.items():
         if slug == "teacher":
             model = teacher
         else:

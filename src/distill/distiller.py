@@ -129,7 +129,7 @@ class StudentSide(nn.Module):
         if w_task:
             parts["task"] = w_task * self.task.loss(outputs, batch)
             total = total + parts["task"]
-        for term, name, loss, projector in zip(self.terms, self.names, self.losses, self.projectors):
+        for term, name, loss, projector in zip(self.terms, self.names, self.losses, self.projectors, strict=True):
             w = weight_at(term.weight, epoch)
             student = _pick(term.student, outputs, taps, "student")
             teacher = _teacher_pick(term.teacher, teacher_outputs)

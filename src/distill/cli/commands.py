@@ -48,7 +48,7 @@ def eval_(
 @app.command()
 def validate(recipes: Annotated[list[str], typer.Argument(help="recipe files to check")]) -> None:
     """Check recipes without training: schema, names, loss options, includes."""
-    for path, recipe in zip(recipes, api.validate(recipes)):
+    for path, recipe in zip(recipes, api.validate(recipes), strict=True):
         console.print(f"[green]ok[/] {path} ({recipe.name})")
 
 

@@ -18,7 +18,7 @@ from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule
 from distill.tasks import build_task
 from distill.train import Trainer
-from distill.train.checkpoint import load_student_weights
+from distill.train.checkpoint import load_student_weights, model_tensors
 
 
 @dataclass
@@ -67,7 +67,8 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-            state = {k.removeprefix("model.student."): v for k, v in state.items()}
+            if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
+                state = model_tensors(state, "model.student.")
         elif path.suffix in (".pt", ".pth", ".bin"):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

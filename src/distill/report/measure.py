@@ -12,8 +12,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from distill.models import count_parameters
-from distill.train.checkpoint import state_tensors
 from distill.tasks.base import Task
+from distill.train.checkpoint import state_tensors
 
 
 def serialized_size(model: nn.Module) -> int:

@@ -20,7 +20,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     correct = predicted.eq(labels).float()
     edges = torch.linspace(0, 1, bins + 1, device=probs.device)
     which = torch.bucketize(confidence, edges[1:-1], right=True)  # 0..bins-1
-    counts = torch.bincount(which, minlength=bins).float()
     conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
     acc_sum = torch.bincount(which, weights=correct, minlength=bins)
     return float((conf_sum - acc_sum).abs().sum() / labels.numel())

@@ -30,7 +30,13 @@ from distill.train.checkpoint import (
     write_json,
 )
 from distill.train.config import TrainConfig
-from distill.train.distributed import DistInfo, barrier, broadcast_object, init_distributed, pick_device
+from distill.train.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    pick_device,
+)
 from distill.train.logging import MetricsLogger, format_values, make_progress
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
