@@ -30,6 +30,10 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
             "--overwrite to start over, or set output=... to another folder"
         )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DistillError(f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder") from None
     if overwrite and not resume and run_dir.is_dir():
         import shutil
 
@@ -91,10 +95,10 @@ def resolve(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 def catalogue(what: str) -> list[dict[str, Any]]:
     """Rows for ``distill list WHAT``: one dict per registered item (name first, then its metadata)."""
     if what == "recipes":
-        from distill.config.load import BUILTIN_RECIPES
+        from distill.config.load import BUILTIN_RECIPES, shipped_recipes
 
         rows = []
-        for path in sorted(BUILTIN_RECIPES.rglob("*.yaml")):
+        for path in shipped_recipes():
             raw = path.read_text().splitlines()
             first = next((line.lstrip("# ").strip() for line in raw if line.startswith("#")), "")
             rows.append({"name": str(path.relative_to(BUILTIN_RECIPES).with_suffix("")), "about": first})

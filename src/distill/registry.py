@@ -26,8 +26,9 @@ class Registry(Generic[T]):
     >>> LOSSES.get("kd")
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or (kind + "es" if kind.endswith("s") else kind + "s")
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
@@ -57,7 +58,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, self._items)} "
-                f"Known {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}"
+                f"Known {self.plural}: {', '.join(sorted(self._items)) or '(none)'}"
             ) from None
 
     def meta(self, name: str) -> dict[str, Any]:

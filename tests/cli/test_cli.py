@@ -15,7 +15,7 @@ from conftest import recipe_id, shipped_recipes, tiny_recipe_dict
 from distill.cli import main
 
 DISTILL = Path(sys.executable).parent / "distill"
-RUNNABLE = [p for p in shipped_recipes() if p.name != "base.yaml"]  # base.yaml: see tests/config (xfail)
+RUNNABLE = shipped_recipes()
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +71,9 @@ def test_list(capsys, what, names):
 
 
 def test_list_recipes_keeps_brackets_in_descriptions(capsys):
-    """Recipe descriptions are text, not rich markup: base.yaml's '[base.yaml]' must survive."""
+    """Recipe descriptions are text, not rich markup: kd.yaml's '[Hinton et al. 2015]' must survive."""
     code, out, _ = run_cli(capsys, "list", "recipes")
-    assert code == 0 and "[base.yaml]" in out
+    assert code == 0 and "[Hinton et al." in out and "fashion_mnist/_base" not in out
 
 
 def test_list_unknown_suggests(capsys):
@@ -237,13 +237,6 @@ def test_train_into_unwritable_output(capsys, tmp_path, write_recipe):
 
 
 # ----------------------------------------------------------------------------- usage errors
-CLICK_BUG = (
-    "cli/__init__.py main() tests isinstance(err, click.ClickException) but typer>=0.2x raises its vendored "
-    "typer._click exceptions, so usage errors escape as tracebacks (exit 1) instead of usage + exit 2"
-)
-
-
-@pytest.mark.xfail(reason=CLICK_BUG, strict=True)
 @pytest.mark.parametrize("argv", [["train"], ["nosuchcmd"], ["list", "losses", "--bogus"]])
 def test_usage_errors_exit_2_in_process(capsys, argv):
     code, _, err = run_cli(capsys, *argv)
@@ -265,7 +258,6 @@ def test_console_script_exit_codes(tmp_path):
     assert done.returncode == 0 and "validate" in done.stdout and done.stderr == ""
 
 
-@pytest.mark.xfail(reason=CLICK_BUG, strict=True)
 def test_console_script_usage_error_has_no_traceback(tmp_path):
     done = run_script("nosuchcmd", cwd=tmp_path)
     assert done.returncode == 2

@@ -113,11 +113,18 @@ def test_teacher_weights_from_safetensors(write_recipe, tmp_path):
     assert_same_weights(built.teacher, source)
 
 
-def test_teacher_weights_from_distill_safetensors_with_prefix(write_recipe, tmp_path):
-    """A checkpoint file written by distill (keys ``model.student.*``) loads directly too."""
+@pytest.mark.parametrize("with_optimizer", [False, True], ids=["best", "last-with-optimizer"])
+def test_teacher_weights_from_distill_checkpoint_file(write_recipe, tmp_path, with_optimizer):
+    """A checkpoint file written by distill (``model.student.*``, maybe ``optim.*``) loads directly too."""
     source = distinct_teacher()
-    save_checkpoint(tmp_path / "ckpt", "best", nn.ModuleDict({"student": source}), {})
-    built = build(tiny(write_recipe, tmp_path, **kd_terms(str(tmp_path / "ckpt" / "best.safetensors"))))
+    optimizer = None
+    if with_optimizer:  # a 'last' checkpoint also holds the optimizer's tensors
+        optimizer = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+        source(torch.randn(2, 1, 28, 28)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    save_checkpoint(tmp_path / "ckpt", "ck", nn.ModuleDict({"student": source}), {}, optimizer)
+    built = build(tiny(write_recipe, tmp_path, **kd_terms(str(tmp_path / "ckpt" / "ck.safetensors"))))
     assert_same_weights(built.teacher, source)
 
 
@@ -213,11 +220,6 @@ def test_unknown_weights_format_is_a_config_error(write_recipe, tmp_path):
     assert_one_line(excinfo.value, "unknown format", ".safetensors")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_weights passes a non-dict torch.load result to load_state_dict; the TypeError escapes "
-    "as a raw TypeError (and a traceback in the CLI) instead of a DistillError",
-)
 def test_pt_file_holding_a_bare_tensor_is_a_distill_error(tmp_path):
     path = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), path)

@@ -16,19 +16,10 @@ from distill.config.load import apply_override, deep_merge, load_recipe, parse_o
 from distill.config.schema import Recipe, ScheduleSpec
 from distill.errors import ConfigError, DistillError
 
-# Shipped files that are include fragments, not runnable recipes, yet are listed as recipes.
-FRAGMENT_BUG = (
-    "base.yaml is an include-only fragment (no name/student) but is shipped and listed as a recipe "
-    "(`distill list recipes`, `distill validate recipes/**/*.yaml` fails on it); rename it to _base.yaml "
-    "and skip '_'-prefixed files in catalogue()/find_recipe()"
-)
-
-
 def _shipped_params():
     params = []
     for path in shipped_recipes():
-        marks = [pytest.mark.xfail(reason=FRAGMENT_BUG, strict=True)] if path.name == "base.yaml" else []
-        params.append(pytest.param(path, id=recipe_id(path), marks=marks))
+        params.append(pytest.param(path, id=recipe_id(path)))
     return params
 
 
@@ -240,11 +231,6 @@ def test_apply_override_creates_missing_mappings_and_does_not_touch_others():
     assert apply_override(data, "data.augment.flip=true") == {"train": {"lr": 0.1}, "data": {"augment": {"flip": True}}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_override uses yaml.safe_load (YAML 1.1): '5e-1' stays the string '5e-1', so loss/model "
-    "options given in exponent notation reach the constructor as str (KDLoss then raises TypeError)",
-)
 def test_override_exponent_float_is_a_float():
     r = load_recipe("fashion_mnist/kd", ["distill.terms.0.options.temperature=5e-1"])
     assert r.distill.terms[0].options["temperature"] == 0.5
@@ -322,12 +308,6 @@ BAD_RECIPES = {
     "plugins-not-a-list": (OK + "plugins: {a: b}\n", ["'plugins' must be a list"]),
 }
 
-SCHEDULE_OPTION_BUG = (
-    "format_validation_error reports only the first union branch ('distill.terms.0.weight.float: Input "
-    "should be a valid number (+1 more problems)') and hides the ScheduleSpec error naming 'valu'"
-)
-
-
 @pytest.mark.parametrize("case", sorted(BAD_RECIPES), ids=str)
 def test_bad_recipe_raises_one_line_config_error(case, write_recipe):
     text, needles = BAD_RECIPES[case]
@@ -339,7 +319,6 @@ def test_bad_recipe_raises_one_line_config_error(case, write_recipe):
     assert "Traceback" not in message
 
 
-@pytest.mark.xfail(reason=SCHEDULE_OPTION_BUG, strict=True)
 def test_bad_schedule_option_names_the_option(write_recipe):
     path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n")
     with pytest.raises(ConfigError) as excinfo:
@@ -348,17 +327,13 @@ def test_bad_schedule_option_names_the_option(write_recipe):
 
 
 def test_bad_schedule_option_is_rejected(write_recipe):
-    """The error is raised (even if its message is poor, see the xfail above)."""
+    """The error says where: the term's weight."""
     path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n")
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(path)
     assert_one_line_config_error(excinfo, "distill.terms.0.weight")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Registry.get pluralises by appending 's': 'Known losss: fitnet, kd' (registry.py, UnknownNameError message)",
-)
 def test_unknown_loss_message_lists_known_losses(write_recipe):
     path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n")
     with pytest.raises(ConfigError) as excinfo:

@@ -46,13 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as done:
         return done.exit_code
-    except Exception as err:  # click usage errors and aborts
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        if isinstance(err, click.exceptions.Abort):
+    except Exception as err:  # usage errors and aborts (typer may bundle its own copy of click)
+        show, code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
+        if type(err).__name__ == "Abort":
             return 1
         raise
     return 0

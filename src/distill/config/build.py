@@ -79,6 +79,11 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
                 ) from None
             if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
                 state = state.get("state_dict", state.get("model"))
+            if not isinstance(state, dict):
+                raise DistillError(
+                    f"{role} weights {path} hold a {type(state).__name__}, not a state dict; "
+                    "save model.state_dict() instead"
+                )
         else:
             raise ConfigError(f"{role} weights {path}: unknown format; use a run dir, .safetensors, .pt or .pth")
         model.load_state_dict(state)

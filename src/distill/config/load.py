@@ -6,6 +6,7 @@ Errors are :class:`ConfigError` with one line that names the file, the key and t
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,26 @@ from distill.errors import ConfigError, DistillError, did_you_mean
 BUILTIN_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def shipped_recipes() -> list[Path]:
+    """Shipped recipe files; ``_``-prefixed files are include-only fragments."""
+    return sorted(p for p in BUILTIN_RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
+
+
 def find_recipe(path: str | Path) -> Path:
     """A path, or the name of a shipped recipe (``fashion_mnist/kd``)."""
     p = Path(path)
@@ -26,7 +47,7 @@ def find_recipe(path: str | Path) -> Path:
     for candidate in (BUILTIN_RECIPES / p, BUILTIN_RECIPES / p.with_suffix(".yaml")):
         if candidate.is_file():
             return candidate
-    shipped = [str(r.relative_to(BUILTIN_RECIPES).with_suffix("")) for r in BUILTIN_RECIPES.rglob("*.yaml")]
+    shipped = [str(r.relative_to(BUILTIN_RECIPES).with_suffix("")) for r in shipped_recipes()]
     hint = did_you_mean(str(p.with_suffix("")), shipped)
     raise ConfigError(f"recipe {str(path)!r} not found.{hint} Give a YAML path or a shipped recipe name (`distill list recipes`)")
 
@@ -37,7 +58,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -89,7 +110,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(f"override {text!r} has an empty key part; write dotted keys like train.lr=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not valid YAML: keep the text as a string
     return [int(p) if p.isdigit() else p for p in parts], value
@@ -144,7 +165,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         parent_fields = _fields_at(first["loc"][:-1])
         hint = did_you_mean(str(first["loc"][-1]), parent_fields)
         msg = f"unknown key.{hint} Allowed here: {', '.join(parent_fields)}" if parent_fields else "unknown key"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
+    elif (
+        "input" in first
+        and first["type"] not in ("missing", "value_error")  # our own messages already name the value
+        and not isinstance(first["input"], (dict, list))
+    ):
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
     return f"{source}: {loc or '(top level)'}: {msg}" + (f" (+{more} more problems)" if more else "")

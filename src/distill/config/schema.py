@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distill.config.signature import check_kwargs
+from distill.registry import UnknownNameError
 from distill.train.config import TrainConfig
 
 
@@ -29,7 +30,10 @@ def _lookup(kind: str, name: str) -> Any:
         from distill.schedules import SCHEDULES as registry
     else:
         from distill.projectors import PROJECTORS as registry
-    return registry.get(name)
+    try:
+        return registry.get(name)
+    except UnknownNameError as err:
+        raise ValueError(str(err)) from None
 
 
 class ScheduleSpec(BaseModel):
@@ -46,6 +50,11 @@ class ScheduleSpec(BaseModel):
 
 
 Weight = float | ScheduleSpec
+
+
+def _weight(value: Any) -> Any:
+    """A mapping is a schedule: validate it as one so its own error (bad option) is the one reported."""
+    return ScheduleSpec.model_validate(value) if isinstance(value, dict) else value
 
 
 class ModelSpec(Strict):
@@ -90,6 +99,11 @@ class TermSpec(Strict):
     projector: str | None = None
     name: str | None = None
 
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        return _weight(value)
+
     @model_validator(mode="after")
     def _check(self) -> TermSpec:
         check_kwargs(_lookup("loss", self.loss), self.options, what=f"loss {self.loss!r}")
@@ -101,6 +115,11 @@ class TermSpec(Strict):
 class DistillSpec(Strict):
     task_weight: Weight = 1.0
     terms: list[TermSpec] = Field(default_factory=list)
+
+    @field_validator("task_weight", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> Any:
+        return _weight(value)
 
 
 class Recipe(Strict):
