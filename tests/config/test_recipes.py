@@ -16,6 +16,7 @@ from distill.config.load import apply_override, deep_merge, load_recipe, parse_o
 from distill.config.schema import Recipe, ScheduleSpec
 from distill.errors import ConfigError, DistillError
 
+
 def _shipped_params():
     params = []
     for path in shipped_recipes():
