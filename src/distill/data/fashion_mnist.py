@@ -1,0 +1,220 @@
+"""Fashion-MNIST (Zalando Research, MIT licence): 28x28 grayscale clothing images, 10 classes.
+
+Folder look-up order: ``root`` (or ``$DISTILL_DATA/fashion-mnist``), the Debian package folder
+(``apt-get install dataset-fashion-mnist``), then a download into ``root``
+(default ``./data/fashion-mnist``).
+
+``python -m distill.data.fashion_mnist --ensure [--root DIR]`` finds or downloads the files and
+prints the folder used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import os
+import sys
+import tempfile
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.data import DATASETS
+from distill.data.tensor import TensorDataset, check_split
+from distill.errors import DistillError
+
+MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
+DEFAULT_ROOT = Path("data/fashion-mnist")
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SIZES = {"train": 60000, "test": 10000}
+CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+DOWNLOAD_TIMEOUT_S = 30.0
+
+# IDX type byte -> big-endian numpy dtype
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _all_names() -> list[str]:
+    return [f"{name}.gz" for pair in FILES.values() for name in pair]
+
+
+def _how_to_get(root: Path) -> str:
+    return (
+        "install it with `sudo apt-get install dataset-fashion-mnist`, or download "
+        f"{', '.join(_all_names())} from {MIRROR} into {root}"
+    )
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an IDX file (optionally gzipped); the result is cached per process and read-only."""
+    path = Path(path)
+    stat = path.stat()
+    return _read_idx_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    fix = "delete it and fetch it again"
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DistillError(f"cannot read IDX file {path} ({exc}); {fix}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DistillError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); {fix}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DistillError(f"IDX file {path} is truncated (header cut short); {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        state = "truncated" if len(raw) < expected else "too long"
+        raise DistillError(
+            f"IDX file {path} is {state} ({len(raw)} bytes, header {dims} needs {expected}); {fix}"
+        )
+    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    arr = arr.astype(dtype.newbyteorder("="), copy=False)
+    arr.flags.writeable = False
+    return arr
+
+
+def _file_in(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _complete(folder: Path) -> bool:
+    return all(_file_in(folder, name) for pair in FILES.values() for name in pair)
+
+
+def _user_root(root: str | os.PathLike[str] | None) -> Path:
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("DISTILL_DATA"):
+        return Path(os.environ["DISTILL_DATA"]).expanduser() / "fashion-mnist"
+    return DEFAULT_ROOT
+
+
+def find_fashion_mnist(root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The first folder holding all four files: root (or $DISTILL_DATA/fashion-mnist), then Debian's."""
+    for folder in (_user_root(root), *SYSTEM_DIRS):
+        if _complete(folder):
+            return folder
+    return None
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch ``url`` to ``dest`` atomically (temp file in the same folder, then rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+        ):
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_fashion_mnist(root: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """Find the Fashion-MNIST folder, downloading into root if needed; returns the folder."""
+    found = find_fashion_mnist(root)
+    if found is not None:
+        return found
+    target = _user_root(root)
+    if not download:
+        raise DistillError(
+            f"Fashion-MNIST not found in {target} or {', '.join(map(str, SYSTEM_DIRS))}; {_how_to_get(target)}"
+        )
+    for name in _all_names():
+        if _file_in(target, name.removesuffix(".gz")) is not None:
+            continue
+        try:
+            _download(MIRROR + name, target / name)
+        except Exception as exc:  # network errors come in many types (URLError, timeout, HTTP...)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise DistillError(
+                f"could not download {MIRROR + name} ({reason}); {_how_to_get(target)}"
+            ) from None
+    return target
+
+
+def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N,28,28] and labels [N] of one split from ``folder``, shape-checked."""
+    names = FILES[check_split(split)]
+    paths = [_file_in(folder, name) for name in names]
+    if None in paths:
+        raise DistillError(
+            f"Fashion-MNIST {split} files are missing from {folder}; {_how_to_get(folder)}"
+        )
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
+        raise DistillError(
+            f"{paths[0]} / {paths[1]} have shapes {images.shape} / {labels.shape}, not [N,28,28] / [N]; "
+            "delete them and fetch them again"
+        )
+    return images, labels
+
+
+def FashionMNIST(
+    split: str = "train", root: str | None = None, download: bool = True
+) -> TensorDataset:
+    """Fashion-MNIST as a TensorDataset: images float32 [N,1,28,28] in [0, 1], 10 classes."""
+    folder = ensure_fashion_mnist(root, download=download)
+    images, labels = load_split(folder, split)
+    x = torch.from_numpy(images.copy()).unsqueeze(1)  # uint8; TensorDataset scales by 1/255
+    y = torch.from_numpy(labels.astype(np.int64))
+    return TensorDataset(
+        x, y, num_classes=len(CLASSES), classes=CLASSES, name=f"fashion_mnist/{split}"
+    )
+
+
+if __name__ != "__main__":  # `python -m` executes this file a second time, as __main__
+    DATASETS.add(
+        "fashion_mnist", FashionMNIST, source="Zalando Research", license="MIT", sizes=SIZES
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m distill.data.fashion_mnist", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--ensure", action="store_true", help="find or download the files, print the folder"
+    )
+    parser.add_argument("--root", default=None, help="folder to look in / download into")
+    args = parser.parse_args(argv)
+    if not args.ensure:
+        folder = find_fashion_mnist(args.root)
+        print(folder if folder is not None else "not found")
+        return 0 if folder is not None else 1
+    try:
+        print(ensure_fashion_mnist(args.root))
+    except DistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

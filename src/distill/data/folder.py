@@ -1,0 +1,154 @@
+"""Datasets read from the user's own files into memory.
+
+* ``image_folder``: ``<root>/<split>/<class>/*.png|jpg|jpeg|bmp`` (class = sub-folder name).
+* ``tensors``: ``<root>/<split>.safetensors`` with ``images`` [N,C,H,W] (or [N,H,W]) and
+  ``labels`` [N]; optional metadata ``classes`` (JSON list of names) or ``num_classes``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.data import DATASETS
+from distill.data.tensor import SPLITS, TensorDataset, check_split
+from distill.errors import DistillError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+FOLDER_LAYOUT = "<root>/<split>/<class>/<image>.png|jpg|jpeg|bmp with split 'train' or 'test'"
+
+
+def _need_root(root: str | None, dataset: str, layout: str) -> Path:
+    if root is None:
+        raise DistillError(f"dataset {dataset!r} needs root=<folder>; expected layout {layout}")
+    return Path(root).expanduser()
+
+
+def _class_names(root: Path) -> list[str]:
+    """Sorted class folder names over every split present, so labels agree across splits."""
+    names = {
+        p.name
+        for split in SPLITS
+        if (root / split).is_dir()
+        for p in (root / split).iterdir()
+        if p.is_dir()
+    }
+    return sorted(names)
+
+
+def _load_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if grayscale else "RGB")
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DistillError(f"cannot read image {path} ({exc}); fix or delete the file") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr  # [H,W,C]
+
+
+@DATASETS.register("image_folder", kind="files")
+def image_folder(
+    split: str = "train",
+    root: str | None = None,
+    image_size: int | tuple[int, int] = 32,
+    grayscale: bool = False,
+) -> TensorDataset:
+    """Images resized to ``image_size`` (int or (H, W)); 1 channel if grayscale else 3 (RGB)."""
+    check_split(split)
+    base = _need_root(root, "image_folder", FOLDER_LAYOUT)
+    folder = base / split
+    if not folder.is_dir():
+        raise DistillError(f"image folder {folder} does not exist; expected layout {FOLDER_LAYOUT}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise DistillError(
+            f"image_size must be a positive int or (height, width), got {image_size!r}; use e.g. 32"
+        )
+    classes = _class_names(base)
+    files = [
+        (path, label)
+        for label, name in enumerate(classes)
+        if (folder / name).is_dir()
+        for path in sorted((folder / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if not files:
+        raise DistillError(f"no images found under {folder}; expected layout {FOLDER_LAYOUT}")
+    arrays = np.stack([_load_image(path, size, grayscale) for path, _ in files])  # [N,H,W,C]
+    images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return TensorDataset(images, labels, classes=classes, name=f"image_folder/{split}")
+
+
+def _metadata_classes(meta: dict[str, str], path: Path) -> tuple[list[str] | None, int | None]:
+    try:
+        classes = json.loads(meta["classes"]) if "classes" in meta else None
+        num = int(meta["num_classes"]) if "num_classes" in meta else None
+    except ValueError as exc:
+        raise DistillError(
+            f"bad 'classes'/'num_classes' metadata in {path} ({exc}); store a JSON list / an int"
+        ) from None
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
+        raise DistillError(
+            f"metadata 'classes' in {path} must be a JSON list of strings; fix the file"
+        )
+    return classes, num
+
+
+def _other_split_max(root: Path, split: str) -> int:
+    """Largest label in the other split's file (-1 if absent) so both splits agree on num_classes."""
+    from safetensors import safe_open
+
+    other = root / f"{SPLITS[1 - SPLITS.index(split)]}.safetensors"
+    if not other.is_file():
+        return -1
+    with safe_open(str(other), framework="pt") as f:
+        if "labels" not in f.keys():
+            return -1
+        labels = f.get_tensor("labels")
+    return int(labels.max()) if labels.numel() else -1
+
+
+@DATASETS.register("tensors", kind="files")
+def tensor_file(split: str = "train", root: str | None = None) -> TensorDataset:
+    """Tensors from ``<root>/<split>.safetensors``; uint8 images are scaled to [0, 1]."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    check_split(split)
+    base = _need_root(root, "tensors", "<root>/train.safetensors and <root>/test.safetensors")
+    path = base / f"{split}.safetensors"
+    if not path.is_file():
+        raise DistillError(
+            f"tensor file {path} does not exist; save one with safetensors.torch.save_file({{'images': ..., 'labels': ...}}, '{path}')"
+        )
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise DistillError(
+            f"cannot read {path} ({exc}); re-save it with safetensors.torch.save_file"
+        ) from None
+    missing = [key for key in ("images", "labels") if key not in tensors]
+    if missing:
+        raise DistillError(
+            f"{path} lacks tensor(s) {', '.join(missing)} (has {', '.join(sorted(tensors)) or 'none'}); save keys 'images' and 'labels'"
+        )
+    images, labels = tensors["images"], tensors["labels"]
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    classes, num_classes = _metadata_classes(meta, path)
+    if classes is None and num_classes is None and labels.numel():
+        num_classes = max(int(labels.max()), _other_split_max(base, split)) + 1
+    return TensorDataset(
+        images, labels, num_classes=num_classes, classes=classes, name=f"tensors/{split}"
+    )
