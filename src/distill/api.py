@@ -82,9 +82,22 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
     return built.distiller.task.evaluate(built.student, loader, built.teacher)
 
 
-def validate(paths: list[str | Path]) -> list[Recipe]:
-    """Load and validate each recipe (no training, no data loading)."""
-    return [load_recipe(p) for p in paths]
+def validate(paths: list[str | Path]) -> list[Recipe | None]:
+    """Load and validate each recipe (no training, no data loading).
+
+    Files named ``_*.yaml`` are include fragments (``defaults:`` targets): they are parsed, not validated
+    as whole recipes, and give ``None``.
+    """
+    from distill.config.load import load_raw
+
+    results: list[Recipe | None] = []
+    for path in paths:
+        if Path(path).name.startswith("_"):
+            load_raw(Path(path))
+            results.append(None)
+        else:
+            results.append(load_recipe(path))
+    return results
 
 
 def resolve(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:

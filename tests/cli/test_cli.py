@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import recipe_id, shipped_recipes, tiny_recipe_dict
+from conftest import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
 from distill.cli import main
 
 DISTILL = Path(sys.executable).parent / "distill"
@@ -110,6 +110,18 @@ def test_validate_all_shipped_recipes(capsys):
     assert out.count("ok ") == len(RUNNABLE)
     for path in RUNNABLE:
         assert str(path) in out
+
+
+def test_validate_glob_with_include_fragments(capsys, tmp_path):
+    """`distill validate recipes/x/*.yaml` (as the README shows) passes over _fragments but still parses them."""
+    fragments = sorted(RECIPES_DIR.rglob("_*.yaml"))
+    assert fragments, "the shipped recipes are expected to use an include fragment"
+    code, out, err = run_cli(capsys, "validate", *map(str, fragments + RUNNABLE))
+    assert code == 0, err
+    assert out.count("(include fragment)") == len(fragments)
+    (tmp_path / "_broken.yaml").write_text("train: {lr: [1\n")
+    code, _, err = run_cli(capsys, "validate", str(tmp_path / "_broken.yaml"))
+    assert code == 2 and "YAML syntax error" in err
 
 
 def test_validate_shipped_recipes_by_name(capsys):

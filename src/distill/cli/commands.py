@@ -49,7 +49,8 @@ def eval_(
 def validate(recipes: Annotated[list[str], typer.Argument(help="recipe files to check")]) -> None:
     """Check recipes without training: schema, names, loss options, includes."""
     for path, recipe in zip(recipes, api.validate(recipes), strict=True):
-        console.print(f"[green]ok[/] {path} ({recipe.name})")
+        what = f"({recipe.name})" if recipe is not None else "(include fragment)"
+        console.print(f"[green]ok[/] {escape(path)} {what}")
 
 
 @app.command()
