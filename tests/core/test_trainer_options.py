@@ -10,7 +10,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from distill import ClassificationTask, Distiller, KDLoss, Term, TrainConfig, Trainer
+from distill import ClassificationTask, Distiller, DistillError, KDLoss, Term, TrainConfig, Trainer
 
 
 def data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -64,3 +64,11 @@ def test_adamw_onecycle_learns(tmp_path):
     _, summary = fit(tmp_path, epochs=8, optimizer="adamw", lr=0.05, schedule="onecycle")
     assert summary["history"][0]["top1"] < summary["last"]["top1"]
     assert summary["last"]["top1"] > 75
+
+
+def test_fit_refuses_to_overwrite_an_existing_run(tmp_path):
+    fit(tmp_path)
+    before = (tmp_path / "checkpoints" / "last.safetensors").read_bytes()
+    with pytest.raises(DistillError, match="resume=True"):
+        fit(tmp_path)
+    assert (tmp_path / "checkpoints" / "last.safetensors").read_bytes() == before

@@ -164,6 +164,11 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=cfg.lr)
 
     def _setup(self, resume: bool) -> None:
+        last = self.checkpoint_dir / "last.json" if self.checkpoint_dir else None
+        if not resume and last is not None and last.is_file():
+            raise DistillError(
+                f"{self.run_dir} already holds a run; call fit(resume=True) to continue it or use another run_dir"
+            )
         seed_everything(self.config.seed, self.config.deterministic)
         if self.distiller.terms:  # builds named projectors, checks tap shapes before any training
             self.distiller.setup(next(iter(self._train_loader(0))))
