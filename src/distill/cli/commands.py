@@ -41,7 +41,7 @@ def eval_(
     metrics = api.evaluate(run_dir, checkpoint)
     table = Table("metric", "value", title=str(run_dir))
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4g}")
+        table.add_row(key, str(int(value)) if float(value).is_integer() else f"{value:.4g}")
     console.print(table)
 
 
