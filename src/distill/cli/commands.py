@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,8 @@ def train(
     """Train a student (or a teacher) as a recipe describes."""
     summary = api.train(recipe, overrides or [], resume=resume, overwrite=overwrite, console=console)
     best = summary.get("best") or {}
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return
     console.print(f"done: {summary['run_dir']}  best top-1 {best.get('top1', float('nan')):.2f} (epoch {best.get('epoch')})")
 
 
