@@ -127,7 +127,7 @@ def render(results: list[dict[str, Any]], seeds: list[int], labels: list[str], h
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_pm(got)} | {gain} | {wins} |")
     missing = [(label, s) for label in rows for s in seeds if (label, s) not in by]
     if missing:
-        lines += ["", f"Not run (time budget): {', '.join(f'{l} seed {s}' for l, s in missing)}."]
+        lines += ["", f"Not run (time budget): {', '.join(f'{name} seed {s}' for name, s in missing)}."]
     secs = [r["seconds"] for r in results]
     if secs:
         sc = [r["seconds"] for r in results if r["kind"] == "scratch"]
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in args.seeds:
         jobs.append({"kind": "scratch", "label": "scratch", "seed": s})
         jobs.append({"kind": "kd", "label": labels[0], "variant": variants[0], "seed": s})
-    for v, label in zip(variants[1:], labels[1:]):
+    for v, label in zip(variants[1:], labels[1:], strict=True):
         for s in args.seeds:
             jobs.append({"kind": "kd", "label": label, "variant": v, "seed": s})
     for i, job in enumerate(jobs):
