@@ -151,7 +151,9 @@ def test_config_prints_resolved_yaml_with_override(capsys):
     assert "  lr: 0.3" in out.splitlines()
     data = yaml.safe_load(out)
     assert data["train"]["lr"] == 0.3 and data["name"] == "fashion_mnist-kd"
-    assert data["teacher"]["options"]["channels"] == [32, 64, 128]
+    teacher_recipe = yaml.safe_load(run_cli(capsys, "config", "fashion_mnist/teacher")[1])
+    assert data["teacher"]["name"] == teacher_recipe["student"]["name"]
+    assert data["teacher"]["options"] == teacher_recipe["student"]["options"]  # the model the teacher run trains
     assert "defaults" not in data
 
 

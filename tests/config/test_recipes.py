@@ -70,18 +70,20 @@ def test_resolved_recipe_file_loads_again(tmp_path: Path):
 
 
 def test_shipped_kd_recipe_contents():
-    kd = load_recipe("fashion_mnist/kd")
+    """kd.yaml = scratch.yaml (same student, same schedule) + the teacher that teacher.yaml trains + a kd term."""
+    kd, scratch, teacher = (load_recipe(f"fashion_mnist/{n}") for n in ("kd", "scratch", "teacher"))
     assert kd.name == "fashion_mnist-kd"
-    assert kd.teacher is not None and kd.teacher.options == {"channels": [32, 64, 128]}
-    assert kd.student.options == {"channels": [8, 16, 32]}  # from scratch.yaml
-    assert kd.train.epochs == 6 and kd.train.lr == 0.1 and kd.train.schedule == "onecycle"  # from base.yaml
-    assert kd.data.augment.crop_padding == 2 and kd.data.augment.flip is True
+    assert kd.teacher is not None
+    assert (kd.teacher.name, kd.teacher.options) == (teacher.student.name, teacher.student.options)
+    assert kd.student == scratch.student
+    assert kd.train == scratch.train and kd.data == scratch.data  # only the distillation differs
+    assert kd.train.batch_size == 256 and kd.train.schedule == "cosine"  # from _base.yaml
     assert [t.loss for t in kd.distill.terms] == ["kd"]
-    assert kd.distill.terms[0].options == {"temperature": 4.0}
+    assert kd.distill.terms[0].options == {"temperature": 2.0}
     # fitnet replaces kd's terms list wholesale (lists are not merged)
     fitnet = load_recipe("fashion_mnist/fitnet")
     assert [t.loss for t in fitnet.distill.terms] == ["kd", "fitnet"]
-    assert fitnet.distill.task_weight == 0.5  # inherited from kd.yaml through the deep merge
+    assert fitnet.distill.task_weight == kd.distill.task_weight  # inherited from kd.yaml through the deep merge
 
 
 # ----------------------------------------------------------------------------- defaults: includes
@@ -183,11 +185,13 @@ def test_defaults_wrong_type_raises(write_recipe, bad):
 
 # ----------------------------------------------------------------------------- overrides
 def test_override_float_int_bool_and_types():
-    r = load_recipe("fashion_mnist/kd", ["train.lr=0.2", "train.epochs=3", "data.augment.flip=false"])
-    assert r.train.lr == 0.2 and isinstance(r.train.lr, float)
+    r = load_recipe("fashion_mnist/kd", ["train.lr=0.3", "train.epochs=3", "data.augment.flip=true"])
+    assert r.train.lr == 0.3 and isinstance(r.train.lr, float)
     assert r.train.epochs == 3 and type(r.train.epochs) is int
-    assert r.data.augment.flip is False
-    assert r.data.augment.crop_padding == 2  # siblings of an overridden key survive
+    assert r.data.augment.flip is True
+    base = load_recipe("fashion_mnist/kd")
+    assert r.train.weight_decay == base.train.weight_decay == 5e-4  # siblings of an overridden key survive
+    assert r.train.warmup_epochs == base.train.warmup_epochs > 0
 
 
 def test_override_list_index():
