@@ -73,6 +73,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("latency at batch 1 (ms, CPU, median)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy vs latency (marker size ~ parameters)")
+    ax.margins(x=0.2, y=0.15)  # room for the labels
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
