@@ -12,6 +12,7 @@ from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
 from distill.errors import DistillError
 from distill.train.checkpoint import load_student_weights
+from distill.train.distributed import barrier
 
 
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -23,7 +24,7 @@ def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ..
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite."""
+    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite; make the folder."""
     has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     if has_checkpoints and not (resume or overwrite):
         raise DistillError(
@@ -34,15 +35,18 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DistillError(f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder") from None
-    if overwrite and not resume and run_dir.is_dir():
-        import shutil
 
-        for name in ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard"):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's artefacts (``--overwrite``), keeping anything else the user put there."""
+    import shutil
+
+    for name in ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard"):
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def train(
@@ -52,15 +56,21 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Train what ``recipe`` describes; returns the trainer's summary (``best``, ``last``, ``history``)."""
+    """Train what ``recipe`` describes; returns the trainer's summary (``best``, ``last``, ``history``).
+
+    An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace it,
+    only once the new run's data, models and teacher weights have loaded).
+    """
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
     check_run_dir(run_dir, resume, overwrite)
     built = build(recipe)
     trainer = make_trainer(built, run_dir, console=console)
     if trainer.dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            clear_run_dir(run_dir)
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    barrier(trainer.dist)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run_dir)
     return summary

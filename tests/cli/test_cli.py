@@ -214,6 +214,13 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     assert snapshot(ckpt) == first
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
+    # --overwrite of a run that cannot even be built (missing teacher weights): the old run survives
+    bad_teacher = "teacher={name: cnn, options: {channels: [4, 8]}, weights: no/such/teacher.safetensors}"
+    code, out, err = run_cli(capsys, "train", str(tiny_yaml), bad_teacher, "--overwrite")
+    assert code == 2
+    assert_one_error_line(err, "no/such/teacher.safetensors")
+    assert snapshot(ckpt) == first
+
     # --overwrite: trains again from scratch (fresh files, same seed -> same weights)
     code, out, err = run_cli(capsys, "train", str(tiny_yaml), "--overwrite")
     assert code == 0, err
