@@ -293,6 +293,10 @@ BAD_RECIPES = {
         ["student", "'chanels'", "Did you mean 'channels'?"],
     ),
     "unknown-dataset": (OK + "data: {name: fashion_mnis}\n", ["'fashion_mnis'", "Did you mean 'fashion_mnist'?"]),
+    "unknown-dataset-option": (
+        OK + "data: {name: fashion_mnist, options: {downlod: false}}\n",
+        ["data", "'downlod'", "Did you mean 'download'?"],
+    ),
     "unknown-task": (OK + "task: classifcation\n", ["'classifcation'", "'classification'"]),
     "unknown-task-option": (OK + "task_options: {label_smothing: 0.1}\n", ["'label_smothing'", "'label_smoothing'"]),
     "unknown-projector": (

@@ -83,11 +83,11 @@ class DataSpec(Strict):
     test_subset: int | None = Field(None, gt=0, description="evaluate on only this many test samples")
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        _lookup("dataset", name)
-        return name
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        factory = _lookup("dataset", self.name)
+        check_kwargs(factory, self.options, what=f"dataset {self.name!r}", skip=("split", "root"))
+        return self
 
 
 class TermSpec(Strict):

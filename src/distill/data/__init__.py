@@ -7,13 +7,12 @@ Batches are dicts ``{"image": [B,C,H,W] float32, "label": [B] int64, "index": [B
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from distill.errors import DistillError, did_you_mean
+from distill.config.signature import check_kwargs
 from distill.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -38,26 +37,13 @@ from distill.data.tensor import (  # noqa: E402
 )
 
 
-def _check_options(name: str, factory: Any, options: dict[str, Any]) -> None:
-    params = inspect.signature(factory).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [p for p in params if p not in ("split", "root")]
-    for key in options:
-        if key not in params:
-            raise DistillError(
-                f"unknown option {key!r} for dataset {name!r}.{did_you_mean(key, accepted)} "
-                f"Accepted options: {', '.join(accepted) or '(none)'}"
-            )
-
-
 def build_dataset(
     name: str, split: str = "train", root: str | None = None, **kwargs: Any
 ) -> Dataset:
     """Build a registered dataset (see ``DATASETS.names()``) for ``split`` "train" or "test"."""
     factory = DATASETS.get(name)
     check_split(split)
-    _check_options(name, factory, kwargs)
+    check_kwargs(factory, kwargs, what=f"dataset {name!r}", skip=("split", "root"))
     return factory(split=split, root=root, **kwargs)
 
 
