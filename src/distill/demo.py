@@ -35,7 +35,7 @@ def _teacher_run(common: list[str], fresh: bool, console: Console) -> Path:
     key = hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()[:12]
     run_dir = cache_dir() / f"fashion_mnist-teacher-{key}"
     if not fresh and (run_dir / "checkpoints" / "last.json").is_file() and (run_dir / "summary.json").is_file():
-        console.print(f"[green]teacher[/]: reusing {run_dir} (pass --fresh to retrain)")
+        console.print(f"[green]teacher[/]: reusing {run_dir} (pass --fresh to retrain)", soft_wrap=True)
         return run_dir
     console.rule("teacher")
     api.train(load_recipe("fashion_mnist/teacher", [*common, f"output={run_dir}"]), overwrite=True, console=console)
@@ -71,7 +71,7 @@ def run_demo(
     )
     paths = write_report(out, rows, "distill demo: Fashion-MNIST", notes, elapsed_s=round(elapsed, 1), tiny=tiny)
     console.print(rows_table(rows, "distill demo: Fashion-MNIST (test set, last epoch)"))
-    console.print(f"report: {paths['md']}  plot: {paths['plot']}  ({elapsed:.0f} s)")
+    console.print(f"report: {paths['md']}  plot: {paths['plot']}  ({elapsed:.0f} s)", soft_wrap=True)
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "elapsed_s": elapsed}
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
 from distill.cli import main
+from distill.cli import commands
 
 DISTILL = Path(sys.executable).parent / "distill"
 RUNNABLE = shipped_recipes()
@@ -21,6 +22,12 @@ RUNNABLE = shipped_recipes()
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written to runs/ lands in tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _fixed_console_width(monkeypatch):
+    """Output must not depend on the terminal the suite happens to run in (CI has 80 columns)."""
+    monkeypatch.setattr(commands.console, "_width", 160)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -112,12 +119,17 @@ def test_validate_all_shipped_recipes(capsys):
         assert str(path) in out
 
 
-def test_validate_glob_with_include_fragments(capsys, tmp_path):
-    """`distill validate recipes/x/*.yaml` (as the README shows) passes over _fragments but still parses them."""
+def test_validate_glob_with_include_fragments(capsys, tmp_path, monkeypatch):
+    """`distill validate recipes/x/*.yaml` (as the README shows) passes over _fragments but still parses them.
+
+    One line per file even on a narrow terminal (long checkout paths once wrapped mid-word on CI)."""
+    monkeypatch.setattr(commands.console, "_width", 40)
     fragments = sorted(RECIPES_DIR.rglob("_*.yaml"))
     assert fragments, "the shipped recipes are expected to use an include fragment"
     code, out, err = run_cli(capsys, "validate", *map(str, fragments + RUNNABLE))
     assert code == 0, err
+    lines = out.strip("\n").splitlines()
+    assert len(lines) == len(fragments) + len(RUNNABLE), out
     assert out.count("(include fragment)") == len(fragments)
     (tmp_path / "_broken.yaml").write_text("train: {lr: [1\n")
     code, _, err = run_cli(capsys, "validate", str(tmp_path / "_broken.yaml"))

@@ -32,7 +32,10 @@ def train(
     best = summary.get("best") or {}
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
         return
-    console.print(f"done: {summary['run_dir']}  best top-1 {best.get('top1', float('nan')):.2f} (epoch {best.get('epoch')})")
+    console.print(
+        f"done: {summary['run_dir']}  best top-1 {best.get('top1', float('nan')):.2f} (epoch {best.get('epoch')})",
+        soft_wrap=True,
+    )
 
 
 @app.command("eval")
@@ -53,7 +56,7 @@ def validate(recipes: Annotated[list[str], typer.Argument(help="recipe files to 
     """Check recipes without training: schema, names, loss options, includes."""
     for path, recipe in zip(recipes, api.validate(recipes), strict=True):
         what = f"({recipe.name})" if recipe is not None else "(include fragment)"
-        console.print(f"[green]ok[/] {escape(path)} {what}")
+        console.print(f"[green]ok[/] {escape(path)} {what}", soft_wrap=True)  # one line per file, for scripts
 
 
 @app.command()
@@ -73,8 +76,8 @@ def list_(what: Annotated[str, typer.Argument(help=f"one of: {', '.join(LISTABLE
     table = Table(title=what)
     for row in api.catalogue(what):
         if not table.columns:
-            for key in row:
-                table.add_column(key)
+            for i, key in enumerate(row):
+                table.add_column(key, no_wrap=i == 0)  # names stay whole on narrow terminals
         table.add_row(*(escape(str(v)) for v in row.values()))
     console.print(table)
 
