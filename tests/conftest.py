@@ -25,8 +25,14 @@ def tiny_recipe_dict(output: Path, **extra: object) -> dict:
         "name": "tiny",
         "data": {"name": "fashion_mnist", "train_subset": 256, "test_subset": 128},
         "student": {"name": "cnn", "options": {"channels": [4, 8]}},
-        "train": {"epochs": 1, "batch_size": 64, "eval_batch_size": 128, "progress": False,
-                  "device": "cpu", "log_every": 2},
+        "train": {
+            "epochs": 1,
+            "batch_size": 64,
+            "eval_batch_size": 128,
+            "progress": False,
+            "device": "cpu",
+            "log_every": 2,
+        },
         "output": str(output),
     }
     recipe.update(extra)
@@ -40,7 +46,9 @@ def write_recipe(tmp_path: Path):
     def write(content: dict | str, name: str = "recipe.yaml") -> Path:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        path.write_text(
+            content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        )
         return path
 
     return write

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-ROW_KEYS = {"name", "accuracy", "params", "size_bytes", "latency_ms_b1", "latency_ms_b256", "agreement"}
+ROW_KEYS = {
+    "name",
+    "accuracy",
+    "params",
+    "size_bytes",
+    "latency_ms_b1",
+    "latency_ms_b256",
+    "agreement",
+}
 
 
 @pytest.mark.integration
@@ -53,7 +61,9 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
     assert (out / "student-kd" / "checkpoints" / "last.safetensors").is_file()
     kd_recipe = api.run_recipe(out / "student-kd")
     weights = Path(kd_recipe.teacher.weights)
-    assert weights == teacher_dir or teacher_dir in weights.parents  # the KD student learnt from the cached teacher
+    assert (
+        weights == teacher_dir or teacher_dir in weights.parents
+    )  # the KD student learnt from the cached teacher
 
     # a second demo with the same settings reuses the cached teacher: no training, files untouched
     ckpt = teacher_dir / "checkpoints" / "last.safetensors"
@@ -64,6 +74,9 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo.api, "train", no_teacher_training)
     second = io.StringIO()
-    assert demo._teacher_run(demo.TINY, fresh=False, console=Console(file=second, width=200)) == teacher_dir
+    assert (
+        demo._teacher_run(demo.TINY, fresh=False, console=Console(file=second, width=200))
+        == teacher_dir
+    )
     assert "reusing" in second.getvalue()
     assert (ckpt.stat().st_mtime_ns, ckpt.read_bytes()) == before

@@ -18,14 +18,18 @@ from distill.train.distributed import barrier
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     if isinstance(recipe, Recipe):
         if overrides:
-            raise DistillError("overrides apply to recipe files; edit the Recipe object directly instead")
+            raise DistillError(
+                "overrides apply to recipe files; edit the Recipe object directly instead"
+            )
         return recipe
     return load_recipe(recipe, overrides)
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train over a run that has checkpoints unless asked to resume or overwrite; make the folder."""
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+        (run_dir / "checkpoints").iterdir()
+    )
     if has_checkpoints and not (resume or overwrite):
         raise DistillError(
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
@@ -34,7 +38,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DistillError(f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder") from None
+        raise DistillError(
+            f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder"
+        ) from None
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -79,7 +85,9 @@ def train(
 def run_recipe(run_dir: str | Path) -> Recipe:
     path = Path(run_dir) / "recipe.yaml"
     if not path.is_file():
-        raise DistillError(f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` wrote")
+        raise DistillError(
+            f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` wrote"
+        )
     return load_recipe(path)
 
 
@@ -88,7 +96,11 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
     recipe = run_recipe(run_dir)
     built = build(recipe)
     load_student_weights(Path(run_dir), built.student, checkpoint)
-    loader = built.test_data.loader(recipe.train.eval_batch_size) if hasattr(built.test_data, "loader") else built.test_data
+    loader = (
+        built.test_data.loader(recipe.train.eval_batch_size)
+        if hasattr(built.test_data, "loader")
+        else built.test_data
+    )
     return built.distiller.task.evaluate(built.student, loader, built.teacher)
 
 
@@ -124,7 +136,9 @@ def catalogue(what: str) -> list[dict[str, Any]]:
         for path in shipped_recipes():
             raw = path.read_text().splitlines()
             first = next((line.lstrip("# ").strip() for line in raw if line.startswith("#")), "")
-            rows.append({"name": str(path.relative_to(BUILTIN_RECIPES).with_suffix("")), "about": first})
+            rows.append(
+                {"name": str(path.relative_to(BUILTIN_RECIPES).with_suffix("")), "about": first}
+            )
         return rows
     from distill.data import DATASETS
     from distill.losses import LOSSES
@@ -133,8 +147,14 @@ def catalogue(what: str) -> list[dict[str, Any]]:
     from distill.schedules import SCHEDULES
     from distill.tasks import TASKS
 
-    registry = {"losses": LOSSES, "models": MODELS, "datasets": DATASETS, "tasks": TASKS,
-                "projectors": PROJECTORS, "schedules": SCHEDULES}[what]
+    registry = {
+        "losses": LOSSES,
+        "models": MODELS,
+        "datasets": DATASETS,
+        "tasks": TASKS,
+        "projectors": PROJECTORS,
+        "schedules": SCHEDULES,
+    }[what]
     metas = {name: registry.meta(name) for name in registry.names()}
     keys = list(dict.fromkeys(k for meta in metas.values() for k in meta))
     return [{"name": name, **{k: meta.get(k, "") for k in keys}} for name, meta in metas.items()]

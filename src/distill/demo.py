@@ -34,11 +34,21 @@ def _teacher_run(common: list[str], fresh: bool, console: Console) -> Path:
     recipe = load_recipe("fashion_mnist/teacher", common)
     key = hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()[:12]
     run_dir = cache_dir() / f"fashion_mnist-teacher-{key}"
-    if not fresh and (run_dir / "checkpoints" / "last.json").is_file() and (run_dir / "summary.json").is_file():
-        console.print(f"[green]teacher[/]: reusing {run_dir} (pass --fresh to retrain)", soft_wrap=True)
+    if (
+        not fresh
+        and (run_dir / "checkpoints" / "last.json").is_file()
+        and (run_dir / "summary.json").is_file()
+    ):
+        console.print(
+            f"[green]teacher[/]: reusing {run_dir} (pass --fresh to retrain)", soft_wrap=True
+        )
         return run_dir
     console.rule("teacher")
-    api.train(load_recipe("fashion_mnist/teacher", [*common, f"output={run_dir}"]), overwrite=True, console=console)
+    api.train(
+        load_recipe("fashion_mnist/teacher", [*common, f"output={run_dir}"]),
+        overwrite=True,
+        console=console,
+    )
     return run_dir
 
 
@@ -57,7 +67,10 @@ def run_demo(
     teacher_dir = _teacher_run(common, fresh, console)
     teacher_weights = f"teacher.weights={teacher_dir / 'checkpoints' / 'last.safetensors'}"
     runs = {"teacher": teacher_dir}
-    for slug, recipe_name in (("student-scratch", "fashion_mnist/scratch"), ("student-kd", "fashion_mnist/kd")):
+    for slug, recipe_name in (
+        ("student-scratch", "fashion_mnist/scratch"),
+        ("student-kd", "fashion_mnist/kd"),
+    ):
         extra = [teacher_weights] if slug == "student-kd" else []
         recipe = load_recipe(recipe_name, [*common, *extra, f"output={out / slug}"])
         console.rule(slug)
@@ -69,13 +82,19 @@ def run_demo(
         "Accuracy is the last epoch's test top-1 (no checkpoint picking on the test set). Agreement: share of "
         f"test images where the model's top-1 equals the teacher's. Whole demo: {elapsed:.0f} s."
     )
-    paths = write_report(out, rows, "distill demo: Fashion-MNIST", notes, elapsed_s=round(elapsed, 1), tiny=tiny)
+    paths = write_report(
+        out, rows, "distill demo: Fashion-MNIST", notes, elapsed_s=round(elapsed, 1), tiny=tiny
+    )
     console.print(rows_table(rows, "distill demo: Fashion-MNIST (test set, last epoch)"))
-    console.print(f"report: {paths['md']}  plot: {paths['plot']}  ({elapsed:.0f} s)", soft_wrap=True)
+    console.print(
+        f"report: {paths['md']}  plot: {paths['plot']}  ({elapsed:.0f} s)", soft_wrap=True
+    )
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "elapsed_s": elapsed}
 
 
-def _measure_runs(runs: dict[str, Path], overrides: list[str], console: Console) -> list[dict[str, Any]]:
+def _measure_runs(
+    runs: dict[str, Path], overrides: list[str], console: Console
+) -> list[dict[str, Any]]:
     """Measure the teacher and each student run (last checkpoint) on the test set, the same way."""
     console.rule("measuring")
     kd_recipe = load_recipe("fashion_mnist/kd", overrides)
@@ -84,7 +103,11 @@ def _measure_runs(runs: dict[str, Path], overrides: list[str], console: Console)
     teacher = built.teacher
     loader = test.loader(kd_recipe.train.eval_batch_size)
     example = test.images[0]
-    labels = {"teacher": "teacher", "student-scratch": "student (scratch)", "student-kd": "student (KD)"}
+    labels = {
+        "teacher": "teacher",
+        "student-scratch": "student (scratch)",
+        "student-kd": "student (KD)",
+    }
     rows = []
     for slug, run_dir in runs.items():
         if slug == "teacher":

@@ -82,7 +82,9 @@ class OnlineTeacher:
     @torch.no_grad()
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         self.teacher.eval()
-        with FeatureTaps(self.teacher, [t for t in taps if not t.startswith("@")], detach=True) as captured:
+        with FeatureTaps(
+            self.teacher, [t for t in taps if not t.startswith("@")], detach=True
+        ) as captured:
             named = self.task.forward(self.teacher, batch.inputs)
         result = {"@" + k: v.detach() for k, v in named.items()}
         result.update(captured)
@@ -109,18 +111,24 @@ class StudentSide(nn.Module):
     This is the part a data-parallel wrapper (DDP) wraps; the teacher stays outside.
     """
 
-    def __init__(self, student: nn.Module, task: Task, terms: list[Term], task_weight: float | Schedule) -> None:
+    def __init__(
+        self, student: nn.Module, task: Task, terms: list[Term], task_weight: float | Schedule
+    ) -> None:
         super().__init__()
         self.student = student
         self.task = task
         self.terms = terms
         self.task_weight = task_weight
         self.losses = nn.ModuleList(t.loss for t in terms)
-        self.projectors = nn.ModuleList(t.projector if isinstance(t.projector, nn.Module) else nn.Identity() for t in terms)
+        self.projectors = nn.ModuleList(
+            t.projector if isinstance(t.projector, nn.Module) else nn.Identity() for t in terms
+        )
         self.names = _term_names(terms)
         self.student_taps = _module_taps([t.student for t in terms])
 
-    def forward(self, batch: Batch, teacher_outputs: dict[str, torch.Tensor], epoch: float) -> DistillStep:
+    def forward(
+        self, batch: Batch, teacher_outputs: dict[str, torch.Tensor], epoch: float
+    ) -> DistillStep:
         with FeatureTaps(self.student, self.student_taps) as taps:
             outputs = self.task.forward(self.student, batch.inputs)
         parts: dict[str, torch.Tensor] = {}
@@ -129,11 +137,17 @@ class StudentSide(nn.Module):
         if w_task:
             parts["task"] = w_task * self.task.loss(outputs, batch)
             total = total + parts["task"]
-        for term, name, loss, projector in zip(self.terms, self.names, self.losses, self.projectors, strict=True):
+        for term, name, loss, projector in zip(
+            self.terms, self.names, self.losses, self.projectors, strict=True
+        ):
             w = weight_at(term.weight, epoch)
             student = _pick(term.student, outputs, taps, "student")
             teacher = _teacher_pick(term.teacher, teacher_outputs)
-            student = projector(student) if not isinstance(student, list) else [projector(s) for s in student]
+            student = (
+                projector(student)
+                if not isinstance(student, list)
+                else [projector(s) for s in student]
+            )
             extras = _extras_for(loss, batch, name)
             parts[name] = w * loss(student, teacher, **extras)
             total = total + parts[name]
@@ -181,7 +195,9 @@ class Distiller(nn.Module):
         super().__init__()
         terms = list(terms)
         if terms and teacher is None and source is None:
-            raise DistillError("distillation terms need a teacher; pass teacher=... or remove the terms")
+            raise DistillError(
+                "distillation terms need a teacher; pass teacher=... or remove the terms"
+            )
         self.task = task
         self.teacher = teacher
         if teacher is not None:
@@ -232,13 +248,17 @@ class Distiller(nn.Module):
         try:
             with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
                 outputs = self.task.forward(side.student, batch.inputs)
-                teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.source else {}
+                teacher_outputs = (
+                    self.source.outputs(batch, self.teacher_taps) if self.source else {}
+                )
             for i, term in enumerate(side.terms):
                 s = _pick(term.student, outputs, taps, "student")
                 t = _teacher_pick(term.teacher, teacher_outputs)
                 if isinstance(term.projector, str):
                     one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
-                    side.projectors[i] = build_projector(term.projector, one_s.shape, one_t.shape).to(device)
+                    side.projectors[i] = build_projector(
+                        term.projector, one_s.shape, one_t.shape
+                    ).to(device)
                     term.projector = side.projectors[i]
                 elif (
                     getattr(term.loss, "needs_same_shape", True)
@@ -257,6 +277,10 @@ class Distiller(nn.Module):
 
     def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
         if self._needs_setup:
-            raise DistillError("this distiller has named projectors; call distiller.setup(example_batch) first")
-        teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.source and self.terms else {}
+            raise DistillError(
+                "this distiller has named projectors; call distiller.setup(example_batch) first"
+            )
+        teacher_outputs = (
+            self.source.outputs(batch, self.teacher_taps) if self.source and self.terms else {}
+        )
         return self.student_side(batch, teacher_outputs, epoch)

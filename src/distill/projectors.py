@@ -19,10 +19,14 @@ PROJECTORS: Registry = Registry("projector")
 class ConvProjector(nn.Module):
     """``k x k`` conv + BN from ``C_s`` to ``C_t`` channels; resizes to the teacher's ``H x W`` if needed."""
 
-    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int], kernel_size: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, size: tuple[int, int], kernel_size: int = 1
+    ) -> None:
         super().__init__()
         self.size = tuple(size)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_s, H_s, W_s) -> (B, C_t, H_t, W_t)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
-from distill.cli import main
-from distill.cli import commands
+from distill.cli import commands, main
 
 DISTILL = Path(sys.executable).parent / "distill"
 RUNNABLE = shipped_recipes()
@@ -49,7 +48,9 @@ def assert_one_error_line(err: str, *needles: str) -> str:
 
 def run_script(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([str(DISTILL), *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(DISTILL), *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -66,7 +67,15 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         ("tasks", ["classification"]),
         ("projectors", ["conv1x1", "linear"]),
         ("schedules", ["linear_warmup", "constant"]),
-        ("recipes", ["fashion_mnist/kd", "fashion_mnist/teacher", "fashion_mnist/fitnet", "fashion_mnist/scratch"]),
+        (
+            "recipes",
+            [
+                "fashion_mnist/kd",
+                "fashion_mnist/teacher",
+                "fashion_mnist/fitnet",
+                "fashion_mnist/scratch",
+            ],
+        ),
     ],
 )
 def test_list(capsys, what, names):
@@ -165,7 +174,9 @@ def test_config_prints_resolved_yaml_with_override(capsys):
     assert data["train"]["lr"] == 0.3 and data["name"] == "fashion_mnist-kd"
     teacher_recipe = yaml.safe_load(run_cli(capsys, "config", "fashion_mnist/teacher")[1])
     assert data["teacher"]["name"] == teacher_recipe["student"]["name"]
-    assert data["teacher"]["options"] == teacher_recipe["student"]["options"]  # the model the teacher run trains
+    assert (
+        data["teacher"]["options"] == teacher_recipe["student"]["options"]
+    )  # the model the teacher run trains
     assert "defaults" not in data
 
 
@@ -178,7 +189,9 @@ def test_config_bad_override(capsys):
 def test_train_missing_recipe_suggests_shipped(capsys):
     code, _, err = run_cli(capsys, "train", "fashion_mnist/kdd")
     assert code == 2
-    assert_one_error_line(err, "'fashion_mnist/kdd'", "not found", "Did you mean 'fashion_mnist/kd'")
+    assert_one_error_line(
+        err, "'fashion_mnist/kdd'", "not found", "Did you mean 'fashion_mnist/kd'"
+    )
 
 
 def test_eval_on_a_folder_that_is_not_a_run(capsys, tmp_path):
@@ -207,8 +220,14 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     code, out, err = run_cli(capsys, "train", str(tiny_yaml))
     assert code == 0, err
     assert "done:" in out and str(run) in out
-    assert {"best.safetensors", "best.json", "last.safetensors", "last.json"} <= {p.name for p in ckpt.iterdir()}
-    assert (run / "recipe.yaml").is_file() and (run / "summary.json").is_file() and (run / "metrics.jsonl").is_file()
+    assert {"best.safetensors", "best.json", "last.safetensors", "last.json"} <= {
+        p.name for p in ckpt.iterdir()
+    }
+    assert (
+        (run / "recipe.yaml").is_file()
+        and (run / "summary.json").is_file()
+        and (run / "metrics.jsonl").is_file()
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4  # 256 samples / batch 64, one epoch
     assert 0.0 <= summary["best"]["top1"] <= 100.0 and summary["best"]["epoch"] == 1
@@ -227,7 +246,9 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
     # --overwrite of a run that cannot even be built (missing teacher weights): the old run survives
-    bad_teacher = "teacher={name: cnn, options: {channels: [4, 8]}, weights: no/such/teacher.safetensors}"
+    bad_teacher = (
+        "teacher={name: cnn, options: {channels: [4, 8]}, weights: no/such/teacher.safetensors}"
+    )
     code, out, err = run_cli(capsys, "train", str(tiny_yaml), bad_teacher, "--overwrite")
     assert code == 2
     assert_one_error_line(err, "no/such/teacher.safetensors")
@@ -245,7 +266,9 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     code, out, err = run_cli(capsys, "eval", str(run))
     assert code == 0, err
     assert "top1" in out and "agreement" not in out  # no teacher in this recipe
-    assert f"{best['top1']:.4g}" in out  # eval of the best checkpoint matches what training recorded
+    assert (
+        f"{best['top1']:.4g}" in out
+    )  # eval of the best checkpoint matches what training recorded
 
 
 def test_train_with_overrides_and_output_override(capsys, tmp_path, tiny_yaml):

@@ -24,7 +24,9 @@ TEACHER = {"name": "cnn", "options": {"channels": [4, 8]}}
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # relative paths such as runs/fashion_mnist-teacher resolve in tmp_path
+    monkeypatch.chdir(
+        tmp_path
+    )  # relative paths such as runs/fashion_mnist-teacher resolve in tmp_path
 
 
 def tiny(write_recipe, tmp_path, **extra):
@@ -61,7 +63,10 @@ def assert_one_line(err: BaseException, *needles: str) -> None:
 def kd_terms(weights: str | None) -> dict:
     return {
         "teacher": {**TEACHER, "weights": weights},
-        "distill": {"task_weight": 0.5, "terms": [{"loss": "kd", "options": {"temperature": 2.0}, "weight": 0.5}]},
+        "distill": {
+            "task_weight": 0.5,
+            "terms": [{"loss": "kd", "options": {"temperature": 2.0}, "weight": 0.5}],
+        },
     }
 
 
@@ -98,10 +103,15 @@ def test_build_with_teacher_weights_null_gives_fresh_teacher(write_recipe, tmp_p
 
 def test_shipped_kd_recipe_without_trained_teacher_says_train_it_first():
     recipe = load_recipe("fashion_mnist/kd", ["data.train_subset=64", "data.test_subset=32"])
-    assert recipe.teacher.weights == "runs/fashion_mnist-teacher" and not Path(recipe.teacher.weights).exists()
+    assert (
+        recipe.teacher.weights == "runs/fashion_mnist-teacher"
+        and not Path(recipe.teacher.weights).exists()
+    )
     with pytest.raises(ConfigError) as excinfo:
         build(recipe)
-    assert_one_line(excinfo.value, "teacher weights", "'runs/fashion_mnist-teacher'", "train it first")
+    assert_one_line(
+        excinfo.value, "teacher weights", "'runs/fashion_mnist-teacher'", "train it first"
+    )
 
 
 # ----------------------------------------------------------------------------- teacher weights
@@ -124,7 +134,9 @@ def test_teacher_weights_from_distill_checkpoint_file(write_recipe, tmp_path, wi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     save_checkpoint(tmp_path / "ckpt", "ck", nn.ModuleDict({"student": source}), {}, optimizer)
-    built = build(tiny(write_recipe, tmp_path, **kd_terms(str(tmp_path / "ckpt" / "ck.safetensors"))))
+    built = build(
+        tiny(write_recipe, tmp_path, **kd_terms(str(tmp_path / "ckpt" / "ck.safetensors")))
+    )
     assert_same_weights(built.teacher, source)
 
 
@@ -143,7 +155,9 @@ def test_teacher_weights_from_empty_directory_is_a_distill_error(write_recipe, t
     assert_one_line(excinfo.value, "'best' checkpoint", "empty-run")
 
 
-@pytest.mark.parametrize("suffix, wrap", [(".pt", None), (".pth", None), (".pt", "state_dict"), (".pth", "model")])
+@pytest.mark.parametrize(
+    "suffix, wrap", [(".pt", None), (".pth", None), (".pt", "state_dict"), (".pth", "model")]
+)
 def test_teacher_weights_from_torch_save_state_dict(write_recipe, tmp_path, suffix, wrap):
     source = distinct_teacher()
     path = tmp_path / f"teacher{suffix}"

@@ -37,7 +37,12 @@ def assert_one_line_config_error(excinfo: pytest.ExceptionInfo, *needles: str) -
 # ----------------------------------------------------------------------------- shipped recipes
 def test_recipes_are_found():
     names = [recipe_id(p) for p in shipped_recipes()]
-    assert {"fashion_mnist/teacher", "fashion_mnist/scratch", "fashion_mnist/kd", "fashion_mnist/fitnet"} <= set(names)
+    assert {
+        "fashion_mnist/teacher",
+        "fashion_mnist/scratch",
+        "fashion_mnist/kd",
+        "fashion_mnist/fitnet",
+    } <= set(names)
 
 
 @pytest.mark.parametrize("path", _shipped_params())
@@ -83,7 +88,9 @@ def test_shipped_kd_recipe_contents():
     # fitnet replaces kd's terms list wholesale (lists are not merged)
     fitnet = load_recipe("fashion_mnist/fitnet")
     assert [t.loss for t in fitnet.distill.terms] == ["kd", "fitnet"]
-    assert fitnet.distill.task_weight == kd.distill.task_weight  # inherited from kd.yaml through the deep merge
+    assert (
+        fitnet.distill.task_weight == kd.distill.task_weight
+    )  # inherited from kd.yaml through the deep merge
 
 
 # ----------------------------------------------------------------------------- defaults: includes
@@ -92,7 +99,11 @@ def test_deep_merge_unit():
     update = {"a": {"y": {"q": 20}, "z": 3}, "l": [9], "s": {"now": "dict"}}
     merged = deep_merge(base, update)
     assert merged == {"a": {"x": 1, "y": {"p": 1, "q": 20}, "z": 3}, "l": [9], "s": {"now": "dict"}}
-    assert base == {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "l": [1, 2, 3], "s": 1}  # inputs untouched
+    assert base == {
+        "a": {"x": 1, "y": {"p": 1, "q": 2}},
+        "l": [1, 2, 3],
+        "s": 1,
+    }  # inputs untouched
 
 
 def test_defaults_deep_merge_later_wins_lists_replaced(write_recipe):
@@ -105,7 +116,10 @@ def test_defaults_deep_merge_later_wins_lists_replaced(write_recipe):
         },
         "inc/base.yaml",
     )
-    write_recipe({"train": {"lr": 0.2, "momentum": 0.5}, "data": {"augment": {"flip": False}}}, "inc/first.yaml")
+    write_recipe(
+        {"train": {"lr": 0.2, "momentum": 0.5}, "data": {"augment": {"flip": False}}},
+        "inc/first.yaml",
+    )
     write_recipe({"train": {"lr": 0.3}, "description": "from second"}, "inc/second.yaml")
     top = write_recipe(
         {
@@ -126,7 +140,10 @@ def test_defaults_deep_merge_later_wins_lists_replaced(write_recipe):
     assert r.data.augment.crop_padding == 2 and r.data.augment.flip is False  # nested dicts merged
     assert r.data.train_subset == 100
     assert r.student.name == "cnn"
-    assert r.student.options == {"channels": [4, 8], "dropout": 0.1}  # list replaced, not appended/merged
+    assert r.student.options == {
+        "channels": [4, 8],
+        "dropout": 0.1,
+    }  # list replaced, not appended/merged
 
 
 def test_defaults_nested_chain_and_string_form(write_recipe):
@@ -162,7 +179,9 @@ def test_defaults_cycle_raises(write_recipe):
 
 
 def test_defaults_self_include_raises(write_recipe):
-    path = write_recipe({"defaults": ["self.yaml"], "name": "s", "student": {"name": "cnn"}}, "self.yaml")
+    path = write_recipe(
+        {"defaults": ["self.yaml"], "name": "s", "student": {"name": "cnn"}}, "self.yaml"
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(path)
     assert_one_line_config_error(excinfo, "cycle", "self.yaml")
@@ -185,25 +204,41 @@ def test_defaults_wrong_type_raises(write_recipe, bad):
 
 # ----------------------------------------------------------------------------- overrides
 def test_override_float_int_bool_and_types():
-    r = load_recipe("fashion_mnist/kd", ["train.lr=0.3", "train.epochs=3", "data.augment.flip=true"])
+    r = load_recipe(
+        "fashion_mnist/kd", ["train.lr=0.3", "train.epochs=3", "data.augment.flip=true"]
+    )
     assert r.train.lr == 0.3 and isinstance(r.train.lr, float)
     assert r.train.epochs == 3 and type(r.train.epochs) is int
     assert r.data.augment.flip is True
     base = load_recipe("fashion_mnist/kd")
-    assert r.train.weight_decay == base.train.weight_decay == 5e-4  # siblings of an overridden key survive
+    assert (
+        r.train.weight_decay == base.train.weight_decay == 5e-4
+    )  # siblings of an overridden key survive
     assert r.train.warmup_epochs == base.train.warmup_epochs > 0
 
 
 def test_override_list_index():
-    r = load_recipe("fashion_mnist/fitnet", ["distill.terms.0.options.temperature=2", "distill.terms.1.weight=3.5"])
+    r = load_recipe(
+        "fashion_mnist/fitnet",
+        ["distill.terms.0.options.temperature=2", "distill.terms.1.weight=3.5"],
+    )
     assert r.distill.terms[0].options == {"temperature": 2}
     assert r.distill.terms[1].weight == 3.5
-    assert r.distill.terms[1].loss == "fitnet" and r.distill.terms[1].projector == "conv1x1"  # rest untouched
+    assert (
+        r.distill.terms[1].loss == "fitnet" and r.distill.terms[1].projector == "conv1x1"
+    )  # rest untouched
 
 
 def test_override_yaml_values_lists_and_new_keys():
-    r = load_recipe("fashion_mnist/scratch", ["student.options.channels=[4, 8]", "data.train_subset=10",
-                                               "train.grad_clip=1.5", "output=/tmp/x y"])
+    r = load_recipe(
+        "fashion_mnist/scratch",
+        [
+            "student.options.channels=[4, 8]",
+            "data.train_subset=10",
+            "train.grad_clip=1.5",
+            "output=/tmp/x y",
+        ],
+    )
     assert r.student.options == {"channels": [4, 8]}
     assert r.data.train_subset == 10 and r.train.grad_clip == 1.5
     assert r.output == "/tmp/x y"
@@ -233,7 +268,10 @@ def test_override_empty_value_is_empty_string_and_bad_yaml_is_text():
 
 def test_apply_override_creates_missing_mappings_and_does_not_touch_others():
     data = {"train": {"lr": 0.1}}
-    assert apply_override(data, "data.augment.flip=true") == {"train": {"lr": 0.1}, "data": {"augment": {"flip": True}}}
+    assert apply_override(data, "data.augment.flip=true") == {
+        "train": {"lr": 0.1},
+        "data": {"augment": {"flip": True}},
+    }
 
 
 def test_override_exponent_float_is_a_float():
@@ -266,7 +304,10 @@ OK = "name: ok\nstudent: {name: cnn}\n"
 WITH_TEACHER = "name: ok\nstudent: {name: cnn}\nteacher: {name: cnn}\n"
 
 BAD_RECIPES = {
-    "yaml-syntax": ("name: x\nstudent: {name: cnn\ntrain:\n  lr: 0.1\n", ["line 3", "YAML syntax error"]),
+    "yaml-syntax": (
+        "name: x\nstudent: {name: cnn\ntrain:\n  lr: 0.1\n",
+        ["line 3", "YAML syntax error"],
+    ),
     "yaml-tab-indent": ("name: x\nstudent:\n\tname: cnn\n", ["line 3", "YAML syntax error"]),
     "top-level-list": ("- name: x\n- student: cnn\n", ["mapping", "list"]),
     "top-level-scalar": ("just a string\n", ["mapping", "str"]),
@@ -276,38 +317,58 @@ BAD_RECIPES = {
     "wrong-type": (OK + "train: {epochs: many}\n", ["train.epochs", "'many'", "integer"]),
     "wrong-type-bool": (OK + "train: {nesterov: maybe}\n", ["train.nesterov", "'maybe'"]),
     "zero-epochs": (OK + "train: {epochs: 0}\n", ["train.epochs", "greater than 0", "got 0"]),
-    "negative-batch": (OK + "train: {batch_size: -1}\n", ["train.batch_size", "greater than 0", "-1"]),
+    "negative-batch": (
+        OK + "train: {batch_size: -1}\n",
+        ["train.batch_size", "greater than 0", "-1"],
+    ),
     "zero-lr": (OK + "train: {lr: 0}\n", ["train.lr", "greater than 0"]),
     "zero-subset": (OK + "data: {train_subset: 0}\n", ["data.train_subset", "greater than 0"]),
     "bad-optimizer": (OK + "train: {optimizer: adam}\n", ["train.optimizer", "'adam'", "adamw"]),
-    "unknown-loss": (WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n", ["'kdd'", "Did you mean 'kd'?"]),
+    "unknown-loss": (
+        WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n",
+        ["'kdd'", "Did you mean 'kd'?"],
+    ),
     "unknown-loss-option": (
         WITH_TEACHER + "distill: {terms: [{loss: kd, options: {temprature: 4}}]}\n",
         ["'temprature'", "Did you mean 'temperature'?"],
     ),
-    "unknown-term-key": (WITH_TEACHER + "distill: {terms: [{loss: kd, wieght: 2}]}\n", ["wieght", "'weight'"]),
+    "unknown-term-key": (
+        WITH_TEACHER + "distill: {terms: [{loss: kd, wieght: 2}]}\n",
+        ["wieght", "'weight'"],
+    ),
     "unknown-model": ("name: x\nstudent: {name: cnnn}\n", ["'cnnn'", "Did you mean 'cnn'"]),
     "unknown-teacher-model": (OK + "teacher: {name: resnet9}\n", ["'resnet9'", "resnet8"]),
     "unknown-model-option": (
         "name: x\nstudent: {name: cnn, options: {chanels: [4]}}\n",
         ["student", "'chanels'", "Did you mean 'channels'?"],
     ),
-    "unknown-dataset": (OK + "data: {name: fashion_mnis}\n", ["'fashion_mnis'", "Did you mean 'fashion_mnist'?"]),
+    "unknown-dataset": (
+        OK + "data: {name: fashion_mnis}\n",
+        ["'fashion_mnis'", "Did you mean 'fashion_mnist'?"],
+    ),
     "unknown-dataset-option": (
         OK + "data: {name: fashion_mnist, options: {downlod: false}}\n",
         ["data", "'downlod'", "Did you mean 'download'?"],
     ),
     "unknown-task": (OK + "task: classifcation\n", ["'classifcation'", "'classification'"]),
-    "unknown-task-option": (OK + "task_options: {label_smothing: 0.1}\n", ["'label_smothing'", "'label_smoothing'"]),
+    "unknown-task-option": (
+        OK + "task_options: {label_smothing: 0.1}\n",
+        ["'label_smothing'", "'label_smoothing'"],
+    ),
     "unknown-projector": (
-        WITH_TEACHER + "distill: {terms: [{loss: fitnet, student: features.1, teacher: features.1, projector: conv1x2}]}\n",
+        WITH_TEACHER
+        + "distill: {terms: [{loss: fitnet, student: features.1, teacher: features.1, projector: conv1x2}]}\n",
         ["'conv1x2'", "'conv1x1'"],
     ),
     "unknown-schedule": (
-        WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmu, value: 2}}]}\n",
+        WITH_TEACHER
+        + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmu, value: 2}}]}\n",
         ["'linear_warmu'", "Did you mean 'linear_warmup'?"],
     ),
-    "terms-without-teacher": (OK + "distill: {terms: [{loss: kd}]}\n", ["teacher", "distill.terms"]),
+    "terms-without-teacher": (
+        OK + "distill: {terms: [{loss: kd}]}\n",
+        ["teacher", "distill.terms"],
+    ),
     "bad-name": ('name: "a b"\nstudent: {name: cnn}\n', ["name", "'a b'"]),
     "missing-student": ("name: x\n", ["student", "required"]),
     "plugin-not-importable": (
@@ -316,6 +377,7 @@ BAD_RECIPES = {
     ),
     "plugins-not-a-list": (OK + "plugins: {a: b}\n", ["'plugins' must be a list"]),
 }
+
 
 @pytest.mark.parametrize("case", sorted(BAD_RECIPES), ids=str)
 def test_bad_recipe_raises_one_line_config_error(case, write_recipe):
@@ -329,7 +391,10 @@ def test_bad_recipe_raises_one_line_config_error(case, write_recipe):
 
 
 def test_bad_schedule_option_names_the_option(write_recipe):
-    path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n")
+    path = write_recipe(
+        WITH_TEACHER
+        + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n"
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(path)
     assert_one_line_config_error(excinfo, "'valu'", "Did you mean 'value'?")
@@ -337,7 +402,10 @@ def test_bad_schedule_option_names_the_option(write_recipe):
 
 def test_bad_schedule_option_is_rejected(write_recipe):
     """The error says where: the term's weight."""
-    path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n")
+    path = write_recipe(
+        WITH_TEACHER
+        + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, valu: 2}}]}\n"
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(path)
     assert_one_line_config_error(excinfo, "distill.terms.0.weight")
@@ -351,10 +419,16 @@ def test_unknown_loss_message_lists_known_losses(write_recipe):
 
 
 def test_valid_schedule_weight_validates(write_recipe):
-    path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, value: 2, warmup_epochs: 3}}]}\n")
+    path = write_recipe(
+        WITH_TEACHER
+        + "distill: {terms: [{loss: kd, weight: {schedule: linear_warmup, value: 2, warmup_epochs: 3}}]}\n"
+    )
     weight = load_recipe(path).distill.terms[0].weight
     assert isinstance(weight, ScheduleSpec)
-    assert weight.schedule == "linear_warmup" and weight.model_extra == {"value": 2, "warmup_epochs": 3}
+    assert weight.schedule == "linear_warmup" and weight.model_extra == {
+        "value": 2,
+        "warmup_epochs": 3,
+    }
 
 
 def test_empty_recipe_file_is_a_config_error(write_recipe):
@@ -401,13 +475,22 @@ def test_plugin_registers_a_loss_a_recipe_can_use(plugin_module, write_recipe):
     from distill.losses import LOSSES
 
     assert loss not in LOSSES
-    path = write_recipe(WITH_TEACHER + f"plugins: [{module}]\ndistill: {{terms: [{{loss: {loss}, options: {{scale: 2.0}}}}]}}\n")
+    path = write_recipe(
+        WITH_TEACHER
+        + f"plugins: [{module}]\ndistill: {{terms: [{{loss: {loss}, options: {{scale: 2.0}}}}]}}\n"
+    )
     recipe = load_recipe(path)
     assert recipe.plugins == [module]
-    assert recipe.distill.terms[0].loss == loss and recipe.distill.terms[0].options == {"scale": 2.0}
+    assert recipe.distill.terms[0].loss == loss and recipe.distill.terms[0].options == {
+        "scale": 2.0
+    }
     assert loss in LOSSES
     # the plugin's loss options are checked like built-in ones
-    bad = write_recipe(WITH_TEACHER + f"plugins: [{module}]\ndistill: {{terms: [{{loss: {loss}, options: {{scal: 2}}}}]}}\n", "bad.yaml")
+    bad = write_recipe(
+        WITH_TEACHER
+        + f"plugins: [{module}]\ndistill: {{terms: [{{loss: {loss}, options: {{scal: 2}}}}]}}\n",
+        "bad.yaml",
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(bad)
     assert_one_line_config_error(excinfo, "'scal'", "Did you mean 'scale'?")

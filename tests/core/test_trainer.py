@@ -240,9 +240,13 @@ def test_max_steps_spans_the_whole_schedule(tmp_path):
     """max_steps is the run's length: the cosine schedule ends at it (use fit(stop_after=...) to interrupt)."""
     case = RESUME_CASES["plain"]
     _train(tmp_path / "b", case, max_steps=6)
-    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
     lrs = [r["lr"] for r in records if r["event"] == "train"]
-    assert records[-1]["step"] == 6 and lrs[-1] < 0.2 * max(lrs)  # a 12-step cosine would still be at ~0.6
+    assert records[-1]["step"] == 6 and lrs[-1] < 0.2 * max(
+        lrs
+    )  # a 12-step cosine would still be at ~0.6
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):

@@ -23,13 +23,23 @@ def distiller() -> Distiller:
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
     student = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 2))
-    return Distiller(student, ClassificationTask(), teacher=teacher, terms=[Term(KDLoss(2.0), weight=0.5)], task_weight=0.5)
+    return Distiller(
+        student,
+        ClassificationTask(),
+        teacher=teacher,
+        terms=[Term(KDLoss(2.0), weight=0.5)],
+        task_weight=0.5,
+    )
 
 
 def fit(tmp_path, epochs=2, **cfg):
     d = distiller()
-    config = TrainConfig(epochs=epochs, batch_size=32, progress=False, device="cpu", log_every=1, **cfg)
-    summary = Trainer(d, data(), data(64, 1), config, run_dir=tmp_path, console=Console(file=io.StringIO())).fit()
+    config = TrainConfig(
+        epochs=epochs, batch_size=32, progress=False, device="cpu", log_every=1, **cfg
+    )
+    summary = Trainer(
+        d, data(), data(64, 1), config, run_dir=tmp_path, console=Console(file=io.StringIO())
+    ).fit()
     return d, summary
 
 

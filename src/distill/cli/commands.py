@@ -17,18 +17,26 @@ from distill.errors import DistillError, did_you_mean
 
 console = Console()
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
+]
 
 
 @app.command()
 def train(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path or shipped recipe name")],
     overrides: Overrides = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in the recipe's output folder")] = False,
-    overwrite: Annotated[bool, typer.Option(help="discard an earlier run's checkpoints in that folder")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue the run in the recipe's output folder")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="discard an earlier run's checkpoints in that folder")
+    ] = False,
 ) -> None:
     """Train a student (or a teacher) as a recipe describes."""
-    summary = api.train(recipe, overrides or [], resume=resume, overwrite=overwrite, console=console)
+    summary = api.train(
+        recipe, overrides or [], resume=resume, overwrite=overwrite, console=console
+    )
     best = summary.get("best") or {}
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
         return
@@ -56,7 +64,9 @@ def validate(recipes: Annotated[list[str], typer.Argument(help="recipe files to 
     """Check recipes without training: schema, names, loss options, includes."""
     for path, recipe in zip(recipes, api.validate(recipes), strict=True):
         what = f"({recipe.name})" if recipe is not None else "(include fragment)"
-        console.print(f"[green]ok[/] {escape(path)} {what}", soft_wrap=True)  # one line per file, for scripts
+        console.print(
+            f"[green]ok[/] {escape(path)} {what}", soft_wrap=True
+        )  # one line per file, for scripts
 
 
 @app.command()
@@ -72,7 +82,9 @@ LISTABLE = ("losses", "models", "datasets", "tasks", "projectors", "schedules", 
 def list_(what: Annotated[str, typer.Argument(help=f"one of: {', '.join(LISTABLE)}")]) -> None:
     """List registered losses, models, datasets, tasks, projectors, schedules or shipped recipes."""
     if what not in LISTABLE:
-        raise DistillError(f"cannot list {what!r}.{did_you_mean(what, LISTABLE)} Choose from {', '.join(LISTABLE)}")
+        raise DistillError(
+            f"cannot list {what!r}.{did_you_mean(what, LISTABLE)} Choose from {', '.join(LISTABLE)}"
+        )
     table = Table(title=what)
     for row in api.catalogue(what):
         if not table.columns:
@@ -85,9 +97,13 @@ def list_(what: Annotated[str, typer.Argument(help=f"one of: {', '.join(LISTABLE
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="where the report goes")] = Path("runs/demo"),
-    data_root: Annotated[str | None, typer.Option(help="Fashion-MNIST folder (default: find or download)")] = None,
+    data_root: Annotated[
+        str | None, typer.Option(help="Fashion-MNIST folder (default: find or download)")
+    ] = None,
     tiny: Annotated[bool, typer.Option(help="a seconds-long smoke run on a data subset")] = False,
-    fresh: Annotated[bool, typer.Option(help="retrain the teacher even if a cached one exists")] = False,
+    fresh: Annotated[
+        bool, typer.Option(help="retrain the teacher even if a cached one exists")
+    ] = False,
 ) -> None:
     """Teacher, scratch student and KD student on Fashion-MNIST, with a report."""
     from distill.demo import run_demo

@@ -58,7 +58,9 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
     """
     path = Path(weights)
     if not path.exists():
-        raise ConfigError(f"{role} weights {weights!r} not found; train it first (distill train ...) or fix the path")
+        raise ConfigError(
+            f"{role} weights {weights!r} not found; train it first (distill train ...) or fix the path"
+        )
     try:
         if path.is_dir():
             load_student_weights(path, model, "best")
@@ -77,7 +79,9 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
                     f"{role} weights {path} cannot be loaded safely (weights_only=True refused it: "
                     f"{str(err).splitlines()[0][:120]}); re-save them as a plain state_dict or .safetensors"
                 ) from None
-            if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+            if isinstance(state, dict) and isinstance(
+                state.get("state_dict", state.get("model")), dict
+            ):
                 state = state.get("state_dict", state.get("model"))
             if not isinstance(state, dict):
                 raise DistillError(
@@ -85,7 +89,9 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
                     "save model.state_dict() instead"
                 )
         else:
-            raise ConfigError(f"{role} weights {path}: unknown format; use a run dir, .safetensors, .pt or .pth")
+            raise ConfigError(
+                f"{role} weights {path}: unknown format; use a run dir, .safetensors, .pt or .pth"
+            )
         model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).splitlines()
@@ -128,7 +134,13 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
     task = build_task(recipe.task, **recipe.task_options)
     terms = [build_term(t) for t in recipe.distill.terms]
-    distiller = Distiller(student, task, teacher=teacher, terms=terms, task_weight=build_weight(recipe.distill.task_weight))
+    distiller = Distiller(
+        student,
+        task,
+        teacher=teacher,
+        terms=terms,
+        task_weight=build_weight(recipe.distill.task_weight),
+    )
     aug = BatchAugment(recipe.data.augment.crop_padding, recipe.data.augment.flip)
     return Built(recipe, train, test, student, teacher, distiller, aug if aug.enabled else None)
 

@@ -49,7 +49,9 @@ def find_recipe(path: str | Path) -> Path:
             return candidate
     shipped = [str(r.relative_to(BUILTIN_RECIPES).with_suffix("")) for r in shipped_recipes()]
     hint = did_you_mean(str(p.with_suffix("")), shipped)
-    raise ConfigError(f"recipe {str(path)!r} not found.{hint} Give a YAML path or a shipped recipe name (`distill list recipes`)")
+    raise ConfigError(
+        f"recipe {str(path)!r} not found.{hint} Give a YAML path or a shipped recipe name (`distill list recipes`)"
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -67,7 +69,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}"
+        )
     return data
 
 
@@ -85,7 +89,9 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The recipe as a dict with its ``defaults:`` (paths relative to the file) merged underneath."""
     path = path.resolve()
     if path in _seen:
-        raise ConfigError(f"{path}: 'defaults' include cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
+        raise ConfigError(
+            f"{path}: 'defaults' include cycle: {' -> '.join(str(p) for p in (*_seen, path))}"
+        )
     data = read_yaml(path)
     includes = data.pop("defaults", []) or []
     if isinstance(includes, str):
@@ -94,9 +100,11 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'defaults' must be a list of recipe paths, got {includes!r}")
     merged: dict[str, Any] = {}
     for include in includes:
-        target = (path.parent / include)
+        target = path.parent / include
         if not target.is_file():
-            raise ConfigError(f"{path}: 'defaults' entry {include!r} not found (looked at {target})")
+            raise ConfigError(
+                f"{path}: 'defaults' entry {include!r} not found (looked at {target})"
+            )
         merged = deep_merge(merged, load_raw(target, (*_seen, path)))
     return deep_merge(merged, data)
 
@@ -108,7 +116,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     key, _, raw = text.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"override {text!r} has an empty key part; write dotted keys like train.lr=0.1")
+        raise ConfigError(
+            f"override {text!r} has an empty key part; write dotted keys like train.lr=0.1"
+        )
     try:
         value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -123,7 +133,9 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
         nxt = path[i + 1]
         if isinstance(part, int):
             if not isinstance(node, list) or not -len(node) <= part < len(node):
-                raise ConfigError(f"override {text!r}: index {part} is out of range at {'.'.join(map(str, path[:i]))}")
+                raise ConfigError(
+                    f"override {text!r}: index {part} is out of range at {'.'.join(map(str, path[:i]))}"
+                )
             node = node[part]
             continue
         if not isinstance(node, dict):
@@ -148,12 +160,16 @@ def import_plugins(plugins: Any, source: str) -> None:
     if plugins in (None, []):
         return
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise ConfigError(f"{source}: 'plugins' must be a list of importable module names, got {plugins!r}")
+        raise ConfigError(
+            f"{source}: 'plugins' must be a list of importable module names, got {plugins!r}"
+        )
     for module in plugins:
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise ConfigError(f"{source}: plugin {module!r} cannot be imported ({err}); check PYTHONPATH") from None
+            raise ConfigError(
+                f"{source}: plugin {module!r} cannot be imported ({err}); check PYTHONPATH"
+            ) from None
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -164,15 +180,22 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         parent_fields = _fields_at(first["loc"][:-1])
         hint = did_you_mean(str(first["loc"][-1]), parent_fields)
-        msg = f"unknown key.{hint} Allowed here: {', '.join(parent_fields)}" if parent_fields else "unknown key"
+        msg = (
+            f"unknown key.{hint} Allowed here: {', '.join(parent_fields)}"
+            if parent_fields
+            else "unknown key"
+        )
     elif (
         "input" in first
-        and first["type"] not in ("missing", "value_error")  # our own messages already name the value
+        and first["type"]
+        not in ("missing", "value_error")  # our own messages already name the value
         and not isinstance(first["input"], (dict, list))
     ):
         msg = f"{msg} (got {first['input']!r})"
     more = len(err.errors()) - 1
-    return f"{source}: {loc or '(top level)'}: {msg}" + (f" (+{more} more problems)" if more else "")
+    return f"{source}: {loc or '(top level)'}: {msg}" + (
+        f" (+{more} more problems)" if more else ""
+    )
 
 
 def _fields_at(loc: tuple) -> list[str]:

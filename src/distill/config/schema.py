@@ -58,20 +58,32 @@ def _weight(value: Any) -> Any:
 
 
 class ModelSpec(Strict):
-    name: str = Field(description="registry name (`distill list models`), or torchvision:NAME / timm:NAME")
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
-    weights: str | None = Field(None, description="a run directory, a .safetensors file or a .pt/.pth state dict")
+    name: str = Field(
+        description="registry name (`distill list models`), or torchvision:NAME / timm:NAME"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the model factory"
+    )
+    weights: str | None = Field(
+        None, description="a run directory, a .safetensors file or a .pt/.pth state dict"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if ":" not in self.name:
-            check_kwargs(_lookup("model", self.name), self.options, what=f"model {self.name!r}",
-                         skip=("num_classes", "in_channels"))
+            check_kwargs(
+                _lookup("model", self.name),
+                self.options,
+                what=f"model {self.name!r}",
+                skip=("num_classes", "in_channels"),
+            )
         return self
 
 
 class AugmentSpec(Strict):
-    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    crop_padding: int = Field(
+        0, ge=0, description="random crop after zero padding by this many pixels"
+    )
     flip: bool = Field(False, description="random horizontal flip")
 
 
@@ -80,7 +92,9 @@ class DataSpec(Strict):
     root: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     train_subset: int | None = Field(None, gt=0, description="use only this many training samples")
-    test_subset: int | None = Field(None, gt=0, description="evaluate on only this many test samples")
+    test_subset: int | None = Field(
+        None, gt=0, description="evaluate on only this many test samples"
+    )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
 
     @model_validator(mode="after")
@@ -92,7 +106,9 @@ class DataSpec(Strict):
 
 class TermSpec(Strict):
     loss: str
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the loss"
+    )
     student: str | list[str] = "@logits"
     teacher: str | list[str] = "@logits"
     weight: Weight = 1.0
@@ -125,9 +141,13 @@ class DistillSpec(Strict):
 class Recipe(Strict):
     """A whole run: data, models, distillation terms and training settings."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name; outputs go to runs/<name> by default")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", description="run name; outputs go to runs/<name> by default"
+    )
     description: str = ""
-    plugins: list[str] = Field(default_factory=list, description="importable modules that register extra items")
+    plugins: list[str] = Field(
+        default_factory=list, description="importable modules that register extra items"
+    )
     task: str = "classification"
     task_options: dict[str, Any] = Field(default_factory=dict)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -146,7 +166,9 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _check(self) -> Recipe:
         if self.distill.terms and self.teacher is None:
-            raise ValueError("distill.terms need a teacher: add a 'teacher:' section or remove the terms")
+            raise ValueError(
+                "distill.terms need a teacher: add a 'teacher:' section or remove the terms"
+            )
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
         return self
 

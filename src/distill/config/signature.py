@@ -20,7 +20,9 @@ def accepted_kwargs(fn: Callable[..., Any]) -> tuple[list[str], bool]:
     return names, var_kw
 
 
-def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str, skip: tuple[str, ...] = ()) -> None:
+def check_kwargs(
+    fn: Callable[..., Any], kwargs: Mapping[str, Any], what: str, skip: tuple[str, ...] = ()
+) -> None:
     """Raise :class:`ConfigError` for any key in ``kwargs`` that ``fn`` does not accept."""
     names, var_kw = accepted_kwargs(fn)
     if var_kw:

@@ -18,12 +18,16 @@ from torch import nn
 from distill.losses import LOSSES
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
     """KL(teacher || student) of softened distributions, times T^2; logits ``(..., C)``."""
     num_classes = student_logits.shape[-1]
     s = student_logits.reshape(-1, num_classes).float() / temperature
     t = teacher_logits.reshape(-1, num_classes).float() / temperature
-    kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True
+    )
     return kl * temperature**2
 
 
@@ -42,7 +46,9 @@ class KDLoss(nn.Module):
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"kd: temperature must be > 0, got {temperature}; typical values are 1 to 8")
+            raise ValueError(
+                f"kd: temperature must be > 0, got {temperature}; typical values are 1 to 8"
+            )
         self.temperature = float(temperature)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

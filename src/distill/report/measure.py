@@ -22,7 +22,9 @@ def serialized_size(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, example: torch.Tensor, batch_size: int, repeats: int = 30, warmup: int = 5) -> float:
+def latency_ms(
+    model: nn.Module, example: torch.Tensor, batch_size: int, repeats: int = 30, warmup: int = 5
+) -> float:
     """Median wall time (ms) of one forward pass at ``batch_size`` on CPU, after ``warmup`` passes.
 
     ``example`` is one input ``(C, H, W)``; threads are PyTorch's default (all cores).
@@ -58,7 +60,9 @@ def measure(
         "params": count_parameters(model),
         "size_bytes": serialized_size(model),
         "latency_ms_b1": round(latency_ms(model, example, 1, repeats), 4),
-        f"latency_ms_b{large_batch}": round(latency_ms(model, example, large_batch, large_repeats), 3),
+        f"latency_ms_b{large_batch}": round(
+            latency_ms(model, example, large_batch, large_repeats), 3
+        ),
         "agreement": round(metrics["agreement"], 2) if "agreement" in metrics else None,
         "nll": round(metrics["nll"], 4),
         "ece": round(metrics["ece"], 2),

@@ -69,7 +69,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     biggest = max(r["params"] for r in rows)
     for r in rows:
         ax.scatter(r["latency_ms_b1"], r["accuracy"], s=40 + 600 * r["params"] / biggest, alpha=0.6)
-        ax.annotate(r["name"], (r["latency_ms_b1"], r["accuracy"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(
+            r["name"],
+            (r["latency_ms_b1"], r["accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+        )
     ax.set_xlabel("latency at batch 1 (ms, CPU, median)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy vs latency (marker size ~ parameters)")
@@ -80,19 +85,34 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: str | Path, rows: list[dict[str, Any]], title: str, notes: str = "", **meta: Any) -> dict[str, Path]:
+def write_report(
+    out_dir: str | Path, rows: list[dict[str, Any]], title: str, notes: str = "", **meta: Any
+) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``accuracy_latency.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "md": out / "report.md", "plot": out / "accuracy_latency.png"}
+    paths = {
+        "json": out / "report.json",
+        "md": out / "report.md",
+        "plot": out / "accuracy_latency.png",
+    }
     payload = {"title": title, "rows": rows, "machine": machine_info(), **meta}
     paths["json"].write_text(json.dumps(payload, indent=2))
     plot(rows, paths["plot"])
-    md = [f"# {title}", "", markdown_table(rows), "", f"![accuracy vs latency]({paths['plot'].name})", ""]
+    md = [
+        f"# {title}",
+        "",
+        markdown_table(rows),
+        "",
+        f"![accuracy vs latency]({paths['plot'].name})",
+        "",
+    ]
     if notes:
         md += [notes, ""]
     info = payload["machine"]
-    md.append(f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
-              f"({info['torch_threads']} threads). Latency: median of repeated CPU forward passes.")
+    md.append(
+        f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
+        f"({info['torch_threads']} threads). Latency: median of repeated CPU forward passes."
+    )
     paths["md"].write_text("\n".join(md) + "\n")
     return paths

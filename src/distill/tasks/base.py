@@ -33,10 +33,18 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(move_to(self.inputs, device), move_to(self.targets, device), move_to(self.extras, device))
+        return Batch(
+            move_to(self.inputs, device),
+            move_to(self.targets, device),
+            move_to(self.extras, device),
+        )
 
     def __len__(self) -> int:
-        first = self.inputs if isinstance(self.inputs, torch.Tensor) else next(iter(self.inputs.values()))
+        first = (
+            self.inputs
+            if isinstance(self.inputs, torch.Tensor)
+            else next(iter(self.inputs.values()))
+        )
         return int(first.shape[0])
 
 
@@ -53,7 +61,9 @@ class Task(Protocol):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor: ...
 
-    def batch_metrics(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]: ...
+    def batch_metrics(
+        self, outputs: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]: ...
 
     def evaluate(
         self,

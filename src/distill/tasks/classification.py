@@ -25,14 +25,18 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float((conf_sum - acc_sum).abs().sum() / labels.numel())
 
 
-@TASKS.register("classification", description="class logits, cross-entropy; top-1/top-5/NLL/ECE/agreement")
+@TASKS.register(
+    "classification", description="class logits, cross-entropy; top-1/top-5/NLL/ECE/agreement"
+)
 class ClassificationTask:
     """Batches are ``(x, y[, index])`` tuples or dicts with ``image``/``label``/``index`` keys."""
 
     name = "classification"
     primary_metric = "top1"
 
-    def __init__(self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label") -> None:
+    def __init__(
+        self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label"
+    ) -> None:
         self.label_smoothing = label_smoothing
         self.input_key = input_key
         self.label_key = label_key
@@ -75,7 +79,9 @@ class ClassificationTask:
             )
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 
-    def batch_metrics(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    def batch_metrics(
+        self, outputs: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
         return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
 
     @torch.no_grad()
@@ -109,7 +115,8 @@ class ClassificationTask:
         k = min(5, p.shape[1])
         metrics = {
             "top1": 100.0 * p.argmax(1).eq(y).float().mean().item(),
-            f"top{k}" if k != 5 else "top5": 100.0 * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item(),
+            f"top{k}" if k != 5 else "top5": 100.0
+            * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item(),
             "nll": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
             "ece": 100.0 * expected_calibration_error(p, y),
             "samples": float(len(y)),

@@ -109,7 +109,9 @@ def save_checkpoint(
         record["sha256"] = _sha256(weights)
         write_json(directory / f"{tag}.json", record)
     except OSError as err:
-        raise DistillError(f"cannot write checkpoint to {directory}: {err.strerror}; free space or pick another run dir") from None
+        raise DistillError(
+            f"cannot write checkpoint to {directory}: {err.strerror}; free space or pick another run dir"
+        ) from None
     return weights
 
 
@@ -118,15 +120,21 @@ def load_checkpoint(directory: Path, tag: str) -> tuple[dict[str, torch.Tensor],
     directory = Path(directory)
     weights, meta = directory / f"{tag}.safetensors", directory / f"{tag}.json"
     if not weights.is_file() or not meta.is_file():
-        raise DistillError(f"no {tag!r} checkpoint in {directory}; train first or pick a run dir with checkpoints")
+        raise DistillError(
+            f"no {tag!r} checkpoint in {directory}; train first or pick a run dir with checkpoints"
+        )
     state = json.loads(meta.read_text())
     if state.get("sha256") and state["sha256"] != _sha256(weights):
-        raise DistillError(f"checkpoint {weights} does not match its recorded checksum (corrupt or truncated)")
+        raise DistillError(
+            f"checkpoint {weights} does not match its recorded checksum (corrupt or truncated)"
+        )
     return load_file(str(weights)), state
 
 
-def model_tensors(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def model_tensors(
+    tensors: dict[str, torch.Tensor], prefix: str = "model."
+) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -> dict[str, Any]:

@@ -13,7 +13,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="run length in optimizer steps (the LR schedule spans them) if fewer than epochs give")
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="run length in optimizer steps (the LR schedule spans them) if fewer than epochs give",
+    )
     batch_size: int = Field(128, gt=0, description="global batch size, split across ranks")
     eval_batch_size: int = Field(512, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"

@@ -23,14 +23,18 @@ from distill.errors import DistillError
 class MetricsLogger:
     """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard if asked."""
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool = False, enabled: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path | None, tensorboard: bool = False, enabled: bool = True
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir and enabled else None
         self.writer = None
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise DistillError(f"cannot create run directory {run_dir}: {err.strerror}; pick a writable path") from None
+                raise DistillError(
+                    f"cannot create run directory {run_dir}: {err.strerror}; pick a writable path"
+                ) from None
         if tensorboard and run_dir and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -141,8 +141,12 @@ class Trainer:
         if isinstance(self.train_data, DataLoader):
             return self.train_data
         sampler: Sampler[int] = DistributedSampler(
-            self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
-            shuffle=True, seed=self.config.seed, drop_last=False,
+            self.train_data,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.config.seed,
+            drop_last=False,
         )
         sampler.set_epoch(epoch)
         if skip_batches:
@@ -158,9 +162,14 @@ class Trainer:
         cfg, params = self.config, self.distiller.trainable_parameters()
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]  # biases and norm scales: no weight decay
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+            return torch.optim.SGD(
+                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+            )
         return torch.optim.AdamW(groups, lr=cfg.lr)
 
     def _setup(self, resume: bool) -> None:
@@ -186,15 +195,21 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "epoch_step": self.epoch_step, "global_step": self.global_step,
-            "best": self.best, "history": self.history, "config": self.config.model_dump(),
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "global_step": self.global_step,
+            "best": self.best,
+            "history": self.history,
+            "config": self.config.model_dump(),
         }
 
     def _save(self, tag: str, with_optimizer: bool) -> None:
         if self.checkpoint_dir is None or not self.dist.is_main:
             return
         optimizer = self.optimizer if with_optimizer else None
-        save_checkpoint(self.checkpoint_dir, tag, self.distiller.trainable(), self._state(), optimizer)
+        save_checkpoint(
+            self.checkpoint_dir, tag, self.distiller.trainable(), self._state(), optimizer
+        )
 
     def _resume(self) -> None:
         if self.checkpoint_dir is None or not (self.checkpoint_dir / "last.json").is_file():
@@ -202,19 +217,31 @@ class Trainer:
         tensors, state = load_checkpoint(self.checkpoint_dir, "last")
         self.distiller.trainable().load_state_dict(model_tensors(tensors))
         if "optimizer" in state:
-            self.optimizer.load_state_dict(optimizer_state_from_json(unflatten_state(state["optimizer"], tensors)))
+            self.optimizer.load_state_dict(
+                optimizer_state_from_json(unflatten_state(state["optimizer"], tensors))
+            )
         self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
-        self.global_step, self.best, self.history = state["global_step"], state["best"], state["history"]
+        self.global_step, self.best, self.history = (
+            state["global_step"],
+            state["best"],
+            state["history"],
+        )
         if self.dist.is_main:
-            self.console.print(f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}")
+            self.console.print(
+                f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
+            )
 
     # ------------------------------------------------------------------ steps
     def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
         cfg = self.config
-        torch.manual_seed(cfg.seed * 1_000_003 + self.global_step)  # dropout etc.: a function of the step
+        torch.manual_seed(
+            cfg.seed * 1_000_003 + self.global_step
+        )  # dropout etc.: a function of the step
         batch = self.task.split(raw).to(self.device)
         if self.augment is not None:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank)
+            g = torch.Generator().manual_seed(
+                cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank
+            )
             batch.inputs = self.augment(batch.inputs, g)
         lr = lr_at(self.global_step, total_steps, warmup, cfg)
         for group in self.optimizer.param_groups:
@@ -241,7 +268,9 @@ class Trainer:
         loader = self._val_loader()
         metrics: dict[str, float] = {}
         if loader is not None and self.dist.is_main:
-            metrics = self.task.evaluate(self.distiller.student, loader, self.distiller.teacher, self.device)
+            metrics = self.task.evaluate(
+                self.distiller.student, loader, self.distiller.teacher, self.device
+            )
         return broadcast_object(metrics, self.dist)
 
     # ------------------------------------------------------------------- loop
@@ -255,7 +284,11 @@ class Trainer:
         self._stop_after = stop_after
         self._setup(resume)
         steps_per_epoch = len(self._train_loader(0))
-        total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        total = (
+            cfg.epochs * steps_per_epoch
+            if cfg.max_steps is None
+            else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        )
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=self.dist.is_main)
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
@@ -264,16 +297,26 @@ class Trainer:
             with progress:
                 bar = progress.add_task("train", total=total, completed=self.global_step, info="")
                 while self.epoch < cfg.epochs and self.global_step < total and not self._stopped():
-                    last = self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch) or last
+                    last = (
+                        self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch)
+                        or last
+                    )
         finally:
             logger.close()
-        summary = {"best": self.best, "last": last, "history": self.history, "steps": self.global_step}
+        summary = {
+            "best": self.best,
+            "last": last,
+            "history": self.history,
+            "steps": self.global_step,
+        }
         if self.run_dir is not None and self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)
         barrier(self.dist)
         return summary
 
-    def _run_epoch(self, progress, bar, logger: MetricsLogger, total: int, warmup: int, steps_per_epoch: int):
+    def _run_epoch(
+        self, progress, bar, logger: MetricsLogger, total: int, warmup: int, steps_per_epoch: int
+    ):
         cfg = self.config
         progress.update(bar, description=f"epoch {self.epoch + 1}/{cfg.epochs}")
         self.distiller.train()
@@ -291,8 +334,16 @@ class Trainer:
             if self.global_step % cfg.log_every == 0 or self.global_step == total:
                 values = {k: float(v) / count for k, v in sums.items()}
                 rate = seen * self.dist.world_size / (time.perf_counter() - started)
-                logger.log("train", {"step": self.global_step, "epoch": self.epoch + self.epoch_step / steps_per_epoch,
-                                     "lr": lr, "samples_per_s": round(rate, 1), **values})
+                logger.log(
+                    "train",
+                    {
+                        "step": self.global_step,
+                        "epoch": self.epoch + self.epoch_step / steps_per_epoch,
+                        "lr": lr,
+                        "samples_per_s": round(rate, 1),
+                        **values,
+                    },
+                )
                 progress.update(bar, info=format_values(values))
                 sums, seen, count, started = {}, 0, 0, time.perf_counter()
             progress.update(bar, completed=self.global_step)
