@@ -157,4 +157,6 @@ def catalogue(what: str) -> list[dict[str, Any]]:
     }[what]
     metas = {name: registry.meta(name) for name in registry.names()}
     keys = list(dict.fromkeys(k for meta in metas.values() for k in meta))
+    if what == "losses":  # the rest of a loss's metadata feeds docs/methods.md and the contract tests
+        keys = ["paper", "year", "kind", "consumes"]
     return [{"name": name, **{k: meta.get(k, "") for k in keys}} for name, meta in metas.items()]

@@ -165,6 +165,10 @@ def _term_names(terms: Sequence[Term]) -> list[str]:
     return names
 
 
+def _has_build(loss: nn.Module) -> bool:
+    return callable(getattr(loss, "build", None))
+
+
 def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
     wanted = getattr(loss, "extra_inputs", ())
     missing = [k for k in wanted if k not in batch.extras]
@@ -210,7 +214,7 @@ class Distiller(nn.Module):
         if teacher is not None:  # check module names now, not an hour into training
             FeatureTaps(teacher, _module_taps(self.teacher_taps))
         FeatureTaps(student, self.student_side.student_taps)
-        self._needs_setup = any(isinstance(t.projector, str) for t in terms)
+        self._needs_setup = any(isinstance(t.projector, str) or _has_build(t.loss) for t in terms)
 
     @property
     def student(self) -> nn.Module:
@@ -237,8 +241,14 @@ class Distiller(nn.Module):
             self.teacher.eval()  # never leaves eval mode: BN statistics and dropout stay frozen
         return self
 
-    def setup(self, example_batch: Any) -> None:
-        """Build named projectors from the feature shapes of one example batch and check term shapes."""
+    def setup(self, example_batch: Any, **context: Any) -> None:
+        """Build named projectors from the feature shapes of one example batch and check term shapes.
+
+        Losses with trainable parts sized by the data (embedding heads, connectors, memory banks) define
+        ``build(student, teacher, **context)``; it is called here once with the (projected) example
+        tensors and ``context`` (the trainer passes ``num_samples``, the training set size), so their
+        parameters exist before the optimizer is built and before a checkpoint is loaded.
+        """
         batch = self.task.split(example_batch)
         device = next(self._unwrapped.parameters()).device
         batch = batch.to(device)
@@ -271,6 +281,14 @@ class Distiller(nn.Module):
                         f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
                         "linear for vectors)"
                     )
+            for i, term in enumerate(side.terms):
+                if _has_build(term.loss):
+                    s = _pick(term.student, outputs, taps, "student")
+                    with torch.no_grad():
+                        p = side.projectors[i]
+                        s = [p(x) for x in s] if isinstance(s, list) else p(s)
+                    term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
+                    term.loss.to(device)
         finally:
             side.train(was_training)
         self._needs_setup = False
@@ -278,7 +296,8 @@ class Distiller(nn.Module):
     def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
         if self._needs_setup:
             raise DistillError(
-                "this distiller has named projectors; call distiller.setup(example_batch) first"
+                "this distiller has named projectors or losses built from data; "
+                "call distiller.setup(example_batch) first"
             )
         teacher_outputs = (
             self.source.outputs(batch, self.teacher_taps) if self.source and self.terms else {}

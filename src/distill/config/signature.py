@@ -11,6 +11,8 @@ from distill.errors import ConfigError, did_you_mean
 
 def accepted_kwargs(fn: Callable[..., Any]) -> tuple[list[str], bool]:
     """Names ``fn`` accepts as keywords, and whether it also takes ``**kwargs``."""
+    if inspect.isclass(fn) and fn.__init__ in (object.__init__, _module_init()):
+        return [], False  # no constructor of its own: takes no options
     target = fn.__init__ if inspect.isclass(fn) else fn
     params = list(inspect.signature(target).parameters.values())
     if inspect.isclass(fn) and params and params[0].name == "self":
@@ -18,6 +20,12 @@ def accepted_kwargs(fn: Callable[..., Any]) -> tuple[list[str], bool]:
     names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     return names, var_kw
+
+
+def _module_init() -> Any:
+    import torch.nn
+
+    return torch.nn.Module.__init__
 
 
 def check_kwargs(

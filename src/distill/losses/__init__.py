@@ -6,17 +6,34 @@ Conventions every loss follows:
   named by the term's taps (lists of tensors for multi-level methods).
 * A loss that needs more than the two tensors (labels, sample indices, boxes) lists the names in the
   class attribute ``extra_inputs``; the distiller hands them over from the batch.
-* Each module registers itself in :data:`LOSSES` with ``paper``, ``year``, ``kind`` and ``consumes``
-  metadata (shown by ``distill list losses``), and cites the paper in its docstring.
+* A loss with trainable parts sized by the data (embedding heads, connectors, fusion modules, memory
+  banks) creates them in ``build(student, teacher, **context)``; the distiller calls it once with
+  example tensors before the optimizer exists (``context`` carries ``num_samples``). Those parts train
+  with the student and are never exported with it. Teacher tensors never receive gradients.
+* Each module registers itself in :data:`LOSSES` with metadata. Shown by ``distill list losses``:
+  ``paper``, ``year``, ``kind`` (logit, feature, relation, contrastive), ``consumes`` (plain words).
+  Used by the contract tests and ``docs/methods.md``: ``inputs`` (``logits``, ``maps`` (B, C, H, W),
+  ``vectors`` (B, D) or ``maps_list`` for multi-level methods), ``identity`` (``"zero"`` when the
+  loss is 0 for identical student and teacher inputs, else ``None``), ``batch_invariant`` (the value
+  is unchanged when the batch is repeated; default True), ``taps`` (which taps suit it) and ``weight``
+  (recommended weight next to a task loss of weight 1).
+* The module docstring cites the paper and states the paper's defaults, which are the constructor's.
+
+Every module in this package is imported (and so registered) when the package is imported.
 """
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from distill.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
-from distill.losses import fitnet, kd  # noqa: E402,F401  (modules register themselves)
+for _module in pkgutil.iter_modules(__path__):  # modules register themselves
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 from distill.losses.fitnet import FitNetLoss, fitnet_loss  # noqa: E402
 from distill.losses.kd import KDLoss, kd_loss  # noqa: E402
 

@@ -24,7 +24,7 @@ def kd_loss(
     """KL(teacher || student) of softened distributions, times T^2; logits ``(..., C)``."""
     num_classes = student_logits.shape[-1]
     s = student_logits.reshape(-1, num_classes).float() / temperature
-    t = teacher_logits.reshape(-1, num_classes).float() / temperature
+    t = teacher_logits.detach().reshape(-1, num_classes).float() / temperature
     kl = F.kl_div(
         F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True
     )
@@ -37,6 +37,10 @@ def kd_loss(
     year=2015,
     kind="logit",
     consumes="logits",
+    inputs="logits",
+    identity="zero",
+    taps="@logits",
+    weight="1 (T=4 on CIFAR; T=2 for the Fashion-MNIST pair)",
 )
 class KDLoss(nn.Module):
     """Soft-target distillation on logits ``(B, C)`` (or ``(B, T, C)`` for sequences)."""

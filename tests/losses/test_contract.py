@@ -1,0 +1,177 @@
+"""The contract every registered loss keeps. It loops over the registry, so a new loss is covered as soon
+as its module exists: metadata and docstring, finite scalar output, gradients to the student side only,
+trainable parts trained, zero at identity where the paper defines it, batch-size invariance where it
+holds, bf16 autocast.
+
+Inputs come from the loss's ``inputs`` metadata (see ``distill.losses``); a loss whose inputs fit none of
+the standard shapes defines ``example_inputs(batch_size, generator) -> (student, teacher)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+import torch
+
+from distill.losses import LOSSES, build_loss
+
+NAMES = LOSSES.names()
+KINDS = {"logit", "feature", "relation", "contrastive"}
+INPUTS = {"logits", "maps", "vectors", "maps_list"}
+B, CLASSES = 8, 10
+
+
+def _meta(name: str) -> dict:
+    return LOSSES.meta(name)
+
+
+def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int = 0):
+    """(student, teacher) example tensors for loss ``name``; teacher wider than the student unless
+    ``same_shape`` or the loss needs equal shapes."""
+    g = torch.Generator().manual_seed(seed)
+    cls = LOSSES.get(name)
+    if hasattr(cls, "example_inputs"):
+        return cls.example_inputs(batch, g)
+    same = same_shape or getattr(cls, "needs_same_shape", True)
+    kind = _meta(name)["inputs"]
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    if kind == "logits":
+        return rand(batch, CLASSES), 2 * rand(batch, CLASSES)
+    if kind == "vectors":
+        return rand(batch, 16), rand(batch, 16 if same else 32)
+    if kind == "maps":
+        return rand(batch, 8 if not same else 16, 4, 4), rand(batch, 16, 4, 4)
+    if kind == "maps_list":
+        s = [rand(batch, 8, 8, 8), rand(batch, 16, 4, 4)]
+        t = (
+            [rand(batch, 8, 8, 8), rand(batch, 16, 4, 4)]
+            if same
+            else [
+                rand(batch, 16, 8, 8),
+                rand(batch, 32, 4, 4),
+            ]
+        )
+        return s, t
+    raise AssertionError(f"{name}: unknown inputs kind {kind!r}")
+
+
+def _extras(loss, batch: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed + 1)
+    available = {
+        "labels": torch.randint(0, CLASSES, (batch,), generator=g),
+        "index": torch.arange(batch),
+    }
+    wanted = getattr(loss, "extra_inputs", ())
+    missing = [k for k in wanted if k not in available]
+    assert not missing, f"contract test does not know how to make extras {missing}"
+    return {k: available[k] for k in wanted}
+
+
+def _requires_grad(x, flag: bool = True):
+    if isinstance(x, list):
+        return [t.clone().requires_grad_(flag) for t in x]
+    return x.clone().requires_grad_(flag)
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    return list(x) if isinstance(x, list) else [x]
+
+
+def _built(name: str, student, teacher, num_samples: int = 64):
+    torch.manual_seed(0)
+    loss = build_loss(name)
+    if callable(getattr(loss, "build", None)):
+        loss.build(student, teacher, num_samples=num_samples)
+    return loss
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_and_docstring(name):
+    meta = _meta(name)
+    for key in ("paper", "year", "kind", "consumes", "inputs", "taps", "weight"):
+        assert meta.get(key) not in (None, ""), f"loss {name!r} lacks {key!r} metadata"
+    assert meta["kind"] in KINDS, meta["kind"]
+    assert meta["inputs"] in INPUTS, meta["inputs"]
+    assert meta.get("identity") in (None, "zero")
+    cls = LOSSES.get(name)
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    assert str(meta["year"]) in doc, (
+        f"{name}: the module docstring should cite the paper ({meta['year']})"
+    )
+    params = inspect.signature(cls).parameters.values()
+    assert all(
+        p.default is not p.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    ), f"{name}: every constructor option needs a default (the paper's)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_scalar_with_gradients_to_student_only(name):
+    s0, t0 = make_inputs(name)
+    loss = _built(name, s0, t0)
+    s, t = _requires_grad(s0), _requires_grad(t0)
+    value = loss(s, t, **_extras(loss, B))
+    assert value.ndim == 0, f"{name} returned shape {tuple(value.shape)}"
+    assert value.dtype == torch.float32
+    assert torch.isfinite(value)
+    value.backward()
+    grads = [x.grad for x in _tensors(s)]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads), (
+        f"{name}: no gradient to student"
+    )
+    assert any(g.abs().sum() > 0 for g in grads), f"{name}: gradient to the student is all zero"
+    for x in _tensors(t):
+        assert x.grad is None or not x.grad.any(), f"{name}: gradient reached the teacher tensors"
+    trainable = [p for p in loss.parameters() if p.requires_grad]
+    if trainable:  # connectors, heads, fusion modules train with the student
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable), (
+            f"{name}: its trainable parts get no gradient"
+        )
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _meta(n).get("identity") == "zero"])
+def test_zero_at_identity(name):
+    s, _ = make_inputs(name, same_shape=True)
+    s = [x.abs() + 0.1 for x in s] if isinstance(s, list) else s
+    t = [x.clone() for x in s] if isinstance(s, list) else s.clone()
+    loss = _built(name, s, t)
+    value = loss(s, t, **_extras(loss, B))
+    assert abs(float(value)) < 1e-5, f"{name}: loss(x, x) = {float(value)}, expected 0"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if _meta(n).get("batch_invariant", True)])
+def test_batch_size_invariance(name):
+    """Repeating the batch leaves a mean-reduced loss unchanged."""
+    s, t = make_inputs(name)
+    loss = _built(name, s, t)
+    extras = _extras(loss, B)
+
+    def twice(x):
+        return [torch.cat([a, a]) for a in x] if isinstance(x, list) else torch.cat([x, x])
+
+    one = loss(s, t, **extras)
+    two = loss(twice(s), twice(t), **{k: torch.cat([v, v]) for k, v in extras.items()})
+    torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast(name):
+    s, t = make_inputs(name)
+    loss = _built(name, s, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(_requires_grad(s), t, **_extras(loss, B))
+    assert value.ndim == 0 and torch.isfinite(value)
+    value.float().backward()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_options_fail_at_construction(name):
+    """Unknown options are refused with the valid ones named (recipes check the same way)."""
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="temperatur|option|argument"):
+        build_loss(name, not_an_option=1)
