@@ -57,8 +57,8 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
     # the teacher was trained into the cache, the students into the output folder
     teacher_dir = Path(teacher["run_dir"])
     assert teacher_dir.parent == tmp_path / "cache"
-    assert (out / "student-scratch" / "checkpoints" / "last.safetensors").is_file()
-    assert (out / "student-kd" / "checkpoints" / "last.safetensors").is_file()
+    assert (out / "student-scratch" / "model.safetensors").is_file()
+    assert (out / "student-kd" / "model.safetensors").is_file()
     kd_recipe = api.run_recipe(out / "student-kd")
     weights = Path(kd_recipe.teacher.weights)
     assert (
@@ -66,7 +66,7 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
     )  # the KD student learnt from the cached teacher
 
     # a second demo with the same settings reuses the cached teacher: no training, files untouched
-    ckpt = teacher_dir / "checkpoints" / "last.safetensors"
+    ckpt = teacher_dir / "model.safetensors"
     before = (ckpt.stat().st_mtime_ns, ckpt.read_bytes())
 
     def no_teacher_training(recipe, *args, **kwargs):

@@ -36,7 +36,7 @@ def _teacher_run(common: list[str], fresh: bool, console: Console) -> Path:
     run_dir = cache_dir() / f"fashion_mnist-teacher-{key}"
     if (
         not fresh
-        and (run_dir / "checkpoints" / "last.json").is_file()
+        and (run_dir / "model.safetensors").is_file()
         and (run_dir / "summary.json").is_file()
     ):
         console.print(
@@ -65,7 +65,7 @@ def run_demo(
     started = time.perf_counter()
     common = ([f"data.root={data_root}"] if data_root else []) + (TINY if tiny else [])
     teacher_dir = _teacher_run(common, fresh, console)
-    teacher_weights = f"teacher.weights={teacher_dir / 'checkpoints' / 'last.safetensors'}"
+    teacher_weights = f"teacher.weights={teacher_dir / 'model.safetensors'}"
     runs = {"teacher": teacher_dir}
     for slug, recipe_name in (
         ("student-scratch", "fashion_mnist/scratch"),

@@ -220,9 +220,9 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     code, out, err = run_cli(capsys, "train", str(tiny_yaml))
     assert code == 0, err
     assert "done:" in out and str(run) in out
-    assert {"best.safetensors", "best.json", "last.safetensors", "last.json"} <= {
-        p.name for p in ckpt.iterdir()
-    }
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    last_file = manifest["last"][0]["file"]
+    assert {last_file, manifest["best"]["file"]} <= {p.name for p in ckpt.iterdir()}
     assert (
         (run / "recipe.yaml").is_file()
         and (run / "summary.json").is_file()
@@ -259,8 +259,8 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     assert code == 0, err
     again = snapshot(ckpt)
     assert again.keys() == first.keys()
-    assert again["last.safetensors"][1] != first["last.safetensors"][1]  # rewritten
-    assert again["last.safetensors"][0] == first["last.safetensors"][0]  # deterministic training
+    assert again[last_file][1] != first[last_file][1]  # rewritten
+    assert again[last_file][0] == first[last_file][0]  # deterministic training
     best = json.loads((run / "summary.json").read_text())["best"]
 
     code, out, err = run_cli(capsys, "eval", str(run))

@@ -113,8 +113,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         for name in (
             "metrics.jsonl",
             "summary.json",
-            "checkpoints/last.safetensors",
-            "checkpoints/best.json",
+            "checkpoints/manifest.json",
+            "model.safetensors",
         ):
             assert (run_dir / name).is_file(), name
     train_lines = [

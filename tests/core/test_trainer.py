@@ -20,10 +20,9 @@ from distill.train import (
     Trainer,
     load_checkpoint,
     load_student_weights,
-    save_checkpoint,
 )
 from distill.train import trainer as trainer_module
-from distill.train.checkpoint import model_tensors, optimizer_state_from_json, unflatten_state
+from distill.train.checkpoint import CheckpointStore
 from distill.train.trainer import lr_at
 
 PIXELS = 16  # images are (1, 4, 4)
@@ -110,9 +109,9 @@ def test_tiny_run_writes_artefacts_and_learns(tmp_path):
     )
     summary = trainer.fit()
 
-    for name in ("last", "best"):
-        assert (run_dir / "checkpoints" / f"{name}.safetensors").is_file()
-        assert (run_dir / "checkpoints" / f"{name}.json").is_file()
+    store = CheckpointStore(run_dir / "checkpoints")
+    assert store.has("last") and store.has("best")
+    assert (run_dir / "model.safetensors").is_file()  # the finished student, a plain state dict
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["steps"] == summary["steps"] == 3 * 128 // 16
     assert len(on_disk["history"]) == 3 and on_disk["best"]["top1"] == max(
@@ -201,7 +200,7 @@ def test_resume_after_crash_is_bit_exact(tmp_path, monkeypatch, name):
     with pytest.raises(Crash):
         _train(tmp_path / "b", case)
     monkeypatch.setattr(trainer_module.Trainer, "_train_step", original)
-    last = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    _, last = load_checkpoint(tmp_path / "b" / "checkpoints", "last")
     assert (last["global_step"], last["epoch"], last["epoch_step"]) == (6, 1, 2)
 
     resumed, summary = _train(tmp_path / "b", case, resume=True)
@@ -218,7 +217,7 @@ def test_resume_after_stop_after_is_bit_exact(tmp_path):
     full, _ = _train(tmp_path / "a", case)
     stopped, summary = _train(tmp_path / "b", case, stop_after=6)
     assert summary["steps"] == 6
-    last = json.loads((tmp_path / "b" / "checkpoints" / "last.json").read_text())
+    _, last = load_checkpoint(tmp_path / "b" / "checkpoints", "last")
     assert (last["global_step"], last["epoch"], last["epoch_step"]) == (6, 1, 2)
     resumed, summary = _train(tmp_path / "b", case, resume=True)
     assert summary["steps"] == 12
@@ -328,96 +327,6 @@ def test_nan_loss_raises_naming_step(tmp_path):
     # the last good checkpoint survives and holds the two finite steps
     _, state = load_checkpoint(tmp_path / "checkpoints", "last")
     assert state["global_step"] == 2
-
-
-# --------------------------------------------------------------------------- (e) checkpoints
-def _sgd_pair(seed):
-    model = mlp_student(seed=seed)
-    return model, torch.optim.SGD(
-        model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3
-    )
-
-
-def _step(model, optimizer, x):
-    optimizer.zero_grad()
-    model(x).pow(2).mean().backward()
-    optimizer.step()
-
-
-@pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path, kind):
-    x = torch.randn(8, 1, 4, 4)
-    model, optimizer = _sgd_pair(0)
-    if kind == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    for _ in range(3):
-        _step(model, optimizer, x)
-    save_checkpoint(tmp_path, "ck", model, {"global_step": 3, "note": "hi"}, optimizer)
-
-    tensors, state = load_checkpoint(tmp_path, "ck")
-    assert state["global_step"] == 3 and state["note"] == "hi" and len(state["sha256"]) == 64
-    model2, optimizer2 = _sgd_pair(seed=99)
-    if kind == "adamw":
-        optimizer2 = torch.optim.AdamW(model2.parameters(), lr=0.5)
-    assert not states_equal(model, model2)
-    model2.load_state_dict(model_tensors(tensors))
-    optimizer2.load_state_dict(
-        optimizer_state_from_json(unflatten_state(state["optimizer"], tensors))
-    )
-
-    assert states_equal(model, model2)
-    a, b = optimizer.state_dict(), optimizer2.state_dict()
-    # JSON turns tuples (AdamW's betas) into lists; the values must survive exactly
-    assert json.loads(json.dumps(a["param_groups"])) == b["param_groups"]
-    assert a["state"].keys() == b["state"].keys()
-    for i in a["state"]:
-        assert a["state"][i].keys() == b["state"][i].keys()
-        for k in a["state"][i]:
-            assert torch.equal(
-                torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k])
-            ), (i, k)
-    # continuing from the restored state is bit-identical
-    for _ in range(2):
-        _step(model, optimizer, x)
-        _step(model2, optimizer2, x)
-    assert states_equal(model, model2)
-
-
-def test_corrupt_checkpoint_is_detected(tmp_path):
-    model, optimizer = _sgd_pair(0)
-    _step(model, optimizer, torch.randn(4, 1, 4, 4))
-    path = save_checkpoint(tmp_path, "last", model, {"global_step": 1}, optimizer)
-    data = bytearray(path.read_bytes())
-    for i in range(len(data) - 16, len(data)):  # flip bytes inside the tensor payload
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(DistillError, match="checksum"):
-        load_checkpoint(tmp_path, "last")
-    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
-    with pytest.raises(DistillError, match="checksum"):
-        load_checkpoint(tmp_path, "last")
-
-
-def test_missing_checkpoint(tmp_path):
-    with pytest.raises(DistillError, match="no 'best' checkpoint"):
-        load_checkpoint(tmp_path, "best")
-
-
-def test_checkpoint_writes_no_temporary_files(tmp_path):
-    model, optimizer = _sgd_pair(0)
-    save_checkpoint(tmp_path, "a", model, {}, optimizer)
-    save_checkpoint(tmp_path, "a", model, {}, optimizer)  # overwrite
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors"]
-
-
-def test_checkpoint_tied_weights(tmp_path):
-    model = nn.Module()
-    model.embed = nn.Linear(4, 4, bias=False)
-    model.head = nn.Linear(4, 4, bias=False)
-    model.head.weight = model.embed.weight
-    save_checkpoint(tmp_path, "tied", model, {})
-    tensors, _ = load_checkpoint(tmp_path, "tied")
-    model.load_state_dict(model_tensors(tensors))
 
 
 # --------------------------------------------------------------------------- (f) scratch

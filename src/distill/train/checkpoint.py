@@ -1,29 +1,64 @@
-"""Checkpoints: safetensors for tensors, JSON for everything else; no pickle anywhere.
+"""Checkpoints: safetensors files plus a JSON manifest; no pickle anywhere.
 
-A checkpoint ``<dir>/<tag>.safetensors`` holds the trainable module (``model.*``) and optionally the
-optimizer's tensors (``optim.*``); ``<dir>/<tag>.json`` holds the step counters, the optimizer's
-non-tensor state and the SHA-256 of the tensor file. Files are written to a temporary name, fsynced and
-renamed, so a crash never leaves a half-written checkpoint under the real name.
+Layout of ``<run>/checkpoints/``::
+
+    manifest.json                 which checkpoints exist, newest first, with SHA-256 and step
+    last-00001200.safetensors     trainable module (``model.*``) + optimizer tensors (``optim.*``);
+    last-00000800.safetensors     the step counters and optimizer settings are JSON in the header
+    best-00001000.safetensors     the best evaluation so far (no optimizer state)
+
+Every file is written to a temporary name, fsynced, renamed, and the directory fsynced; only then does
+the manifest (written the same way) name it, and only after that are files that dropped out of the
+manifest deleted. A crash at any instant therefore leaves a manifest naming complete, verified files.
+Loading checks each file against the manifest's checksum; a corrupt or truncated newest ``last`` is
+reported and the previous one (``keep_last`` are kept) is used instead.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.errors import DistillError
 
+MANIFEST = "manifest.json"
+FORMAT = 1
+KINDS = ("last", "best")
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path``."""
+
+# ----------------------------------------------------------------------------------- atomic files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some file systems (and Windows) cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp_path)``, fsync, rename onto ``path`` and fsync the directory.
+
+    On any failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -35,10 +70,34 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str)))
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete ``.*.tmp`` files a killed process left behind in ``directory``; returns them."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def write_error(err: OSError, where: Path, what: str) -> DistillError:
+    """A one-line error for a failed write: disk full, read-only or permission problems named plainly."""
+    reason = {
+        errno.ENOSPC: "the disk is full; free space or point the run somewhere else",
+        errno.EDQUOT: "the disk quota is exhausted; free space or point the run somewhere else",
+        errno.EROFS: "the file system is read-only; point the run at a writable directory",
+        errno.EACCES: "permission denied; fix the permissions or point the run somewhere else",
+        errno.EPERM: "permission denied; fix the permissions or point the run somewhere else",
+    }.get(err.errno or -1, f"{err.strerror or err}; check the path or point the run somewhere else")
+    return DistillError(
+        f"cannot write {what} in {where}: {reason} (nothing partial was left behind)"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -49,6 +108,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------ state flattening
 def state_tensors(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """CPU copies of a state dict's tensors; tied weights (shared storage) are stored once per name."""
     out: dict[str, torch.Tensor] = {}
@@ -90,6 +150,203 @@ def optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def model_tensors(
+    tensors: dict[str, torch.Tensor], prefix: str = "model."
+) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------------- the store
+@dataclass
+class Loaded:
+    """A verified checkpoint: tensors (with prefixes), its JSON state, its file, and what was skipped."""
+
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    path: Path
+    skipped: list[str] = field(default_factory=list)
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory (see the module docstring for the layout and guarantees)."""
+
+    def __init__(self, directory: str | Path, keep_last: int = 2) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    # ---------------------------------------------------------------- manifest
+    def manifest(self) -> dict[str, Any]:
+        """The manifest (``{"format", "last": [...], "best": {...} | None}``); empty if there is none."""
+        empty: dict[str, Any] = {"format": FORMAT, "last": [], "best": None}
+        path = self.manifest_path
+        if not path.is_file():
+            return self._legacy() or empty
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DistillError(
+                f"checkpoint manifest {path} is unreadable ({type(err).__name__}); restore it from a "
+                "backup or start the run again with --overwrite"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise DistillError(
+                f"checkpoint manifest {path} is not a distill manifest (format {FORMAT}); "
+                "restore it or start the run again with --overwrite"
+            )
+        return {**empty, **data}
+
+    def _legacy(self) -> dict[str, Any] | None:
+        """Runs written before the manifest existed: ``<tag>.safetensors`` + ``<tag>.json``."""
+        found: dict[str, Any] = {"format": FORMAT, "last": [], "best": None, "legacy": True}
+        for kind in KINDS:
+            meta, weights = self.directory / f"{kind}.json", self.directory / f"{kind}.safetensors"
+            if meta.is_file() and weights.is_file():
+                try:
+                    state = json.loads(meta.read_text())
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+                entry = {
+                    "file": weights.name,
+                    "sha256": state.get("sha256"),
+                    "legacy_state": meta.name,
+                }
+                if kind == "last":
+                    found["last"] = [entry]
+                else:
+                    found["best"] = entry
+        return found if found["last"] or found["best"] else None
+
+    def entries(self, kind: str) -> list[dict[str, Any]]:
+        """Manifest entries of ``kind``, newest first."""
+        manifest = self.manifest()
+        if kind == "last":
+            return list(manifest["last"])
+        return [manifest["best"]] if manifest.get("best") else []
+
+    def has(self, kind: str) -> bool:
+        return bool(self.entries(kind))
+
+    # -------------------------------------------------------------------- save
+    def save(
+        self,
+        kind: str,
+        model: nn.Module,
+        state: dict[str, Any],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> Path:
+        """Write a ``kind`` checkpoint of ``model`` (+ optimizer) with JSON ``state``; returns its path."""
+        if kind not in KINDS:
+            raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
+        tensors = state_tensors(model.state_dict(), "model.")
+        record = dict(state)
+        if optimizer is not None:
+            record["optimizer"] = flatten_state(optimizer.state_dict(), "optim", tensors)
+        step = int(state.get("global_step", 0))
+        path = self.directory / f"{kind}-{step:08d}.safetensors"
+        header = {"distill": json.dumps(record, default=str)}
+        try:
+            manifest = self.manifest()
+            manifest.pop("legacy", None)
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+            entry = {
+                "file": path.name,
+                "sha256": _sha256(path),
+                "bytes": path.stat().st_size,
+                "step": step,
+                "epoch": state.get("epoch"),
+                "time": round(time.time(), 3),
+            }
+            if kind == "last":
+                kept = [entry] + [e for e in manifest["last"] if e["file"] != path.name]
+                manifest["last"], dropped = kept[: self.keep_last], kept[self.keep_last :]
+            else:
+                old = manifest.get("best")
+                manifest["best"], dropped = entry, [old] if old and old["file"] != path.name else []
+            write_json(self.manifest_path, manifest)
+        except OSError as err:
+            raise write_error(err, self.directory, f"{kind} checkpoint") from None
+        in_use = {e["file"] for e in manifest["last"]} | (
+            {manifest["best"]["file"]} if manifest.get("best") else set()
+        )
+        for old in dropped:
+            if old["file"] not in in_use:
+                (self.directory / old["file"]).unlink(missing_ok=True)
+                if old.get("legacy_state"):
+                    (self.directory / old["legacy_state"]).unlink(missing_ok=True)
+        return path
+
+    # -------------------------------------------------------------------- load
+    def load(self, kind: str, fallback: bool = True) -> Loaded:
+        """Read and verify the newest good ``kind`` checkpoint.
+
+        With ``fallback`` a missing, corrupt or truncated file is skipped (and listed in
+        ``Loaded.skipped``) in favour of the next older one; without it the first problem raises.
+        """
+        entries = self.entries(kind)
+        if not entries:
+            raise DistillError(
+                f"no {kind!r} checkpoint in {self.directory}; train first or pick a run dir with checkpoints"
+            )
+        skipped: list[str] = []
+        for entry in entries:
+            path = self.directory / entry["file"]
+            try:
+                tensors, state = self._read(path, entry)
+            except DistillError as err:
+                if not fallback:
+                    raise
+                skipped.append(str(err))
+                continue
+            return Loaded(tensors, state, path, skipped)
+        raise DistillError(
+            f"every {kind!r} checkpoint in {self.directory} is damaged ({'; '.join(skipped)}); "
+            "start the run again with --overwrite"
+        )
+
+    def _read(
+        self, path: Path, entry: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if not path.is_file():
+            raise DistillError(f"checkpoint {path} is missing")
+        if entry.get("sha256") and _sha256(path) != entry["sha256"]:
+            raise DistillError(
+                f"checkpoint {path} does not match its recorded checksum (corrupt or truncated)"
+            )
+        try:
+            tensors = load_file(str(path))
+            if entry.get("legacy_state"):
+                state = json.loads((self.directory / entry["legacy_state"]).read_text())
+            else:
+                with safe_open(str(path), "pt") as f:
+                    state = json.loads((f.metadata() or {})["distill"])
+        except (SafetensorError, OSError, KeyError, ValueError) as err:
+            raise DistillError(f"checkpoint {path} is unreadable ({type(err).__name__})") from None
+        return tensors, state
+
+    def cleanup(self) -> list[Path]:
+        """Remove stale temporaries and checkpoint files the manifest does not name (a crash leftover)."""
+        removed = remove_stale_temporaries(self.directory)
+        if not self.manifest_path.is_file():
+            return removed
+        manifest = self.manifest()
+        named = {e["file"] for e in manifest["last"]}
+        if manifest.get("best"):
+            named.add(manifest["best"]["file"])
+        for kind in KINDS:
+            for path in self.directory.glob(f"{kind}-*.safetensors"):
+                if path.name not in named:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
+
+# ------------------------------------------------------------------------- convenience functions
 def save_checkpoint(
     directory: Path,
     tag: str,
@@ -97,48 +354,29 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
-    """Write ``<tag>.safetensors`` then ``<tag>.json`` (the JSON names the tensor file's checksum)."""
-    directory = Path(directory)
-    tensors = state_tensors(model.state_dict(), "model.")
-    record = dict(state)
-    if optimizer is not None:
-        record["optimizer"] = flatten_state(optimizer.state_dict(), "optim", tensors)
-    weights = directory / f"{tag}.safetensors"
-    try:
-        atomic_write(weights, lambda tmp: save_file(tensors, tmp))
-        record["sha256"] = _sha256(weights)
-        write_json(directory / f"{tag}.json", record)
-    except OSError as err:
-        raise DistillError(
-            f"cannot write checkpoint to {directory}: {err.strerror}; free space or pick another run dir"
-        ) from None
-    return weights
+    """Write a ``tag`` (``last`` or ``best``) checkpoint into ``directory``; see :class:`CheckpointStore`."""
+    return CheckpointStore(directory).save(tag, model, state, optimizer)
 
 
 def load_checkpoint(directory: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint. Returns ``(tensors, state)``; tensors keep their prefixes."""
-    directory = Path(directory)
-    weights, meta = directory / f"{tag}.safetensors", directory / f"{tag}.json"
-    if not weights.is_file() or not meta.is_file():
-        raise DistillError(
-            f"no {tag!r} checkpoint in {directory}; train first or pick a run dir with checkpoints"
-        )
-    state = json.loads(meta.read_text())
-    if state.get("sha256") and state["sha256"] != _sha256(weights):
-        raise DistillError(
-            f"checkpoint {weights} does not match its recorded checksum (corrupt or truncated)"
-        )
-    return load_file(str(weights)), state
-
-
-def model_tensors(
-    tensors: dict[str, torch.Tensor], prefix: str = "model."
-) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    """Read and verify the newest good ``tag`` checkpoint. Returns ``(tensors, state)``."""
+    loaded = CheckpointStore(directory).load(tag)
+    return loaded.tensors, loaded.state
 
 
 def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -> dict[str, Any]:
-    """Load the student's weights from a run directory's ``checkpoints/<tag>``; returns the JSON state."""
+    """Load the student's weights from a run directory's checkpoints; returns the JSON state."""
     tensors, state = load_checkpoint(Path(run_dir) / "checkpoints", tag)
     student.load_state_dict(model_tensors(tensors, "model.student."))
     return state
+
+
+def save_model(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model``'s state dict as a plain safetensors file (what a run hands over)."""
+    try:
+        atomic_write(
+            Path(path),
+            lambda tmp: save_file(state_tensors(model.state_dict()), tmp, metadata=metadata),
+        )
+    except OSError as err:
+        raise write_error(err, Path(path).parent, Path(path).name) from None

@@ -33,6 +33,18 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
     checkpoint_every: int | None = Field(None, gt=0, description="also save 'last' every N steps")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="how many 'last' checkpoints to keep (older ones are the fallback)"
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="NaN/inf loss or gradients: stop (keeping the last good checkpoint) or skip the step",
+    )
+    max_skipped_steps: int = Field(
+        10,
+        ge=1,
+        description="with on_nonfinite=skip, stop after this many non-finite steps in a row",
+    )
     log_every: int = Field(20, gt=0, description="write a metrics line every N steps")
     device: str = "auto"
     progress: bool = True

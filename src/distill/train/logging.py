@@ -49,8 +49,13 @@ class MetricsLogger:
         record = {"event": event, "time": round(time.time(), 3), **values}
         step = int(values.get("step", 0))
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as err:
+                from distill.train.checkpoint import write_error
+
+                raise write_error(err, self.path.parent, "metrics") from None
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key != "step":
@@ -59,6 +64,32 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop ``metrics.jsonl`` lines written after ``step`` (and a torn last line); returns how many.
+
+    A resumed run repeats the steps after its last checkpoint, so their old lines would be duplicates.
+    """
+    from distill.train.checkpoint import atomic_write
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept)))
+    return dropped
 
 
 def make_progress(enabled: bool, console: Console | None = None) -> Progress:

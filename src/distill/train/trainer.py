@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from distill.distiller import Distiller
 from distill.errors import DistillError
 from distill.train.checkpoint import (
-    load_checkpoint,
+    CheckpointStore,
     model_tensors,
     optimizer_state_from_json,
-    save_checkpoint,
+    remove_stale_temporaries,
+    save_model,
     unflatten_state,
+    write_error,
     write_json,
 )
 from distill.train.config import TrainConfig
@@ -37,7 +39,7 @@ from distill.train.distributed import (
     init_distributed,
     pick_device,
 )
-from distill.train.logging import MetricsLogger, format_values, make_progress
+from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -100,7 +102,8 @@ class Trainer:
 
     ``train_data``/``val_data`` are datasets (the trainer shards and orders them, which makes resume and
     ``torchrun`` exact) or ready DataLoaders (used as given). Artefacts go to ``run_dir``:
-    ``metrics.jsonl``, ``checkpoints/{last,best}.{safetensors,json}`` and ``summary.json``.
+    ``metrics.jsonl``, ``checkpoints/`` (see :mod:`distill.train.checkpoint`), ``summary.json`` and,
+    when training completes, ``model.safetensors`` (the final student as a plain state dict).
     """
 
     def __init__(
@@ -134,7 +137,15 @@ class Trainer:
         self.epoch_step = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0  # non-finite steps skipped (on_nonfinite="skip")
+        self._skipped_in_a_row = 0
+        self._logger: MetricsLogger | None = None
         self._stop_after: int | None = None
+        self.store = (
+            CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
+            if self.run_dir
+            else None
+        )
 
     # ----------------------------------------------------------------- set-up
     def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
@@ -173,14 +184,19 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=cfg.lr)
 
     def _setup(self, resume: bool) -> None:
-        last = self.checkpoint_dir / "last.json" if self.checkpoint_dir else None
-        if not resume and last is not None and last.is_file():
+        if not resume and self.store is not None and self.store.has("last"):
             raise DistillError(
                 f"{self.run_dir} already holds a run; call fit(resume=True) to continue it or use another run_dir"
             )
+        self._check_writable()
         seed_everything(self.config.seed, self.config.deterministic)
-        if self.distiller.terms:  # builds named projectors, checks tap shapes before any training
-            self.distiller.setup(next(iter(self._train_loader(0))))
+        if self.distiller.terms:  # builds named projectors and loss parts, checks tap shapes
+            context = (
+                {"num_samples": len(self.train_data)} if hasattr(self.train_data, "__len__") else {}
+            )
+            if isinstance(self.train_data, DataLoader):
+                context = {"num_samples": len(self.train_data.dataset)}  # type: ignore[arg-type]
+            self.distiller.setup(next(iter(self._train_loader(0))), **context)
         self.optimizer = self._build_optimizer()
         if resume:
             self._resume()
@@ -193,6 +209,19 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
+    def _check_writable(self) -> None:
+        """Fail in the first second, not at the first checkpoint, when the run dir cannot be written."""
+        if self.checkpoint_dir is None or not self.dist.is_main:
+            return
+        try:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.checkpoint_dir)
+            probe = self.checkpoint_dir / f".write-probe-{id(self)}.tmp"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as err:
+            raise write_error(err, self.checkpoint_dir, "checkpoints") from None
+
     def _state(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -200,21 +229,29 @@ class Trainer:
             "global_step": self.global_step,
             "best": self.best,
             "history": self.history,
+            "skipped_steps": self.skipped_steps,
+            "skipped_in_a_row": self._skipped_in_a_row,
             "config": self.config.model_dump(),
         }
 
     def _save(self, tag: str, with_optimizer: bool) -> None:
-        if self.checkpoint_dir is None or not self.dist.is_main:
+        if self.store is None or not self.dist.is_main:
             return
         optimizer = self.optimizer if with_optimizer else None
-        save_checkpoint(
-            self.checkpoint_dir, tag, self.distiller.trainable(), self._state(), optimizer
-        )
+        self.store.save(tag, self.distiller.trainable(), self._state(), optimizer)
 
     def _resume(self) -> None:
-        if self.checkpoint_dir is None or not (self.checkpoint_dir / "last.json").is_file():
+        if self.store is None or not self.store.has("last"):
             return
-        tensors, state = load_checkpoint(self.checkpoint_dir, "last")
+        if self.dist.is_main:
+            self.store.cleanup()  # temporaries and unlisted files a killed process left behind
+        loaded = self.store.load("last")
+        for problem in loaded.skipped:
+            if self.dist.is_main:
+                self.console.print(
+                    f"[yellow]warning[/]: {problem}; using an older checkpoint", soft_wrap=True
+                )
+        tensors, state = loaded.tensors, loaded.state
         self.distiller.trainable().load_state_dict(model_tensors(tensors))
         if "optimizer" in state:
             self.optimizer.load_state_dict(
@@ -226,6 +263,10 @@ class Trainer:
             state["best"],
             state["history"],
         )
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self._skipped_in_a_row = state.get("skipped_in_a_row", 0)
+        if self.dist.is_main and self.run_dir is not None:
+            truncate_metrics(self.run_dir, self.global_step)  # those steps are about to run again
         if self.dist.is_main:
             self.console.print(
                 f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
@@ -246,22 +287,72 @@ class Trainer:
         lr = lr_at(self.global_step, total_steps, warmup, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        side = self.distiller.trainable()
+        # a skipped step must not leave NaN in BN statistics or memory banks either
+        saved = [b.detach().clone() for b in side.buffers()] if cfg.on_nonfinite == "skip" else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
-        if not torch.isfinite(step.loss):
-            parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
-            raise DistillError(
-                f"loss became {float(step.loss.detach())} at step {self.global_step} ({parts}); lower the learning rate "
-                "or a term weight, or set grad_clip; the last good checkpoint is kept"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        step.loss.backward()
+        step.loss.backward()  # every rank runs backward, so DDP's gradient all-reduce stays in step
+        params = self.distiller.trainable_parameters()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.distiller.trainable_parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in params if p.grad is not None]
+            )
+        bad = (~(torch.isfinite(step.loss.detach()) & torch.isfinite(grad_norm))).float()
+        if self.dist.enabled:  # all ranks take the same decision
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            self._nonfinite(step, grad_norm, saved)
+            return None, lr, len(batch)
+        self._skipped_in_a_row = 0
         self.optimizer.step()
         metrics = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
+        metrics["grad_norm"] = grad_norm.detach()
         metrics.update(self.task.batch_metrics(step.outputs, batch))
         return metrics, lr, len(batch)
+
+    def _nonfinite(self, step, grad_norm: torch.Tensor, saved: list[torch.Tensor] | None) -> None:
+        """Apply ``on_nonfinite`` to a step whose loss or gradients are NaN/inf (nothing was updated)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, norm = float(step.loss.detach()), float(grad_norm)
+        parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+        if self._logger is not None:
+            self._logger.log(
+                "nonfinite",
+                {
+                    "step": self.global_step,
+                    "loss": loss,
+                    "grad_norm": norm,
+                    "action": cfg.on_nonfinite,
+                },
+            )
+        fix = "lower the learning rate or a term weight, or set train.grad_clip"
+        if cfg.on_nonfinite == "stop":
+            raise DistillError(
+                f"{what} at step {self.global_step} ({parts}); {fix}, or set train.on_nonfinite=skip; "
+                "the last good checkpoint is kept (continue with --resume)"
+            )
+        for buffer, old in zip(self.distiller.trainable().buffers(), saved or [], strict=False):
+            buffer.copy_(old)
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= cfg.max_skipped_steps:
+            raise DistillError(
+                f"{what} at step {self.global_step}: {self._skipped_in_a_row} non-finite steps in a row "
+                f"(max_skipped_steps={cfg.max_skipped_steps}, {self.skipped_steps} skipped in all); {fix}; "
+                "the last good checkpoint is kept"
+            )
+        if self.dist.is_main:
+            self.console.print(
+                f"[yellow]warning[/]: {what} at step {self.global_step}; step skipped "
+                f"({self.skipped_steps} so far)",
+                soft_wrap=True,
+            )
 
     def evaluate(self) -> dict[str, float]:
         """Task metrics of the student on ``val_data`` (rank 0 computes, every rank gets them)."""
@@ -290,7 +381,9 @@ class Trainer:
             else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         )
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
-        logger = MetricsLogger(self.run_dir, cfg.tensorboard, enabled=self.dist.is_main)
+        logger = self._logger = MetricsLogger(
+            self.run_dir, cfg.tensorboard, enabled=self.dist.is_main
+        )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
         last: dict[str, float] = self.history[-1] if self.history else {}
         try:
@@ -308,9 +401,17 @@ class Trainer:
             "last": last,
             "history": self.history,
             "steps": self.global_step,
+            "skipped_steps": self.skipped_steps,
         }
         if self.run_dir is not None and self.dist.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+            try:
+                write_json(self.run_dir / "summary.json", summary)
+                if (
+                    self.global_step >= total or self.epoch >= cfg.epochs
+                ):  # complete: hand over the student
+                    save_model(self.run_dir / "model.safetensors", self.distiller.student)
+            except OSError as err:
+                raise write_error(err, self.run_dir, "summary") from None
         barrier(self.dist)
         return summary
 
@@ -328,11 +429,15 @@ class Trainer:
             metrics, lr, n = self._train_step(raw, total, warmup, steps_per_epoch)
             self.global_step += 1
             self.epoch_step += 1
-            seen, count = seen + n, count + 1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+            seen = seen + n
+            if metrics is not None:  # None: a skipped non-finite step
+                count += 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
             if self.global_step % cfg.log_every == 0 or self.global_step == total:
-                values = {k: float(v) / count for k, v in sums.items()}
+                values = {k: float(v) / max(count, 1) for k, v in sums.items()}
+                if self.skipped_steps:
+                    values["skipped_steps"] = self.skipped_steps
                 rate = seen * self.dist.world_size / (time.perf_counter() - started)
                 logger.log(
                     "train",
