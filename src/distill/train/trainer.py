@@ -434,7 +434,7 @@ class Trainer:
                 count += 1
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
-            if self.global_step % cfg.log_every == 0 or self.global_step == total:
+            if count and (self.global_step % cfg.log_every == 0 or self.global_step == total):
                 values = {k: float(v) / max(count, 1) for k, v in sums.items()}
                 if self.skipped_steps:
                     values["skipped_steps"] = self.skipped_steps
