@@ -326,7 +326,7 @@ BAD_RECIPES = {
     "bad-optimizer": (OK + "train: {optimizer: adam}\n", ["train.optimizer", "'adam'", "adamw"]),
     "unknown-loss": (
         WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n",
-        ["'kdd'", "Did you mean 'kd'?"],
+        ["'kdd'", "Did you mean 'kd'"],
     ),
     "unknown-loss-option": (
         WITH_TEACHER + "distill: {terms: [{loss: kd, options: {temprature: 4}}]}\n",
@@ -415,7 +415,9 @@ def test_unknown_loss_message_lists_known_losses(write_recipe):
     path = write_recipe(WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n")
     with pytest.raises(ConfigError) as excinfo:
         load_recipe(path)
-    assert_one_line_config_error(excinfo, "Known losses: fitnet, kd")
+    from distill.losses import LOSSES
+
+    assert_one_line_config_error(excinfo, "Known losses: " + ", ".join(sorted(LOSSES.names())))
 
 
 def test_valid_schedule_weight_validates(write_recipe):
