@@ -10,9 +10,11 @@ from rich.console import Console
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
-from distill.errors import DistillError
+from distill.errors import DistillError, did_you_mean
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
+
+CHECKPOINTS = ("best", "last")
 
 
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -67,6 +69,10 @@ def train(
     An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace it,
     only once the new run's data, models and teacher weights have loaded).
     """
+    if resume and overwrite:
+        raise DistillError(
+            "--resume continues the earlier run and --overwrite replaces it; pass one, not both"
+        )
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
     check_run_dir(run_dir, resume, overwrite)
@@ -93,6 +99,11 @@ def run_recipe(run_dir: str | Path) -> Recipe:
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
     """Evaluate a trained run's student on its recipe's test split (agreement against its teacher, if any)."""
+    if checkpoint not in CHECKPOINTS:
+        raise DistillError(
+            f"unknown checkpoint {checkpoint!r}.{did_you_mean(checkpoint, CHECKPOINTS)} "
+            "Use best or last"
+        )
     recipe = run_recipe(run_dir)
     built = build(recipe)
     load_student_weights(Path(run_dir), built.student, checkpoint)

@@ -31,10 +31,18 @@ def _error(message: str) -> None:
     err_console.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
 
 
+def _usage_line(err: Exception) -> str:
+    """Click's usage error as one line, pointing at the command's ``--help``."""
+    message = err.format_message().strip()  # type: ignore[attr-defined]
+    ctx = getattr(err, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "distill"
+    return f"{message} (see `{command} --help`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="distill", standalone_mode=False)
     except DistillError as err:
         _error(str(err))
         return 2
@@ -49,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # usage errors and aborts (typer may bundle its own copy of click)
         show, code = getattr(err, "show", None), getattr(err, "exit_code", None)
         if callable(show) and isinstance(code, int):
-            show()
+            if type(err).__name__ == "NoArgsIsHelpError" or not hasattr(err, "format_message"):
+                show()  # `distill` alone prints the help
+                return code
+            _error(_usage_line(err))
             return code
         if type(err).__name__ == "Abort":
             return 1
