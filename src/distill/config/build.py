@@ -15,7 +15,7 @@ from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError
 from distill.losses import build_loss
 from distill.models import build_model
-from distill.schedules import SCHEDULES, Schedule
+from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import build_task
 from distill.train import Trainer
 from distill.train.checkpoint import load_student_weights, model_tensors
@@ -34,21 +34,48 @@ class Built:
     augment: BatchAugment | None
 
 
-def build_weight(weight: float | ScheduleSpec) -> float | Schedule:
-    if isinstance(weight, ScheduleSpec):
-        return SCHEDULES.get(weight.schedule)(**(weight.model_extra or {}))
-    return float(weight)
+def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
+    """A constant or a schedule, evaluated once now so a bad option fails here, not mid-training."""
+    if not isinstance(weight, ScheduleSpec):
+        return float(weight)
+    options = weight.model_extra or {}
+    schedule = SCHEDULES.get(weight.schedule)(**options)
+    try:
+        weight_at(schedule, 0.0), weight_at(schedule, 1.0)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"{where}: schedule {weight.schedule!r} cannot use options {options} ({err}); "
+            "give numbers, e.g. {schedule: linear_warmup, value: 1.0, warmup_epochs: 5}"
+        ) from None
+    return schedule
 
 
 def build_data(recipe: Recipe) -> tuple[Any, Any]:
     spec = recipe.data
     train = build_dataset(spec.name, "train", spec.root, **spec.options)
     test = build_dataset(spec.name, "test", spec.root, **spec.options)
+    check_splits_agree(train, test, spec.name)
     if spec.train_subset:
         train = train.subset(min(spec.train_subset, len(train)), seed=recipe.train.seed)
     if spec.test_subset:
         test = test.subset(min(spec.test_subset, len(test)), seed=0)
     return train, test
+
+
+def check_splits_agree(train: Any, test: Any, name: str) -> None:
+    """The test split must have the training split's class count, channels and image size."""
+    for attr, fix in (
+        ("num_classes", "relabel them or store the same num_classes/classes metadata in both"),
+        ("in_channels", "convert both to the same channel count (grayscale or RGB)"),
+        ("image_size", "resize both to the same size"),
+    ):
+        a, b = getattr(train, attr, None), getattr(test, attr, None)
+        if a is not None and b is not None and a != b:
+            show = (lambda v: "x".join(map(str, v))) if attr == "image_size" else str
+            raise DistillError(
+                f"dataset {name!r}: the train split has {attr} {show(a)} but the test split has "
+                f"{show(b)}; both splits need the same {attr}: {fix}"
+            )
 
 
 def load_weights(model: nn.Module, weights: str, role: str) -> None:
@@ -63,21 +90,37 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
         )
     try:
         if path.is_dir():
-            load_student_weights(path, model, "best")
+            try:
+                load_student_weights(path, model, "best")
+            except DistillError as err:
+                raise DistillError(f"{role} weights {weights}: {err}") from None
             return
         if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except (SafetensorError, OSError) as err:
+                raise DistillError(
+                    f"{role} weights {path} are corrupt or truncated ({_first_line(err)}); "
+                    "re-save them with safetensors.torch.save_file or train the model again"
+                ) from None
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
                 state = model_tensors(state, "model.student.")
         elif path.suffix in (".pt", ".pth", ".bin"):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - anything that needs unpickling is refused
+                if "Unsupported global" in str(err):
+                    raise DistillError(
+                        f"{role} weights {path} need arbitrary unpickling, which can run code, so distill "
+                        f"refuses them (torch.load(weights_only=True): {_first_line(err)}); if you trust "
+                        "the file, re-save model.state_dict() as .safetensors or a plain .pt state dict"
+                    ) from None
                 raise DistillError(
-                    f"{role} weights {path} cannot be loaded safely (weights_only=True refused it: "
-                    f"{str(err).splitlines()[0][:120]}); re-save them as a plain state_dict or .safetensors"
+                    f"{role} weights {path} are corrupt or not a PyTorch file ({_first_line(err)}); "
+                    "re-save them with torch.save(model.state_dict(), ...) or as .safetensors"
                 ) from None
             if isinstance(state, dict) and isinstance(
                 state.get("state_dict", state.get("model")), dict
@@ -102,19 +145,46 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
         ) from None
 
 
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's first line, at most 120 characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line.split(". ")[0][:120]
+
+
 def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: str) -> nn.Module:
-    model = build_model(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.options)
+    try:
+        model = build_model(
+            spec.name, num_classes=num_classes, in_channels=in_channels, **spec.options
+        )
+    except DistillError as err:  # say whose options they are: student and teacher may share a model
+        raise (ConfigError if isinstance(err, ConfigError) else DistillError)(
+            f"{role}: {err}"
+        ) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"{role}: model {spec.name!r} rejected options {spec.options} ({_first_line(err)}); "
+            "fix the option values"
+        ) from None
     if spec.weights:
         load_weights(model, spec.weights, role)
     return model
 
 
-def build_term(spec: TermSpec) -> Term:
+def build_term(spec: TermSpec, where: str = "distill.terms") -> Term:
+    try:
+        loss = build_loss(spec.loss, **spec.options)
+    except (TypeError, ValueError) as err:  # the loss's own checks of its option values
+        if isinstance(err, DistillError):
+            raise
+        raise ConfigError(
+            f"{where}: loss {spec.loss!r} rejected options {spec.options} ({_first_line(err)}); "
+            "fix the option values"
+        ) from None
     return Term(
-        loss=build_loss(spec.loss, **spec.options),
+        loss=loss,
         student=spec.student,
         teacher=spec.teacher,
-        weight=build_weight(spec.weight),
+        weight=build_weight(spec.weight, f"{where}.weight"),
         projector=spec.projector,
         name=spec.name or spec.loss,
     )
@@ -133,20 +203,164 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     if recipe.teacher is not None:
         teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
     task = build_task(recipe.task, **recipe.task_options)
-    terms = [build_term(t) for t in recipe.distill.terms]
+    for i, spec in enumerate(recipe.distill.terms):  # name the term and side of a bad tap
+        check_taps(student, spec.student, f"distill.terms.{i}.student")
+        if teacher is not None:
+            check_taps(teacher, spec.teacher, f"distill.terms.{i}.teacher")
+    terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(recipe.distill.terms)]
     distiller = Distiller(
         student,
         task,
         teacher=teacher,
         terms=terms,
-        task_weight=build_weight(recipe.distill.task_weight),
+        task_weight=build_weight(recipe.distill.task_weight, "distill.task_weight"),
     )
+    check_on_example(distiller, train, recipe)
     aug = BatchAugment(recipe.data.augment.crop_padding, recipe.data.augment.flip)
     return Built(recipe, train, test, student, teacher, distiller, aug if aug.enabled else None)
 
 
+def check_taps(model: nn.Module, taps: str | list[str], where: str) -> None:
+    """Module taps (not ``@outputs``) must name modules of ``model``; the error says which term's."""
+    from distill.taps import FeatureTaps
+
+    names = [t for t in ([taps] if isinstance(taps, str) else taps) if not t.startswith("@")]
+    try:
+        FeatureTaps(model, names)
+    except DistillError as err:
+        raise DistillError(f"{where}: {err}") from None
+
+
+def example_batch(data: Any, n: int = 2) -> Any:
+    """The first ``n`` samples of ``data`` (a dataset or a DataLoader) as one batch."""
+    from torch.utils.data import DataLoader
+
+    from distill.data import identity_collate
+
+    if not isinstance(data, DataLoader):
+        if len(data) == 0:
+            raise DistillError("the training data is empty; point the recipe at data with samples")
+        data = DataLoader(data, batch_size=min(n, len(data)), collate_fn=identity_collate)
+    for batch in data:
+        return batch
+    raise DistillError("the training data is empty; point the recipe at data with samples")
+
+
+def _run(role: str, name: str, inputs: Any, forward: Any) -> dict[str, torch.Tensor]:
+    try:
+        return forward()
+    except DistillError as err:
+        raise DistillError(f"{role}: {err}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        shape = list(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise DistillError(
+            f"{role} {name!r} cannot run on the data's inputs {shape} ({_first_line(err)}); "
+            "check the model's options (image_size, in_channels) against the data"
+        ) from None
+
+
+def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
+    """Run the student (and teacher) once on two training samples, before anything trains or is written.
+
+    Catches at build time what would otherwise fail at the first step, after an ``--overwrite`` has
+    cleared the earlier run: models that cannot take the data's inputs, class counts that differ between
+    the models and the data, unknown task outputs in taps, feature shapes that differ without a projector,
+    and projectors that cannot map them. Weights, RNG state and train/eval modes are left as they were.
+    """
+    from distill.distiller import _pick, _teacher_pick
+    from distill.projectors import build_projector
+    from distill.taps import FeatureTaps
+
+    task, side = distiller.task, distiller.trainable()
+    batch = task.split(example_batch(train))
+    param = next(side.student.parameters(), None)
+    if param is not None:
+        batch = batch.to(param.device)
+    was_training = side.training
+    teacher_name = recipe.teacher.name if recipe.teacher else "teacher"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            side.eval()
+            with FeatureTaps(side.student, side.student_taps) as taps:
+                outputs = _run(
+                    "student",
+                    recipe.student.name,
+                    batch.inputs,
+                    lambda: task.forward(side.student, batch.inputs),
+                )
+            teacher_outputs = (
+                _run(
+                    "teacher",
+                    teacher_name,
+                    batch.inputs,
+                    lambda: distiller.source.outputs(batch, distiller.teacher_taps),
+                )
+                if distiller.source is not None and distiller.teacher is not None
+                else {}
+            )
+            _check_class_counts(task, train, recipe, outputs, teacher_outputs)
+            for term, name, projector in zip(side.terms, side.names, side.projectors, strict=True):
+                s = _pick(term.student, outputs, taps, "student")
+                t = _teacher_pick(term.teacher, teacher_outputs)
+                one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
+                if isinstance(term.projector, str):
+                    build_projector(term.projector, one_s.shape, one_t.shape)
+                elif (
+                    getattr(term.loss, "needs_same_shape", True)
+                    and not isinstance(s, list)
+                    and isinstance(projector, nn.Identity)
+                    and s.shape != t.shape
+                ):
+                    raise DistillError(
+                        f"term {name!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
+                        f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature "
+                        "maps, linear for vectors)"
+                    )
+    finally:
+        side.train(was_training)
+
+
+def _check_class_counts(
+    task: Any,
+    data: Any,
+    recipe: Recipe,
+    outputs: dict[str, torch.Tensor],
+    teacher_outputs: dict[str, torch.Tensor],
+) -> None:
+    """Classification: student and teacher give one score per class of the data."""
+    num_classes = getattr(data, "num_classes", None)
+    if getattr(task, "name", None) != "classification" or not num_classes:
+        return
+    pairs = [("student", recipe.student.name, outputs.get("logits"))]
+    if recipe.teacher is not None:
+        pairs.append(("teacher", recipe.teacher.name, teacher_outputs.get("@logits")))
+    for role, name, logits in pairs:
+        if isinstance(logits, torch.Tensor) and logits.shape[-1] != num_classes:
+            raise DistillError(
+                f"{role} {name!r} gives {logits.shape[-1]} class scores but the data has "
+                f"{num_classes} classes; build its head from num_classes (check the model and its weights)"
+            )
+
+
+def check_device(device: str) -> None:
+    """``train.device`` names a device torch knows and, for CUDA, one that is there."""
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"train.device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device is {device!r} but no CUDA GPU is visible; use train.device=auto or cpu"
+        )
+
+
 def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwargs: Any) -> Trainer:
     recipe = built.recipe
+    check_device(recipe.train.device)
     return Trainer(
         built.distiller,
         built.train_data,

@@ -70,6 +70,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        for key in ("num_classes", "in_channels"):
+            if key in self.options:
+                raise ValueError(
+                    f"options.{key}={self.options[key]!r}: {key} comes from the data, not the recipe; "
+                    "remove it from the options"
+                )
         if ":" not in self.name:
             check_kwargs(
                 _lookup("model", self.name),

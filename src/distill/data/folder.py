@@ -105,15 +105,20 @@ def _metadata_classes(meta: dict[str, str], path: Path) -> tuple[list[str] | Non
 
 def _other_split_max(root: Path, split: str) -> int:
     """Largest label in the other split's file (-1 if absent) so both splits agree on num_classes."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     other = root / f"{SPLITS[1 - SPLITS.index(split)]}.safetensors"
     if not other.is_file():
         return -1
-    with safe_open(str(other), framework="pt") as f:
-        if "labels" not in f.keys():
-            return -1
-        labels = f.get_tensor("labels")
+    try:
+        with safe_open(str(other), framework="pt") as f:
+            if "labels" not in f.keys():
+                return -1
+            labels = f.get_tensor("labels")
+    except (SafetensorError, OSError) as exc:
+        raise DistillError(
+            f"cannot read {other} ({exc}); re-save it with safetensors.torch.save_file"
+        ) from None
     return int(labels.max()) if labels.numel() else -1
 
 

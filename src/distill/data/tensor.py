@@ -63,30 +63,34 @@ def identity_collate(batch: Any) -> dict[str, Tensor]:
 collate_dicts = identity_collate
 
 
-def _as_images(images: Tensor) -> Tensor:
+def _as_images(images: Tensor, name: str) -> Tensor:
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise DistillError(
-            f"images must be a 4-D tensor [N,C,H,W], got {shape}; add a channel dimension or reshape"
+            f"images of dataset {name!r} must be a 4-D tensor [N,C,H,W], got {shape}; "
+            "add a channel dimension or reshape"
         )
     if images.dtype == torch.uint8:
         return images.to(torch.float32).div_(255.0)
     if not images.is_floating_point():
         raise DistillError(
-            f"images must be float (in [0, 1]) or uint8, got dtype {images.dtype}; convert them"
+            f"images of dataset {name!r} must be float (in [0, 1]) or uint8, got dtype {images.dtype}; "
+            "convert them"
         )
     return images.to(torch.float32)
 
 
-def _as_labels(labels: Tensor, n: int) -> Tensor:
+def _as_labels(labels: Tensor, n: int, name: str) -> Tensor:
     if not isinstance(labels, Tensor) or labels.ndim != 1 or len(labels) != n:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise DistillError(
-            f"labels must be a 1-D tensor of length {n} (one per image), got {shape}; fix the label array"
+            f"labels of dataset {name!r} must be a 1-D tensor of length {n} (one per image), got {shape}; "
+            "fix the label array"
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise DistillError(
-            f"labels must be integer class ids, got dtype {labels.dtype}; convert them with .long()"
+            f"labels of dataset {name!r} must be integer class ids, got dtype {labels.dtype}; "
+            "convert them with .long()"
         )
     return labels.to(torch.int64)
 
@@ -110,8 +114,8 @@ class TensorDataset(Dataset):
             raise DistillError(
                 f"dataset {name!r} is empty (0 images); point it at a folder/file with data"
             )
-        self.images = _as_images(images)
-        self.labels = _as_labels(labels, len(self.images))
+        self.images = _as_images(images, name)
+        self.labels = _as_labels(labels, len(self.images), name)
         self.name = name
         if classes is not None and num_classes is None:
             num_classes = len(classes)

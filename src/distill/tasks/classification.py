@@ -37,7 +37,13 @@ class ClassificationTask:
     def __init__(
         self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label"
     ) -> None:
-        self.label_smoothing = label_smoothing
+        ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
+        if not (ok and 0.0 <= label_smoothing <= 1.0):
+            raise DistillError(
+                f"classification: label_smoothing must be in [0, 1], got {label_smoothing!r}; "
+                "use e.g. 0.1 (0 turns it off)"
+            )
+        self.label_smoothing = float(label_smoothing)
         self.input_key = input_key
         self.label_key = label_key
 
