@@ -1,0 +1,527 @@
+"""A catalogue of bad inputs: every mistake a user can make in a recipe, the data, the command line or
+the file system must end the same way.
+
+Each case runs the ``distill`` command in-process and checks that it
+
+* exits with code 2,
+* prints exactly one line on stderr, ``error: ...``, with no traceback,
+* names the bad value and hints at the fix (the case's needles), and
+* loses nothing already saved: every file that existed before (a finished run next to or under the
+  recipe's output folder, the data, the recipe, teacher weights) is unchanged and still there, and no
+  new file appears.
+
+Training cases run with ``--overwrite`` into a finished run, the most dangerous setting: the error has
+to come before the old run is cleared. Cases are tiny (8x8 images, 3 classes, a 2-stage CNN with 4/8
+channels) so the whole catalogue runs in seconds.
+
+To add a case, append a ``case(...)`` to the table: ``edits`` change the base recipe (dotted keys;
+``DROP`` deletes), ``prepare`` writes extra files, ``argv`` replaces the default
+``train $RECIPE --overwrite``. ``$TMP``, ``$DATA``, ``$SAVED`` and ``$RECIPE`` are replaced by the
+case's folder, its tiny dataset, its finished run and its recipe file, in edits, argv and needles.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from conftest import tiny_recipe_dict
+from distill.cli import commands, err_console, main
+
+N_TRAIN, N_TEST, NUM_CLASSES, SIZE = 24, 12, 3, 8
+DROP = object()  # an edit value that deletes the key
+
+
+# ----------------------------------------------------------------------------- fixtures and helpers
+def images(n: int, channels: int = 1, size: int = SIZE) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+
+
+def write_tensors(
+    path: Path,
+    n: int = N_TRAIN,
+    labels: torch.Tensor | None = None,
+    metadata: dict[str, str] | None = None,
+    **tensors: torch.Tensor,
+) -> Path:
+    """``<path>`` as the ``tensors`` dataset reads it: uint8 ``images`` [n,1,8,8], int64 ``labels``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "images": images(n),
+        "labels": torch.arange(n) % NUM_CLASSES if labels is None else labels,
+        **tensors,
+    }
+    save_file({k: v for k, v in content.items() if v is not None}, str(path), metadata=metadata)
+    return path
+
+
+def write_dataset(root: Path) -> Path:
+    write_tensors(root / "train.safetensors", N_TRAIN)
+    write_tensors(root / "test.safetensors", N_TEST)
+    return root
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """An IDX file (the Fashion-MNIST format) holding a uint8 array."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    return header + array.numpy().astype("uint8").tobytes()
+
+
+def write_fashion_mnist(root: Path, n: int = 12, labels: torch.Tensor | None = None) -> Path:
+    """All four Fashion-MNIST files, gzipped, with ``n`` random 28x28 images per split."""
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        pixels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8)
+        classes = torch.arange(n, dtype=torch.uint8) % 10 if labels is None else labels
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(pixels)))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(classes)))
+    return root
+
+
+def write_png_folder(root: Path, per_class: int = 2) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("L", (SIZE, SIZE), color=40 * i).save(folder / f"{i}.png")
+    return root
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative path -> SHA-256)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@dataclass
+class Env:
+    """One case's folder: ``data`` (a tiny tensors dataset), ``saved`` (a finished run), the recipe."""
+
+    tmp: Path
+    data: Path
+    saved: Path
+    recipe: Path
+
+    def subst(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for token, path in (
+                ("$RECIPE", self.recipe),
+                ("$SAVED", self.saved),
+                ("$DATA", self.data),
+                ("$TMP", self.tmp),
+            ):
+                value = value.replace(token, str(path))
+            return value
+        if isinstance(value, dict):
+            return {k: self.subst(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.subst(v) for v in value)
+        return value
+
+
+def base_recipe(output: Path, data: Path) -> dict[str, Any]:
+    recipe = tiny_recipe_dict(output, data={"name": "tensors", "root": str(data)})
+    recipe["train"].update(batch_size=12, eval_batch_size=12, log_every=1)
+    return recipe
+
+
+def apply_edits(recipe: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in edits.items():
+        *parents, last = dotted.split(".")
+        node = recipe
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is DROP:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny dataset and a run trained on it (2 steps), copied into each case's folder."""
+    root = tmp_path_factory.mktemp("template")
+    data = write_dataset(root / "data")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(base_recipe(root / "saved-run", data)))
+    assert main(["train", str(recipe)]) == 0
+    return data, root / "saved-run"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_console_width(monkeypatch):
+    """Output must not depend on the terminal the suite happens to run in."""
+    monkeypatch.setattr(commands.console, "_width", 160)
+    monkeypatch.setattr(err_console, "_width", 160)
+
+
+@pytest.fixture
+def env(tmp_path, template, monkeypatch) -> Env:
+    monkeypatch.chdir(tmp_path)
+    data, saved = template
+    shutil.copytree(data, tmp_path / "data")
+    shutil.copytree(saved, tmp_path / "saved-run")
+    return Env(tmp_path, tmp_path / "data", tmp_path / "saved-run", tmp_path / "recipe.yaml")
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Case:
+    needles: tuple[str, ...]
+    edits: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Env], Any] | None = None
+    argv: tuple[str, ...] = ("train", "$RECIPE", "--overwrite")
+
+
+def case(id: str, *needles: str, marks: Any = (), **kwargs: Any) -> Any:
+    return pytest.param(Case(needles, **kwargs), id=id, marks=marks)
+
+
+TEACHER = {"name": "cnn", "options": {"channels": [4, 8]}, "weights": "$SAVED"}
+KD = {"teacher": TEACHER, "distill.terms": [{"loss": "kd", "options": {"temperature": 2.0}}]}
+
+
+def with_teacher(*terms: dict[str, Any], **teacher: Any) -> dict[str, Any]:
+    return {"teacher": {**TEACHER, **teacher}, "distill.terms": list(terms)}
+
+
+def text_recipe(text: str) -> Callable[[Env], Any]:
+    return lambda env: env.recipe.write_text(text)
+
+
+def tensors_file(split: str, **kwargs: Any) -> Callable[[Env], Any]:
+    return lambda env: write_tensors(env.data / f"{split}.safetensors", **kwargs)
+
+
+def raw_file(relative: str, content: bytes) -> Callable[[Env], Any]:
+    def write(env: Env) -> None:
+        path = env.tmp / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+    return write
+
+
+def truncated_copy(source: str, target: str) -> Callable[[Env], Any]:
+    def write(env: Env) -> None:
+        data = (env.tmp / source).read_bytes()
+        (env.tmp / target).write_bytes(data[: len(data) // 2])
+
+    return write
+
+
+def fashion_mnist(corrupt: str | None = None, content: bytes = b"", **kwargs: Any):
+    def write(env: Env) -> None:
+        root = write_fashion_mnist(env.tmp / "fmnist", **kwargs)
+        if corrupt is not None:
+            (root / corrupt).write_bytes(content)
+
+    return write
+
+
+def png_folder(*extra: tuple[str, bytes]) -> Callable[[Env], Any]:
+    def write(env: Env) -> None:
+        write_png_folder(env.tmp / "pics")
+        for relative, content in extra:
+            (env.tmp / "pics" / relative).write_bytes(content)
+
+    return write
+
+
+def teacher_file(name: str, channels: tuple[int, ...] = (4, 8), classes: int = NUM_CLASSES):
+    """A state dict of a cnn with other ``channels``/``classes``, saved as ``name`` (.pt/.safetensors)."""
+
+    def write(env: Env) -> None:
+        from distill.models import build_model
+
+        state = build_model(
+            "cnn", num_classes=classes, in_channels=1, channels=list(channels)
+        ).state_dict()
+        if name.endswith(".safetensors"):
+            save_file(state, str(env.tmp / name))
+        else:
+            torch.save(state, env.tmp / name)
+
+    return write
+
+
+def plugin_model(env: Env) -> None:
+    """A plugin whose model (for 8x8 images) ignores num_classes and always gives 10 logits."""
+    (env.tmp / "fixed_head_plugin.py").write_text(
+        "from torch import nn\n"
+        "from distill.models import MODELS\n\n"
+        "@MODELS.register('fixed_head')\n"
+        "def fixed_head(num_classes=10, in_channels=1):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 10))\n"
+    )
+
+
+FM = {"data": {"name": "fashion_mnist", "root": "$TMP/fmnist", "options": {"download": False}}}
+PICS = {"data": {"name": "image_folder", "root": "$TMP/pics", "options": {"grayscale": True, "image_size": SIZE}}}  # fmt: skip
+FITNET = {"loss": "fitnet", "student": "features.1", "teacher": "features.1"}
+
+CASES = [
+    # --- recipes: syntax, types, unknown and missing keys ------------------------------------------
+    case("yaml-syntax", "recipe.yaml", "line 3", "YAML syntax error", "fix the YAML",
+         prepare=text_recipe("name: x\nstudent: {name: cnn\n")),
+    case("yaml-tab-indent", "recipe.yaml", "YAML syntax error",
+         prepare=text_recipe("name: x\nstudent:\n\tname: cnn\n")),
+    case("yaml-not-a-mapping", "recipe.yaml", "must be a YAML mapping", "got list",
+         prepare=text_recipe("- name: x\n- student: cnn\n")),
+    case("recipe-not-utf8", "recipe.yaml", "UTF-8",
+         prepare=lambda env: env.recipe.write_bytes(b"name: \xff\xfe\n")),
+    case("type-epochs-not-int", "train.epochs", "valid integer", "'ten'", edits={"train.epochs": "ten"}),
+    case("type-student-is-string", "student", "'cnn'", edits={"student": "cnn"}),
+    case("type-terms-not-list", "distill.terms", "list",
+         edits={"teacher": TEACHER, "distill.terms": {"loss": "kd"}}),
+    case("type-channels-not-list", "channels", "'wide'", "positive ints",
+         edits={"student.options.channels": "wide"}),
+    case("type-lr-not-number", "train.lr", "'fast'", edits={"train.lr": "fast"}),
+    case("unknown-top-level-key", "studnet", "Did you mean 'student'", edits={"studnet": {"name": "cnn"}}),
+    case("unknown-train-key", "train.epoch", "Did you mean 'epochs'", edits={"train.epoch": 2}),
+    case("unknown-model-option", "'chanels'", "Did you mean 'channels'",
+         edits={"student.options.chanels": [4, 8]}),
+    case("unknown-term-key", "wieght", "Did you mean 'weight'",
+         edits=with_teacher({"loss": "kd", "wieght": 0.5})),
+    case("missing-student", "student", "Field required", edits={"student": DROP}),
+    case("bad-run-name", "name", "pattern", edits={"name": "my run/1"}),
+    # --- losses, models, datasets, tasks, projectors, schedules: unknown names and bad options -------
+    case("unknown-loss", "'kdd'", "Did you mean 'kd'", edits=with_teacher({"loss": "kdd"})),
+    case("unknown-loss-option", "'temprature'", "Did you mean 'temperature'",
+         edits=with_teacher({"loss": "kd", "options": {"temprature": 2}})),
+    case("loss-option-out-of-range", "temperature", "> 0",
+         edits=with_teacher({"loss": "kd", "options": {"temperature": 0}})),
+    case("loss-option-wrong-type", "'kd'", "'hot'", "fix the option values",
+         edits=with_teacher({"loss": "kd", "options": {"temperature": "hot"}})),
+    case("schedule-option-not-a-number", "distill.terms.0.weight", "'linear_warmup'", "'high'",
+         "give numbers",
+         edits=with_teacher({"loss": "kd", "weight": {"schedule": "linear_warmup", "value": "high"}})),
+    case("label-smoothing-out-of-range", "label_smoothing", "1.5", "[0, 1]",
+         edits={"task_options": {"label_smoothing": 1.5}}),
+    case("task-input-key-unknown", "'img'", "input_key", edits={"task_options": {"input_key": "img"}}),
+    case("device-unknown", "train.device", "'gpu'", "cpu, cuda", edits={"train.device": "gpu"}),
+    case("device-cuda-without-gpu", "'cuda'", "no CUDA GPU", "auto or cpu", edits={"train.device": "cuda"},
+         marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
+    case("terms-without-teacher", "need a teacher", edits={"distill.terms": [{"loss": "kd"}]}),
+    case("unknown-model", "'cnnn'", "Did you mean 'cnn'", edits={"student.name": "cnnn"}),
+    case("unknown-model-source", "'torchvison'", "Did you mean 'torchvision'",
+         edits={"student": {"name": "torchvison:resnet18"}}),
+    case("unknown-torchvision-model", "'resnet19'", "Did you mean",
+         edits={"student": {"name": "torchvision:resnet19"}}),
+    case("model-num-classes-option", "num_classes", "from the data",
+         edits={"student.options.num_classes": 5}),
+    case("unknown-dataset", "'tensor'", "Did you mean 'tensors'", edits={"data.name": "tensor"}),
+    case("unknown-dataset-option", "'grayscale'", "Accepted", edits={"data.options": {"grayscale": True}}),
+    case("unknown-task", "'classifcation'", "Did you mean 'classification'",
+         edits={"task": "classifcation"}),
+    case("unknown-projector", "'conv1x2'", "Did you mean 'conv1x1'",
+         edits=with_teacher({**FITNET, "projector": "conv1x2"})),
+    case("unknown-schedule", "'linear_warmpu'", "Did you mean 'linear_warmup'",
+         edits=with_teacher({"loss": "kd", "weight": {"schedule": "linear_warmpu", "value": 1.0}})),
+    case("plugin-not-importable", "'no_such_plugin'", "cannot be imported",
+         edits={"plugins": ["no_such_plugin"]}),
+    case("include-missing", "'_base.yaml'", "not found",
+         edits={"defaults": ["_base.yaml"]}),
+    # --- taps and shapes ---------------------------------------------------------------------------
+    case("unknown-student-tap", "distill.terms.0.student", "'features.9'", "Did you mean", "features.1",
+         edits=with_teacher({**FITNET, "student": "features.9"})),
+    case("unknown-teacher-tap", "distill.terms.0.teacher", "'featurs.1'", "Did you mean", "features.1",
+         edits=with_teacher({**FITNET, "teacher": "featurs.1"})),
+    case("unknown-task-output", "'@logit'", "Did you mean 'logits'",
+         edits=with_teacher({"loss": "kd", "student": "@logit"})),
+    case("shape-mismatch-without-projector", "features.1", "(2, 6, 4, 4)", "(2, 8, 4, 4)",
+         "add a projector", edits={**with_teacher(FITNET), "student.options.channels": [4, 6]}),
+    case("projector-wrong-rank", "'conv1x1'", "4-D", "use linear",
+         edits=with_teacher({"loss": "kd", "projector": "conv1x1"})),
+    # --- negative or zero sizes ----------------------------------------------------------------------
+    case("batch-size-zero", "train.batch_size", "greater than 0", edits={"train.batch_size": 0}),
+    case("epochs-negative", "train.epochs", "greater than 0", edits={"train.epochs": -1}),
+    case("lr-negative", "train.lr", "greater than 0", edits={"train.lr": -0.1}),
+    case("max-steps-zero", "train.max_steps", "greater than 0", edits={"train.max_steps": 0}),
+    case("train-subset-zero", "data.train_subset", "greater than 0", edits={"data.train_subset": 0}),
+    case("crop-padding-negative", "crop_padding", "greater than or equal to 0",
+         edits={"data.augment": {"crop_padding": -2}}),
+    case("channels-zero", "student", "channels", "[0, 8]", "positive ints", edits={"student.options.channels": [0, 8]}),
+    case("mlp-hidden-negative", "hidden", "[-4]", "positive ints",
+         edits={"student": {"name": "mlp", "options": {"image_size": SIZE, "hidden": [-4]}}}),
+    case("image-size-zero", "image_size", "positive",
+         edits={**PICS, "data.options.image_size": 0}, prepare=png_folder()),
+    case("dropout-out-of-range", "dropout=1.5", "0 <= dropout < 1", edits={"student.options.dropout": 1.5}),
+    # --- models that do not fit the data or each other ------------------------------------------------
+    case("mlp-for-other-image-size", "student", "mlp", "[N, 1, 28, 28]", "image_size=[8, 8]",
+         edits={"student": {"name": "mlp", "options": {"hidden": [8]}}}),
+    case("model-ignores-num-classes", "fixed_head", "10", "3 classes",
+         edits={"student": {"name": "fixed_head"}, "plugins": ["fixed_head_plugin"]},
+         prepare=plugin_model),
+    case("teacher-ignores-num-classes", "teacher 'fixed_head'", "10", "3 classes",
+         edits={**with_teacher({"loss": "kd"}, name="fixed_head", options={}, weights=None),
+                "plugins": ["fixed_head_plugin"]},
+         prepare=plugin_model),
+    case("teacher-weights-missing", "no/such/teacher.safetensors", "not found",
+         edits=with_teacher({"loss": "kd"}, weights="no/such/teacher.safetensors")),
+    case("teacher-weights-other-classes", "teacher weights", "num_classes",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/t10.safetensors"),
+         prepare=teacher_file("t10.safetensors", classes=10)),
+    case("teacher-weights-other-model", "teacher weights", "do not fit",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/wide.pt"),
+         prepare=teacher_file("wide.pt", channels=(8, 16))),
+    case("teacher-weights-corrupt-safetensors", "teacher.safetensors", "re-save",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.safetensors"),
+         prepare=raw_file("teacher.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")),
+    case("teacher-weights-truncated-safetensors", "teacher.safetensors", "re-save",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.safetensors"),
+         prepare=lambda env: [teacher_file("full.safetensors")(env),
+                              truncated_copy("full.safetensors", "teacher.safetensors")(env)]),
+    case("teacher-weights-corrupt-pt", "teacher.pt", "corrupt", "re-save",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.pt"),
+         prepare=raw_file("teacher.pt", b"PK\x03\x04 this is not a zip archive")),
+    case("teacher-weights-unknown-format", "teacher.ckpt", "unknown format",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.ckpt"),
+         prepare=raw_file("teacher.ckpt", b"weights")),
+    case("teacher-weights-empty-run-dir", "teacher weights", "empty-run", "no 'best' checkpoint", "train first",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/empty-run"),
+         prepare=lambda env: (env.tmp / "empty-run").mkdir()),
+    # --- data: empty, labels, class counts, corrupt files ----------------------------------------------
+    case("data-root-missing", "no-such-folder", "does not exist", edits={"data.root": "$TMP/no-such-folder"}),
+    case("data-root-not-given", "needs root=", edits={"data.root": None}),
+    case("empty-dataset", "empty", "0 images",
+         prepare=tensors_file("train", n=0, labels=torch.zeros(0, dtype=torch.int64))),
+    case("label-out-of-range", "label 7", "3 classes", "[0, 3)",
+         prepare=tensors_file("train", labels=torch.tensor([7] + [0] * (N_TRAIN - 1)),
+                              metadata={"num_classes": "3"})),
+    case("label-negative", "label -1", "[0, 3)",
+         prepare=tensors_file("train", labels=torch.tensor([-1] + [0, 1, 2] * 7 + [0, 1]))),
+    case("labels-not-integers", "'tensors/train'", "must be integer", ".long()",
+         prepare=tensors_file("train", labels=torch.zeros(N_TRAIN))),
+    case("class-names-fewer-than-labels", "label 2", "2 classes",
+         prepare=tensors_file("train", metadata={"classes": '["cat", "dog"]'})),
+    case("class-count-differs-between-splits", "train", "test", "3", "5", "classes",
+         prepare=lambda env: (tensors_file("train", metadata={"num_classes": "3"})(env),
+                              tensors_file("test", n=N_TEST, metadata={"num_classes": "5"})(env))),
+    case("image-size-differs-between-splits", "8x8", "10x10", "same size",
+         prepare=tensors_file("test", n=N_TEST, images=images(N_TEST, size=10))),
+    case("images-without-channel-layout", "4-D", "[N,C,H,W]",
+         prepare=tensors_file("train", images=torch.zeros(N_TRAIN, 2, 8, 8, 1))),
+    case("tensors-missing-labels", "train.safetensors", "lacks", "labels",
+         prepare=lambda env: save_file({"images": images(4)}, str(env.data / "train.safetensors"))),
+    case("tensors-corrupt", "train.safetensors", "cannot read", "re-save",
+         prepare=raw_file("data/train.safetensors", b"garbage, not safetensors")),
+    case("tensors-truncated", "test.safetensors", "cannot read", "re-save",
+         prepare=truncated_copy("data/test.safetensors", "data/test.safetensors")),
+    case("fashion-mnist-not-gzip", "train-images-idx3-ubyte.gz", "cannot read IDX", "fetch it again",
+         edits=FM, prepare=fashion_mnist("train-images-idx3-ubyte.gz", b"not gzip at all")),
+    case("fashion-mnist-bad-magic", "t10k-labels-idx1-ubyte.gz", "not an IDX file", "fetch it again",
+         edits=FM, prepare=fashion_mnist("t10k-labels-idx1-ubyte.gz", gzip.compress(b"\x08\x00\x00\x01junk"))),
+    case("fashion-mnist-truncated", "train-labels-idx1-ubyte.gz", "truncated", "fetch it again",
+         edits=FM, prepare=fashion_mnist("train-labels-idx1-ubyte.gz",
+                                         gzip.compress(idx_bytes(torch.zeros(12, dtype=torch.uint8))[:-3]))),
+    case("fashion-mnist-label-out-of-range", "label 12", "10 classes",
+         edits=FM, prepare=fashion_mnist(labels=torch.full((12,), 12, dtype=torch.uint8))),
+    case("image-folder-corrupt-image", "broken.png", "fix or delete",
+         edits=PICS, prepare=png_folder(("train/cat/broken.png", b"\x89PNG but not really"))),
+    case("image-folder-empty-split", "no images found", "expected layout",
+         edits=PICS, prepare=lambda env: [
+             png_folder()(env), *(p.unlink() for p in (env.tmp / "pics/test").rglob("*.png"))]),
+    case("image-folder-missing-split", "pics/test", "does not exist",
+         edits=PICS, prepare=lambda env: [png_folder()(env), shutil.rmtree(env.tmp / "pics/test")]),
+    # --- command line --------------------------------------------------------------------------------
+    case("cli-unknown-command", "'trian'", "Did you mean 'train'", "--help", argv=("trian", "$RECIPE")),
+    case("cli-unknown-option", "--resum", "--resume", argv=("train", "$RECIPE", "--resum")),
+    case("cli-missing-argument", "'recipe'", "distill train --help", argv=("train",)),
+    case("cli-resume-and-overwrite", "--resume", "--overwrite", "not both",
+         argv=("train", "$RECIPE", "--resume", "--overwrite")),
+    case("cli-override-without-equals", "'train.epochs'", "key=value",
+         argv=("train", "$RECIPE", "train.epochs", "--overwrite")),
+    case("cli-override-bad-value", "train.epochs", "'many'",
+         argv=("train", "$RECIPE", "train.epochs=many", "--overwrite")),
+    case("cli-override-unknown-key", "train.lrr", "Did you mean 'lr'",
+         argv=("train", "$RECIPE", "train.lrr=0.1", "--overwrite")),
+    case("cli-override-index-out-of-range", "index 3", "out of range",
+         argv=("train", "$RECIPE", "distill.terms.3.weight=1", "--overwrite"), edits=KD),
+    case("cli-list-unknown", "'lossez'", "Did you mean 'losses'", argv=("list", "lossez")),
+    case("cli-eval-checkpoint-typo", "'bets'", "Did you mean 'best'", "best or last",
+         argv=("eval", "$SAVED", "--checkpoint", "bets")),
+    case("cli-config-bad-override", "train.epoch:", "Did you mean 'epochs'",
+         argv=("config", "$RECIPE", "train.epoch=3")),
+    # --- file system ---------------------------------------------------------------------------------
+    case("recipe-missing", "'nope.yaml'", "not found", argv=("train", "nope.yaml")),
+    case("recipe-is-a-directory", "'saved-run'", "not found", argv=("validate", "saved-run")),
+    case("train-over-saved-run", "already holds checkpoints", "--resume", "--overwrite",
+         argv=("train", "$RECIPE")),
+    case("output-parent-is-a-file", "afile", "cannot create run directory", "output=",
+         edits={"output": "$TMP/afile/run"}, prepare=raw_file("afile", b"I am a file")),
+    case("output-is-a-file", "afile", "cannot create run directory", "output=",
+         edits={"output": "$TMP/afile"}, prepare=raw_file("afile", b"I am a file")),
+    case("eval-missing-run", "no-such-run", "not a distill run directory", argv=("eval", "no-such-run")),
+    case("eval-run-without-checkpoints", "no 'best' checkpoint", "train first",
+         argv=("eval", "$TMP/half-run"),
+         prepare=lambda env: [(env.tmp / "half-run").mkdir(),
+                              shutil.copy(env.saved / "recipe.yaml", env.tmp / "half-run")]),
+    case("validate-missing-file", "'missing.yaml'", "not found", argv=("validate", "missing.yaml")),
+    case("unreadable-recipe", "recipe.yaml", "cannot read", "Permission denied",
+         prepare=lambda env: env.recipe.chmod(0),
+         marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without permission")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", CASES)
+def test_bad_input_gives_one_line_exit_2_and_loses_nothing(
+    bad: Case, env: Env, capsys, monkeypatch
+):
+    from distill.models import MODELS
+
+    # Plugin cases import a module from the case folder (without leaving a __pycache__ behind) and
+    # register a model in MODELS only for the duration of the case.
+    monkeypatch.syspath_prepend(str(env.tmp))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delitem(sys.modules, "fixed_head_plugin", raising=False)
+    monkeypatch.setattr(MODELS, "_items", dict(MODELS._items))
+    monkeypatch.setattr(MODELS, "_meta", dict(MODELS._meta))
+
+    env.recipe.write_text(
+        yaml.safe_dump(apply_edits(base_recipe(env.saved, env.data), env.subst(bad.edits)))
+    )
+    if bad.prepare is not None:
+        bad.prepare(env)
+    before = fingerprint(env.tmp)
+    assert "saved-run/recipe.yaml" in before
+    assert any(name.startswith("saved-run/checkpoints/") for name in before)
+
+    code = main([env.subst(arg) for arg in bad.argv])
+    out, err = capsys.readouterr()
+
+    assert code == 2, f"exit code {code}; stderr: {err!r}"
+    assert "Traceback" not in err + out
+    lines = err.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    for needle in env.subst(bad.needles):
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    after = fingerprint(env.tmp)
+    assert after == before, "a failed command changed, removed or added files"
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 40
