@@ -65,11 +65,23 @@ class FeatureTaps(Mapping[str, torch.Tensor]):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str, want_input: bool):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            value = _first_tensor(args if want_input else output)
-            if isinstance(value, torch.Tensor) and self.detach:
-                value = value.detach()
+        def record(value: object) -> None:
+            value = _first_tensor(value)
+            if isinstance(value, torch.Tensor):
+                # a copy: a later in-place op (ReLU(inplace=True) after a BN) must not change what was
+                # tapped; the copy stays in the autograd graph, so gradients still reach the model
+                value = (value.detach() if self.detach else value).clone()
             self._captured[name] = value  # type: ignore[assignment]
+
+        if want_input:  # a pre-hook sees the input before the module can modify it in place
+
+            def pre_hook(module: nn.Module, args: tuple) -> None:
+                record(args)
+
+            return pre_hook
+
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            record(output)
 
         return hook
 
@@ -77,8 +89,12 @@ class FeatureTaps(Mapping[str, torch.Tensor]):
         self._captured.clear()
         try:
             for name, module in self._modules.items():
-                hook = self._hook(name, split_tap(name)[1])
-                self._handles.append(module.register_forward_hook(hook))
+                want_input = split_tap(name)[1]
+                hook = self._hook(name, want_input)
+                register = (
+                    module.register_forward_pre_hook if want_input else module.register_forward_hook
+                )
+                self._handles.append(register(hook))
         except BaseException:
             self.remove()
             raise

@@ -175,3 +175,20 @@ def test_mapping_protocol_for_tap_that_did_not_run():
     assert "stem" in taps
     assert "unused" not in taps  # consistent with iteration, which lists captured taps only
     assert taps.get("unused") is None
+
+
+def test_taps_are_not_changed_by_a_later_inplace_op():
+    """BN -> ReLU(inplace=True): the BN output and the ReLU's input are pre-activation (negatives kept),
+    as OFD and AB need, and gradients still flow through the tapped values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1)
+    )
+    x = torch.randn(2, 1, 6, 6)
+    with FeatureTaps(model, ["1", "2:in", "2"]) as taps:
+        model(x)
+    assert (taps["1"] < 0).any() and (taps["2:in"] < 0).any()
+    assert torch.equal(taps["1"], taps["2:in"])
+    assert (taps["2"] >= 0).all()
+    taps["1"].pow(2).sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
