@@ -22,7 +22,7 @@ def _fake_data(n: int, seed: int) -> TensorDataset:
     )
 
 
-@pytest.mark.filterwarnings("ignore:ofd:UserWarning")  # the cnn's in-place ReLU: see test_ofd.py
+@pytest.mark.filterwarnings("error:ofd:UserWarning")  # OFD's teacher taps are pre-ReLU
 @pytest.mark.parametrize("method", METHODS)
 def test_recipe_trains_two_steps(method, tmp_path):
     recipe = load_recipe(

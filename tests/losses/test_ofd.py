@@ -181,12 +181,9 @@ def test_errors():
         loss(torch.randn(2, 6), torch.randn(2, 12))
 
 
-@pytest.mark.xfail(
-    reason="FeatureTaps records ':in' after the module ran: the cnn's ReLU(inplace=True) has already "
-    "overwritten its input, so 'features.3.2:in' is post-ReLU (needs a pre-hook + clone in taps.py)",
-    strict=False,
-)
 def test_cnn_relu_input_tap_is_pre_relu():
+    """The shipped recipe taps '<relu>:in' on the cnn, whose ReLUs are in place: the tap must still hold
+    the pre-activation (FeatureTaps copies it before the module runs)."""
     from distill.models import build_model
     from distill.taps import FeatureTaps
 
