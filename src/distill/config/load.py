@@ -6,7 +6,9 @@ Errors are :class:`ConfigError` with one line that names the file, the key and t
 from __future__ import annotations
 
 import importlib
+import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,140 @@ from distill.errors import ConfigError, DistillError, did_you_mean
 
 BUILTIN_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
+MAX_DEPTH = 100  # a recipe is ~5 levels deep; this only stops pathological input
+MAX_VALUES = 100_000  # values after expanding aliases (a "billion laughs" file expands to 10^9)
+
+_YAML_TAG = "tag:yaml.org,2002:"
+# Recipes are JSON-like data: no dates, binary, sets or ordered pairs (``2024-01-01`` stays a string).
+_NOT_DATA = {f"{_YAML_TAG}{t}" for t in ("timestamp", "binary", "set", "omap", "pairs")}
+
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``)."""
+    """``yaml.SafeLoader`` for recipes: reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``), keeps dates
+    and ``=`` as strings, refuses tags beyond plain data, and turns a bad tagged value (``!!int abc``) into a
+    :class:`yaml.YAMLError` with its position instead of a bare ``ValueError``."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+            kind = node.tag.removeprefix(_YAML_TAG)
+            what = (
+                short_repr(node.value) if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
+            )
+            reason = f" ({str(err).split(';')[0]})" if isinstance(err, ValueError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what} is not a valid {kind}{reason}", node.start_mark
+            ) from None
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes strings :class:`_Loader` would read as something else (``"1e3"``)."""
 
 
-def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+_FLOAT_E = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(f"{_YAML_TAG}float", _FLOAT_E, list("-+0123456789"))
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in _NOT_DATA | {f"{_YAML_TAG}value"}
+    ]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.yaml_constructors = {
+    tag: fn for tag, fn in yaml.SafeLoader.yaml_constructors.items() if tag not in _NOT_DATA
+}
+
+
+def _refuse_tag(loader: _Loader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None,
+        None,
+        f"tag {short_repr(node.tag)} is not allowed: recipes hold only strings, numbers, true/false, "
+        "null, lists and mappings",
+        node.start_mark,
+    )
+
+
+_Loader.add_constructor(None, _refuse_tag)
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to about 80 characters and 3 levels: safe for huge, deep or self-referencing values."""
+    return _repr.repr(value)
+
+
+def show_path(path: str | Path) -> str:
+    """A path for a one-line message: quoted when it holds newlines or other unprintables, cut when huge."""
+    text = str(path)
+    if len(text) > 200:
+        text = f"{text[:100]}...{text[-97:]}"
+    return text if text.isprintable() else repr(text)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_tree(data: Any, source: str) -> None:
+    """Refuse data that is not a plain tree: an alias that contains itself, nesting deeper than
+    :data:`MAX_DEPTH`, or aliases that expand to more than :data:`MAX_VALUES` values."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (values, height) of the containers already walked
+    active: set[int] = set()
+    aliased = False
+
+    def visit(node: Any, depth: int) -> tuple[int, int]:
+        nonlocal aliased
+        if not isinstance(node, (dict, list, tuple)):
+            return 1, 0
+        key = id(node)
+        if key in active:
+            raise ConfigError(
+                f"{source}: an alias (*name) refers to a value that contains it; recipes must be trees, "
+                "so repeat the value instead"
+            )
+        if key in done:
+            aliased = True
+            size, height = done[key]
+        elif depth > MAX_DEPTH:
+            size, height = 1, 0
+        else:
+            active.add(key)
+            size, height = 1, 0
+            for child in node.values() if isinstance(node, dict) else node:
+                child_size, child_height = visit(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+            active.discard(key)
+            done[key] = size, height
+        if depth + height > MAX_DEPTH:
+            raise ConfigError(
+                f"{source}: values are nested more than {MAX_DEPTH} levels deep; flatten the recipe"
+            )
+        return size, height
+
+    size, _ = visit(data, 0)
+    if aliased and size > MAX_VALUES:
+        raise ConfigError(
+            f"{source}: aliases expand to more than {MAX_VALUES} values; write the values out instead"
+        )
+
+
+def safe_load(text: str, source: str = "<string>") -> Any:
+    """Parse YAML into plain data (see :class:`_Loader`). ``yaml.YAMLError`` for bad YAML, :class:`ConfigError`
+    naming ``source`` for nesting, self-referencing aliases or alias bombs."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: values are nested more than {MAX_DEPTH} levels deep; flatten the recipe"
+        ) from None
+    check_tree(data, source)
+    return data
 
 
 def shipped_recipes() -> list[Path]:
@@ -39,38 +161,60 @@ def shipped_recipes() -> list[Path]:
     return sorted(p for p in BUILTIN_RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that answers ``False`` for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def find_recipe(path: str | Path) -> Path:
     """A path, or the name of a shipped recipe (``fashion_mnist/kd``)."""
     p = Path(path)
-    if p.is_file():
+    if _is_file(p):
         return p
-    for candidate in (BUILTIN_RECIPES / p, BUILTIN_RECIPES / p.with_suffix(".yaml")):
-        if candidate.is_file():
+    stem = p.with_suffix("") if p.name else p
+    for candidate in (BUILTIN_RECIPES / p, BUILTIN_RECIPES / f"{stem}.yaml"):
+        if _is_file(candidate):
             return candidate
     shipped = [str(r.relative_to(BUILTIN_RECIPES).with_suffix("")) for r in shipped_recipes()]
-    hint = did_you_mean(str(p.with_suffix("")), shipped)
+    hint = did_you_mean(str(stem), shipped)
     raise ConfigError(
-        f"recipe {str(path)!r} not found.{hint} Give a YAML path or a shipped recipe name (`distill list recipes`)"
+        f"recipe {short_repr(str(path))} not found.{hint} Give a YAML path or a shipped recipe name "
+        "(`distill list recipes`)"
     )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    where = show_path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"cannot read recipe {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read recipe {where}: {err.strerror}") from None
     try:
-        data = safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte {err.start} is {raw[err.start]:#04x}); save the recipe as UTF-8"
+        ) from None
+    try:
+        data = safe_load(text, where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML") from None
+        kind = (
+            "YAML error"
+            if isinstance(err, yaml.constructor.ConstructorError)
+            else "YAML syntax error"
+        )
+        raise ConfigError(f"{where}:{at}: {kind}: {_one_line(problem)}; fix the YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{path}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}"
+            f"{where}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}"
         )
     return data
 
@@ -87,71 +231,85 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The recipe as a dict with its ``defaults:`` (paths relative to the file) merged underneath."""
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise ConfigError(f"cannot resolve recipe path {show_path(path)}: {err}") from None
     if path in _seen:
-        raise ConfigError(
-            f"{path}: 'defaults' include cycle: {' -> '.join(str(p) for p in (*_seen, path))}"
-        )
+        chain = " -> ".join(show_path(p) for p in (*_seen, path))
+        raise ConfigError(f"{show_path(path)}: 'defaults' include cycle: {chain}")
     data = read_yaml(path)
-    includes = data.pop("defaults", []) or []
-    if isinstance(includes, str):
+    includes = data.pop("defaults", None)
+    if includes is None:
+        includes = []
+    elif isinstance(includes, str):
         includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError(f"{path}: 'defaults' must be a list of recipe paths, got {includes!r}")
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(
+            f"{show_path(path)}: 'defaults' must be a list of recipe paths, got {short_repr(includes)}"
+        )
     merged: dict[str, Any] = {}
     for include in includes:
         target = path.parent / include
-        if not target.is_file():
+        if not _is_file(target):
             raise ConfigError(
-                f"{path}: 'defaults' entry {include!r} not found (looked at {target})"
+                f"{show_path(path)}: 'defaults' entry {short_repr(include)} not found "
+                f"(looked at {show_path(target)})"
             )
         merged = deep_merge(merged, load_raw(target, (*_seen, path)))
     return deep_merge(merged, data)
 
 
+_INDEX = re.compile(r"[0-9]{1,9}")
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """``"train.lr=0.1"`` -> ``(["train", "lr"], 0.1)``; values are parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=5")
+        raise ConfigError(
+            f"override {short_repr(text)} must look like key=value, e.g. train.epochs=5"
+        )
     key, _, raw = text.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
         raise ConfigError(
-            f"override {text!r} has an empty key part; write dotted keys like train.lr=0.1"
+            f"override {short_repr(text)} has an empty key part; write dotted keys like train.lr=0.1"
         )
     try:
-        value = safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"override {short_repr(text)}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not valid YAML: keep the text as a string
-    return [int(p) if p.isdigit() else p for p in parts], value
+    return [int(p) if _INDEX.fullmatch(p) else p for p in parts], value
 
 
 def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
     path, value = parse_override(text)
+    shown = short_repr(text)
     node: Any = data
     for i, part in enumerate(path[:-1]):
         nxt = path[i + 1]
+        where = ".".join(_loc_part(p) for p in path[:i]) or "the top level"
         if isinstance(part, int):
             if not isinstance(node, list) or not -len(node) <= part < len(node):
-                raise ConfigError(
-                    f"override {text!r}: index {part} is out of range at {'.'.join(map(str, path[:i]))}"
-                )
+                raise ConfigError(f"override {shown}: index {part} is out of range at {where}")
             node = node[part]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"override {text!r}: {'.'.join(map(str, path[:i]))} is not a mapping")
+            raise ConfigError(f"override {shown}: {where} is not a mapping")
         if node.get(part) is None:
             node[part] = [] if isinstance(nxt, int) else {}
         node = node[part]
     last = path[-1]
     if isinstance(last, int):
         if not isinstance(node, list) or not -len(node) <= last < len(node):
-            raise ConfigError(f"override {text!r}: index {last} is out of range")
+            raise ConfigError(f"override {shown}: index {last} is out of range")
         node[last] = value
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError(f"override {text!r}: cannot set {last!r} inside a {type(node).__name__}")
+        raise ConfigError(
+            f"override {shown}: cannot set {short_repr(last)} inside a {type(node).__name__}"
+        )
     return data
 
 
@@ -161,22 +319,37 @@ def import_plugins(plugins: Any, source: str) -> None:
         return
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(
-            f"{source}: 'plugins' must be a list of importable module names, got {plugins!r}"
+            f"{source}: 'plugins' must be a list of importable module names, got {short_repr(plugins)}"
         )
     for module in plugins:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(
+                f"{source}: plugin {short_repr(module)} is not a module name; "
+                "write dotted Python names like my_pkg.losses"
+            )
         try:
             importlib.import_module(module)
         except ImportError as err:
             raise ConfigError(
-                f"{source}: plugin {module!r} cannot be imported ({err}); check PYTHONPATH"
+                f"{source}: plugin {short_repr(module)} cannot be imported ({_one_line(str(err))}); "
+                "check PYTHONPATH"
             ) from None
+
+
+def _loc_part(part: Any) -> str:
+    text = str(part)
+    return (
+        text
+        if text.isprintable() and len(text) <= 80 and text.strip() == text
+        else short_repr(part)
+    )
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     """First pydantic error as one line: ``file: key.path: problem``, with did-you-mean for unknown keys."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-    msg = first["msg"].removeprefix("Value error, ")
+    loc = ".".join(_loc_part(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    msg = _one_line(first["msg"].removeprefix("Value error, "), limit=1000)
     if first["type"] == "extra_forbidden":
         parent_fields = _fields_at(first["loc"][:-1])
         hint = did_you_mean(str(first["loc"][-1]), parent_fields)
@@ -191,7 +364,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         not in ("missing", "value_error")  # our own messages already name the value
         and not isinstance(first["input"], (dict, list))
     ):
-        msg = f"{msg} (got {first['input']!r})"
+        msg = f"{msg} (got {short_repr(first['input'])})"
     more = len(err.errors()) - 1
     return f"{source}: {loc or '(top level)'}: {msg}" + (
         f" (+{more} more problems)" if more else ""
@@ -231,14 +404,34 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = load_raw(source)
     for text in overrides:
         data = apply_override(data, text)
-    import_plugins(data.get("plugins"), str(source))
+    import_plugins(data.get("plugins"), show_path(source))
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, str(source))) from None
+        raise ConfigError(format_validation_error(err, show_path(source))) from None
     except DistillError as err:  # registry misses raised inside validators
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{show_path(source)}: {_one_line(str(err), limit=1000)}") from None
+
+
+def to_yaml(data: Any, **options: Any) -> str:
+    """Plain data as YAML that :func:`safe_load` reads back equal (strings like ``1e3`` come out quoted);
+    ``options`` go to ``yaml.dump``."""
+    return yaml.dump(data, Dumper=_Dumper, **{"sort_keys": False, **options})
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=False), sort_keys=False)
+    """The recipe as YAML that :func:`load_recipe` reads back to an equal recipe."""
+    as_json = recipe.model_dump(mode="json", exclude_none=False)
+    return to_yaml(_non_finite_back(as_json, recipe.model_dump(mode="python", exclude_none=False)))
+
+
+def _non_finite_back(as_json: Any, as_python: Any) -> Any:
+    """JSON mode writes ``inf``/``nan`` as null, which loads back as a different recipe: restore them."""
+    if isinstance(as_python, float) and not math.isfinite(as_python):
+        return as_python
+    if isinstance(as_json, dict) and isinstance(as_python, dict):
+        return {k: _non_finite_back(v, as_python.get(k)) for k, v in as_json.items()}
+    if isinstance(as_json, list) and isinstance(as_python, (list, tuple)):
+        if len(as_json) == len(as_python):
+            return [_non_finite_back(j, p) for j, p in zip(as_json, as_python, strict=True)]
+    return as_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from distill.config.signature import check_kwargs
 from distill.registry import UnknownNameError
@@ -49,7 +49,7 @@ class ScheduleSpec(BaseModel):
         return self
 
 
-Weight = float | ScheduleSpec
+Weight = FiniteFloat | ScheduleSpec  # NaN or inf would poison every step's loss
 
 
 def _weight(value: Any) -> Any:
