@@ -49,7 +49,13 @@ def clear_run_dir(run_dir: Path) -> None:
     """Remove an earlier run's artefacts (``--overwrite``), keeping anything else the user put there."""
     import shutil
 
-    for name in ("checkpoints", "metrics.jsonl", "summary.json", "tensorboard"):
+    for name in (
+        "checkpoints",
+        "metrics.jsonl",
+        "summary.json",
+        "tensorboard",
+        "model.safetensors",
+    ):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -78,10 +84,11 @@ def train(
     check_run_dir(run_dir, resume, overwrite)
     built = build(recipe)
     trainer = make_trainer(built, run_dir, console=console)
+    trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run is cleared
     if trainer.dist.is_main:
         if overwrite and not resume:
             clear_run_dir(run_dir)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     barrier(trainer.dist)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run_dir)
@@ -168,6 +175,6 @@ def catalogue(what: str) -> list[dict[str, Any]]:
     }[what]
     metas = {name: registry.meta(name) for name in registry.names()}
     keys = list(dict.fromkeys(k for meta in metas.values() for k in meta))
-    if what == "losses":  # the rest of a loss's metadata feeds docs/methods.md and the contract tests
+    if what == "losses":  # the rest of the metadata feeds docs/methods.md and the contract tests
         keys = ["paper", "year", "kind", "consumes"]
     return [{"name": name, **{k: meta.get(k, "") for k in keys}} for name, meta in metas.items()]

@@ -353,6 +353,9 @@ CASES = [
          edits=with_teacher({"loss": "kd", "student": "@logit"})),
     case("shape-mismatch-without-projector", "features.1", "(2, 6, 4, 4)", "(2, 8, 4, 4)",
          "add a projector", edits={**with_teacher(FITNET), "student.options.channels": [4, 6]}),
+    case("loss-build-level-mismatch", "reviewkd", "2 levels", "teacher 1", "same number of levels",
+         edits=with_teacher({"loss": "reviewkd", "student": ["features.0", "features.1"],
+                             "teacher": ["features.1"]})),
     case("projector-wrong-rank", "'conv1x1'", "4-D", "use linear",
          edits=with_teacher({"loss": "kd", "projector": "conv1x1"})),
     # --- negative or zero sizes ----------------------------------------------------------------------

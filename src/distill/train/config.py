@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class TrainConfig(BaseModel):
     """Optimisation, schedule, precision, evaluation and checkpoint settings. Sizes are global (all ranks)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False
+    )  # lr=.inf would poison every step
 
     epochs: int = Field(10, gt=0)
     max_steps: int | None = Field(

@@ -140,6 +140,7 @@ class Trainer:
         self.skipped_steps = 0  # non-finite steps skipped (on_nonfinite="skip")
         self._skipped_in_a_row = 0
         self._logger: MetricsLogger | None = None
+        self._prepared = False
         self._stop_after: int | None = None
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
@@ -189,20 +190,31 @@ class Trainer:
                 f"{self.run_dir} already holds a run; call fit(resume=True) to continue it or use another run_dir"
             )
         self._check_writable()
+        self.prepare()
         seed_everything(self.config.seed, self.config.deterministic)
-        if self.distiller.terms:  # builds named projectors and loss parts, checks tap shapes
-            context = (
-                {"num_samples": len(self.train_data)} if hasattr(self.train_data, "__len__") else {}
-            )
-            if isinstance(self.train_data, DataLoader):
-                context = {"num_samples": len(self.train_data.dataset)}  # type: ignore[arg-type]
-            self.distiller.setup(next(iter(self._train_loader(0))), **context)
         self.optimizer = self._build_optimizer()
         if resume:
             self._resume()
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.distiller.parallelize(lambda m: DistributedDataParallel(m, device_ids=ids))
+
+    def prepare(self) -> None:
+        """Build projectors and loss parts from one example batch and check tap shapes (once).
+
+        ``fit()`` calls it; calling it earlier surfaces those errors before anything is written
+        (``distill train --overwrite`` does, before it clears the earlier run).
+        """
+        if self._prepared:
+            return
+        seed_everything(self.config.seed, self.config.deterministic)
+        if self.distiller.terms:
+            data = self.train_data
+            if isinstance(data, DataLoader):
+                data = data.dataset
+            context = {"num_samples": len(data)} if hasattr(data, "__len__") else {}
+            self.distiller.setup(next(iter(self._train_loader(0))), **context)
+        self._prepared = True
 
     # ------------------------------------------------------------ checkpoints
     @property
