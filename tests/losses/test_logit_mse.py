@@ -1,6 +1,6 @@
 """logit_mse (Ba & Caruana 2014). References: ``mse_logit`` of Kim et al. 2021's official code
-(jhoon-oh/kd_data, code/image_classfication/tools/losses.py: ``nn.MSELoss()(output, teacher_output)``)
-and Ba & Caruana's mimic objective ``1/(2N) sum_n ||z_s - z_t||^2`` (paper, section 2.2). Property: logit
+(jhoon-oh/kd_data, code/image_classfication/tools/losses.py: ``nn.MSELoss()(output, teacher_output)``;
+Knowledge-Distillation-Zoo's ``Logits`` is the same ``F.mse_loss``) and Ba & Caruana's mimic objective ``1/(2N) sum_n ||z_s - z_t||^2`` (paper, section 2.2). Property: logit
 matching is KD's high-temperature limit (Hinton et al. 2015, section 2.1), ``T^2 KL -> L / 2`` for
 zero-mean logits; and unlike KD it sees a constant shift of the logits."""
 
