@@ -1,6 +1,7 @@
-"""The shipped Fashion-MNIST recipes of logit_mse, wsld and ickd carry the papers' settings, build with
-the real models (ICKD's embedding from the example batch, labels handed to WSLD) and train two steps end
-to end through the trainer on a tiny fake data set."""
+"""The shipped Fashion-MNIST recipes of logit_mse, wsld, ickd and irg carry the papers' settings, build
+with the real models (ICKD's embedding from the example batch, labels handed to WSLD, IRG's list of taps
+from two stages to the logits) and train two steps end to end through the trainer on a tiny fake data
+set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ RECIPES = {  # recipe -> (options, student tap, task weight, term weight)
     "logit_mse": ({}, "@logits", 0.0, 1.0),  # the regression alone (Ba & Caruana; Kim et al.)
     "wsld": ({"temperature": 2.0}, "@logits", 1.0, 2.5),  # the authors' T and alpha
     "ickd": ({}, "features.3", 1.0, 2.5),  # the authors' -a 0 -b 2.5, last stage
+    "irg": ({}, ["features.2", "features.3", "pool", "@logits"], 1.0, 1.0),  # KD-Zoo's taps
 }
 
 
