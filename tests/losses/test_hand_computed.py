@@ -666,6 +666,51 @@ def test_rkd_hand_computed():
     check(build_loss("rkd")(student, teacher), 25 * loss_d + 50 * loss_a, rel=1e-4)
 
 
+@case("irg")
+def test_irg_hand_computed():
+    # vertex L_V = mean (z_s - z_t)^2 on the last tap (logits);
+    # edge   L_E = mean_l mean_ij (A_s - A_t)^2, A_ij = ||f_i - f_j||^2 / max A;
+    # transform L_T = mean_i (T_s - T_t)^2, T_i = ||f_i^l - f_i^(l+1)||^2 / max T
+    # (the earlier map pooled to the later size, the later map's channels averaged in groups);
+    # L = 0.1 L_V + 5 L_E + 5 L_T                                             (Liu et al., CVPR 2019)
+    # B = 3. tap 1 (3x1x1x2, rows as points): student (0,0), (1,0), (0,1): d^2 = 1, 1, 2 -> [.5, .5, 1]
+    #        (pairs 01, 02, 12); teacher (0,0), (1,0), (2,0): d^2 = 1, 4, 1 -> [.25, 1, .25].
+    #        differences .25, -.5, .75, each twice among 9 entries: 2 (1/16 + 1/4 + 9/16) / 9 = 7/36.
+    # tap 2 (3x2x1x1): student (0,0), (2,0), (0,2): d^2 = 4, 4, 8 -> the same [.5, .5, 1];
+    #        teacher (1,1), (1,2), (1,3): d^2 = 1, 4, 1 -> [.25, 1, .25]; again 7/36. L_E = 7/36.
+    # transform 1 -> 2: tap 1 pooled to 1x1 (mean of its 2 values), tap 2's 2 channels averaged:
+    #        student [0, .5, .5] vs [0, 1, 1]: d = [0, .25, .25] -> T_s = [0, 1, 1];
+    #        teacher [0, .5, 1] vs [1, 1.5, 2]: d = [1, 1, 1] -> T_t = [1, 1, 1]. L_T = 1/3.
+    # logits: student [[0, 0], [1, 1], [2, 2]], teacher [[0, 1], [1, 1], [2, 0]]: L_V = (1 + 4) / 6.
+    s1 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).view(3, 1, 1, 2)
+    t1 = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]).view(3, 1, 1, 2)
+    s2 = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]).view(3, 2, 1, 1)
+    t2 = torch.tensor([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]]).view(3, 2, 1, 1)
+    z_s = t([0.0, 0.0], [1.0, 1.0], [2.0, 2.0])
+    z_t = t([0.0, 1.0], [1.0, 1.0], [2.0, 0.0])
+    vertex, edge, transform = 5 / 6, 7 / 36, 1 / 3
+    student, teacher = [s1, s2, z_s], [t1, t2, z_t]
+    check(build_loss("irg")(student, teacher), 0.1 * vertex + 5 * edge + 5 * transform)
+    check(
+        build_loss("irg", vertex_weight=1.0, edge_weight=0.0, transform_weight=0.0)(
+            student, teacher
+        ),
+        vertex,
+    )
+    check(
+        build_loss("irg", vertex_weight=0.0, edge_weight=1.0, transform_weight=0.0)(
+            student, teacher
+        ),
+        edge,
+    )
+    check(
+        build_loss("irg", vertex_weight=0.0, edge_weight=0.0, transform_weight=1.0)(
+            student, teacher
+        ),
+        transform,
+    )
+
+
 @case("cc")
 def test_cc_hand_computed():
     # C_ij = k(f_i, f_j) ~= exp(-2 gamma) sum_{p=0..P} (2 gamma)^p / p! (f_i . f_j)^p on unit vectors;
