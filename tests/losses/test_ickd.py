@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from distill.losses import build_loss
-from distill.losses.ickd import Embed, channel_correlation
+from distill.losses.ickd import (
+    Embed,
+    _row_distances_direct,
+    _row_distances_low_rank,
+    channel_correlation,
+)
 
 
 # ---- reference: ICKD.py (Cifar100), verbatim up to the constructor's arguments
@@ -68,9 +73,10 @@ def _pair(student, teacher):
     return loss, ref
 
 
+@pytest.mark.parametrize("size", [4, 8], ids=["low_rank", "direct"])  # HW=16 < C=16 * 2, HW=64
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_parity_with_the_authors_code_values_and_gradients(train):
-    student, teacher = _maps(hs=4)  # the authors' view() needs equal spatial sizes
+def test_parity_with_the_authors_code_values_and_gradients(train, size):
+    student, teacher = _maps(hs=size, ht=size)  # the authors' view() needs equal spatial sizes
     loss, ref = _pair(student, teacher)
     loss.train(train)
     ref.train(train)
@@ -110,10 +116,26 @@ def test_correlations_ignore_feature_scale_and_positions():
     loss = build_loss("ickd", embed=False)
     loss.build(teacher, teacher)
     assert float(loss(teacher, teacher)) == 0.0
-    assert float(loss(3.0 * shuffled, teacher)) < 1e-10
+    assert float(loss(3.0 * shuffled, teacher)) < 1e-6  # float32 rounding of 2 - 2 cos
     # rows are unit vectors, so each squared row difference is at most 4: the loss is in [0, 4]
     other = torch.randn(6, 16, 3, 3, generator=g)
     assert 0 < float(loss(other, teacher)) <= 4
+
+
+@pytest.mark.parametrize("hw", [(2, 3), (5, 5), (1, 7)])
+def test_low_rank_path_equals_the_gram_matrices(hw):
+    """Without the (C, C) matrices: same sums (float64), also with a dead channel and unequal sizes."""
+    g = torch.Generator().manual_seed(7)
+    f_s = torch.randn(3, 20, hw[0] * hw[0], generator=g, dtype=torch.float64)
+    f_t = torch.randn(3, 20, hw[1] * hw[1], generator=g, dtype=torch.float64).relu()
+    f_s[:, 4] = 0
+    f_t[:, 4:6] = 0
+    direct, low_rank = _row_distances_direct(f_s, f_t), _row_distances_low_rank(f_s, f_t)
+    torch.testing.assert_close(low_rank, direct, rtol=1e-10, atol=1e-10)
+    a, b = f_s.clone().requires_grad_(), f_s.clone().requires_grad_()
+    _row_distances_direct(a, f_t).sum().backward()
+    _row_distances_low_rank(b, f_t).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10)
 
 
 def test_relabelling_channels_of_both_maps_leaves_the_loss_unchanged():

@@ -28,7 +28,9 @@ divides by ``C * B^2`` instead of ``C * B``, so its value depends on the batch s
 normalisation (a per-sample mean). The embedding trains with the student and is never exported with it.
 
 Practical notes: taps ``features.3`` for the zoo's ``cnn`` (the last stage, before pooling); no
-projector (the loss embeds the student itself). Memory is ``B * C_t^2`` per term.
+projector (the loss embeds the student itself). When ``H*W`` is small next to ``C`` (late stages) the
+same value is computed without the ``(B, C, C)`` matrices, from ``(B, HW, HW)`` products (exact up to
+rounding); otherwise memory is ``B * C_t^2`` per term.
 """
 
 from __future__ import annotations
@@ -58,6 +60,30 @@ def channel_correlation(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(f @ f.transpose(1, 2), dim=2)
 
 
+def _row_distances_direct(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """``sum_rows ||rownorm(G_s) - rownorm(G_t)||^2`` per sample, building the (C, C) matrices."""
+    g_s = F.normalize(f_s @ f_s.transpose(1, 2), dim=2)
+    g_t = F.normalize(f_t @ f_t.transpose(1, 2), dim=2)
+    return (g_s - g_t).pow(2).sum((1, 2))
+
+
+def _row_distances_low_rank(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """The same sums without the (C, C) matrices, cheaper when ``H*W`` is small next to ``C``.
+
+    Row ``m`` of ``G = F F^T`` has squared norm ``f_m (F^T F) f_m^T`` and ``G_s[m] . G_t[m] =
+    f_s,m (F_s^T F_t) f_t,m^T``, so ``||g_s/|g_s| - g_t/|g_t|||^2`` needs only (HW, HW) matrices. Norms
+    are floored at 1e-12 as in ``F.normalize`` (an all-zero row stays zero).
+    """
+    fs_t, ft_t = f_s.transpose(1, 2), f_t.transpose(1, 2)
+    norm2_s = ((f_s @ (fs_t @ f_s)) * f_s).sum(-1)  # (B, C): squared norms of the rows of G_s
+    norm2_t = ((f_t @ (ft_t @ f_t)) * f_t).sum(-1)
+    dot = ((f_s @ (fs_t @ f_t)) * f_t).sum(-1)  # (B, C): G_s[m] . G_t[m]
+    floor = 1e-24  # (1e-12)^2
+    n_s, n_t = norm2_s.clamp(min=floor).sqrt(), norm2_t.clamp(min=floor).sqrt()
+    rows = norm2_s / n_s**2 + norm2_t / n_t**2 - 2 * dot / (n_s * n_t)
+    return rows.clamp(min=0).sum(1)
+
+
 def ickd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     """``sum_b ||G_s - G_t||_F^2 / (B C)`` for maps with equal batch and channel counts."""
     if student_features.shape[:2] != teacher_features.shape[:2]:
@@ -68,9 +94,12 @@ def ickd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) ->
         )
     batch, channels = teacher_features.shape[:2]
     with torch.autocast(student_features.device.type, enabled=False):
-        g_s = channel_correlation(student_features.float())
-        g_t = channel_correlation(teacher_features.detach().float())
-        return (g_s - g_t).pow(2).sum() / (batch * channels)
+        f_s = student_features.float().flatten(2)
+        f_t = teacher_features.detach().float().flatten(2)
+        hw_s, hw_t = f_s.shape[2], f_t.shape[2]
+        low_rank = hw_s * hw_t < channels * (hw_s + hw_t)  # fewer multiply-adds than the Grams
+        rows = (_row_distances_low_rank if low_rank else _row_distances_direct)(f_s, f_t)
+        return rows.sum() / (batch * channels)
 
 
 @LOSSES.register(
