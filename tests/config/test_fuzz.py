@@ -823,9 +823,15 @@ def test_regression_resolved_recipe_round_trips(fuzz_dir, description):
 
 
 def test_regression_infinite_train_value_round_trips(fuzz_dir):
-    # model_dump(mode="json") wrote inf as null, which does not load back
-    recipe = load_recipe(_write(fuzz_dir, VALID_HEAD + "train: {grad_clip: .inf}\n"))
+    # model_dump(mode="json") wrote inf as null, which does not load back (free-form options may hold inf)
+    head = "name: t\nstudent: {name: 'torchvision:resnet18', options: "
+    recipe = load_recipe(_write(fuzz_dir, head + "{x: .inf, y: -.inf}}\n"))
+    assert recipe.student.options == {"x": float("inf"), "y": float("-inf")}
     assert_round_trips(recipe, fuzz_dir)
+    # training settings themselves must be finite
+    assert "finite number" in _config_error(
+        _write(fuzz_dir, VALID_HEAD + "train: {grad_clip: .inf}\n")
+    )
 
 
 def test_regression_value_limit_only_applies_to_aliases(fuzz_dir, monkeypatch):
