@@ -57,6 +57,19 @@ def test_parity_with_repdistiller_multilevel_and_spatial_mismatch():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_parity_on_small_wide_maps():
+    """Small maps with many channels take the (N, N) Gram-matrix route; same values as the reference."""
+    g = torch.Generator().manual_seed(5)
+    student = torch.randn(4, 32, 3, 3, generator=g).requires_grad_()
+    teacher = torch.randn(4, 256, 3, 3, generator=g)
+    ref_input = student.detach().clone().requires_grad_()
+    ours, ref = build_loss("nst")(student, teacher), _ref_nst([ref_input], [teacher])
+    torch.testing.assert_close(ours, ref)
+    ours.backward(), ref.backward()
+    torch.testing.assert_close(student.grad, ref_input.grad)
+    assert float(build_loss("nst")(teacher, teacher)) == 0.0
+
+
 def test_linear_kernel_option_is_the_squared_distance_of_mean_patterns():
     """With d = 1, c = 0 the MMD is ||mean_j s_j - mean_i t_i||^2 (per sample), the usual identity."""
     student, teacher = _maps(1)

@@ -40,6 +40,11 @@ def channel_patterns(features: torch.Tensor) -> torch.Tensor:
 
 def _kernel_mean(a: torch.Tensor, b: torch.Tensor, degree: int, constant: float) -> torch.Tensor:
     """Mean of ``(a_i . b_j + c)^d`` over samples and channel pairs; ``a`` (B, C_a, N), ``b`` (B, C_b, N)."""
+    n, c_a, c_b = a.shape[2], a.shape[1], b.shape[1]
+    if degree == 2 and constant == 0 and n * (c_a + c_b) < c_a * c_b:
+        # sum_ij (a_i . b_j)^2 = <A^T A, B^T B>_F: (N, N) Gram matrices, cheaper for small, wide maps
+        gram_a, gram_b = a.transpose(1, 2) @ a, b.transpose(1, 2) @ b
+        return (gram_a * gram_b).sum(dim=(1, 2)).mean() / (c_a * c_b)
     return (a @ b.transpose(1, 2) + constant).pow(degree).mean()
 
 
