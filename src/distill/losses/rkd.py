@@ -19,8 +19,9 @@ Practical notes:
 
 * **Taps**: the penultimate embedding, ``pool`` for the zoo's ``cnn`` (RepDistiller ``feat[-1]``,
   mdistiller ``pooled_feat``); feature maps are flattened. Widths may differ.
-* **Batch**: relates samples within a batch; the angle term builds a (B, B, D) tensor, so memory grows
-  with B^2 D.
+* **Cost**: the angle term compares all B^3 triplets (tensors of B^3 and B^2 D elements): at batch 256
+  a step costs several times a plain training step on a small CNN; RepDistiller and mdistiller train
+  at batch 64.
 * **Weight**: 1 next to the cross-entropy, the two inner weights doing the scaling (RepDistiller and
   mdistiller, used without the KD term).
 """
