@@ -4,7 +4,7 @@ AAAI 2019.
 The student learns *where the teacher's neurons switch on*: the activation boundaries. Each student
 pre-activation map, through a trainable connector ``r`` (1x1 conv + BN to the teacher's width), should
 be above ``+m`` where the teacher's neuron is active and below ``-m`` where it is not, with a squared
-hinge (the paper's differentiable "alternative loss", Eq. 6):
+hinge (the paper's differentiable "alternative loss"):
 
     l(s, t) = sum_{b,c,h,w} (s + m)^2 [s > -m][t <= 0] + (s - m)^2 [s <= m][t > 0],   s = r(student)
 
@@ -19,8 +19,8 @@ match; they are created in ``build()``, train with the student and are never exp
 **Inputs**: only the *sign* of the teacher's tensor is read, so the teacher may be tapped before or
 after its ReLU. The student's tensor must be a pre-activation (before its ReLU; the connector output is
 compared with the margin). Note: a module whose output feeds an in-place ReLU (the zoo's ``cnn`` uses
-``ReLU(inplace=True)`` after each BN) is overwritten by it, so tap the convolution before the BN (the
-connector's own BN absorbs the missing affine map), e.g. ``features.1.0``.
+``ReLU(inplace=True)`` after each BN) is overwritten by it, so tap the convolution before the BN, e.g.
+``features.1.0``; where the widths differ, the connector's own BN absorbs the skipped affine map.
 
 **Initialisation stage**: in the paper (and RepDistiller, 30 of 270 epochs) this loss alone first
 initialises the student, then the student trains on the task (RepDistiller: cross-entropy; the authors'

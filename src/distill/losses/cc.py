@@ -2,7 +2,7 @@
 
 Besides matching each sample, the student should reproduce the *correlations between samples*. The
 embeddings ``f_i`` of a batch (L2-normalised) give a correlation matrix ``C_ij = k(f_i, f_j)`` with a
-Gaussian RBF kernel approximated by its order-P Taylor series (paper, Eq. 8-9):
+Gaussian RBF kernel approximated by its order-P Taylor series:
 
     k(x, y) = exp(-gamma ||x - y||^2) ~= exp(-2 gamma) * sum_{p=0..P} (2 gamma)^p / p! * (x . y)^p
 
