@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         from distill.demo import _teacher_run
 
         teacher = str(_teacher_run([], fresh=False, console=Console()) / "model.safetensors")
-    common = []
+    common = ["train.eval_every=1000"]  # evaluate after the last epoch only: the table reports that one
     if args.epochs:
         common.append(f"train.epochs={args.epochs}")
     if args.train_subset:
