@@ -68,6 +68,25 @@ def test_parity_for_other_weights_and_maps(w_d, w_a):
     torch.testing.assert_close(ours, _ref_rkd(student, teacher, w_d, w_a))
 
 
+def test_angle_chunks_are_repdistiller_angle_losses_of_the_groups():
+    """``angle_chunk = k``: the angle term of each group of k samples, averaged over all triplets."""
+    g = torch.Generator().manual_seed(6)
+    student, teacher = torch.randn(12, 8, generator=g), torch.randn(12, 20, generator=g)
+    loss = build_loss("rkd", distance_weight=0.0, angle_weight=1.0, angle_chunk=4)
+    groups = [
+        _ref_rkd(s, t, 0.0, 1.0) for s, t in zip(student.split(4), teacher.split(4), strict=True)
+    ]
+    torch.testing.assert_close(loss(student, teacher), torch.stack(groups).mean())
+    whole = build_loss("rkd", angle_chunk=12)(student, teacher)  # a chunk as big as the batch
+    torch.testing.assert_close(whole, _ref_rkd(student, teacher))
+    uneven = build_loss("rkd", distance_weight=0.0, angle_weight=1.0, angle_chunk=5)
+    parts = [
+        _ref_rkd(s, t, 0.0, 1.0) * len(s) ** 3
+        for s, t in zip(student.split(5), teacher.split(5), strict=True)
+    ]
+    torch.testing.assert_close(uneven(student, teacher), sum(parts) / (5**3 + 5**3 + 2**3))
+
+
 def test_invariant_to_translation_rotation_and_scale_of_the_student_space():
     student, teacher = _inputs(2)
     g = torch.Generator().manual_seed(3)
@@ -99,6 +118,7 @@ def test_teacher_gets_no_gradient():
         ({"distance_weight": -1}, "distance_weight must be >= 0, got -1"),
         ({"distance_weight": 0, "angle_weight": 0}, "both 0"),
         ({"eps": 0}, "eps must be > 0"),
+        ({"angle_chunk": -1}, "angle_chunk must be an int >= 0"),
     ],
 )
 def test_bad_options(options, match):
