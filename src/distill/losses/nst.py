@@ -20,8 +20,8 @@ Practical notes:
 * **Spatial sizes**: where a student and a teacher map differ in height or width, the larger one is
   average-pooled to the smaller size, as RepDistiller and mdistiller do.
 * **Weight**: 50 next to the cross-entropy (RepDistiller's and mdistiller's CIFAR-100 setting, used
-  without the KD term). On the Fashion-MNIST pair 50 and 10 hurt the 6.5k-parameter student; its
-  recipe uses 5.
+  without the KD term). On the Fashion-MNIST pair 50 and 10 hurt the 6.5k-parameter student in short
+  runs; its recipe uses 5.
 """
 
 from __future__ import annotations
