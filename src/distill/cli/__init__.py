@@ -22,7 +22,19 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 
-from distill.cli import commands  # noqa: E402,F401  (registers the commands on `app`)
+
+def _register_commands() -> None:
+    """Import every module of this package: each registers its commands on ``app`` (one module per command
+    group; ``commands.py`` holds the core ones)."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_commands()
 
 
 def _error(message: str) -> None:
