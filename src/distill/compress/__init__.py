@@ -1,0 +1,1 @@
+"""Compression steps, each ``nn.Module -> nn.Module``: pruning (``prune``) and int8 quantization (``quantize``)."""
