@@ -41,6 +41,14 @@ def test_channel_pruning_shrinks_the_network_and_keeps_original_filters():
     assert all(any(torch.equal(k, o) for o in original) for k in kept)
 
 
+def test_a_frozen_model_under_no_grad_is_pruned_too():
+    model = teacher().eval().requires_grad_(False)  # e.g. a KD teacher
+    with torch.no_grad():
+        pruned = channel_prune(model, EXAMPLE, 0.5)
+    assert layer_shapes(pruned)["features.0.0"]["out_channels"] == 4
+    assert all(p.requires_grad for p in pruned.parameters())  # ready to fine-tune
+
+
 def test_ratio_zero_keeps_the_function():
     model = teacher().eval()
     pruned = channel_prune(model, EXAMPLE, 0.0)

@@ -208,7 +208,9 @@ def channel_prune(
         ) from None
     _check_fraction(ratio, "channel_prune: ratio", "0.5 (half the channels)")
     custom = dict(customized_pruners or {})
-    model = copy.deepcopy(model).eval()
+    model = (
+        copy.deepcopy(model).eval().requires_grad_(True)
+    )  # the tracer follows autograd: no frozen copies
     _check_known_layers(model, custom)
     names = dict(model.named_modules())
     if ignored_layers is None:
@@ -224,16 +226,17 @@ def channel_prune(
             ignored.append(names[name])
     with torch.no_grad():
         before = _output(model, example_inputs)
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_inputs,
-        importance=_importance(importance),
-        pruning_ratio=ratio,
-        ignored_layers=ignored,
-        round_to=round_to,
-        customized_pruners=custom or None,
-    )
-    pruner.step()
+    with torch.enable_grad():
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=_importance(importance),
+            pruning_ratio=ratio,
+            ignored_layers=ignored,
+            round_to=round_to,
+            customized_pruners=custom or None,
+        )
+        pruner.step()
     try:
         with torch.no_grad():
             after = _output(model, example_inputs)
