@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config.schema import ModelSpec, Recipe, ScheduleSpec, TermSpec
+from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec, TermSpec
 from distill.data import BatchAugment, build_dataset
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError
@@ -198,16 +198,19 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     in_channels = getattr(train, "in_channels", 3)
     if num_classes is None:
         raise ConfigError(f"dataset {recipe.data.name!r} does not say how many classes it has")
-    student = build_model_spec(recipe.student, num_classes, in_channels, "student")
-    teacher = None
-    if recipe.teacher is not None:
-        teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
+    student, teacher = build_models(recipe, num_classes, in_channels)
     task = build_task(recipe.task, **recipe.task_options)
-    for i, spec in enumerate(recipe.distill.terms):  # name the term and side of a bad tap
+    specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(recipe.distill.terms)]
+    for i, spec in enumerate(specs):  # name the term and side of a bad tap
         check_taps(student, spec.student, f"distill.terms.{i}.student")
         if teacher is not None:
             check_taps(teacher, spec.teacher, f"distill.terms.{i}.teacher")
-    terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(recipe.distill.terms)]
+    if callable(getattr(task, "request", None)):  # outputs that cost extra (attention weights)
+        task.request(
+            tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
+        )
+    prepare_text_data(recipe, (train, test), student, teacher)
+    terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(specs)]
     distiller = Distiller(
         student,
         task,
@@ -218,6 +221,93 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     check_on_example(distiller, train, recipe)
     aug = BatchAugment(recipe.data.augment.crop_padding, recipe.data.augment.flip)
     return Built(recipe, train, test, student, teacher, distiller, aug if aug.enabled else None)
+
+
+def _taps(side: str | list[str]) -> list[str]:
+    return [side] if isinstance(side, str) else list(side)
+
+
+def build_models(
+    recipe: Recipe, num_classes: int, in_channels: int
+) -> tuple[nn.Module, nn.Module | None]:
+    """Student and teacher; a ``from_teacher`` student is cut from the teacher once its weights are in."""
+    if recipe.student.name != FROM_TEACHER:
+        student = build_model_spec(recipe.student, num_classes, in_channels, "student")
+        teacher = None
+        if recipe.teacher is not None:
+            teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
+        return student, teacher
+    assert recipe.teacher is not None  # the schema requires it
+    teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
+    from distill.models.hf import student_from_teacher
+
+    try:
+        student = student_from_teacher(teacher, **recipe.student.options)
+    except DistillError as err:
+        raise DistillError(f"student: {err}") from None
+    if recipe.student.weights:
+        load_weights(student, recipe.student.weights, "student")
+    return student, teacher
+
+
+def expand_layer_taps(
+    spec: TermSpec, student: nn.Module, teacher: nn.Module | None, index: int
+) -> TermSpec:
+    """``@hidden_states.*`` / ``@attentions.*`` become one tap per student layer and its mapped teacher layer.
+
+    Hidden states are numbered 1..L (0 is the embeddings, left out); attentions 0..L-1.
+    """
+    if not (isinstance(spec.student, str) and spec.student.endswith("*")) or teacher is None:
+        return spec
+    from distill.models.hf import layer_map, num_layers
+
+    where = f"distill.terms.{index}"
+    try:
+        s_layers, t_layers = num_layers(student), num_layers(teacher)
+        mapped = layer_map(s_layers, t_layers, spec.layer_map)
+    except AttributeError:
+        raise ConfigError(
+            f"{where}: layer taps with '*' need Hugging Face models (hf:... or from_teacher); "
+            "name the layers, e.g. @hidden_states.2"
+        ) from None
+    except DistillError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    kind = spec.student[1:].split(".")[0]
+    first = 1 if kind == "hidden_states" else 0  # attentions.N counts layers from 0
+    teacher_kind = spec.teacher[1:].split(".")[0]
+    return spec.model_copy(
+        update={
+            "student": [f"@{kind}.{i - 1 + first}" for i in range(1, s_layers + 1)],
+            "teacher": [f"@{teacher_kind}.{m - 1 + first}" for m in mapped],
+        }
+    )
+
+
+def prepare_text_data(
+    recipe: Recipe, data: tuple[Any, Any], student: nn.Module, teacher: nn.Module | None
+) -> None:
+    """Text data takes the student's tokenizer; the teacher must read the same token ids."""
+    if not all(callable(getattr(d, "set_tokenizer", None)) for d in data):
+        return
+    from distill.models.hf import same_vocabulary, tokenizer_of
+
+    tokenizer = tokenizer_of(student) or (tokenizer_of(teacher) if teacher is not None else None)
+    if tokenizer is None:
+        if any(getattr(d, "tokenizer", None) is None for d in data):
+            raise ConfigError(
+                f"dataset {recipe.data.name!r} holds text but student {recipe.student.name!r} has no "
+                "tokenizer; use a Hugging Face student (hf:FOLDER or from_teacher)"
+            )
+        return
+    if teacher is not None and not same_vocabulary(student, teacher):
+        who = "distillation terms need" if recipe.distill.terms else "the teacher needs"
+        raise ConfigError(
+            f"teacher {recipe.teacher.name!r} and student {recipe.student.name!r} use different "
+            f"tokenizers or vocabularies, but {who} the same token ids; use a student built from the "
+            "teacher (from_teacher) or one with the teacher's tokenizer"
+        )
+    for d in data:
+        d.set_tokenizer(tokenizer)
 
 
 def check_taps(model: nn.Module, taps: str | list[str], where: str) -> None:
@@ -240,7 +330,10 @@ def example_batch(data: Any, n: int = 2) -> Any:
     if not isinstance(data, DataLoader):
         if len(data) == 0:
             raise DistillError("the training data is empty; point the recipe at data with samples")
-        data = DataLoader(data, batch_size=min(n, len(data)), collate_fn=identity_collate)
+        if callable(getattr(data, "loader", None)):  # the dataset's own batching (text: tokenising)
+            data = data.loader(min(n, len(data)))
+        else:
+            data = DataLoader(data, batch_size=min(n, len(data)), collate_fn=identity_collate)
     for batch in data:
         return batch
     raise DistillError("the training data is empty; point the recipe at data with samples")
@@ -329,7 +422,10 @@ def _check_class_counts(
 ) -> None:
     """Classification: student and teacher give one score per class of the data."""
     num_classes = getattr(data, "num_classes", None)
-    if getattr(task, "name", None) != "classification" or not num_classes:
+    if (
+        getattr(task, "name", None) not in ("classification", "text_classification")
+        or not num_classes
+    ):
         return
     pairs = [("student", recipe.student.name, outputs.get("logits"))]
     if recipe.teacher is not None:

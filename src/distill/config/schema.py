@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
@@ -57,9 +58,16 @@ def _weight(value: Any) -> Any:
     return ScheduleSpec.model_validate(value) if isinstance(value, dict) else value
 
 
+FROM_TEACHER = (
+    "from_teacher"  # a student built from the teacher (distill.models.hf.student_from_teacher)
+)
+LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
+
+
 class ModelSpec(Strict):
     name: str = Field(
-        description="registry name (`distill list models`), or torchvision:NAME / timm:NAME"
+        description="registry name (`distill list models`), torchvision:NAME / timm:NAME / hf:FOLDER_OR_HUB_ID, "
+        "or from_teacher (a student keeping the teacher's embeddings and some of its layers)"
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the model factory"
@@ -76,7 +84,11 @@ class ModelSpec(Strict):
                     f"options.{key}={self.options[key]!r}: {key} comes from the data, not the recipe; "
                     "remove it from the options"
                 )
-        if ":" not in self.name:
+        if self.name == FROM_TEACHER:
+            from distill.models.hf import student_from_teacher
+
+            check_kwargs(student_from_teacher, self.options, what=FROM_TEACHER, skip=("teacher",))
+        elif ":" not in self.name:
             check_kwargs(
                 _lookup("model", self.name),
                 self.options,
@@ -120,6 +132,11 @@ class TermSpec(Strict):
     weight: Weight = 1.0
     projector: str | None = None
     name: str | None = None
+    layer_map: Literal["uniform", "last"] | list[int] = Field(
+        "uniform",
+        description="for @hidden_states.* / @attentions.* taps: which teacher layer each student layer "
+        "matches (uniform, last, or a list of teacher layers)",
+    )
 
     @field_validator("weight", mode="before")
     @classmethod
@@ -131,6 +148,18 @@ class TermSpec(Strict):
         check_kwargs(_lookup("loss", self.loss), self.options, what=f"loss {self.loss!r}")
         if self.projector is not None:
             _lookup("projector", self.projector)
+        starred = [t for t in (self.student, self.teacher) if isinstance(t, str) and "*" in t]
+        if starred or any(
+            "*" in t
+            for side in (self.student, self.teacher)
+            if isinstance(side, list)
+            for t in side
+        ):
+            if len(starred) != 2 or not all(LAYER_TAP.match(t) for t in starred):
+                raise ValueError(
+                    f"layer taps with '*' go on both sides, as @hidden_states.* or @attentions.*; got "
+                    f"student {self.student!r}, teacher {self.teacher!r}"
+                )
         return self
 
 
@@ -174,6 +203,14 @@ class Recipe(Strict):
         if self.distill.terms and self.teacher is None:
             raise ValueError(
                 "distill.terms need a teacher: add a 'teacher:' section or remove the terms"
+            )
+        if self.student.name == FROM_TEACHER and self.teacher is None:
+            raise ValueError(
+                "student.name: from_teacher builds the student from the teacher; add a 'teacher:' section"
+            )
+        if self.teacher is not None and self.teacher.name == FROM_TEACHER:
+            raise ValueError(
+                "teacher.name: from_teacher is for students; name the teacher's model (e.g. hf:FOLDER)"
             )
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
         return self

@@ -21,11 +21,11 @@ DATASETS: Registry = Registry("dataset")
 # runpy then warns about the double import, which is harmless here.
 warnings.filterwarnings(
     "ignore",
-    message=r"'distill\.data\.fashion_mnist' found in sys\.modules",
+    message=r"'distill\.data\.(fashion_mnist|text)' found in sys\.modules",
     category=RuntimeWarning,
 )
 
-from distill.data import fashion_mnist, folder  # noqa: E402  (modules register themselves)
+from distill.data import fashion_mnist, folder, text  # noqa: E402  (modules register themselves)
 from distill.data.augment import BatchAugment  # noqa: E402
 from distill.data.fashion_mnist import FashionMNIST  # noqa: E402
 from distill.data.folder import image_folder, tensor_file  # noqa: E402
@@ -35,6 +35,7 @@ from distill.data.tensor import (  # noqa: E402
     check_split,
     identity_collate,
 )
+from distill.data.text import TextDataset, text_file  # noqa: E402
 
 
 def build_dataset(
@@ -53,6 +54,7 @@ __all__ = [
     "BatchAugment",
     "FashionMNIST",
     "TensorDataset",
+    "TextDataset",
     "build_dataset",
     "check_split",
     "fashion_mnist",
@@ -60,4 +62,6 @@ __all__ = [
     "identity_collate",
     "image_folder",
     "tensor_file",
+    "text",
+    "text_file",
 ]

