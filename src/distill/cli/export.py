@@ -1,0 +1,50 @@
+"""``distill export RUN_DIR``: a thin shell over :func:`distill.export.export_run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from distill.cli import app
+
+console = Console()
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a folder written by `distill train`")],
+    format: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="also write a static int8 model calibrated on training data"),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: RUN_DIR/export)")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+) -> None:
+    """Export a trained student to ONNX (dynamic batch), check it against PyTorch and evaluate it."""
+    from distill.export import export_run
+
+    result = export_run(run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint)
+    table = Table("model", "file", "size KiB", "top-1 %", "agree %", "parity", title=str(run_dir))
+    torch_top1 = result["metrics"]["torch"]["top1"]
+    table.add_row("PyTorch", f"checkpoint {checkpoint}", "", f"{torch_top1:.2f}", "100.00", "")
+    for key, entry in result["files"].items():
+        parity = entry.get("parity")
+        check = f"max |diff| {parity['max_abs_diff']:.1e}" if parity else "n/a (quantized)"
+        table.add_row(
+            key,
+            escape(Path(entry["path"]).name),
+            f"{entry['size_bytes'] / 1024:.1f}",
+            f"{entry['metrics']['top1']:.2f}",
+            f"{entry['metrics'].get('agreement', float('nan')):.2f}",
+            check,
+        )
+    console.print(table)
+    console.print(f"written to {escape(str(Path(result['report']).parent))}", soft_wrap=True)

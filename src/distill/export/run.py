@@ -1,0 +1,193 @@
+"""``export_run``: a trained run's student to ONNX (and int8), checked and evaluated, in ``RUN_DIR/export``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError, did_you_mean
+
+EXPORT_FORMATS = ("onnx",)
+FP32_NAME, INT8_NAME, REPORT_NAME = "student.onnx", "student.int8.onnx", "export.json"
+EXAMPLE_SAMPLES = 8  # batch the exporter traces with (>1 so the batch dimension stays dynamic)
+PARITY_SAMPLES = 256  # test inputs the fp32 file is checked on
+
+
+def export_run(
+    run_dir: str | Path,
+    format: str = "onnx",
+    int8: bool = False,
+    out: str | Path | None = None,
+    calibration_batches: int = 8,
+    checkpoint: str = "best",
+) -> dict[str, Any]:
+    """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
+
+    Writes ``student.onnx`` (dynamic batch, parity-checked against PyTorch on test inputs) and, with
+    ``int8``, ``student.int8.onnx`` (static int8, calibrated on ``calibration_batches`` training batches).
+    Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
+    inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
+    first and replaces an earlier export only when complete.
+    """
+    from distill.api import CHECKPOINTS
+
+    if format not in EXPORT_FORMATS:
+        raise DistillError(
+            f"unknown export format {format!r}.{did_you_mean(str(format), EXPORT_FORMATS)} "
+            f"Supported: {', '.join(EXPORT_FORMATS)}"
+        )
+    if checkpoint not in CHECKPOINTS:
+        raise DistillError(
+            f"unknown checkpoint {checkpoint!r}.{did_you_mean(checkpoint, CHECKPOINTS)} Use best or last"
+        )
+    if not isinstance(calibration_batches, int) or calibration_batches < 1:
+        raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out is not None else run_dir / "export"
+    student, task, train, test, recipe = _load(run_dir, checkpoint)
+    test_loader = _loader(test, recipe.train.eval_batch_size)
+    inputs = _inputs(task, test_loader, PARITY_SAMPLES)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        result = _export_all(
+            student, task, train, test_loader, inputs, staging, int8, calibration_batches
+        )
+        result.update(run_dir=str(run_dir), checkpoint=checkpoint, format=format)
+        _write_json(staging / REPORT_NAME, _relative(result, staging))
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result["files"] = {
+        k: {**v, "path": str(out_dir / Path(v["path"]).name)} for k, v in result["files"].items()
+    }
+    result["report"] = str(out_dir / REPORT_NAME)
+    return result
+
+
+def _export_all(
+    student: nn.Module,
+    task: Any,
+    train: Any,
+    test_loader: Any,
+    inputs: torch.Tensor,
+    staging: Path,
+    int8: bool,
+    calibration_batches: int,
+) -> dict[str, Any]:
+    from distill.compress.quantize import quantize_onnx
+    from distill.export.exporter import export_onnx
+    from distill.export.runtime import OnnxModule, check_parity
+
+    started = time.perf_counter()
+    fp32 = export_onnx(student, inputs[:EXAMPLE_SAMPLES], staging / FP32_NAME, check=False)
+    parity = check_parity(student, fp32, inputs)
+    if not parity.ok:
+        from distill.export.runtime import ParityError
+
+        raise ParityError(parity, fp32)
+    files: dict[str, Any] = {
+        "fp32": {"path": str(fp32), "parity": parity.to_dict(), "format": "onnx float32"}
+    }
+    if int8:
+        calibration = list(_calibration(task, train, calibration_batches))
+        q = quantize_onnx(fp32, staging / INT8_NAME, mode="static", calibration=calibration)
+        files["int8"] = {
+            "path": str(q),
+            "format": "onnx int8 (static QDQ, per-channel weights)",
+            "calibration_samples": sum(len(b) for b in calibration),
+        }
+    metrics = {"torch": _metrics(task.evaluate(student, test_loader))}
+    for entry in files.values():
+        module = OnnxModule(entry["path"])
+        entry["size_bytes"] = module.size_bytes
+        entry["metrics"] = _metrics(task.evaluate(module, test_loader, student))
+    return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _load(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
+    """The run's data, task and student with ``checkpoint`` weights (the teacher is not needed)."""
+    from distill.api import run_recipe
+    from distill.config.build import build_data, build_model_spec
+    from distill.tasks import build_task
+    from distill.train.checkpoint import load_student_weights
+
+    recipe = run_recipe(run_dir)
+    train, test = build_data(recipe)
+    spec = recipe.student.model_copy(update={"weights": None})  # the checkpoint replaces them
+    num_classes = getattr(train, "num_classes", None)
+    student = build_model_spec(spec, num_classes, getattr(train, "in_channels", 3), "student")
+    load_student_weights(run_dir, student, checkpoint)
+    return student.eval(), build_task(recipe.task, **recipe.task_options), train, test, recipe
+
+
+def _loader(data: Any, batch_size: int) -> Any:
+    return data.loader(batch_size) if hasattr(data, "loader") else data
+
+
+def _inputs(task: Any, loader: Any, n: int) -> torch.Tensor:
+    """The first ``n`` model inputs of ``loader`` as one tensor."""
+    parts, have = [], 0
+    for raw in loader:
+        x = task.split(raw).inputs
+        if not isinstance(x, torch.Tensor):
+            raise DistillError(
+                f"ONNX export supports models with one tensor input; this task gives {type(x).__name__}"
+            )
+        parts.append(x)
+        have += len(x)
+        if have >= n:
+            break
+    if not parts:
+        raise DistillError("the test split is empty; the export is checked on test inputs")
+    return torch.cat(parts)[:n]
+
+
+def _calibration(task: Any, train: Any, batches: int) -> Iterator[torch.Tensor]:
+    """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
+    if hasattr(train, "loader"):
+        loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    else:
+        loader = train
+    for i, raw in enumerate(loader):
+        if i >= batches:
+            break
+        yield task.split(raw).inputs
+
+
+def _metrics(m: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in m.items()}
+
+
+def _relative(result: dict[str, Any], staging: Path) -> dict[str, Any]:
+    files = {k: {**v, "path": Path(v["path"]).name} for k, v in result["files"].items()}
+    return {**result, "files": files}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the complete ``staging`` folder (the old one is removed only after)."""
+    old = None
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DistillError(f"{out_dir} exists and is not a folder; give --out another path")
+        old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time() * 1000)}")
+        out_dir.rename(old)
+    from distill.export.exporter import _umask
+
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
