@@ -1,7 +1,7 @@
 """The contract every registered loss keeps. It loops over the registry, so a new loss is covered as soon
 as its module exists: metadata and docstring, finite scalar output, gradients to the student side only,
 trainable parts trained, zero at identity where the paper defines it, batch-size invariance where it
-holds, bf16 autocast.
+holds, bf16 autocast, and (for losses on token sequences) indifference to what padded positions hold.
 
 Inputs come from the loss's ``inputs`` metadata (see ``distill.losses``); a loss whose inputs fit none of
 the standard shapes defines ``example_inputs(batch_size, generator) -> (student, teacher)``.
@@ -19,8 +19,17 @@ from distill.losses import LOSSES, build_loss
 
 NAMES = LOSSES.names()
 KINDS = {"logit", "feature", "relation", "contrastive"}
-INPUTS = {"logits", "maps", "vectors", "maps_list"}
+INPUTS = {
+    "logits",
+    "maps",
+    "vectors",
+    "maps_list",
+    "sequences",
+    "attentions",
+    "attention_relations",
+}
 B, CLASSES = 8, 10
+SEQ, HEADS = 6, 2  # token sequences (B, SEQ, D) and attention matrices (B, HEADS, SEQ, SEQ)
 
 
 def _meta(name: str) -> dict:
@@ -46,6 +55,10 @@ def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int =
         return rand(batch, 16), rand(batch, 16 if same else 32)
     if kind == "maps":
         return rand(batch, 8 if not same else 16, 4, 4), rand(batch, 16, 4, 4)
+    if kind == "sequences":
+        return rand(batch, SEQ, 16), rand(batch, SEQ, 16 if same else 32)
+    if kind == "attentions":
+        return rand(batch, HEADS, SEQ, SEQ).softmax(-1), rand(batch, HEADS, SEQ, SEQ).softmax(-1)
     if kind == "maps_list":
         s = [rand(batch, 8, 8, 8), rand(batch, 16, 4, 4)]
         t = (
@@ -60,12 +73,26 @@ def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int =
     raise AssertionError(f"{name}: unknown inputs kind {kind!r}")
 
 
-def _extras(loss, batch: int, seed: int = 0) -> dict:
+def _seq_len(inputs) -> int:
+    """Token count of sequence inputs: ``(B, T, D)`` or ``(B, heads, T, T)`` (0 for other inputs)."""
+    x = inputs[0] if isinstance(inputs, list) else inputs
+    return x.shape[-1] if x.ndim == 4 else x.shape[1] if x.ndim == 3 else 0
+
+
+def _padding_mask(batch: int, length: int) -> torch.Tensor:
+    """(B, T) attention mask with sequences of 1 .. T real tokens (1 real, 0 padding)."""
+    lengths = torch.arange(batch) % max(length, 1) + 1
+    return (torch.arange(length)[None, :] < lengths[:, None]).long()
+
+
+def _extras(loss, batch: int, seed: int = 0, inputs=None) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     available = {
         "labels": torch.randint(0, CLASSES, (batch,), generator=g),
         "index": torch.arange(batch),
     }
+    if inputs is not None and _seq_len(inputs):
+        available["attention_mask"] = _padding_mask(batch, _seq_len(inputs))
     wanted = getattr(loss, "extra_inputs", ())
     missing = [k for k in wanted if k not in available]
     assert not missing, f"contract test does not know how to make extras {missing}"
@@ -114,7 +141,7 @@ def test_finite_scalar_with_gradients_to_student_only(name):
     s0, t0 = make_inputs(name)
     loss = _built(name, s0, t0)
     s, t = _requires_grad(s0), _requires_grad(t0)
-    value = loss(s, t, **_extras(loss, B))
+    value = loss(s, t, **_extras(loss, B, inputs=s0))
     assert value.ndim == 0, f"{name} returned shape {tuple(value.shape)}"
     assert value.dtype == torch.float32
     assert torch.isfinite(value)
@@ -139,7 +166,7 @@ def test_zero_at_identity(name):
     s = [x.abs() + 0.1 for x in s] if isinstance(s, list) else s
     t = [x.clone() for x in s] if isinstance(s, list) else s.clone()
     loss = _built(name, s, t)
-    value = loss(s, t, **_extras(loss, B))
+    value = loss(s, t, **_extras(loss, B, inputs=s))
     assert abs(float(value)) < 1e-5, f"{name}: loss(x, x) = {float(value)}, expected 0"
 
 
@@ -148,7 +175,7 @@ def test_batch_size_invariance(name):
     """Repeating the batch leaves a mean-reduced loss unchanged."""
     s, t = make_inputs(name)
     loss = _built(name, s, t)
-    extras = _extras(loss, B)
+    extras = _extras(loss, B, inputs=s)
 
     def twice(x):
         return [torch.cat([a, a]) for a in x] if isinstance(x, list) else torch.cat([x, x])
@@ -158,12 +185,52 @@ def test_batch_size_invariance(name):
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
 
 
+def _garble(x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Put large random values (and a NaN) wherever ``x`` belongs to a padded token: ``(B, T, D)``
+    rows of padded tokens, ``(B, heads, T, T)`` entries whose query or key is padding."""
+    real = mask.bool()
+    if x.ndim == 3:
+        keep = real[:, :, None]
+    else:
+        keep = (real[:, :, None] & real[:, None, :])[:, None]
+    keep = keep.expand_as(x)
+    noise = 1e3 * torch.randn(x.shape, generator=g)
+    noise[(~keep).nonzero()[0].unbind()] = float("nan")  # one padded entry is not even a number
+    return torch.where(keep, x, noise)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if "attention_mask" in getattr(LOSSES.get(n), "extra_inputs", ())]
+)
+def test_padded_positions_change_nothing(name):
+    """Losses on token sequences see only real tokens: whatever padding holds, value and gradients stay."""
+    s, t = make_inputs(name)
+    loss = _built(name, s, t)
+    extras = _extras(loss, B, inputs=s)
+    mask = extras["attention_mask"]
+    assert not mask.all() and mask.any(dim=1).all()
+    g = torch.Generator().manual_seed(5)
+
+    def garbled(x):
+        return [_garble(a, mask, g) for a in x] if isinstance(x, list) else _garble(x, mask, g)
+
+    s_clean, s_noisy = _requires_grad(s), _requires_grad(garbled(s))
+    clean = loss(s_clean, t, **extras)
+    noisy = loss(s_noisy, garbled(t), **extras)
+    torch.testing.assert_close(noisy, clean)
+    clean.backward()
+    noisy.backward()
+    for a, b in zip(_tensors(s_clean), _tensors(s_noisy), strict=True):
+        assert torch.isfinite(b.grad).all(), f"{name}: padding leaked into the gradient"
+        torch.testing.assert_close(b.grad, a.grad)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast(name):
     s, t = make_inputs(name)
     loss = _built(name, s, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = loss(_requires_grad(s), t, **_extras(loss, B))
+        value = loss(_requires_grad(s), t, **_extras(loss, B, inputs=s))
     assert value.ndim == 0 and torch.isfinite(value)
     value.float().backward()
 

@@ -756,3 +756,96 @@ def test_crd_hand_computed():
     check(got, 2 * per_side, rel=1e-5)
     assert float(loss.z_student) == pytest.approx(3.5)
     assert float(loss.z_teacher) == pytest.approx(3.5)
+
+
+# ============================================================================= text (token sequences)
+GARBAGE = 1e4  # what padded positions hold in these cases; the mask must make it irrelevant
+
+
+@case("hidden_mse")
+def test_hidden_mse_hand_computed():
+    # L = mean over real tokens and features of (h_s W_h - h_t)^2                  (TinyBERT, Eq. 8)
+    # Equal widths: real token s = [1, 2], t = [0, 4] -> (1 + 4) / 2; the padded token is ignored.
+    student = torch.tensor([[[1.0, 2.0], [GARBAGE, -GARBAGE]]])
+    teacher = torch.tensor([[[0.0, 4.0], [-GARBAGE, 0.0]]])
+    loss = build_loss("hidden_mse")
+    loss.build(student, teacher)
+    check(loss(student, teacher, torch.tensor([[1, 0]])), 2.5)
+    # Width 1 -> 2 through W_h = [[2], [-1]], b = [0, 1]: s = 3 -> [6, -2]; t = [5, 0]
+    # -> (1^2 + 2^2) / 2 = 2.5; two tokens, both real: second s = 0 -> [0, 1], t = [0, 1] -> 0.
+    # Mean over 2 tokens x 2 features: (1 + 4 + 0 + 0) / 4.
+    student, teacher = torch.tensor([[[3.0], [0.0]]]), torch.tensor([[[5.0, 0.0], [0.0, 1.0]]])
+    loss = build_loss("hidden_mse")
+    loss.build(student, teacher)
+    with torch.no_grad():
+        loss.projector.weight.copy_(torch.tensor([[2.0], [-1.0]]))
+        loss.projector.bias.copy_(torch.tensor([0.0, 1.0]))
+    check(loss(student, teacher), 5 / 4)
+
+
+@case("hidden_cosine")
+def test_hidden_cosine_hand_computed():
+    # L = mean over real tokens of 1 - cos(h_s, h_t)                              (DistilBERT L_cos)
+    # token 1: [1, 0] vs [1, 1] -> cos = 1/sqrt(2); token 2: [0, 2] vs [0, -3] -> cos = -1;
+    # token 3 is padding.
+    student = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [GARBAGE, 1.0]]])
+    teacher = torch.tensor([[[1.0, 1.0], [0.0, -3.0], [-1.0, GARBAGE]]])
+    expected = ((1 - 1 / math.sqrt(2)) + 2) / 2
+    check(build_loss("hidden_cosine")(student, teacher, torch.tensor([[1, 1, 0]])), expected)
+
+
+@case("attention_mse")
+def test_attention_mse_hand_computed():
+    # L = mean over heads and real (query, key) pairs of (A_s - A_t)^2            (TinyBERT, Eq. 7)
+    # One head, 2 tokens: every entry differs by 1/2 -> 1/4.
+    student = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])
+    teacher = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]]])
+    check(build_loss("attention_mse")(student, teacher), 0.25)
+    # Second token padded: only the (0, 0) entry is left: (0.5 - 1)^2.
+    check(build_loss("attention_mse")(student, teacher, torch.tensor([[1, 0]])), 0.25)
+    # TinyBERT's scores with the additive -10000 mask: entries <= -100 count as 0 on both sides,
+    # s = [[2, 0], [1, 0]], t = [[1, 0], [1, 0]] -> (1 + 0 + 0 + 0) / 4.
+    student = torch.tensor([[[[2.0, -1e4], [1.0, -1e4]]]])
+    teacher = torch.tensor([[[[1.0, -1e4], [1.0, -1e4]]]])
+    check(build_loss("attention_mse")(student, teacher), 0.25)
+
+
+@case("pkd")
+def test_pkd_hand_computed():
+    # L = mean over samples, layers, features of (h_s/|h_s| - h_t/|h_t|)^2 at position 0   (Eq. 4)
+    # layer 1: [3, 4] -> [0.6, 0.8] vs [0, 2] -> [0, 1]: 0.36 + 0.04; layer 2: [1, 0] vs [5, 0]: 0.
+    # Mean over 1 sample x 2 layers x 2 features: 0.4 / 4. Position 1 is never looked at.
+    student = [t([[3.0, 4.0], [GARBAGE, 0.0]]), t([[1.0, 0.0], [0.0, GARBAGE]])]
+    teacher = [t([[0.0, 2.0], [1.0, 1.0]]), t([[5.0, 0.0], [-GARBAGE, 0.0]])]
+    check(build_loss("pkd")(student, teacher), 0.1)
+
+
+def _kl_to_e_row() -> float:
+    """KL([1/2, 1/2] || softmax([0, 1]))."""
+    return kl([0.5, 0.5], softmax([0.0, 1.0]))
+
+
+@case("minilm")
+def test_minilm_hand_computed():
+    # L = L_AT + L_VR, each 1/(A |x|) sum_a sum_t KL(teacher row || student row)   (MiniLM, Eq. 6-8)
+    # One head, two tokens. Attention: teacher rows [1/2, 1/2] and [1/4, 3/4], student rows both
+    # [1/4, 3/4]: L_AT = (KL([1/2, 1/2] || [1/4, 3/4]) + 0) / 2.
+    # Values (width 1, d_k = 1): teacher v = [0, 0] -> scores 0 -> rows [1/2, 1/2]; student v = [0, 1]
+    # -> scores [[0, 0], [0, 1]] -> rows [1/2, 1/2] and softmax([0, 1]): L_VR = (0 + KL(...)) / 2.
+    att_t = torch.tensor([[[[0.5, 0.5], [0.25, 0.75]]]])
+    att_s = torch.tensor([[[[0.25, 0.75], [0.25, 0.75]]]])
+    v_t, v_s = torch.tensor([[[0.0], [0.0]]]), torch.tensor([[[0.0], [1.0]]])
+    l_at = kl([0.5, 0.5], [0.25, 0.75]) / 2
+    l_vr = _kl_to_e_row() / 2
+    check(build_loss("minilm")([att_s, v_s], [att_t, v_t]), l_at + l_vr)
+
+
+@case("minilm")
+def test_minilmv2_hand_computed():
+    # MiniLMv2: the same relation KL for Q-Q, K-K and V-V with one relation head, summed (Eq. 5-8).
+    # Each student vector [0, 1] against teacher [0, 0] gives (0 + KL([1/2, 1/2] || softmax([0, 1]))) / 2.
+    # A padded third token (garbage) changes nothing.
+    student = [torch.tensor([[[0.0], [1.0], [GARBAGE]]]) for _ in range(3)]
+    teacher = [torch.tensor([[[0.0], [0.0], [-GARBAGE]]]) for _ in range(3)]
+    got = build_loss("minilm", relation_heads=1)(student, teacher, torch.tensor([[1, 1, 0]]))
+    check(got, 3 * _kl_to_e_row() / 2)

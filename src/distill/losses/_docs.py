@@ -14,11 +14,14 @@ from distill.config.load import BUILTIN_RECIPES
 from distill.losses import LOSSES
 
 KIND_ORDER = ("logit", "feature", "relation", "contrastive")
+TEXT_INPUTS = ("sequences", "attentions", "attention_relations")  # token states, attention maps
+GROUP_ORDER = (*KIND_ORDER, "text")
 KIND_TITLES = {
     "logit": "Logit methods",
     "feature": "Feature methods",
     "relation": "Relation methods",
     "contrastive": "Contrastive methods",
+    "text": "Transformer encoder methods (text)",
 }
 
 HEADER = """# Methods
@@ -46,6 +49,11 @@ parts of a method (connectors, embedding heads, fusion modules, memory banks) tr
 are never exported with it. `distill list losses` prints the table below; each method has a shipped
 Fashion-MNIST recipe (`distill train fashion_mnist/<name>`), and `docs/benchmarks/methods.md` compares them.
 
+The Transformer encoder methods at the end (hidden states, attention maps, MiniLM, patient KD) take the
+text task's `@hidden_states.N` (B, T, D; N = 0 the embeddings) and `@attentions.N` (B, heads, T, T)
+outputs or module taps, and the batch's `attention_mask`, so padded tokens never count; the logit
+methods work unchanged on text. See `docs/text.md` for the text task and its recipes.
+
 Every registered loss passes the contract tests in `tests/losses/test_contract.py` (finite scalar,
 gradients to the student only, trainable parts trained, zero at identity where the paper defines it,
 batch-size invariance where it holds, bf16 autocast) and a parity test against a reference transcribed
@@ -54,8 +62,17 @@ from the authors' code in `tests/losses/test_<name>.py`.
 
 
 def _recipe(name: str) -> str:
-    path = BUILTIN_RECIPES / "fashion_mnist" / f"{name}.yaml"
-    return f"`fashion_mnist/{name}`" if path.is_file() else "—"
+    """The shipped recipe named after the method: Fashion-MNIST first, else any data set's."""
+    paths = [BUILTIN_RECIPES / "fashion_mnist" / f"{name}.yaml"]
+    paths += sorted(BUILTIN_RECIPES.glob(f"*/{name}.yaml"))
+    found = [p for p in paths if p.is_file()]
+    return f"`{found[0].parent.name}/{name}`" if found else "—"
+
+
+def group(name: str) -> str:
+    """The section a method is listed in: its kind, or ``text`` for methods on token sequences."""
+    meta = LOSSES.meta(name)
+    return "text" if meta.get("inputs") in TEXT_INPUTS else meta.get("kind", "logit")
 
 
 def _options(cls: type) -> str:
@@ -74,11 +91,7 @@ def _cell(value: object) -> str:
 def methods_markdown() -> str:
     names = sorted(
         LOSSES.names(),
-        key=lambda n: (
-            KIND_ORDER.index(LOSSES.meta(n).get("kind", "logit")),
-            LOSSES.meta(n).get("year", 0),
-            n,
-        ),
+        key=lambda n: (GROUP_ORDER.index(group(n)), LOSSES.meta(n).get("year", 0), n),
     )
     lines = [HEADER, "## Overview", ""]
     lines.append("| name | paper | year | kind | consumes | recipe |")
@@ -89,12 +102,12 @@ def methods_markdown() -> str:
             f"| [`{name}`](#{name}) | {_cell(meta.get('paper', ''))} | {meta.get('year', '')} | "
             f"{meta.get('kind', '')} | {_cell(meta.get('consumes', ''))} | {_recipe(name)} |"
         )
-    for kind in KIND_ORDER:
-        group = [n for n in names if LOSSES.meta(n).get("kind") == kind]
-        if not group:
+    for kind in GROUP_ORDER:
+        members = [n for n in names if group(n) == kind]
+        if not members:
             continue
         lines += ["", f"## {KIND_TITLES[kind]}"]
-        for name in group:
+        for name in members:
             meta, cls = LOSSES.meta(name), LOSSES.get(name)
             doc = inspect.cleandoc(sys.modules[cls.__module__].__doc__ or "").strip()
             extras = ", ".join(f"`{e}`" for e in getattr(cls, "extra_inputs", ())) or "none"
