@@ -3,40 +3,17 @@ outputs ``@hidden_states.N`` / ``@attentions.N`` and a module tap for MiniLM's v
 handed over from ``Batch.extras``, TinyBERT's ``W_h`` built in ``setup()`` and trained, a ``linear``
 projector on 3-D token states (also on list taps). End to end, the ids of padded tokens change no term.
 
-The task here is a minimal stand-in with the text task's interface (outputs, extras), so the losses are
-checked without depending on the text task adapter."""
+The task is the text task adapter (``text_classification``) with attention outputs on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from distill.distiller import Distiller, Term
 from distill.losses import build_loss
-from distill.tasks.base import Batch
 
 transformers = pytest.importorskip("transformers")
-
-
-class _TextTask:
-    name = "text_stand_in"
-    primary_metric = "accuracy"
-
-    def split(self, batch):
-        ids, mask, labels = batch
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        return Batch(inputs, labels, {"labels": labels, "attention_mask": mask})
-
-    def forward(self, model, inputs):
-        out = model(**inputs, output_hidden_states=True, output_attentions=True)
-        named = {"logits": out.logits}
-        named.update({f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)})
-        named.update({f"attentions.{i}": a for i, a in enumerate(out.attentions)})
-        return named
-
-    def loss(self, outputs, batch):
-        return F.cross_entropy(outputs["logits"], batch.targets)
 
 
 def _bert(hidden, layers, seed):
@@ -54,7 +31,7 @@ def _batch(pad_id=0):
     ids = torch.randint(1, 30, (4, 6), generator=g)
     mask = (torch.arange(6)[None] < torch.tensor([6, 3, 4, 1])[:, None]).long()
     ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_id))
-    return ids, mask, torch.tensor([0, 1, 2, 1])
+    return {"input_ids": ids, "attention_mask": mask, "label": torch.tensor([0, 1, 2, 1])}
 
 
 def _distiller():
@@ -74,7 +51,10 @@ def _distiller():
              name="minilmv2"),
         Term(build_loss("kd"), "@logits", "@logits"),
     ]  # fmt: skip
-    distiller = Distiller(student, _TextTask(), teacher=teacher, terms=terms)
+    from distill.tasks.text import TextClassificationTask
+
+    task = TextClassificationTask(output_attentions=True)
+    distiller = Distiller(student, task, teacher=teacher, terms=terms)
     distiller.setup(_batch())
     return distiller
 
