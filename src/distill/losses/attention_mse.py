@@ -85,8 +85,8 @@ def attention_mse_loss(
     consumes="attention matrices (one or several layers, equal head counts)",
     inputs="attentions",
     identity="zero",
-    taps="@attentions.m against @attentions.g(m) (TinyBERT's uniform mapping); lists for several "
-    "layers",
+    taps='"@attentions.*" on both sides with layer_map uniform (TinyBERT), or single layers '
+    "@attentions.m against @attentions.g(m)",
     weight="1 (TinyBERT adds attention and hidden-state losses unweighted)",
 )
 class AttentionMSELoss(nn.Module):

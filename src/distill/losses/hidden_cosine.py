@@ -15,7 +15,8 @@ Both states need the same width (DistilBERT's student keeps BERT's hidden size);
 student give the term ``projector: linear``. DistilBERT's weights: ``alpha_ce = 5`` (soft targets at
 T = 2), ``alpha_mlm = 2``, ``alpha_cos = 1``; next to a task loss of weight 1 (task-specific
 distillation), a weight of 1 is a fair start. Taps: ``@hidden_states.L`` (the last layer) on both sides.
-A list of taps sums the per-layer losses.
+A list of taps sums the per-layer losses (``"@hidden_states.*"`` with a ``layer_map`` in a text recipe
+matches every student layer).
 """
 
 from __future__ import annotations

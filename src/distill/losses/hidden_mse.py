@@ -14,12 +14,15 @@ sums the per-layer losses with one shared map, as the authors' code does (one ``
 loss_mse(student_rep, teacher_rep)``).
 
 ``W_h`` is created in ``build()`` only when the widths differ (``nn.Linear`` with bias, like
-``fit_dense``); with equal widths the states are compared directly, and ``loss(x, x) = 0``. Padded
+``fit_dense``); with equal widths the states are compared directly, and ``loss(x, x) = 0`` (TinyBERT's
+code learns the map even then; give the term ``projector: linear`` for that). Padded
 positions (``attention_mask`` 0) are left out of the mean; the authors' ``MSELoss`` averages over every
 position, padding included, so the two agree when a batch has no padding.
 
 Taps and weights: TinyBERT's uniform layer mapping ``g(m) = m * L_t / L_s`` (student
-``@hidden_states.m`` against teacher ``@hidden_states.g(m)``, ``m = 0`` the embeddings), added with
+``@hidden_states.m`` against teacher ``@hidden_states.g(m)``, ``m = 0`` the embeddings; in a text
+recipe ``student: "@hidden_states.*"``, ``teacher: "@hidden_states.*"``, ``layer_map: uniform`` gives
+the list of layers 1..L_s, and a second term on ``@hidden_states.0`` the embedding loss), added with
 weight 1 to the attention loss (``attention_mse``) in the intermediate-layer stage, followed by a
 prediction-layer stage on logits (``kd`` at T = 1). Next to a task loss, weight 1 is a fair start.
 """
@@ -104,8 +107,8 @@ def hidden_mse_loss(
     "embedding loss), through a learned linear map when widths differ",
     inputs="sequences",
     identity="zero",
-    taps="@hidden_states.m against @hidden_states.g(m) (uniform mapping), or @hidden_states.0 on "
-    "both sides for the embedding loss; lists for several layers",
+    taps='"@hidden_states.*" on both sides with layer_map uniform (TinyBERT), or @hidden_states.0 '
+    "on both sides for the embedding loss",
     weight="1 (TinyBERT adds hidden, embedding and attention losses unweighted)",
 )
 class HiddenMSELoss(nn.Module):

@@ -65,8 +65,8 @@ def pkd_loss(
     consumes="[CLS] hidden states of several intermediate layers, L2-normalised",
     inputs="sequences",
     identity="zero",
-    taps="lists of @hidden_states.N: student 1..M-1 against every k-th teacher layer (PKD-Skip) "
-    "or the teacher's last M-1 (PKD-Last)",
+    taps="lists of @hidden_states.N: student 1..M-1 against every k-th teacher layer (PKD-Skip, "
+    "layer_map uniform) or the teacher's last M-1 (PKD-Last, layer_map last)",
     weight="beta in {10, 100, 500, 1000} (the authors' grid; 100 is a fair start)",
 )
 class PKDLoss(nn.Module):
