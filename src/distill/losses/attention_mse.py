@@ -93,6 +93,12 @@ class AttentionMSELoss(nn.Module):
     """TinyBERT's attention transfer on ``(B, heads, T, T)`` matrices (or lists of them, summed)."""
 
     extra_inputs: tuple[str, ...] = ("attention_mask",)
+    needs_same_shape = False  # checked in build(): a projector cannot fix unequal head counts
+
+    def build(self, student: Tensors, teacher: Tensors, **context: object) -> None:
+        """Nothing to create; checks the example attentions (head counts) before training starts."""
+        for s, t in layer_pairs(student, teacher, "attention_mse"):
+            check_attentions(s, t, "attention_mse")
 
     def forward(
         self, student: Tensors, teacher: Tensors, attention_mask: torch.Tensor | None = None

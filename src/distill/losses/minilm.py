@@ -154,6 +154,13 @@ class MiniLMLoss(nn.Module):
 
         return [probs(), values(8)], [probs(), values(16)]
 
+    def build(
+        self, student: list[torch.Tensor], teacher: list[torch.Tensor], **context: object
+    ) -> None:
+        """Nothing to create; checks the example taps (structure, head counts) before training starts."""
+        with torch.no_grad():
+            self.forward(student, teacher)
+
     def forward(
         self,
         student: list[torch.Tensor],
