@@ -20,7 +20,8 @@ of Bloomberg (``minilmv2.bb``, ``_get_kl_loss``) does. The authors released no t
 ``relation_heads=k`` switches to MiniLMv2: the taps are ``[queries, keys, values]`` (the three
 projections' outputs, ``(B, T, H)`` each), each is split into ``k`` *relation heads* on both sides (so
 student and teacher head counts may differ), and the loss is the sum of the Q-Q, K-K and V-V relation
-KLs, each ``softmax(X_a X_a^T / sqrt(d_r))`` as above (MiniLMv2 Eq. 5-8, weights 1). Paper settings:
+KLs, each ``softmax(X_a X_a^T / sqrt(d_r))`` as above (MiniLMv2's objective with equal relation weights;
+Bloomberg's port weights each 1/3, the same up to the term's weight). Paper settings:
 k = 48 relation heads for base-size teachers (64 for large); the teacher layer may be an upper-middle
 one rather than the last.
 
