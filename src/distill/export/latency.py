@@ -73,25 +73,29 @@ def measure_latency(
     """Median and p90 latency (ms) for each batch size and thread count (keys in the module docstring).
 
     ``example`` is ONE input without the batch dimension, e.g. ``(C, H, W)``; it is repeated to each
-    batch size. A PyTorch model runs in eval mode under ``torch.inference_mode`` with
+    batch size. The model must be on the CPU. A PyTorch model runs in eval mode (restored after) under ``torch.inference_mode`` with
     ``torch.set_num_threads`` set for the measurement and restored after; an
     :class:`~distill.export.OnnxModule` gets one onnxruntime session per thread setting.
     """
     from distill.export.runtime import OnnxModule
 
     _check(batch_sizes, threads, warmup, repeats)
+    was_training = model_or_session.training
     results: dict[str, float] = {}
-    for t in threads:
-        if isinstance(model_or_session, OnnxModule):
-            model, context = model_or_session.with_threads(t), contextlib.nullcontext()
-        else:
-            model, context = model_or_session.eval().cpu(), torch_threads(t)
-        with context, torch.inference_mode():
-            for b in batch_sizes:
-                x = example.unsqueeze(0).expand(b, *example.shape).contiguous().cpu()
-                times = time_calls(lambda: model(x), warmup, repeats)  # noqa: B023 - called here
-                results[latency_key(b, t)] = statistics.median(times)
-                results[latency_key(b, t, "p90")] = percentile(times, 90)
+    try:
+        for t in threads:
+            if isinstance(model_or_session, OnnxModule):
+                model, context = model_or_session.with_threads(t), contextlib.nullcontext()
+            else:
+                model, context = model_or_session.eval(), torch_threads(t)
+            with context, torch.inference_mode():
+                for b in batch_sizes:
+                    x = example.unsqueeze(0).expand(b, *example.shape).contiguous().cpu()
+                    times = time_calls(lambda: model(x), warmup, repeats)  # noqa: B023 - called here
+                    results[latency_key(b, t)] = statistics.median(times)
+                    results[latency_key(b, t, "p90")] = percentile(times, 90)
+    finally:
+        model_or_session.train(was_training)
     return results
 
 

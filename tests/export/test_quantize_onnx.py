@@ -1,0 +1,138 @@
+"""int8 quantization of ONNX files: a trained model keeps its accuracy (static and dynamic), layers kept in
+float stay float, and bad requests (no calibration, unknown op types or nodes, bad mode) are clear errors
+that write nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from distill.compress.quantize import node_names, quantize_onnx, supported_op_types
+from distill.errors import DistillError
+from distill.export import OnnxModule, export_onnx
+from distill.models import build_model
+
+onnx = pytest.importorskip("onnx")
+
+
+def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 classes: a bright blob in the top-left, centre or bottom-right of a noisy 16x16 image."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 16, 16, generator=g)
+    for c, (r, k) in enumerate([(2, 2), (6, 6), (10, 10)]):
+        x[y == c, :, r : r + 4, k : k + 4] += 1.5
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3, in_channels=1, channels=[4, 8], hidden=16)
+    x, y = synthetic(512, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(80):
+        i = torch.arange(64) + 64 * (step % 8)
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    path = export_onnx(model, x[:8], tmp_path_factory.mktemp("q") / "fp32.onnx")
+    return model, path
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100.0 * model(x).argmax(1).eq(y).float().mean().item()
+
+
+def calibration() -> list[torch.Tensor]:
+    x, _ = synthetic(256, seed=1)
+    return list(x.split(64))
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_keeps_the_accuracy_of_the_float_model(trained, tmp_path, mode):
+    model, fp32 = trained
+    x, y = synthetic(600, seed=2)
+    reference = accuracy(model, x, y)
+    assert reference > 90  # the task is learnt, so a broken quantization would show
+    out = quantize_onnx(
+        fp32,
+        tmp_path / "q.onnx",
+        mode=mode,
+        calibration=calibration() if mode == "static" else None,
+    )
+    int8 = OnnxModule(out)
+    assert accuracy(int8, x, y) >= reference - 1.0
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    expected = {"QuantizeLinear", "DequantizeLinear"} if mode == "static" else {"ConvInteger"}
+    assert expected <= ops
+    with torch.no_grad():
+        agree = int8(x).argmax(1).eq(model(x).argmax(1)).float().mean().item()
+    assert agree > 0.97
+
+
+def test_keep_float_leaves_the_named_layer_in_float(trained, tmp_path):
+    _, fp32 = trained
+    first_conv = node_names(fp32, "Conv")[0]
+    out = quantize_onnx(
+        fp32, tmp_path / "q.onnx", calibration=calibration(), keep_float=[first_conv]
+    )
+    graph = onnx.load(str(out)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    by_name = {n.name: n for n in convs}
+    assert produced_by.get(by_name[first_conv].input[1]) is None  # weight is a float initializer
+    others = [n for n in convs if n.name != first_conv]
+    assert others and all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in others)
+
+
+def test_static_without_calibration_is_refused(trained, tmp_path):
+    _, fp32 = trained
+    with pytest.raises(DistillError, match="needs calibration data.*mode='dynamic'"):
+        quantize_onnx(fp32, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_empty_or_wrong_calibration_is_refused(trained, tmp_path):
+    _, fp32 = trained
+    with pytest.raises(DistillError, match="calibration data is empty"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", calibration=[])
+    with pytest.raises(DistillError, match="input tensors"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", calibration=[(torch.zeros(2, 1, 16, 16), 0)])
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_op_types_the_backend_cannot_quantize_are_named(trained, tmp_path):
+    _, fp32 = trained
+    assert "Conv" in supported_op_types("static")
+    with pytest.raises(
+        DistillError, match=r"'Softmax', 'Foo' in static mode.*It can quantize: .*Conv"
+    ):
+        quantize_onnx(
+            fp32,
+            tmp_path / "q.onnx",
+            calibration=calibration(),
+            op_types=["Conv", "Softmax", "Foo"],
+        )
+
+
+def test_unknown_node_mode_and_method_are_refused(trained, tmp_path):
+    _, fp32 = trained
+    name = node_names(fp32, "Conv")[0]
+    with pytest.raises(DistillError, match=rf"node '{name[:-1]}'.*Did you mean .*'{name}'"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", calibration=calibration(), keep_float=[name[:-1]])
+    with pytest.raises(DistillError, match="mode 'statc'.*Did you mean 'static'"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", mode="statc", calibration=calibration())  # type: ignore[arg-type]
+    with pytest.raises(DistillError, match="calibrate_method 'minimax'.*'minmax'"):
+        quantize_onnx(
+            fp32, tmp_path / "q.onnx", calibration=calibration(), calibrate_method="minimax"
+        )
+    with pytest.raises(DistillError, match="not found"):
+        quantize_onnx(tmp_path / "missing.onnx", tmp_path / "q.onnx", mode="dynamic")
+    assert list(tmp_path.iterdir()) == []
