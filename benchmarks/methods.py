@@ -86,12 +86,15 @@ def _pm(xs: list[float], signed: bool = False) -> str:
 
 
 def recipe_fingerprint(method: str, common: list[str]) -> str:
-    """A hash of the method's resolved recipe: a stored result is reused only while its recipe is unchanged."""
+    """A hash of the method's recipe as written (its file and includes, plus ``common``): a stored result is
+    reused only while the recipe is unchanged. Schema defaults are left out on purpose, so a new optional
+    field elsewhere in the package does not invalidate every stored run."""
     import hashlib
 
-    from distill.config.load import load_recipe, recipe_to_yaml
+    from distill.config.load import find_recipe, load_raw
 
-    text = recipe_to_yaml(load_recipe(f"fashion_mnist/{method}", common))
+    raw = load_raw(find_recipe(f"fashion_mnist/{method}"))
+    text = json.dumps([raw, common], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -264,11 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     elif not args.table_only:
         results_path.write_text("")
     fingerprints = {m: recipe_fingerprint(m, common) for m in ["scratch", *methods]}
-    finished = {  # a result whose recipe changed since (a recalibrated weight) is run again
-        (r["method"], r["seed"])
+    latest = {  # the newest finished run per (method, seed) with the recipe as it is now
+        (r["method"], r["seed"]): r
         for r in done
         if r.get("top1") is not None and r.get("recipe") == fingerprints.get(r["method"])
     }
+    finished = set(latest)  # a result whose recipe changed since (a recalibrated weight) is run again
 
     jobs: list[dict[str, Any]] = []
     for s in args.seeds:  # seed-major: a cut-short study still has whole seeds
@@ -285,11 +289,7 @@ def main(argv: list[str] | None = None) -> None:
                         "output": str(out / f"{method}-seed{s}"),
                     }
                 )
-    results = [
-        r
-        for r in done
-        if (r["method"], r["seed"]) in finished and r.get("recipe") == fingerprints[r["method"]]
-    ]
+    results = list(latest.values())
     if not args.table_only and jobs:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
