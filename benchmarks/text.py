@@ -1,0 +1,198 @@
+"""Text distillation on Rotten Tomatoes: fine-tuned all-MiniLM-L6-v2 teacher -> 2-layer student cut from it.
+
+Fine-tunes the teacher once (``rotten_tomatoes/teacher``; cached under ``$DISTILL_CACHE`` like the demo's
+teacher), then for each seed trains the same 2-layer student (embeddings, teacher layers 0 and 3, head)
+without KD (``rotten_tomatoes/scratch``) and with KD (``rotten_tomatoes/kd``). Reports the **final
+epoch's** test top-1 and macro-F1 (mean ± sample std over seeds), the student's share of the teacher's
+accuracy, and CPU latency (median ms per forward pass, batch 1 and 64, every sequence 64 tokens long).
+
+    python benchmarks/text.py --write docs/benchmarks/text.md
+    python benchmarks/text.py --seeds 0 --epochs 1 --train-subset 2000      # a quick look
+
+Finished runs go to ``<out>/results.jsonl`` and are skipped when the command is run again with the same
+settings; ``--table-only`` rebuilds the table from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    common = ["train.progress=false", f"data.options.max_length={args.max_length}"]
+    if args.epochs:
+        common.append(f"train.epochs={args.epochs}")
+    if args.train_subset:
+        common.append(f"data.train_subset={args.train_subset}")
+    if args.test_subset:
+        common.append(f"data.test_subset={args.test_subset}")
+    return common
+
+
+def teacher_run(args: argparse.Namespace) -> Path:
+    """Fine-tune the teacher once per distinct recipe (cache key: the resolved recipe)."""
+    from distill import api
+    from distill.config.load import load_recipe, recipe_to_yaml
+    from distill.demo import cache_dir
+
+    overrides = _overrides(args)
+    if args.teacher_epochs:
+        overrides.append(f"train.epochs={args.teacher_epochs}")
+    recipe = load_recipe("rotten_tomatoes/teacher", overrides)
+    key = hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()[:12]
+    run_dir = cache_dir() / f"rotten_tomatoes-teacher-{key}"
+    if (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
+        print(f"teacher: reusing {run_dir}", flush=True)
+        return run_dir
+    started = time.perf_counter()
+    api.train(
+        load_recipe("rotten_tomatoes/teacher", [*overrides, f"output={run_dir}"]), overwrite=True
+    )
+    print(f"teacher: {time.perf_counter() - started:.0f} s", flush=True)
+    return run_dir
+
+
+def student_runs(args: argparse.Namespace, teacher: Path, results: Path) -> list[dict[str, Any]]:
+    from distill import api
+    from distill.config.load import load_recipe
+
+    done = (
+        [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    )
+    settings = {"overrides": _overrides(args), "teacher": str(teacher)}
+    for seed in args.seeds:
+        for method in ("scratch", "kd"):
+            if any(
+                r["seed"] == seed and r["method"] == method and r["settings"] == settings
+                for r in done
+            ):
+                continue
+            output = Path(args.out) / f"{method}-s{seed}"
+            recipe = load_recipe(
+                f"rotten_tomatoes/{method}",
+                [*settings["overrides"], f"train.seed={seed}", f"output={output}",
+                 f"teacher.weights={teacher / 'model.safetensors'}"],
+            )  # fmt: skip
+            started = time.perf_counter()
+            summary = api.train(recipe, overwrite=True)
+            row = {
+                "method": method, "seed": seed, "top1": summary["last"]["top1"],
+                "macro_f1": summary["last"]["macro_f1"], "agreement": summary["last"].get("agreement"),
+                "epochs": recipe.train.epochs, "seconds": round(time.perf_counter() - started, 1),
+                "settings": settings,
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            done.append(row)
+    return [r for r in done if r["settings"] == settings and r["seed"] in args.seeds]
+
+
+def latencies(teacher: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median ms per forward pass of the teacher and the 2-layer student, token ids (B, max_length)."""
+    from distill.config.build import build
+    from distill.config.load import load_recipe
+    from distill.models import count_parameters
+    from distill.report.measure import latency_ms
+
+    recipe = load_recipe(
+        "rotten_tomatoes/scratch",
+        [*_overrides(args), f"teacher.weights={teacher / 'model.safetensors'}"],
+    )
+    built = build(recipe)
+    ids = torch.randint(1000, 20000, (args.max_length,))
+    out = {}
+    for name, model in (("teacher", built.teacher), ("student", built.student)):
+        out[name] = {
+            "params": count_parameters(model),
+            "b1": latency_ms(model, ids, 1, repeats=args.repeats),
+            "b64": latency_ms(model, ids, 64, repeats=max(5, args.repeats // 3)),
+        }
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, float]], args) -> str:
+    teacher_last = json.loads((teacher / "summary.json").read_text())["last"]
+    by = {m: [r for r in rows if r["method"] == m] for m in ("scratch", "kd")}
+    t_top1 = teacher_last["top1"]
+    lines = [
+        "| model | params | test top-1 (%) | macro-F1 (%) | share of teacher top-1 | latency b1 (ms) | latency b64 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| teacher: all-MiniLM-L6-v2 fine-tuned | {lat['teacher']['params'] / 1e6:.1f}M | {t_top1:.2f} | "
+        f"{teacher_last['macro_f1']:.2f} | 100% | {lat['teacher']['b1']:.1f} | {lat['teacher']['b64']:.0f} |",
+    ]
+    for method, label in (("scratch", "2-layer student, no KD"), ("kd", "2-layer student, KD")):
+        top1 = [r["top1"] for r in by[method]]
+        if not top1:
+            continue
+        f1 = [r["macro_f1"] for r in by[method]]
+        lines.append(
+            f"| {label} | {lat['student']['params'] / 1e6:.1f}M | {_mean_std(top1)} | {_mean_std(f1)} | "
+            f"{100 * statistics.mean(top1) / t_top1:.1f}% | {lat['student']['b1']:.1f} | {lat['student']['b64']:.0f} |"
+        )
+    speed = [lat["teacher"][k] / lat["student"][k] for k in ("b1", "b64")]
+    lines.append("")
+    lines.append(
+        f"Student speed-up over the teacher: {speed[0]:.2f}x at batch 1, {speed[1]:.2f}x at batch 64."
+    )
+    if by["scratch"] and by["kd"]:
+        gains = [
+            k["top1"] - s["top1"] for k in by["kd"] for s in by["scratch"] if k["seed"] == s["seed"]
+        ]
+        lines.append(
+            f"KD minus no-KD, paired by seed: {_mean_std(gains)} points (seeds {sorted(args.seeds)})."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="student epochs (default: the recipe's)"
+    )
+    parser.add_argument("--teacher-epochs", type=int, default=None)
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", default="runs/bench-text")
+    parser.add_argument("--write", default=None, help="write the Markdown table here")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    teacher = teacher_run(args)
+    results = Path(args.out) / "results.jsonl"
+    rows = student_runs(args, teacher, results) if not args.table_only else [
+        r for r in map(json.loads, results.read_text().splitlines()) if r["seed"] in args.seeds
+    ]  # fmt: skip
+    text = table(rows, teacher, latencies(teacher, args), args)
+    print(text)
+    if args.write:
+        command = "python " + " ".join(
+            shlex.quote(a) for a in ["benchmarks/text.py", *(argv or sys.argv[1:])]
+        )
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
+        Path(args.write).write_text(f"<!-- {command} | {machine} -->\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
