@@ -6,8 +6,10 @@ import bz2
 import csv
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,3 +134,37 @@ def test_prepare_rotten_tomatoes_from_a_wheel(tmp_path: Path) -> None:
 def test_missing_rotten_tomatoes_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(DistillError, match="scripts/get_text_data.sh"):
         build_dataset("rotten_tomatoes", "train", str(tmp_path))
+
+
+class _FakeSplit:
+    """What ``datasets.load_dataset(..., split=...)`` returns, reduced to what hf_dataset reads."""
+
+    column_names = ["sentence", "label"]
+    features = {"sentence": None, "label": SimpleNamespace(names=["neg", "pos"])}
+
+    def __getitem__(self, column: str) -> list:
+        return {"sentence": ["good", "bad", "fun"], "label": [1, 0, 1]}[column]
+
+
+def test_hf_dataset_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = SimpleNamespace(load_dataset=lambda *a, **k: calls.append((a, k)) or _FakeSplit())
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    data = build_dataset(
+        "hf_dataset",
+        "test",
+        path="rotten_tomatoes",
+        text_column="sentence",
+        test_split="validation",
+    )
+    assert calls[0][1]["split"] == "validation" and calls[0][0][0] == "rotten_tomatoes"
+    assert data.texts == ["good", "bad", "fun"] and data.labels.tolist() == [1, 0, 1]
+    assert data.classes == ["neg", "pos"]
+    with pytest.raises(
+        DistillError,
+        match=r"has no column 'text' \(columns: \['sentence', 'label'\]\); set text_column",
+    ):
+        build_dataset("hf_dataset", "train", path="rotten_tomatoes")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(DistillError, match="needs the datasets package; pip install datasets"):
+        build_dataset("hf_dataset", "train", path="rotten_tomatoes")

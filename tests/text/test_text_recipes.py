@@ -115,7 +115,9 @@ def test_bad_inputs_say_which_and_what_to_do(tmp_path: Path, teacher_dir: Path) 
     assert "head for 3 labels" in message and "the data has 2 classes" in message
     with pytest.raises(ValueError, match="from_teacher builds the student from the teacher"):
         Recipe.model_validate(_recipe(tmp_path, teacher_dir, teacher=None, distill={}))
-    with pytest.raises(ValueError, match="from_teacher has no option .layer.. Did you mean .layers."):
+    with pytest.raises(
+        ValueError, match="from_teacher has no option .layer.. Did you mean .layers."
+    ):
         Recipe.model_validate(_recipe(tmp_path, teacher_dir, **{"student.options": {"layer": [0]}}))
 
 
