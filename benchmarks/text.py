@@ -8,6 +8,8 @@ accuracy, and CPU latency (median ms per forward pass, batch 1 and 64, every seq
 
     python benchmarks/text.py --write docs/benchmarks/text.md
     python benchmarks/text.py --seeds 0 --epochs 1 --train-subset 2000      # a quick look
+    python benchmarks/text.py --teacher-epochs 2 --epochs 1 --train-subset 2000 --test-subset 1000 \
+        --student-subset 1000 --write docs/benchmarks/text.md                # the budget in the docs
 
 Finished runs go to ``<out>/results.jsonl`` and are skipped when the command is run again with the same
 settings; ``--table-only`` rebuilds the table from it.
@@ -71,7 +73,10 @@ def student_runs(args: argparse.Namespace, teacher: Path, results: Path) -> list
     done = (
         [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     )
-    settings = {"overrides": _overrides(args), "teacher": str(teacher)}
+    overrides = _overrides(args)
+    if args.student_subset:
+        overrides.append(f"data.train_subset={args.student_subset}")
+    settings = {"overrides": overrides, "teacher": str(teacher)}
     for seed in args.seeds:
         for method in ("scratch", "kd"):
             if any(
@@ -172,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument(
+        "--student-subset",
+        type=int,
+        default=None,
+        help="students' training samples (default: the teacher's)",
+    )
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", default="runs/bench-text")
