@@ -53,6 +53,7 @@ def test_export_int8_cli(run_dir, capsys):
     assert fp32["metrics"]["agreement"] == 100.0
     assert int8["metrics"]["top1"] >= reference["top1"] - 5.0  # 128 test images: 1 image = 0.8 pt
     assert int8["calibration_samples"] == 256  # 8 batches of 64 from the 256-sample training subset
+    assert len(int8["float_layers"]) == 2  # first conv and classifier stay float by default
     assert int8["size_bytes"] == (folder / "student.int8.onnx").stat().st_size
     assert "student.int8.onnx" in out and "written to" in out
 

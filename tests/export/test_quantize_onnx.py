@@ -10,7 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from distill.compress.quantize import node_names, quantize_onnx, supported_op_types
+from distill.compress.quantize import (
+    first_and_last_layers,
+    node_names,
+    quantize_onnx,
+    supported_op_types,
+)
 from distill.errors import DistillError
 from distill.export import OnnxModule, export_onnx
 from distill.models import build_model
@@ -56,7 +61,8 @@ def calibration() -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_int8_keeps_the_accuracy_of_the_float_model(trained, tmp_path, mode):
+@pytest.mark.parametrize("keep_float", ["first_last", ()])
+def test_int8_keeps_the_accuracy_of_the_float_model(trained, tmp_path, mode, keep_float):
     model, fp32 = trained
     x, y = synthetic(600, seed=2)
     reference = accuracy(model, x, y)
@@ -66,6 +72,7 @@ def test_int8_keeps_the_accuracy_of_the_float_model(trained, tmp_path, mode):
         tmp_path / "q.onnx",
         mode=mode,
         calibration=calibration() if mode == "static" else None,
+        keep_float=keep_float,
     )
     int8 = OnnxModule(out)
     assert accuracy(int8, x, y) >= reference - 1.0
@@ -90,6 +97,28 @@ def test_keep_float_leaves_the_named_layer_in_float(trained, tmp_path):
     assert produced_by.get(by_name[first_conv].input[1]) is None  # weight is a float initializer
     others = [n for n in convs if n.name != first_conv]
     assert others and all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in others)
+
+
+def test_first_and_last_layers(trained):
+    _, fp32 = trained
+    convs, gemms = node_names(fp32, "Conv"), node_names(fp32, "Gemm")
+    assert len(convs) == 2 and len(gemms) == 2  # two stages, a hidden layer and the classifier
+    assert first_and_last_layers(fp32) == [convs[0], gemms[-1]]
+
+
+def test_default_keeps_first_and_last_layers_in_float(trained, tmp_path):
+    _, fp32 = trained
+    out = quantize_onnx(fp32, tmp_path / "q.onnx", calibration=calibration())
+    graph = onnx.load(str(out)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    quantized = {
+        n.name
+        for n in graph.node
+        if len(n.input) > 1 and produced_by.get(n.input[1]) == "DequantizeLinear"
+    }
+    first, last = first_and_last_layers(fp32)
+    assert first not in quantized and last not in quantized
+    assert {node_names(fp32, "Conv")[1], node_names(fp32, "Gemm")[0]} <= quantized
 
 
 def test_static_without_calibration_is_refused(trained, tmp_path):
@@ -133,6 +162,8 @@ def test_unknown_node_mode_and_method_are_refused(trained, tmp_path):
         quantize_onnx(
             fp32, tmp_path / "q.onnx", calibration=calibration(), calibrate_method="minimax"
         )
+    with pytest.raises(DistillError, match="list of node names or 'first_last'"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", calibration=calibration(), keep_float="first")
     with pytest.raises(DistillError, match="not found"):
         quantize_onnx(tmp_path / "missing.onnx", tmp_path / "q.onnx", mode="dynamic")
     assert list(tmp_path.iterdir()) == []

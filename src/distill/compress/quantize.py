@@ -34,15 +34,16 @@ def quantize_onnx(
     calibration: Iterable[torch.Tensor] | None = None,
     per_channel: bool = True,
     op_types: Sequence[str] | None = None,
-    keep_float: Sequence[str] = (),
+    keep_float: Sequence[str] | Literal["first_last"] = "first_last",
     calibrate_method: str = "minmax",
 ) -> Path:
     """Quantize ``onnx_path`` to int8 and write ``out_path`` (returned).
 
     ``calibration``: input batches ``(B, ...)`` (static mode; a few hundred real training samples are
     enough). ``op_types``: ONNX operator types to quantize (default: every type onnxruntime can quantize in
-    that mode). ``keep_float``: node names to leave in float32 (e.g. the first conv, whose uint8 input
-    range is coarse, or the classifier). ``calibrate_method``: ``minmax``, ``entropy`` or ``percentile``.
+    that mode). ``keep_float``: node names to leave in float32; the default ``"first_last"`` keeps the first
+    and last compute layers (:func:`first_and_last_layers`), ``()`` quantizes every layer it can.
+    ``calibrate_method``: ``minmax``, ``entropy`` or ``percentile``.
     """
     quantization = require("onnxruntime.quantization")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -63,6 +64,12 @@ def quantize_onnx(
             f"{did_you_mean(calibrate_method, CALIBRATION_METHODS)} Use one of {', '.join(CALIBRATION_METHODS)}"
         )
     _check_op_types(op_types, mode)
+    if isinstance(keep_float, str):
+        if keep_float != "first_last":
+            raise DistillError(
+                f"keep_float must be a list of node names or 'first_last', got {keep_float!r}"
+            )
+        keep_float = first_and_last_layers(onnx_path)
     _check_node_names(onnx_path, keep_float)
     with tempfile.TemporaryDirectory(
         dir=out_path.parent if out_path.parent.exists() else None
@@ -125,6 +132,23 @@ def node_names(onnx_path: str | Path, op_type: str | None = None) -> list[str]:
     """Names of the graph's nodes in order (only ``op_type`` ones if given): what ``keep_float`` takes."""
     graph = require("onnx").load(str(onnx_path), load_external_data=False).graph
     return [n.name for n in graph.node if op_type is None or n.op_type == op_type]
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def first_and_last_layers(onnx_path: str | Path) -> list[str]:
+    """Names of the first and last compute nodes (Conv, ConvTranspose, Gemm, MatMul) in graph order.
+
+    Keeping these two in float is the usual int8 recipe: the first sees raw pixels with 1-3 channels
+    (coarse uint8 ranges, and onnxruntime's int8 convolutions are slow at so few channels), the last
+    produces the logits. For the Fashion-MNIST student it halves int8 latency at batch 1 at no accuracy cost
+    (``docs/export.md``).
+    """
+    names = [n for op in COMPUTE_OPS for n in node_names(onnx_path, op)]
+    order = {name: i for i, name in enumerate(node_names(onnx_path))}
+    names.sort(key=order.__getitem__)
+    return list(dict.fromkeys(names[:1] + names[-1:]))
 
 
 def _check_op_types(op_types: Sequence[str] | None, mode: str) -> None:

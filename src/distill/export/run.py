@@ -27,11 +27,14 @@ def export_run(
     out: str | Path | None = None,
     calibration_batches: int = 8,
     checkpoint: str = "best",
+    keep_first_last_float: bool = True,
 ) -> dict[str, Any]:
     """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
 
     Writes ``student.onnx`` (dynamic batch, parity-checked against PyTorch on test inputs) and, with
-    ``int8``, ``student.int8.onnx`` (static int8, calibrated on ``calibration_batches`` training batches).
+    ``int8``, ``student.int8.onnx`` (static int8, calibrated on ``calibration_batches`` training batches of
+    64; with ``keep_first_last_float`` the first and last compute layers stay in float, see
+    :func:`~distill.compress.quantize.first_and_last_layers`).
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
@@ -57,8 +60,9 @@ def export_run(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
+        int8_options = {"calibration_batches": calibration_batches, "keep": keep_first_last_float}
         result = _export_all(
-            student, task, train, test_loader, inputs, staging, int8, calibration_batches
+            student, task, train, test_loader, inputs, staging, int8_options if int8 else None
         )
         result.update(run_dir=str(run_dir), checkpoint=checkpoint, format=format)
         _write_json(staging / REPORT_NAME, _relative(result, staging))
@@ -79,10 +83,9 @@ def _export_all(
     test_loader: Any,
     inputs: torch.Tensor,
     staging: Path,
-    int8: bool,
-    calibration_batches: int,
+    int8: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from distill.compress.quantize import quantize_onnx
+    from distill.compress.quantize import first_and_last_layers, quantize_onnx
     from distill.export.exporter import export_onnx
     from distill.export.runtime import OnnxModule, check_parity
 
@@ -96,13 +99,17 @@ def _export_all(
     files: dict[str, Any] = {
         "fp32": {"path": str(fp32), "parity": parity.to_dict(), "format": "onnx float32"}
     }
-    if int8:
-        calibration = list(_calibration(task, train, calibration_batches))
-        q = quantize_onnx(fp32, staging / INT8_NAME, mode="static", calibration=calibration)
+    if int8 is not None:
+        calibration = list(_calibration(task, train, int8["calibration_batches"]))
+        keep = first_and_last_layers(fp32) if int8["keep"] else []  # recorded in export.json
+        q = quantize_onnx(
+            fp32, staging / INT8_NAME, mode="static", calibration=calibration, keep_float=keep
+        )
         files["int8"] = {
             "path": str(q),
             "format": "onnx int8 (static QDQ, per-channel weights)",
             "calibration_samples": sum(len(b) for b in calibration),
+            "float_layers": keep,
         }
     metrics = {"torch": _metrics(task.evaluate(student, test_loader))}
     for entry in files.values():

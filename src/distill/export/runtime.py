@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,7 @@ class OnnxModule(nn.Module):
         self.threads = threads
         self.session = inference_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [self.session.get_outputs()[0].name]
 
     @property
     def size_bytes(self) -> int:
@@ -82,9 +84,12 @@ class OnnxModule(nn.Module):
         return OnnxModule(self.path, threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        out = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(out)
+        if x.requires_grad:
+            x = x.detach()
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            x = x.to("cpu", torch.float32)
+        array = np.ascontiguousarray(x.numpy())  # no copy when already contiguous (the usual case)
+        return torch.from_numpy(self.session.run(self.output_names, {self.input_name: array})[0])
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, threads={self.threads}"
