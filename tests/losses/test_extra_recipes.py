@@ -1,4 +1,5 @@
-"""The shipped Fashion-MNIST recipes of logit_mse, wsld, ickd and irg carry the papers' settings, build
+"""The shipped Fashion-MNIST recipes of logit_mse, wsld, ickd and irg carry the papers' settings (logit_mse:
+Knowledge-Distillation-Zoo's, see its recipe), build
 with the real models (ICKD's embedding from the example batch, labels handed to WSLD, IRG's list of taps
 from two stages to the logits) and train two steps end to end through the trainer on a tiny fake data
 set."""
@@ -13,7 +14,8 @@ from distill.config.load import load_recipe
 from distill.data.tensor import TensorDataset
 
 RECIPES = {  # recipe -> (options, student tap, task weight, term weight)
-    "logit_mse": ({}, "@logits", 0.0, 1.0),  # the regression alone (Ba & Caruana; Kim et al.)
+    # the papers use the regression alone (task weight 0), which lost 5 points on this pair; KD-Zoo's 0.1 + CE
+    "logit_mse": ({}, "@logits", 1.0, 0.1),
     "wsld": ({"temperature": 2.0}, "@logits", 1.0, 2.5),  # the authors' T and alpha
     "ickd": ({}, "features.3", 1.0, 2.5),  # the authors' -a 0 -b 2.5, last stage
     "irg": ({}, ["features.2", "features.3", "pool", "@logits"], 1.0, 1.0),  # KD-Zoo's taps
@@ -76,4 +78,4 @@ def test_recipe_trains_two_steps(name, tmp_path):
     with torch.no_grad():  # the weighted term is finite and on a sane scale (random teacher)
         step = built.distiller(batch, epoch=0.0)
     assert torch.isfinite(step.loss) and 0 < float(step.parts[name]) < 1e3, step.parts
-    assert ("task" in step.parts) == (name != "logit_mse")
+    assert "task" in step.parts
