@@ -102,3 +102,17 @@ def test_not_a_run_dir(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 2 and "not a distill run directory" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_student_has_the_checkpoint_weights(run_dir):
+    import torch
+
+    from distill.export.run import load_student
+    from distill.train.checkpoint import load_checkpoint, model_tensors
+
+    student = load_student(run_dir, "last")
+    tensors, _ = load_checkpoint(run_dir / "checkpoints", "last")
+    expected = model_tensors(tensors, "model.student.")
+    state = student.state_dict()
+    assert not student.training and set(state) == set(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in state)

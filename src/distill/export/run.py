@@ -119,6 +119,11 @@ def _export_all(
     return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def load_student(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:
+    """A run's student with its ``best`` or ``last`` weights, in eval mode (the teacher is not needed)."""
+    return _load(Path(run_dir), checkpoint)[0]
+
+
 def _load(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
     """The run's data, task and student with ``checkpoint`` weights (the teacher is not needed)."""
     from distill.api import run_recipe
