@@ -1,6 +1,17 @@
 """Measure models the same way (accuracy, size, latency, agreement) and write reports."""
 
-from distill.report.measure import latency_ms, measure, serialized_size
-from distill.report.write import rows_table, write_report
+from distill.report.measure import latency_ms, latency_row, measure, measure_row, serialized_size
+from distill.report.plot import pareto_front
+from distill.report.write import COMPARE_COLUMNS, rows_table, write_report
 
-__all__ = ["measure", "latency_ms", "serialized_size", "write_report", "rows_table"]
+__all__ = [
+    "measure",
+    "measure_row",
+    "latency_ms",
+    "latency_row",
+    "serialized_size",
+    "write_report",
+    "rows_table",
+    "pareto_front",
+    "COMPARE_COLUMNS",
+]

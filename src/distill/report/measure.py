@@ -67,3 +67,83 @@ def measure(
         "nll": round(metrics["nll"], 4),
         "ece": round(metrics["ece"], 2),
     }
+
+
+def latency_row(
+    model: nn.Module, example: torch.Tensor, large_batch: int = 256, repeats: int = 30
+) -> dict[str, float]:
+    """Latency keys of a report row from the shared harness (``distill.export.measure_latency``).
+
+    ``latency_ms_b1_t1`` (batch 1, one thread) and friends, with p90s, plus the demo's ``latency_ms_b1`` and
+    ``latency_ms_b{large_batch}`` (all threads). Without the ``export`` extra, torch models are timed here.
+    """
+    try:
+        from distill.export import measure_latency
+    except ImportError:
+        measure_latency = None
+    if measure_latency is not None:
+        found = measure_latency(
+            model,
+            example,
+            batch_sizes=(1, large_batch),
+            threads=(1, None),
+            warmup=min(10, repeats),
+            repeats=repeats,
+        )
+    else:
+        found = {}
+        threads = torch.get_num_threads()
+        for count, tag in ((1, "t1"), (threads, "tall")):
+            torch.set_num_threads(count)
+            try:
+                for b, reps in ((1, repeats), (large_batch, max(5, repeats // 3))):
+                    found[f"latency_ms_b{b}_{tag}"] = latency_ms(model, example, b, reps)
+            finally:
+                torch.set_num_threads(threads)
+    found = {k: round(float(v), 4) for k, v in found.items()}
+    found["latency_ms_b1"] = found["latency_ms_b1_tall"]
+    found[f"latency_ms_b{large_batch}"] = found[f"latency_ms_b{large_batch}_tall"]
+    return found
+
+
+def measure_row(
+    name: str,
+    model: nn.Module,
+    task: Task,
+    test_loader: Iterable[Any],
+    example: torch.Tensor,
+    teacher: nn.Module | None = None,
+    *,
+    pipeline: str,
+    runtime: str = "torch",
+    params: int | None = None,
+    size_bytes: int | None = None,
+    large_batch: int = 256,
+    repeats: int = 30,
+) -> dict[str, Any]:
+    """A comparison row: :func:`measure`'s keys plus ``pipeline``, ``runtime``, ``nonzero_params`` and
+    the shared harness's latencies; the model may be any module, e.g. an onnxruntime wrapper.
+
+    ``params``/``size_bytes`` default to the module's own (parameter count, safetensors bytes); pass them
+    for wrappers (an ONNX file's size on disk, the source model's parameter count).
+    """
+    from distill.compress.prune import count_nonzero
+
+    metrics = task.evaluate(model, test_loader, teacher)
+    own_params = list(model.parameters())
+    nonzero = count_nonzero(model)[0] if own_params else None
+    row: dict[str, Any] = {
+        "name": name,
+        "pipeline": pipeline,
+        "runtime": runtime,
+        "accuracy": round(metrics["top1"], 2),
+        "params": params if params is not None else count_parameters(model),
+        "nonzero_params": nonzero,
+        "size_bytes": size_bytes if size_bytes is not None else serialized_size(model),
+        "agreement": round(metrics["agreement"], 2) if "agreement" in metrics else None,
+        "nll": round(metrics["nll"], 4),
+        "ece": round(metrics["ece"], 2),
+        "status": "ok",
+    }
+    row.update(latency_row(model, example, large_batch, repeats))
+    return row

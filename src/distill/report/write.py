@@ -1,4 +1,5 @@
-"""Reports: ``report.json`` (``rows`` + machine info), ``report.md`` and an accuracy/latency plot."""
+"""Reports: ``report.json`` (``rows`` + machine info), ``report.md``, an accuracy/latency plot and, on request,
+a self-contained ``report.html``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from typing import Any
 
 from rich.table import Table
 
-COLUMNS = [
+from distill.report.plot import plot
+
+PLOT_LABELS = {
+    "latency_ms_b1": "latency at batch 1 (ms, CPU, median)",
+    "latency_ms_b1_t1": "latency at batch 1, one thread (ms, CPU, median)",
+    "params": "parameters",
+    "size_bytes": "size on disk",
+}
+
+Column = tuple[str, str, str | None]  # (row key, header, format; None = special-cased in _cell)
+
+COLUMNS: list[Column] = [
     ("name", "model", "{}"),
     ("accuracy", "top-1 %", "{:.2f}"),
     ("params", "params", "{:,}"),
@@ -18,6 +30,22 @@ COLUMNS = [
     ("latency_ms_b1", "ms @ b1", "{:.3f}"),
     ("latency_ms_b256", "ms @ b256", "{:.2f}"),
     ("agreement", "agree %", "{:.2f}"),
+]
+
+# ``distill compare``: the demo's columns plus the pipeline, the runtime and single-thread latency.
+COMPARE_COLUMNS: list[Column] = [
+    ("name", "model", "{}"),
+    ("pipeline", "pipeline", "{}"),
+    ("runtime", "runtime", "{}"),
+    ("accuracy", "top-1 %", "{:.2f}"),
+    ("params", "params", "{:,}"),
+    ("nonzero_params", "nonzero", "{:,}"),
+    ("size_bytes", "size KiB", None),
+    ("latency_ms_b1_t1", "ms @ b1, 1 thread", "{:.3f}"),
+    ("latency_ms_b1", "ms @ b1", "{:.3f}"),
+    ("latency_ms_b256", "ms @ b256", "{:.2f}"),
+    ("agreement", "agree %", "{:.2f}"),
+    ("status", "status", "{}"),
 ]
 
 
@@ -43,52 +71,39 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def rows_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+def rows_table(
+    rows: list[dict[str, Any]], title: str = "", columns: list[Column] | None = None
+) -> Table:
+    columns = columns or COLUMNS
     table = Table(title=title or None)
-    for _, header, _ in COLUMNS:
+    for _, header, _ in columns:
         table.add_column(header, justify="left" if header == "model" else "right")
     for row in rows:
-        table.add_row(*(_cell(row, key, fmt) for key, _, fmt in COLUMNS))
+        table.add_row(*(_cell(row, key, fmt) for key, _, fmt in columns))
     return table
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+def markdown_table(rows: list[dict[str, Any]], columns: list[Column] | None = None) -> str:
+    columns = columns or COLUMNS
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy against batch-1 latency; marker area grows with the parameter count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    biggest = max(r["params"] for r in rows)
-    for r in rows:
-        ax.scatter(r["latency_ms_b1"], r["accuracy"], s=40 + 600 * r["params"] / biggest, alpha=0.6)
-        ax.annotate(
-            r["name"],
-            (r["latency_ms_b1"], r["accuracy"]),
-            textcoords="offset points",
-            xytext=(6, 4),
-        )
-    ax.set_xlabel("latency at batch 1 (ms, CPU, median)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("accuracy vs latency (marker size ~ parameters)")
-    ax.margins(x=0.2, y=0.15)  # room for the labels
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def write_report(
-    out_dir: str | Path, rows: list[dict[str, Any]], title: str, notes: str = "", **meta: Any
+    out_dir: str | Path,
+    rows: list[dict[str, Any]],
+    title: str,
+    notes: str = "",
+    columns: list[Column] | None = None,
+    plot_keys: tuple[str, str, str] = ("latency_ms_b1", "params", "name"),
+    html: bool = False,
+    **meta: Any,
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``accuracy_latency.png`` into ``out_dir``."""
+    """Write ``report.json``, ``report.md`` and ``accuracy_latency.png`` (and ``report.html``) into ``out_dir``.
+
+    ``plot_keys`` are the row keys of the plot's x axis (a latency in ms), its marker size and point labels.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -98,11 +113,20 @@ def write_report(
     }
     payload = {"title": title, "rows": rows, "machine": machine_info(), **meta}
     paths["json"].write_text(json.dumps(payload, indent=2))
-    plot(rows, paths["plot"])
+    x_key, size_key, label_key = plot_keys
+    plot(
+        rows,
+        paths["plot"],
+        x_key=x_key,
+        size_key=size_key,
+        x_label=PLOT_LABELS.get(x_key, x_key),
+        size_label=PLOT_LABELS.get(size_key, size_key),
+        label_key=label_key,
+    )
     md = [
         f"# {title}",
         "",
-        markdown_table(rows),
+        markdown_table(rows, columns),
         "",
         f"![accuracy vs latency]({paths['plot'].name})",
         "",
@@ -110,9 +134,25 @@ def write_report(
     if notes:
         md += [notes, ""]
     info = payload["machine"]
-    md.append(
+    machine = (
         f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
         f"({info['torch_threads']} threads). Latency: median of repeated CPU forward passes."
     )
+    md.append(machine)
     paths["md"].write_text("\n".join(md) + "\n")
+    if html:
+        from distill.report.html import render_html
+
+        columns = columns or COLUMNS
+        paths["html"] = out / "report.html"
+        page = render_html(
+            title,
+            [h for _, h, _ in columns],
+            [[_cell(r, k, f) for k, _, f in columns] for r in rows],
+            [r.get("status", "ok") != "ok" for r in rows],
+            paths["plot"].read_bytes(),
+            notes,
+            machine,
+        )
+        paths["html"].write_text(page, encoding="utf-8")
     return paths

@@ -1,0 +1,76 @@
+"""Comparison reports: the Pareto front, the self-contained HTML page, failed rows shown as failed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from distill.report import COMPARE_COLUMNS, pareto_front, write_report
+
+
+def row(name: str, latency: float | None, accuracy: float | None, **extra: object) -> dict:
+    return {
+        "name": name,
+        "pipeline": name,
+        "runtime": "torch",
+        "accuracy": accuracy,
+        "params": 100,
+        "size_bytes": 4096,
+        "latency_ms_b1_t1": latency,
+        "status": "ok",
+        **extra,
+    }
+
+
+def test_pareto_front_keeps_exactly_the_undominated_rows():
+    rows = [
+        row("slow-best", 10.0, 90.0),
+        row("fast-worst", 0.1, 80.0),
+        row("dominated", 5.0, 85.0),  # beaten by "middle" on both
+        row("middle", 1.0, 88.0),
+        row("tie-worse", 1.0, 87.0),  # same latency as "middle", lower accuracy
+        row("failed", None, None, status="failed: parity"),
+    ]
+    front = pareto_front(rows, "latency_ms_b1_t1")
+    assert [rows[i]["name"] for i in front] == ["fast-worst", "middle", "slow-best"]
+    for i, r in enumerate(rows):  # property: a row is off the front iff another beats it
+        if r["accuracy"] is None:
+            continue
+        beaten = any(
+            o["accuracy"] is not None
+            and o["latency_ms_b1_t1"] <= r["latency_ms_b1_t1"]
+            and o["accuracy"] >= r["accuracy"]
+            and (o["latency_ms_b1_t1"], o["accuracy"]) != (r["latency_ms_b1_t1"], r["accuracy"])
+            for o in rows
+        )
+        assert (i in front) != beaten
+
+
+def test_html_report_is_self_contained_and_marks_failed_rows(tmp_path):
+    rows = [
+        row("teacher", 2.0, 91.5),
+        row("student <KD>", 0.1, 89.25),
+        row("student-int8", None, None, status="failed: ONNX parity max |diff| 0.5"),
+    ]
+    paths = write_report(
+        tmp_path,
+        rows,
+        "compare & check",
+        "first paragraph\n\nsecond paragraph",
+        columns=COMPARE_COLUMNS,
+        plot_keys=("latency_ms_b1_t1", "size_bytes", "pipeline"),
+        html=True,
+    )
+    page = paths["html"].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:|//|[\w./-]+\.(png|css|js))""", page)
+    png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert png and base64.b64decode(png.group(1)) == paths["plot"].read_bytes()
+    assert "student &lt;KD&gt;" in page and "<KD>" not in page  # names are escaped
+    assert "89.25" in page and "compare &amp; check" in page
+    assert page.count("<tr class=failed>") == 1 and "failed: ONNX parity" in page
+    assert page.count("<p>") == 2
+    payload = json.loads(paths["json"].read_text())
+    assert payload["rows"] == rows
+    md = paths["md"].read_text()
+    assert "| ms @ b1, 1 thread |" in md and "| student-int8 | student-int8 | torch | - |" in md
