@@ -80,3 +80,19 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
     )
     assert "reusing" in second.getvalue()
     assert (ckpt.stat().st_mtime_ns, ckpt.read_bytes()) == before
+
+
+def test_demo_with_compression_is_the_comparison_of_the_demo_pair(tmp_path, monkeypatch):
+    """``run_demo(compress=True)``: ``compare`` on the demo's KD recipe, with the demo's (cached) teacher."""
+    import distill.compare
+    from distill import demo
+
+    calls = []
+    monkeypatch.setattr(distill.compare, "compare", lambda *a, **kw: calls.append((a, kw)) or {})
+    demo.run_demo(out=tmp_path / "d", data_root="/data/fm", tiny=True, compress=True)
+    ((args, kwargs),) = calls
+    assert args == ("fashion_mnist/kd",)
+    assert kwargs["teacher_recipe"] == "fashion_mnist/teacher" and kwargs["out"] == tmp_path / "d"
+    assert kwargs["overrides"] == ["data.root=/data/fm"] and kwargs["tiny"] is True
+    # the same teacher cache as the plain demo: compare applies TINY to the teacher like _teacher_run
+    assert distill.compare.TINY is demo.TINY

@@ -8,8 +8,6 @@ chosen is in ``docs/demo.md``.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,39 +15,18 @@ from typing import Any
 from rich.console import Console
 
 from distill import api
+from distill.compare.runs import TINY, cache_dir, cached_run
 from distill.config.build import build, build_data, build_model_spec
-from distill.config.load import load_recipe, recipe_to_yaml
+from distill.config.load import load_recipe
 from distill.report import measure, rows_table, write_report
 from distill.train.checkpoint import load_student_weights
 
-TINY = ["data.train_subset=1024", "data.test_subset=512", "train.epochs=1", "train.batch_size=128"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+__all__ = ["TINY", "cache_dir", "run_demo"]
 
 
 def _teacher_run(common: list[str], fresh: bool, console: Console) -> Path:
-    """Train the teacher once per distinct recipe; later demos reuse it from the cache."""
-    recipe = load_recipe("fashion_mnist/teacher", common)
-    key = hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()[:12]
-    run_dir = cache_dir() / f"fashion_mnist-teacher-{key}"
-    if (
-        not fresh
-        and (run_dir / "model.safetensors").is_file()
-        and (run_dir / "summary.json").is_file()
-    ):
-        console.print(
-            f"[green]teacher[/]: reusing {run_dir} (pass --fresh to retrain)", soft_wrap=True
-        )
-        return run_dir
-    console.rule("teacher")
-    api.train(
-        load_recipe("fashion_mnist/teacher", [*common, f"output={run_dir}"]),
-        overwrite=True,
-        console=console,
-    )
-    return run_dir
+    """Train the teacher once per distinct recipe; later demos (and comparisons) reuse it from the cache."""
+    return cached_run("fashion_mnist/teacher", common, fresh, console)
 
 
 def run_demo(
@@ -58,10 +35,28 @@ def run_demo(
     tiny: bool = False,
     fresh: bool = False,
     console: Console | None = None,
+    compress: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo; returns the report payload (``rows``: teacher, scratch student, KD student)."""
+    """Run the demo; returns the report payload (``rows``: teacher, scratch student, KD student).
+
+    ``compress`` adds the compression rows (pruned teacher, pruned-then-distilled, ONNX and int8 exports):
+    the demo is then ``distill compare fashion_mnist/kd`` with the demo's teacher, into ``out``.
+    """
     console = console or Console()
     out = Path(out)
+    if compress:
+        from distill.compare import compare
+
+        data = [f"data.root={data_root}"] if data_root else []
+        return compare(
+            "fashion_mnist/kd",
+            out=out,
+            overrides=data,
+            teacher_recipe="fashion_mnist/teacher",
+            tiny=tiny,
+            fresh=fresh,
+            console=console,
+        )
     started = time.perf_counter()
     common = ([f"data.root={data_root}"] if data_root else []) + (TINY if tiny else [])
     teacher_dir = _teacher_run(common, fresh, console)

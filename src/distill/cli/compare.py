@@ -1,0 +1,58 @@
+"""``distill compare``: distillation next to pruning, quantization and export (see :func:`distill.compare.compare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distill.cli import app
+from distill.cli.commands import Overrides, console
+
+
+@app.command("compare")
+def compare_(
+    recipe: Annotated[
+        str, typer.Argument(help="a KD recipe (teacher, student, KD terms), e.g. fashion_mnist/kd")
+    ],
+    overrides: Overrides = None,
+    pipelines: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated pipeline names (default: all the default ones; see --list)"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where the runs and the report go")] = Path(
+        "runs/compare"
+    ),
+    teacher_recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="train (once, cached) the teacher with this recipe, e.g. fashion_mnist/teacher"
+        ),
+    ] = None,
+    tiny: Annotated[bool, typer.Option(help="a seconds-long smoke run on a data subset")] = False,
+    fresh: Annotated[bool, typer.Option(help="retrain everything, even finished runs")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
+) -> None:
+    """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way."""
+    from distill.compare import DEFAULT_PIPELINES, PIPELINES, compare
+
+    if list_:
+        for name in PIPELINES.names():
+            default = " (default)" if name in DEFAULT_PIPELINES else ""
+            console.print(
+                f"{name}{default}: {PIPELINES.meta(name)['about']}", soft_wrap=True, highlight=False
+            )
+        return
+    compare(
+        recipe,
+        pipelines=pipelines,
+        out=out,
+        overrides=overrides or [],
+        teacher_recipe=teacher_recipe,
+        tiny=tiny,
+        fresh=fresh,
+        console=console,
+    )

@@ -1,0 +1,91 @@
+"""What every pipeline of a comparison shares: the recipe, the data, the teacher, and the models made so
+far (a pipeline asks for another's model, e.g. ``student-kd-int8`` for ``student-kd``'s, and gets it made
+once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from distill.config.build import build, build_data, build_model_spec, example_batch
+from distill.config.schema import Recipe
+from distill.models import count_parameters
+
+
+@dataclass
+class Produced:
+    """A pipeline's result: the model to measure (a torch module, or an onnxruntime wrapper) and its row label.
+
+    ``params``/``size_bytes`` are given when the module cannot tell them itself (an ONNX file on disk).
+    """
+
+    model: nn.Module
+    name: str
+    runtime: str = "torch"
+    params: int | None = None
+    size_bytes: int | None = None
+    artefact: Path | None = None
+
+
+class Context:
+    """The KD recipe built once: data, task, frozen teacher, one test input, and the pipelines' products."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: Path,
+        console: Console,
+        fresh: bool = False,
+        prune_ratio: float | None = None,
+        sparsity: float | None = None,
+        calibration_samples: int = 512,
+        finetune: dict[str, Any] | None = None,
+    ) -> None:
+        from distill.compare import PIPELINES
+
+        self.pipelines = PIPELINES
+        self.recipe, self.out, self.console, self.fresh = recipe, out, console, fresh
+        self.prune_ratio, self.sparsity = prune_ratio, sparsity
+        self.calibration_samples = calibration_samples
+        self.finetune = dict(finetune or {})
+        self.train_data, self.test_data = build_data(recipe)
+        built = build(recipe, data=(self.train_data, self.test_data))
+        assert built.teacher is not None, "compare() checks the recipe has a teacher"
+        self.teacher: nn.Module = built.teacher.eval()
+        self.task = built.distiller.task
+        self.augment = built.augment
+        self.student_params = count_parameters(built.student)
+        self.example = self.inputs(self.test_data, 1)[0]  # one input, no batch dimension
+        self._made: dict[str, Produced] = {}
+
+    def inputs(self, data: Any, n: int) -> torch.Tensor:
+        """The first ``n`` inputs of ``data`` as one batch."""
+        return self.task.split(example_batch(data, n)).inputs
+
+    def test_loader(self) -> Any:
+        data = self.test_data
+        return data.loader(self.recipe.train.eval_batch_size) if hasattr(data, "loader") else data
+
+    def calibration(self, batch_size: int = 64) -> list[torch.Tensor]:
+        """Training inputs for static quantization: ``calibration_samples`` of them, in batches."""
+        n = min(self.calibration_samples, len(self.train_data))
+        batch = self.inputs(self.train_data, n)
+        return list(batch.split(batch_size))
+
+    def new_teacher(self) -> nn.Module:
+        """A freshly built teacher architecture (random weights), e.g. to load a pruned teacher into."""
+        spec = self.recipe.teacher.model_copy(update={"weights": None})  # type: ignore[union-attr]
+        classes = self.train_data.num_classes
+        channels = getattr(self.train_data, "in_channels", 3)
+        return build_model_spec(spec, classes, channels, "teacher")
+
+    def get(self, name: str) -> Produced:
+        """Pipeline ``name``'s product, made on first request."""
+        if name not in self._made:
+            self._made[name] = self.pipelines.get(name)(self)
+        return self._made[name]

@@ -1,0 +1,212 @@
+"""The pipelines of ``distill compare``, each registered by name: it makes one model (trained, pruned and
+fine-tuned, exported, quantized) and says how to label and measure it.
+
+Trained pipelines reuse a finished run in ``<out>/<pipeline>`` when its recipe (or, for pruned models, its
+settings in ``compare.json``) is the same, so a second comparison only measures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.compare.context import Context, Produced
+from distill.compare.runs import record_settings, settings_match, train_or_reuse
+from distill.config.build import build_model_spec, build_term, build_weight
+from distill.config.load import recipe_to_yaml
+from distill.config.schema import Recipe
+from distill.errors import DistillError
+from distill.models import count_parameters
+from distill.registry import Registry
+from distill.train.checkpoint import load_student_weights
+
+PIPELINES: Registry[Any] = Registry("pipeline")
+
+
+def _derived(ctx: Context, slug: str, **changes: Any) -> Recipe:
+    data = ctx.recipe.model_dump()
+    data.update(changes, output=str(ctx.out / slug))
+    return Recipe.model_validate(data)
+
+
+def _student_run(ctx: Context, slug: str, recipe: Recipe, label: str) -> Produced:
+    run_dir = train_or_reuse(recipe, ctx.fresh, ctx.console, slug)
+    model = build_model_spec(
+        recipe.student, ctx.train_data.num_classes, ctx.train_data.in_channels, "student"
+    )
+    load_student_weights(run_dir, model, "last")
+    return Produced(model.eval(), label, artefact=run_dir / "model.safetensors")
+
+
+@PIPELINES.register("teacher", about="the teacher as the recipe loads it (float32, PyTorch)")
+def teacher(ctx: Context) -> Produced:
+    return Produced(ctx.teacher, "teacher")
+
+
+@PIPELINES.register("student-scratch", about="the student trained on labels only")
+def student_scratch(ctx: Context) -> Produced:
+    name = f"{ctx.recipe.name}-scratch"
+    recipe = _derived(ctx, "student-scratch", name=name, teacher=None, distill={})
+    return _student_run(ctx, "student-scratch", recipe, "student (scratch)")
+
+
+@PIPELINES.register("student-kd", about="the student distilled as the recipe says")
+def student_kd(ctx: Context) -> Produced:
+    return _student_run(ctx, "student-kd", _derived(ctx, "student-kd"), "student (KD)")
+
+
+def _fraction_for_student_size(ctx: Context) -> float:
+    """The smallest channel-pruning ratio (to 1/256) that leaves the teacher no bigger than the student."""
+    from distill.compress.prune import channel_prune
+
+    example = ctx.inputs(ctx.train_data, 2)
+    low, high = 0.0, 0.99
+    while high - low > 1 / 256:
+        mid = (low + high) / 2
+        if count_parameters(channel_prune(ctx.teacher, example, mid)) <= ctx.student_params:
+            high = mid
+        else:
+            low = mid
+    return round(high, 4)
+
+
+def _finetune(
+    ctx: Context, slug: str, model: nn.Module, distill: bool, settings: dict[str, Any]
+) -> nn.Module:
+    """Fine-tune ``model`` with the recipe's training settings: on labels, or with the recipe's KD terms
+    and the unpruned teacher (``distill``). Saves ``pruned.safetensors`` + ``compare.json``."""
+    from distill.api import clear_run_dir
+    from distill.compress.prune import load_pruned, make_permanent, save_pruned
+    from distill.distiller import Distiller
+    from distill.train import Trainer
+
+    run_dir = ctx.out / slug
+    config = ctx.recipe.train.model_copy(update=ctx.finetune)
+    settings = {**settings, "distill": distill, "train": config.model_dump(mode="json")}
+    settings["recipe"] = recipe_to_yaml(ctx.recipe)
+    if not ctx.fresh and settings_match(run_dir, settings, "pruned.safetensors"):
+        ctx.console.print(f"[green]{slug}[/]: reusing {run_dir}", soft_wrap=True)
+        return load_pruned(ctx.new_teacher(), run_dir / "pruned.safetensors").eval()
+    ctx.console.rule(slug)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clear_run_dir(run_dir)
+    spec = ctx.recipe.distill
+    model.requires_grad_(True).train()  # a copy of the frozen teacher
+    distiller = Distiller(
+        model,
+        ctx.task,
+        teacher=ctx.teacher if distill else None,
+        terms=[build_term(t, f"distill.terms.{i}") for i, t in enumerate(spec.terms)]
+        if distill
+        else [],
+        task_weight=build_weight(spec.task_weight) if distill else 1.0,
+    )
+    trainer = Trainer(
+        distiller,
+        ctx.train_data,
+        ctx.test_data,
+        config=config,
+        run_dir=run_dir,
+        augment=ctx.augment,
+        console=ctx.console,
+    )
+    trainer.fit()
+    model = make_permanent(model).eval()
+    save_pruned(model, run_dir / "pruned.safetensors")
+    record_settings(run_dir, settings)
+    ctx.teacher.eval()
+    return model
+
+
+def _channel_pruned(ctx: Context, slug: str, distill: bool, label: str) -> Produced:
+    from distill.compress.prune import channel_prune
+
+    ratio = ctx.prune_ratio if ctx.prune_ratio is not None else _fraction_for_student_size(ctx)
+    pruned = channel_prune(ctx.teacher, ctx.inputs(ctx.train_data, 2), ratio)
+    model = _finetune(ctx, slug, pruned, distill, {"channel_ratio": ratio})
+    return Produced(model, label, artefact=ctx.out / slug / "pruned.safetensors")
+
+
+@PIPELINES.register(
+    "teacher-pruned",
+    about="teacher channel-pruned (torch-pruning) to the student's size, fine-tuned on labels",
+)
+def teacher_pruned(ctx: Context) -> Produced:
+    return _channel_pruned(ctx, "teacher-pruned", False, "teacher, channel-pruned + fine-tuned")
+
+
+@PIPELINES.register(
+    "pruned-kd",
+    about="teacher channel-pruned to the student's size, then distilled from the unpruned teacher",
+)
+def pruned_kd(ctx: Context) -> Produced:
+    return _channel_pruned(ctx, "pruned-kd", True, "teacher, channel-pruned + KD")
+
+
+@PIPELINES.register(
+    "teacher-sparse",
+    about="teacher magnitude-pruned (unstructured) to the student's nonzero count, fine-tuned with masks",
+)
+def teacher_sparse(ctx: Context) -> Produced:
+    from distill.compress.prune import magnitude_prune
+
+    total = count_parameters(ctx.teacher)
+    amount = ctx.sparsity if ctx.sparsity is not None else round(1 - ctx.student_params / total, 4)
+    masked = magnitude_prune(ctx.teacher, amount, permanent=False)
+    model = _finetune(ctx, "teacher-sparse", masked, False, {"sparsity": amount})
+    label = f"teacher, {100 * amount:.1f}% sparse + fine-tuned"
+    return Produced(model, label, artefact=ctx.out / "teacher-sparse" / "pruned.safetensors")
+
+
+def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
+    """Export ``source``'s model to ONNX (parity-checked), optionally quantize it to static int8."""
+    try:
+        from distill.export import OnnxModule, export_onnx
+    except ImportError as err:
+        raise DistillError(
+            f"pipeline {slug!r} needs ONNX export ({err}): pip install 'distill[export]'"
+        ) from None
+    made = ctx.get(source)
+    folder = ctx.out / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(made.model.eval(), ctx.inputs(ctx.test_data, 2), folder / "model.onnx")
+    if int8:
+        from distill.compress.quantize import quantize_onnx
+
+        float_path = path
+        path = quantize_onnx(
+            float_path, folder / "model.int8.onnx", mode="static", calibration=ctx.calibration()
+        )
+        float_path.unlink()
+    label = f"{made.name}, {'int8 ' if int8 else ''}ONNX"
+    return Produced(
+        OnnxModule(path),
+        label,
+        runtime="onnxruntime",
+        params=count_parameters(made.model),
+        size_bytes=path.stat().st_size,
+        artefact=path,
+    )
+
+
+for _source in ("teacher", "student-kd", "pruned-kd"):
+    for _int8 in (False, True):
+        _slug = f"{_source}-{'int8' if _int8 else 'onnx'}"
+        PIPELINES.add(
+            _slug,
+            lambda ctx, s=_source, n=_slug, q=_int8: _onnx(ctx, s, n, q),
+            about=f"{_source} exported to ONNX{', static int8 (calibrated)' if _int8 else ''}, "
+            "run by onnxruntime",
+        )
+
+DEFAULT_PIPELINES = (
+    "teacher",
+    "student-scratch",
+    "student-kd",
+    "teacher-pruned",
+    "pruned-kd",
+    "teacher-int8",
+    "student-kd-onnx",
+    "student-kd-int8",
+)
