@@ -37,7 +37,7 @@ def export_onnx(
     """Write ``model`` as one self-contained ``.onnx`` file (weights inside) and return its path.
 
     ``example`` is a batch ``(B, ...)`` of real inputs; with ``dynamic_batch`` the file accepts any batch
-    size (use ``B >= 2`` so the exporter does not specialise on 1). With ``check``, the file is run with
+    size (a batch of 1 works too). With ``check``, the file is run with
     onnxruntime on ``example`` and compared with ``model``; if they differ, the file is deleted and
     :class:`~distill.export.ParityError` is raised. The model is exported in ``eval()`` mode on CPU and
     left as it was.

@@ -16,7 +16,7 @@ from distill.errors import DistillError, did_you_mean
 
 EXPORT_FORMATS = ("onnx",)
 FP32_NAME, INT8_NAME, REPORT_NAME = "student.onnx", "student.int8.onnx", "export.json"
-EXAMPLE_SAMPLES = 8  # batch the exporter traces with (>1 so the batch dimension stays dynamic)
+EXAMPLE_SAMPLES = 8  # batch the exporter traces with (the batch dimension stays dynamic)
 PARITY_SAMPLES = 256  # test inputs the fp32 file is checked on
 
 
