@@ -468,6 +468,12 @@ CASES = [
          argv=("eval", "$SAVED", "--checkpoint", "bets")),
     case("cli-config-bad-override", "train.epoch:", "Did you mean 'epochs'",
          argv=("config", "$RECIPE", "train.epoch=3")),
+    case("cli-export-unknown-format", "'tflite'", "Supported: onnx",
+         argv=("export", "$SAVED", "--format", "tflite")),
+    case("cli-export-checkpoint-typo", "'bets'", "Did you mean 'best'", "best or last",
+         argv=("export", "$SAVED", "--checkpoint", "bets")),
+    case("export-missing-run", "no-such-run", "not a distill run directory",
+         argv=("export", "no-such-run")),
     # --- file system ---------------------------------------------------------------------------------
     case("recipe-missing", "'nope.yaml'", "not found", argv=("train", "nope.yaml")),
     case("recipe-is-a-directory", "'saved-run'", "not found", argv=("validate", "saved-run")),
