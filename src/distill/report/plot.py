@@ -50,7 +50,9 @@ def plot(
         ax.scatter(
             r[x_key], r["accuracy"], s=40 + 600 * (r.get(size_key) or 0) / biggest, alpha=0.6
         )
-        ax.annotate(r["name"], (r[x_key], r["accuracy"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(
+            r[label_key], (r[x_key], r["accuracy"]), textcoords="offset points", xytext=(6, 4)
+        )
     front = [shown[i] for i in pareto_front(shown, x_key)]
     if len(front) > 1:
         ax.plot(
