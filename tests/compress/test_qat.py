@@ -1,0 +1,170 @@
+"""Quantization-aware training: fake-quant observers are inserted (first/last layers kept float on request),
+KD fine-tuning from the float model lowers the KD loss, the int8 ONNX export has QDQ pairs that onnxruntime
+fuses into integer kernels and matches the fake-quant model, and layers QAT cannot handle are clear errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from conftest import tiny_recipe_dict
+from distill.compress.qat import export_qat_onnx, prepare_qat, qat_distill, qat_run, to_reference
+from distill.errors import DistillError
+from distill.losses import build_loss
+from distill.models import build_model
+from distill.tasks import build_task
+from distill.train.config import TrainConfig
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+CHANNELS = [4, 8, 16, 32]
+
+
+def fake_quants(model: nn.Module) -> list[str]:
+    from torch.ao.quantization import FakeQuantize
+
+    return [n for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
+
+
+def images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """3 classes: a bright blob in the top-left, centre or bottom-right of a noisy 16x16 image."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 16, 16, generator=g)
+    for c, r in enumerate((2, 6, 10)):
+        x[y == c, :, r : r + 4, r : r + 4] += 1.5
+    return x, y
+
+
+def cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("cnn", num_classes=3, in_channels=1, channels=CHANNELS).eval()
+
+
+def observed(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``prepare_qat`` (every layer) then training-mode passes so the observers have seen real ranges."""
+    qat = prepare_qat(model, x[:8], keep_float=())
+    for batch in x.split(32):
+        qat(batch)
+    return qat.eval()
+
+
+def test_prepare_inserts_fake_quant_and_keeps_first_last_float():
+    model, (x, _) = cnn(), images(16, 0)
+    everything = prepare_qat(model, x[:4], keep_float=())
+    weights = [n for n in fake_quants(everything) if n.endswith("weight_fake_quant")]
+    assert len(weights) == len(CHANNELS) + 1  # every conv (BN fused in) and the linear head
+    assert fake_quants(model) == []  # the float model is untouched
+    default = prepare_qat(model, x[:4])
+    modules = dict(default.named_modules())
+    assert not hasattr(modules["features.0.0"], "weight_fake_quant")  # first conv stays float
+    assert not hasattr(modules["classifier.1"], "weight_fake_quant")  # so does the head
+    assert hasattr(modules["features.1.0"], "weight_fake_quant")
+    with torch.no_grad():  # fake quantization changes the outputs only a little
+        ref, out = model(x), everything.eval()(x)
+    assert not torch.equal(ref, out)
+    assert torch.allclose(ref, out, atol=0.2 * float(ref.abs().max()) + 1e-3)
+
+
+def test_qat_distill_lowers_kd_loss_on_a_fixed_batch():
+    x, y = images(64, 1)
+    teacher, student = cnn(seed=1), cnn(seed=2)
+    qat = prepare_qat(student, x[:8], keep_float=())
+    kd = build_loss("kd", temperature=4.0)
+
+    def kd_loss() -> float:
+        qat.eval()
+        with torch.no_grad():
+            return float(kd(qat(x), teacher(x)))
+
+    before = kd_loss()
+    loader = DataLoader([(x, y)] * 5, batch_size=None)  # five steps on the same batch
+    config = TrainConfig(batch_size=64, progress=False, device="cpu", weight_decay=0.0)
+    summary = qat_distill(qat, teacher, build_task("classification"), loader, epochs=1, lr=0.05,
+                          task_weight=0.0, config=config)  # fmt: skip
+    assert summary["steps"] == 5
+    assert kd_loss() < 0.8 * before
+    assert fake_quants(qat)  # still fake-quantized after training
+
+
+def trained_cnn() -> nn.Module:
+    model, (x, y) = cnn().train(), images(512, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(40):
+        i = torch.arange(64) + 64 * (step % 8)
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_export_is_int8_qdq_fused_by_onnxruntime_and_matches_fake_quant(tmp_path):
+    x, _ = images(128, 2)
+    qat = observed(trained_cnn(), x)
+    path = export_qat_onnx(qat, x[:8], tmp_path / "qat.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert fused["QLinearConv"] == len(CHANNELS) and fused["QGemm"] == 1  # integer kernels only
+    assert fused["Conv"] + fused["FusedConv"] + fused["Gemm"] == 0
+    with torch.no_grad():
+        fake, reference = qat(x), to_reference(qat)(x)
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    scale = float(fake.abs().max())
+    assert (got - reference).abs().max() <= 0.1 * scale  # same int8 graph, rounding flips only
+    assert (got - fake).abs().max() <= 0.1 * scale
+    assert got.argmax(1).eq(fake.argmax(1)).float().mean() >= 0.95
+
+
+def test_unsupported_layers_and_bad_names_are_clear_errors():
+    x = torch.randn(4, 1, 8, 8)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LayerNorm(144), nn.Linear(144, 3))
+    with pytest.raises(DistillError, match=r"module '2' \(LayerNorm\).*keep_float=\['2'\]"):
+        prepare_qat(model, x, keep_float=())
+    qat = prepare_qat(model, x, keep_float=["2"])  # kept in float, the rest is quantized
+    assert "3.weight_fake_quant" in fake_quants(qat)
+    with pytest.raises(DistillError, match="'classifer'.*Did you mean 'classifier"):
+        prepare_qat(cnn(), torch.randn(2, 1, 16, 16), keep_float=["classifer"])
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) if x.sum() > 0 else -self.head(x)
+
+
+def test_untraceable_model_is_a_clear_error():
+    with pytest.raises(DistillError, match="QAT cannot trace.*branch on tensor values"):
+        prepare_qat(Branchy(), torch.randn(2, 4), keep_float=())
+
+
+def test_qat_run_end_to_end(tmp_path):
+    from distill import api
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path / "run")))
+    api.train(recipe)
+    result = qat_run(tmp_path / "run", epochs=1)
+    saved = json.loads((tmp_path / "run" / "qat" / "qat.json").read_text())
+    assert Path(result["file"]).is_file() and saved["file"] == "student.qat.int8.onnx"
+    metrics = saved["metrics"]
+    assert set(metrics) == {"float", "fake_quant", "onnx_int8"}
+    # 128 test images: the int8 file and the fake-quant model disagree on a few at most
+    assert abs(metrics["onnx_int8"]["top1"] - metrics["fake_quant"]["top1"]) <= 5.0
+    with pytest.raises(DistillError, match="epochs must be an int >= 1"):
+        qat_run(tmp_path / "run", epochs=0)
