@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -195,6 +196,7 @@ def export_qat_onnx(
 
     reference = to_reference(qat_model)
     path = export_onnx(reference, example, path, check=False)
+    store_int8_weights(path)
     if check:
         with torch.no_grad():
             atol = 0.1 * float(reference(example.cpu()).abs().max())
@@ -203,6 +205,66 @@ def export_qat_onnx(
             path.unlink(missing_ok=True)
             raise ParityError(report, path)
     return path
+
+
+def store_int8_weights(path: str | Path) -> int:
+    """Rewrite ``path`` so weights are stored as int8: each ``QuantizeLinear`` (and the ``Clip`` after it)
+    of a constant float weight is computed once and replaced by its int8 initializer, which feeds the
+    ``DequantizeLinear`` directly, as in onnxruntime's own QDQ files. Returns how many were folded.
+
+    The exporter keeps the float weights and quantizes them on every run; onnxruntime folds that at load
+    time anyway, so outputs do not change, but the file shrinks to int8 size.
+    """
+    from distill.export._deps import require
+
+    onnx = require("onnx")
+    helper = onnx.numpy_helper
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    dead, folded = set(), 0
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or not all(i in consts for i in node.input):
+            continue
+        w, scale, zero = (helper.to_array(consts[i]) for i in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        q = np.rint(w / scale.reshape(shape)) + zero.reshape(shape).astype(np.int64)
+        last = node
+        after = users.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type == "Clip":
+            if not all(i in consts for i in after[0].input[1:] if i):
+                continue
+            low, high = (helper.to_array(consts[i]) for i in after[0].input[1:3])
+            q, last = np.clip(q, low, high), after[0]
+            dead.add(id(after[0]))
+        info = np.iinfo(zero.dtype)
+        q = np.clip(q, info.min, info.max).astype(zero.dtype)
+        graph.initializer.append(helper.from_array(q, last.output[0]))
+        dead.add(id(node))
+        folded += 1
+    _replace(graph.node, [n for n in graph.node if id(n) not in dead])
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    _replace(graph.initializer, [t for t in graph.initializer if t.name in used])
+    produced = {o for n in graph.node for o in n.output}
+    _replace(graph.value_info, [v for v in graph.value_info if v.name in produced])
+    onnx.save(model, str(path))
+    return folded
+
+
+def _replace(field: Any, items: list[Any]) -> None:
+    """Set a repeated protobuf field to ``items`` (copies: the old entries are cleared first)."""
+    kept = [type(item)() for item in items]
+    for new, old in zip(kept, items, strict=True):
+        new.CopyFrom(old)
+    del field[:]
+    field.extend(kept)
 
 
 def qat_run(
