@@ -96,3 +96,15 @@ def test_demo_with_compression_is_the_comparison_of_the_demo_pair(tmp_path, monk
     assert kwargs["overrides"] == ["data.root=/data/fm"] and kwargs["tiny"] is True
     # the same teacher cache as the plain demo: compare applies TINY to the teacher like _teacher_run
     assert distill.compare.TINY is demo.TINY
+
+
+def test_demo_command_passes_compress(tmp_path, monkeypatch):
+    """``distill demo --compress`` reaches ``run_demo(compress=True)``; without the flag it stays off."""
+    from distill import demo
+    from distill.cli import main
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: calls.append(kw))
+    assert main(["demo", "--tiny", "--compress", "--out", str(tmp_path / "d")]) == 0
+    assert main(["demo", "--tiny", "--out", str(tmp_path / "e")]) == 0
+    assert [c["compress"] for c in calls] == [True, False]

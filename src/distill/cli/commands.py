@@ -104,8 +104,14 @@ def demo(
     fresh: Annotated[
         bool, typer.Option(help="retrain the teacher even if a cached one exists")
     ] = False,
+    compress: Annotated[
+        bool,
+        typer.Option(
+            help="add the compression rows: pruned teacher, prune-then-distill, ONNX and int8 (distill compare)"
+        ),
+    ] = False,
 ) -> None:
     """Teacher, scratch student and KD student on Fashion-MNIST, with a report."""
     from distill.demo import run_demo
 
-    run_demo(out, data_root=data_root, tiny=tiny, fresh=fresh, console=console)
+    run_demo(out, data_root=data_root, tiny=tiny, fresh=fresh, console=console, compress=compress)
