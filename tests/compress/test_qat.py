@@ -160,18 +160,43 @@ def test_untraceable_model_is_a_clear_error():
         prepare_qat(Branchy(), torch.randn(2, 4), keep_float=())
 
 
-def test_qat_run_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
     from distill import api
 
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path / "run")))
+    folder = tmp_path_factory.mktemp("qat-run")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(folder / "run")))
     api.train(recipe)
-    result = qat_run(tmp_path / "run", epochs=1)
-    saved = json.loads((tmp_path / "run" / "qat" / "qat.json").read_text())
+    return folder / "run"
+
+
+def test_qat_run_end_to_end(run_dir):
+    result = qat_run(run_dir, epochs=1)
+    saved = json.loads((run_dir / "qat" / "qat.json").read_text())
     assert Path(result["file"]).is_file() and saved["file"] == "student.qat.int8.onnx"
     metrics = saved["metrics"]
     assert set(metrics) == {"float", "fake_quant", "onnx_int8"}
     # 128 test images: the int8 file and the fake-quant model disagree on a few at most
     assert abs(metrics["onnx_int8"]["top1"] - metrics["fake_quant"]["top1"]) <= 5.0
     with pytest.raises(DistillError, match="epochs must be an int >= 1"):
-        qat_run(tmp_path / "run", epochs=0)
+        qat_run(run_dir, epochs=0)
+
+
+def test_export_cli_qat_epochs(run_dir, tmp_path, capsys, monkeypatch):
+    from distill.cli import export as export_cli
+    from distill.cli import main
+
+    monkeypatch.setattr(export_cli.console, "_width", 160)
+    code = main(["export", str(run_dir), "--qat-epochs", "1", "--out", str(tmp_path / "e")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "qat int8" in out and "student.qat.int8.onnx" in out
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "export.json",
+        "qat.json",
+        "student.onnx",
+        "student.qat.int8.onnx",
+    ]
+    assert main(["export", str(run_dir), "--qat-epochs", "-1"]) == 2
+    assert "--qat-epochs must be >= 0" in capsys.readouterr().err

@@ -27,11 +27,33 @@ def export(
         Path | None, typer.Option(help="output folder (default: RUN_DIR/export)")
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    qat_epochs: Annotated[
+        int,
+        typer.Option(
+            "--qat-epochs",
+            help="also write an int8 model fine-tuned this many epochs with quantization-aware "
+            "training and KD from the float student (0: off)",
+        ),
+    ] = 0,
 ) -> None:
     """Export a trained student to ONNX (dynamic batch), check it against PyTorch and evaluate it."""
     from distill.export import export_run
 
+    if qat_epochs < 0:
+        from distill.errors import DistillError
+
+        raise DistillError(f"--qat-epochs must be >= 0, got {qat_epochs}; 1 is usually enough")
     result = export_run(run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint)
+    if qat_epochs:
+        from distill.compress.qat import qat_run
+
+        folder = Path(result["report"]).parent
+        qat = qat_run(run_dir, out=folder, epochs=qat_epochs, checkpoint=checkpoint)
+        result["files"]["qat int8"] = {
+            "path": qat["file"],
+            "size_bytes": qat["size_bytes"],
+            "metrics": qat["metrics"]["onnx_int8"],
+        }
     table = Table(
         "model", "file", "KiB", "top-1 %", "agree %", "max |diff|", title=escape(str(run_dir))
     )
