@@ -138,3 +138,19 @@ def test_same_vocabulary() -> None:
     other = tiny_bert(tokenizer=tiny_tokenizer([*WORDS[::-1]]))
     assert not same_vocabulary(other, teacher)
     assert same_vocabulary(torch.nn.Linear(2, 2), teacher)  # no tokenizer: reads the teacher's ids
+
+
+def test_layer_subset_student_shares_its_own_config() -> None:
+    """The kept layers read the student's config, not a copy of the teacher's: switching the student to eager
+    attention (what the text task does when a term taps ``@attentions.N``) reaches every layer, and the
+    teacher keeps its own attention implementation."""
+    teacher = tiny_bert(layers=4)
+    teacher.set_attn_implementation("sdpa")
+    student = student_from_teacher(teacher, layers=[1, 3])
+    configs = {id(m.config) for m in student.modules() if hasattr(m, "config")}
+    assert configs == {id(student.config)}
+    student.set_attn_implementation("eager")
+    ids = torch.tensor([[2, 5, 6, 3]])
+    out = student(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+    assert len(out.attentions) == 2 and all(a is not None for a in out.attentions)
+    assert teacher.config._attn_implementation == "sdpa"

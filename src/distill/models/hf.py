@@ -179,11 +179,11 @@ def student_from_teacher(
     keep = pick_layers(num_layers(teacher), layers, uniform)
     if hidden_size is not None:
         return _narrow_student(teacher, len(keep), hidden_size)
-    student = copy.deepcopy(teacher)
-    old = layer_list(teacher)
+    student = copy.deepcopy(teacher)  # one deep copy: every module shares the student's config
     chosen = layer_list(student)
-    for position, index in enumerate(keep):
-        chosen[position] = copy.deepcopy(old[index])
+    picked = [chosen[index] for index in keep]  # the student's own copies, not the teacher's layers
+    for position, layer in enumerate(picked):
+        chosen[position] = layer
         for module in chosen[position].modules():  # caches are keyed by layer position
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position
