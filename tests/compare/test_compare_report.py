@@ -74,3 +74,27 @@ def test_html_report_is_self_contained_and_marks_failed_rows(tmp_path):
     assert payload["rows"] == rows
     md = paths["md"].read_text()
     assert "| ms @ b1, 1 thread |" in md and "| student-int8 | student-int8 | torch | - |" in md
+
+
+def test_console_table_fits_80_columns_with_whole_pipeline_names():
+    """The terminal table keeps pipeline names, runtimes and numbers whole at 80 columns (the full table with
+    every column is in report.md / report.html)."""
+    from rich.console import Console
+
+    from distill.report import COMPARE_CONSOLE_COLUMNS, rows_table
+
+    rows = [
+        row("student-kd-int8", 0.1025, 86.45, runtime="onnxruntime"),
+        row("teacher-pruned", 0.4691, 79.79),
+        row(
+            "pruned-kd-onnx", None, None, runtime="onnxruntime", status="failed: parity 0.3 > 1e-4"
+        ),
+    ]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(rows_table(rows, "distill compare: fashion_mnist/kd", COMPARE_CONSOLE_COLUMNS))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    lines = {line for line in text.splitlines()}
+    for name, value in (("student-kd-int8", "0.102"), ("teacher-pruned", "79.79")):
+        assert any(name in line and value in line for line in lines), text
+    assert "onnxruntime" in text and "failed" in text

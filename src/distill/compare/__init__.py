@@ -165,7 +165,7 @@ def _write(
     elapsed: float,
     console: Console,
 ) -> dict[str, Any]:
-    from distill.report import COMPARE_COLUMNS, rows_table, write_report
+    from distill.report import COMPARE_COLUMNS, COMPARE_CONSOLE_COLUMNS, rows_table, write_report
 
     notes = (
         "Accuracy: the last epoch's test top-1. Agreement: share of test inputs where the model's top-1 "
@@ -190,7 +190,7 @@ def _write(
         elapsed_s=round(elapsed, 1),
         tiny=tiny,
     )
-    console.print(rows_table(rows, f"distill compare: {recipe}", COMPARE_COLUMNS))
+    console.print(rows_table(rows, f"distill compare: {recipe}", COMPARE_CONSOLE_COLUMNS))
     console.print(
         f"report: {paths['md']}  html: {paths['html']}  ({elapsed:.0f} s)", soft_wrap=True
     )

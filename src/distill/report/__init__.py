@@ -2,7 +2,12 @@
 
 from distill.report.measure import latency_ms, latency_row, measure, measure_row, serialized_size
 from distill.report.plot import pareto_front
-from distill.report.write import COMPARE_COLUMNS, rows_table, write_report
+from distill.report.write import (
+    COMPARE_COLUMNS,
+    COMPARE_CONSOLE_COLUMNS,
+    rows_table,
+    write_report,
+)
 
 __all__ = [
     "measure",
@@ -14,4 +19,5 @@ __all__ = [
     "rows_table",
     "pareto_front",
     "COMPARE_COLUMNS",
+    "COMPARE_CONSOLE_COLUMNS",
 ]

@@ -48,6 +48,16 @@ COMPARE_COLUMNS: list[Column] = [
     ("status", "status", "{}"),
 ]
 
+# What the terminal shows (fits 80 columns; the full table is in report.md / report.html).
+COMPARE_CONSOLE_COLUMNS: list[Column] = [
+    ("pipeline", "pipeline", "{}"),
+    ("runtime", "runtime", "{}"),
+    ("accuracy", "top-1 %", "{:.2f}"),
+    ("size_bytes", "size KiB", None),
+    ("latency_ms_b1_t1", "ms b1 1t", "{:.3f}"),
+    ("status", "status", "{}"),
+]
+
 
 def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     value = row.get(key)
@@ -76,8 +86,15 @@ def rows_table(
 ) -> Table:
     columns = columns or COLUMNS
     table = Table(title=title or None)
-    for _, header, _ in columns:
-        table.add_column(header, justify="left" if header == "model" else "right")
+    for key, header, _ in columns:
+        if key in ("name", "pipeline"):  # names stay whole; other columns give way first
+            table.add_column(header, justify="left", no_wrap=True)
+        elif key == "status":  # a failure's detail is in the report's notes
+            table.add_column(
+                header, justify="left", no_wrap=True, overflow="ellipsis", max_width=12
+            )
+        else:
+            table.add_column(header, justify="left" if key == "runtime" else "right")
     for row in rows:
         table.add_row(*(_cell(row, key, fmt) for key, _, fmt in columns))
     return table
