@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +23,63 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
     acc_sum = torch.bincount(which, weights=correct, minlength=bins)
     return float((conf_sum - acc_sum).abs().sum() / labels.numel())
+
+
+def checked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, fix: str
+) -> torch.Tensor:
+    """Cross-entropy in float32; a label outside the model's ``C`` classes is a DistillError ending in ``fix``."""
+    if targets.numel() and (int(targets.max()) >= logits.shape[-1] or int(targets.min()) < 0):
+        raise DistillError(
+            f"label {int(targets.max())} is out of range for a model with {logits.shape[-1]} classes; {fix}"
+        )
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+@torch.no_grad()
+def collect_predictions(
+    task: Any,
+    logits_of: Callable[[nn.Module, Any], torch.Tensor],
+    model: nn.Module,
+    loader: Iterable[Any],
+    teacher: nn.Module | None,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Softmax probabilities ``(N, C)``, labels ``(N,)`` and, with a teacher, whether its top-1 agrees
+    ``(N,)``, over ``loader`` with the models in eval mode (the model's mode is restored after)."""
+    was_training = model.training
+    model.eval()
+    if teacher is not None:
+        teacher.eval()
+    probs, labels, agree = [], [], []
+    try:
+        for raw in loader:
+            batch = task.split(raw).to(device)
+            logits = logits_of(model, batch.inputs).float()
+            probs.append(logits.softmax(-1).cpu())
+            labels.append(batch.targets.cpu())
+            if teacher is not None:
+                agree.append(
+                    logits_of(teacher, batch.inputs).argmax(-1).eq(logits.argmax(-1)).cpu()
+                )
+    finally:
+        model.train(was_training)
+    if not probs:
+        raise DistillError("evaluation data is empty; give a non-empty validation/test set")
+    return torch.cat(probs), torch.cat(labels), (torch.cat(agree) if agree else None)
+
+
+def label_metrics(p: torch.Tensor, y: torch.Tensor, agree: torch.Tensor | None) -> dict[str, float]:
+    """Top-1 (%), NLL (nats), ECE (%), sample count and agreement with the teacher (%, when known)."""
+    metrics = {
+        "top1": 100.0 * p.argmax(1).eq(y).float().mean().item(),
+        "nll": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
+        "ece": 100.0 * expected_calibration_error(p, y),
+        "samples": float(len(y)),
+    }
+    if agree is not None:
+        metrics["agreement"] = 100.0 * agree.float().mean().item()
+    return metrics
 
 
 @TASKS.register(
@@ -76,14 +133,12 @@ class ClassificationTask:
         return {"logits": out}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        logits = outputs["logits"]
-        targets = batch.targets
-        if targets.numel() and (int(targets.max()) >= logits.shape[-1] or int(targets.min()) < 0):
-            raise DistillError(
-                f"label {int(targets.max())} is out of range for a model with {logits.shape[-1]} classes; "
-                "set num_classes to match the data"
-            )
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return checked_cross_entropy(
+            outputs["logits"],
+            batch.targets,
+            self.label_smoothing,
+            "set num_classes to match the data",
+        )
 
     def batch_metrics(
         self, outputs: dict[str, torch.Tensor], batch: Batch
@@ -99,34 +154,10 @@ class ClassificationTask:
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """Top-1/top-5 accuracy (%), NLL (nats), ECE (%), and agreement with ``teacher`` (% same argmax)."""
-        was_training = model.training
-        model.eval()
-        if teacher is not None:
-            teacher.eval()
-        probs, labels, agree = [], [], []
-        try:
-            for raw in loader:
-                batch = self.split(raw).to(device)
-                logits = self.forward(model, batch.inputs)["logits"].float()
-                probs.append(logits.softmax(-1).cpu())
-                labels.append(batch.targets.cpu())
-                if teacher is not None:
-                    t_logits = self.forward(teacher, batch.inputs)["logits"]
-                    agree.append(t_logits.argmax(-1).eq(logits.argmax(-1)).cpu())
-        finally:
-            model.train(was_training)
-        if not probs:
-            raise DistillError("evaluation data is empty; give a non-empty validation/test set")
-        p, y = torch.cat(probs), torch.cat(labels)
+        p, y, agree = collect_predictions(
+            self, lambda m, x: self.forward(m, x)["logits"], model, loader, teacher, device
+        )
         k = min(5, p.shape[1])
-        metrics = {
-            "top1": 100.0 * p.argmax(1).eq(y).float().mean().item(),
-            f"top{k}" if k != 5 else "top5": 100.0
-            * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item(),
-            "nll": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
-            "ece": 100.0 * expected_calibration_error(p, y),
-            "samples": float(len(y)),
-        }
-        if agree:
-            metrics["agreement"] = 100.0 * torch.cat(agree).float().mean().item()
-        return metrics
+        topk = 100.0 * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item()
+        metrics = label_metrics(p, y, agree)
+        return {"top1": metrics.pop("top1"), f"top{k}": topk, **metrics}

@@ -18,13 +18,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
 from distill.tasks.base import Batch
-from distill.tasks.classification import expected_calibration_error
+from distill.tasks.classification import checked_cross_entropy, collect_predictions, label_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -111,13 +110,12 @@ class TextClassificationTask:
         return {"logits": out}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        logits, targets = outputs["logits"], batch.targets
-        if targets.numel() and (int(targets.max()) >= logits.shape[-1] or int(targets.min()) < 0):
-            raise DistillError(
-                f"label {int(targets.max())} is out of range for a model with {logits.shape[-1]} classes; "
-                "build the model's head from the data's classes"
-            )
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return checked_cross_entropy(
+            outputs["logits"],
+            batch.targets,
+            self.label_smoothing,
+            "build the model's head from the data's classes",
+        )
 
     def batch_metrics(
         self, outputs: dict[str, torch.Tensor], batch: Batch
@@ -133,32 +131,14 @@ class TextClassificationTask:
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """Top-1 accuracy (%), macro-F1 (%), NLL (nats), ECE (%), agreement with ``teacher`` (% same argmax)."""
-        was_training = model.training
-        model.eval()
-        if teacher is not None:
-            teacher.eval()
-        probs, labels, agree = [], [], []
-        try:
-            for raw in loader:
-                batch = self.split(raw).to(device)
-                logits = self._run(model, batch.inputs, features=False)["logits"].float()
-                probs.append(logits.softmax(-1).cpu())
-                labels.append(batch.targets.cpu())
-                if teacher is not None:
-                    t_logits = self._run(teacher, batch.inputs, features=False)["logits"]
-                    agree.append(t_logits.argmax(-1).eq(logits.argmax(-1)).cpu())
-        finally:
-            model.train(was_training)
-        if not probs:
-            raise DistillError("evaluation data is empty; give a non-empty validation/test set")
-        p, y = torch.cat(probs), torch.cat(labels)
-        metrics = {
-            "top1": 100.0 * p.argmax(1).eq(y).float().mean().item(),
-            "macro_f1": 100.0 * macro_f1(p.argmax(1), y, p.shape[1]),
-            "nll": F.nll_loss(p.clamp_min(1e-12).log(), y).item(),
-            "ece": 100.0 * expected_calibration_error(p, y),
-            "samples": float(len(y)),
-        }
-        if agree:
-            metrics["agreement"] = 100.0 * torch.cat(agree).float().mean().item()
-        return metrics
+        p, y, agree = collect_predictions(
+            self,
+            lambda m, x: self._run(m, x, features=False)["logits"],
+            model,
+            loader,
+            teacher,
+            device,
+        )
+        f1 = 100.0 * macro_f1(p.argmax(1), y, p.shape[1])
+        metrics = label_metrics(p, y, agree)
+        return {"top1": metrics.pop("top1"), "macro_f1": f1, **metrics}
