@@ -107,6 +107,20 @@ def test_int8_student_runs_in_onnxruntime(recipes, workspace):
     assert onnx["agreement"] is not None and onnx["latency_ms_b1_t1"] > 0
 
 
+def test_qat_student_is_an_int8_row_and_is_reused(recipes, workspace):
+    """``student-kd-qat``: QAT from the KD student's run, int8 ONNX measured like every row; a second
+    comparison reuses the file while the KD student is unchanged."""
+    pytest.importorskip("onnxruntime")
+    out = workspace / "cmp"
+    (row,) = run(recipes, out, ["student-kd-qat"])["rows"]
+    path = out / "student-kd-qat" / "student.qat.int8.onnx"
+    assert row["pipeline"] == "student-kd-qat" and row["runtime"] == "onnxruntime"
+    assert row["size_bytes"] == path.stat().st_size and row["accuracy"] is not None
+    before = path.stat().st_mtime_ns
+    (again,) = run(recipes, out, ["student-kd-qat"])["rows"]
+    assert path.stat().st_mtime_ns == before and again["accuracy"] == row["accuracy"]
+
+
 def test_an_export_failing_parity_is_a_failed_row_not_a_model(recipes, workspace, monkeypatch):
     pytest.importorskip("onnxruntime")
     from distill.export import ParityError, ParityReport

@@ -200,6 +200,39 @@ for _source in ("teacher", "student-kd", "pruned-kd"):
             "run by onnxruntime",
         )
 
+
+@PIPELINES.register(
+    "student-kd-qat",
+    about="the KD student after quantization-aware training (1 epoch, KD from the float student), "
+    "int8 ONNX run by onnxruntime",
+)
+def student_kd_qat(ctx: Context) -> Produced:
+    import hashlib
+
+    from distill.compress.qat import QAT_FILE, qat_run
+    from distill.export import OnnxModule
+
+    made = ctx.get("student-kd")
+    weights = made.artefact  # <out>/student-kd/model.safetensors
+    folder = ctx.out / "student-kd-qat"
+    settings = {"student": hashlib.sha256(weights.read_bytes()).hexdigest(), "epochs": 1}
+    if ctx.fresh or not settings_match(folder, settings, QAT_FILE):
+        ctx.console.rule("student-kd-qat")
+        qat_run(weights.parent, out=folder, epochs=1, checkpoint="last")
+        record_settings(folder, settings)
+    else:
+        ctx.console.print(f"[green]student-kd-qat[/]: reusing {folder}", soft_wrap=True)
+    path = folder / QAT_FILE
+    return Produced(
+        OnnxModule(path),
+        f"{made.name}, QAT int8 ONNX",
+        runtime="onnxruntime",
+        params=count_parameters(made.model),
+        size_bytes=path.stat().st_size,
+        artefact=path,
+    )
+
+
 DEFAULT_PIPELINES = (
     "teacher",
     "student-scratch",
