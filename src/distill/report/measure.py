@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,24 +19,18 @@ def serialized_size(model: nn.Module) -> int:
     return len(safetensors_bytes(state_tensors(model.state_dict())))
 
 
-@torch.inference_mode()
 def latency_ms(
     model: nn.Module, example: torch.Tensor, batch_size: int, repeats: int = 30, warmup: int = 5
 ) -> float:
     """Median wall time (ms) of one forward pass at ``batch_size`` on CPU, after ``warmup`` passes.
 
-    ``example`` is one input ``(C, H, W)``; threads are PyTorch's default (all cores).
+    ``example`` is one input ``(C, H, W)``; threads are PyTorch's default (all cores). One cell of the
+    shared harness, :func:`distill.export.measure_latency`.
     """
-    model = model.eval().cpu()
-    x = example.unsqueeze(0).expand(batch_size, *example.shape).contiguous().cpu()
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    from distill.export import latency_key, measure_latency
+
+    found = measure_latency(model.cpu(), example, (batch_size,), (None,), warmup, repeats)
+    return found[latency_key(batch_size, None)]
 
 
 def measure(
@@ -75,31 +67,18 @@ def latency_row(
     """Latency keys of a report row from the shared harness (``distill.export.measure_latency``).
 
     ``latency_ms_b1_t1`` (batch 1, one thread) and friends, with p90s, plus the demo's ``latency_ms_b1`` and
-    ``latency_ms_b{large_batch}`` (all threads). Without the ``export`` extra, torch models are timed here.
+    ``latency_ms_b{large_batch}`` (all threads). The harness itself needs no onnxruntime for torch models.
     """
-    try:
-        from distill.export import measure_latency
-    except ImportError:
-        measure_latency = None
-    if measure_latency is not None:
-        found = measure_latency(
-            model,
-            example,
-            batch_sizes=(1, large_batch),
-            threads=(1, None),
-            warmup=min(10, repeats),
-            repeats=repeats,
-        )
-    else:
-        found = {}
-        threads = torch.get_num_threads()
-        for count, tag in ((1, "t1"), (threads, "tall")):
-            torch.set_num_threads(count)
-            try:
-                for b, reps in ((1, repeats), (large_batch, max(5, repeats // 3))):
-                    found[f"latency_ms_b{b}_{tag}"] = latency_ms(model, example, b, reps)
-            finally:
-                torch.set_num_threads(threads)
+    from distill.export import measure_latency
+
+    found = measure_latency(
+        model,
+        example,
+        batch_sizes=(1, large_batch),
+        threads=(1, None),
+        warmup=min(10, repeats),
+        repeats=repeats,
+    )
     found = {k: round(float(v), 4) for k, v in found.items()}
     found["latency_ms_b1"] = found["latency_ms_b1_tall"]
     found[f"latency_ms_b{large_batch}"] = found[f"latency_ms_b{large_batch}_tall"]
