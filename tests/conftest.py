@@ -52,3 +52,14 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def fake_fashion_mnist(n: int, seed: int, size: int = 28):
+    """``n`` random 1-channel ``size x size`` images with labels 0..9 cycling: Fashion-MNIST's shapes, no data."""
+    import torch
+
+    from distill.data.tensor import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=g)
+    return TensorDataset(images, torch.arange(n) % 10, num_classes=10, name="fake")

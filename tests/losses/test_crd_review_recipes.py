@@ -12,21 +12,16 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from conftest import fake_fashion_mnist as fake_data
 from distill.config.build import build
 from distill.config.load import load_recipe
-from distill.data.tensor import TensorDataset, identity_collate
+from distill.data.tensor import identity_collate
 from distill.losses.crd import CRDLoss
 from distill.losses.reviewkd import ReviewKDLoss
 from distill.schedules import LinearWarmup
 from distill.train import Trainer
 
 N_TRAIN, BATCH = 32, 16
-
-
-def fake_data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, 28, 28, generator=g)
-    return TensorDataset(images, torch.arange(n) % 10, num_classes=10, name="fake")
 
 
 def built(name: str):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fake_fashion_mnist as _fake_data
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe
-from distill.data.tensor import TensorDataset
 
 RECIPES = {  # recipe -> (options, student tap, task weight, term weight)
     # the papers use the regression alone (task weight 0), which lost 5 points on this pair; KD-Zoo's 0.1 + CE
@@ -20,13 +20,6 @@ RECIPES = {  # recipe -> (options, student tap, task weight, term weight)
     "ickd": ({}, "features.3", 1.0, 2.5),  # the authors' -a 0 -b 2.5, last stage
     "irg": ({}, ["features.2", "features.3", "pool", "@logits"], 1.0, 1.0),  # KD-Zoo's taps
 }
-
-
-def _fake_data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.rand(n, 1, 28, 28, generator=g), torch.arange(n) % 10, num_classes=10
-    )
 
 
 def _recipe(name: str, tmp_path):

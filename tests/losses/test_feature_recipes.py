@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fake_fashion_mnist
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe
 from distill.data.tensor import TensorDataset
@@ -16,10 +17,7 @@ METHODS = ["vid", "ft", "ofd", "cwd", "mgd"]
 
 
 def _fake_data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.rand(n, 1, 16, 16, generator=g), torch.arange(n) % 10, num_classes=10
-    )
+    return fake_fashion_mnist(n, seed, size=16)
 
 
 @pytest.mark.filterwarnings("error:ofd:UserWarning")  # OFD's teacher taps are pre-ReLU

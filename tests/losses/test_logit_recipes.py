@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fake_fashion_mnist as fake_data
 from distill.config.build import build
 from distill.config.load import BUILTIN_RECIPES, load_recipe
-from distill.data.tensor import TensorDataset
 from distill.schedules import LinearWarmup
 
 BATCH = 16
@@ -33,12 +33,6 @@ RECIPES = {  # recipe -> (loss, options that must be set, task weight, term weig
     "kd_ls": ("kd", {"temperature": 2.0, "standardize": True}, 1.0, 1.0),  # CIFAR: 9 next to 0.1
 }
 CALIBRATED = {"dkd": "beta=8", "mlkd": "0.9", "kd_ls": "9"}  # recipe -> the paper's value it names
-
-
-def fake_data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, 28, 28, generator=g)
-    return TensorDataset(images, torch.arange(n) % 10, num_classes=10, name="fake")
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

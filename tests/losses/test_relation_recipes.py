@@ -7,21 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import fake_fashion_mnist as _fake_data
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe
-from distill.data.tensor import TensorDataset
 from distill.schedules import weight_at
 from distill.taps import FeatureTaps
 
 METHODS = ["at", "sp", "cc", "rkd", "pkt", "nst", "fsp", "ab"]
 WITH_PARTS = {"cc", "fsp", "ab"}  # trainable heads/connectors built from the example batch
-
-
-def _fake_data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(
-        torch.rand(n, 1, 28, 28, generator=g), torch.arange(n) % 10, num_classes=10
-    )
 
 
 def _recipe(method: str, tmp_path):
