@@ -283,12 +283,19 @@ def qat_run(
     Returns what ``qat.json`` holds: ``metrics`` for ``float`` (the run's student), ``fake_quant`` (PyTorch)
     and ``onnx_int8`` (with ``agreement``, the % of test inputs whose top-1 equals the float student's).
     """
-    from distill.export.run import EXAMPLE_SAMPLES, _inputs, _load, _loader, _metrics, _write_json
+    from distill.export.run import (
+        EXAMPLE_SAMPLES,
+        eval_loader,
+        example_inputs,
+        load_run,
+        rounded_metrics,
+        write_json,
+    )
     from distill.export.runtime import OnnxModule
 
-    student, task, train, test, recipe = _load(Path(run_dir), checkpoint)
-    test_loader = _loader(test, recipe.train.eval_batch_size)
-    example = _inputs(task, test_loader, EXAMPLE_SAMPLES)
+    student, task, train, test, recipe = load_run(Path(run_dir), checkpoint)
+    test_loader = eval_loader(test, recipe.train.eval_batch_size)
+    example = example_inputs(task, test_loader, EXAMPLE_SAMPLES)
     qat_student = prepare_qat(student, example, keep_float)
     config = recipe.train.model_copy(update={"progress": False, "device": "cpu"})
     lr = recipe.train.lr / 10 if lr is None else lr
@@ -304,10 +311,10 @@ def qat_run(
         "file": path.name,
         "size_bytes": onnx.size_bytes,
         "metrics": {
-            "float": _metrics(task.evaluate(student, test_loader)),
-            "fake_quant": _metrics(task.evaluate(qat_student, test_loader)),
-            "onnx_int8": _metrics(task.evaluate(onnx, test_loader, student)),
+            "float": rounded_metrics(task.evaluate(student, test_loader)),
+            "fake_quant": rounded_metrics(task.evaluate(qat_student, test_loader)),
+            "onnx_int8": rounded_metrics(task.evaluate(onnx, test_loader, student)),
         },
     }
-    _write_json(out_dir / QAT_REPORT, result)
+    write_json(out_dir / QAT_REPORT, result)
     return {**result, "file": str(path)}

@@ -54,9 +54,9 @@ def export_run(
         raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "export"
-    student, task, train, test, recipe = _load(run_dir, checkpoint)
-    test_loader = _loader(test, recipe.train.eval_batch_size)
-    inputs = _inputs(task, test_loader, PARITY_SAMPLES)
+    student, task, train, test, recipe = load_run(run_dir, checkpoint)
+    test_loader = eval_loader(test, recipe.train.eval_batch_size)
+    inputs = example_inputs(task, test_loader, PARITY_SAMPLES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -65,7 +65,7 @@ def export_run(
             student, task, train, test_loader, inputs, staging, int8_options if int8 else None
         )
         result.update(run_dir=str(run_dir), checkpoint=checkpoint, format=format)
-        _write_json(staging / REPORT_NAME, _relative(result, staging))
+        write_json(staging / REPORT_NAME, _relative(result, staging))
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -111,21 +111,22 @@ def _export_all(
             "calibration_samples": sum(len(b) for b in calibration),
             "float_layers": keep,
         }
-    metrics = {"torch": _metrics(task.evaluate(student, test_loader))}
+    metrics = {"torch": rounded_metrics(task.evaluate(student, test_loader))}
     for entry in files.values():
         module = OnnxModule(entry["path"])
         entry["size_bytes"] = module.size_bytes
-        entry["metrics"] = _metrics(task.evaluate(module, test_loader, student))
+        entry["metrics"] = rounded_metrics(task.evaluate(module, test_loader, student))
     return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def load_student(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:
     """A run's student with its ``best`` or ``last`` weights, in eval mode (the teacher is not needed)."""
-    return _load(Path(run_dir), checkpoint)[0]
+    return load_run(Path(run_dir), checkpoint)[0]
 
 
-def _load(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
-    """The run's data, task and student with ``checkpoint`` weights (the teacher is not needed)."""
+def load_run(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
+    """``(student, task, train, test, recipe)`` of a run, the student with ``checkpoint`` weights in eval mode;
+    the teacher is never built (its weights may have moved since training). Shared by export and QAT."""
     from distill.api import run_recipe
     from distill.config.build import build_data, build_model_spec
     from distill.tasks import build_task
@@ -140,11 +141,12 @@ def _load(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any
     return student.eval(), build_task(recipe.task, **recipe.task_options), train, test, recipe
 
 
-def _loader(data: Any, batch_size: int) -> Any:
+def eval_loader(data: Any, batch_size: int) -> Any:
+    """The split's own batched loader when it has one (``TensorDataset``, ``TextDataset``), else ``data``."""
     return data.loader(batch_size) if hasattr(data, "loader") else data
 
 
-def _inputs(task: Any, loader: Any, n: int) -> torch.Tensor:
+def example_inputs(task: Any, loader: Any, n: int) -> torch.Tensor:
     """The first ``n`` model inputs of ``loader`` as one tensor."""
     parts, have = [], 0
     for raw in loader:
@@ -174,7 +176,8 @@ def _calibration(task: Any, train: Any, batches: int) -> Iterator[torch.Tensor]:
         yield task.split(raw).inputs
 
 
-def _metrics(m: dict[str, float]) -> dict[str, float]:
+def rounded_metrics(m: dict[str, float]) -> dict[str, float]:
+    """Evaluation metrics rounded to 4 decimals, as the export and QAT reports store them."""
     return {k: round(v, 4) for k, v in m.items()}
 
 
@@ -183,7 +186,8 @@ def _relative(result: dict[str, Any], staging: Path) -> dict[str, Any]:
     return {**result, "files": files}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON with a final newline."""
     import json
 
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
