@@ -1,5 +1,11 @@
 """ONNX export of any student with a dynamic batch dimension, checked against PyTorch before it is kept.
 
+A model's input is whatever ``task.split(batch).inputs`` is: one tensor ``(B, ...)`` (images: the ONNX
+input ``input``, batch axis dynamic) or a mapping of tensors (text: ``input_ids``, ``attention_mask``,
+``token_type_ids`` ``(B, T)``; one ONNX input per key, in the mapping's order, batch and sequence axes
+dynamic). The output is the model's first tensor: itself, ``logits`` of a mapping (Hugging Face outputs),
+or the first element of a tuple/list (recursively, e.g. a detector's ``[(B, 4 + C, A), ...]``).
+
 The exporter is ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript): it refuses models whose
 control flow depends on tensor values instead of tracing one branch, and it is the path PyTorch maintains.
 Why not the TorchScript exporter (``dynamo=False``) is in ``docs/export.md``.
@@ -12,7 +18,9 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -24,11 +32,59 @@ NATIVE_OPSET = (
     18  # what the dynamo exporter writes; other opsets go through onnx's version converter
 )
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+Inputs: TypeAlias = torch.Tensor | Mapping[str, torch.Tensor]  # one batch of model inputs
+
+
+def first_output(out: Any) -> torch.Tensor:
+    """The tensor a task reads from a model's output: ``logits`` of a mapping, else its first value; the
+    first element of a tuple/list (recursively); a tensor as is."""
+    if isinstance(out, Mapping):
+        return first_output(out["logits"] if "logits" in out else next(iter(out.values())))
+    if isinstance(out, (tuple, list)):
+        return first_output(out[0])
+    return out
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(**inputs)`` for a mapping of named inputs, else ``model(inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def batch_size(inputs: Inputs) -> int:
+    """``B`` of a batch (the first dimension of its first tensor)."""
+    first = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
+    return int(first.shape[0])
+
+
+def take(inputs: Inputs, n: int) -> Inputs:
+    """The first ``n`` samples of a batch (every tensor of a mapping cut alike)."""
+    if isinstance(inputs, Mapping):
+        return {k: v[:n] for k, v in inputs.items()}
+    return inputs[:n]
+
+
+def to_cpu(inputs: Inputs) -> Inputs:
+    if isinstance(inputs, Mapping):
+        return {k: v.cpu() for k, v in inputs.items()}
+    return inputs.cpu()
+
+
+def _check_example(example: Any) -> None:
+    tensors = list(example.values()) if isinstance(example, Mapping) else [example]
+    ok = bool(tensors) and all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in tensors)
+    if isinstance(example, Mapping):
+        ok = ok and all(isinstance(k, str) for k in example)
+        ok = ok and len({t.shape[0] for t in tensors if isinstance(t, torch.Tensor)}) == 1
+    if not ok:
+        raise DistillError(
+            "example must be a batch of inputs (a tensor with a batch dimension, or a dict of named "
+            f"tensors with the same batch size), got {type(example).__name__}; pass task.split(batch).inputs"
+        )
 
 
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Inputs,
     path: str | Path,
     opset: int | None = None,
     dynamic_batch: bool = True,
@@ -36,27 +92,26 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as one self-contained ``.onnx`` file (weights inside) and return its path.
 
-    ``example`` is a batch ``(B, ...)`` of real inputs; with ``dynamic_batch`` the file accepts any batch
-    size (a batch of 1 works too). With ``check``, the file is run with
+    ``example`` is a batch of real inputs: a tensor ``(B, ...)`` or a mapping of named tensors ``(B, T, ...)``
+    (see the module docstring). With ``dynamic_batch`` the file accepts any batch size (a batch of 1 works
+    too) and, for a mapping, any sequence length ``T``; trace with ``B, T >= 2``, or the exporter may fix
+    them. With ``check``, the file is run with
     onnxruntime on ``example`` and compared with ``model``; if they differ, the file is deleted and
     :class:`~distill.export.ParityError` is raised. The model is exported in ``eval()`` mode on CPU and
     left as it was.
     """
     require("onnx"), require("onnxscript")
     path = Path(path)
-    if not isinstance(example, torch.Tensor) or example.dim() < 1:
-        raise DistillError(
-            f"example must be a batch of inputs (a tensor with a batch dimension), got {type(example).__name__}"
-        )
+    _check_example(example)
     _check_opset(opset)
     device, was_training = _device_of(model), model.training
     model = model.cpu().eval()
     try:
-        _write(model, example.cpu(), path, opset, dynamic_batch)
+        _write(model, to_cpu(example), path, opset, dynamic_batch)
         if check:
             from distill.export.runtime import ParityError, check_parity
 
-            report = check_parity(model, path, example.cpu())
+            report = check_parity(model, path, to_cpu(example))
             if not report.ok:
                 path.unlink(missing_ok=True)
                 raise ParityError(report, path)
@@ -81,14 +136,29 @@ def _check_opset(opset: int | None) -> None:
         )
 
 
+def _dynamic_shapes(example: Inputs, dynamic_batch: bool) -> Any:
+    """``dynamic_shapes`` for :class:`_Positional`'s ``*inputs``: batch (and, for named inputs of rank >= 2,
+    sequence) axes shared by every input, so the exporter knows they are equal."""
+    if not dynamic_batch:
+        return None
+    batch = torch.export.Dim("batch")
+    if not isinstance(example, Mapping):
+        return (({0: batch},),)
+    sequence = torch.export.Dim("sequence")
+    return (
+        tuple({0: batch, 1: sequence} if t.dim() >= 2 else {0: batch} for t in example.values()),
+    )
+
+
 def _write(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic_batch: bool
+    model: nn.Module, example: Inputs, path: Path, opset: int | None, dynamic_batch: bool
 ) -> None:
     """Export to a temporary file next to ``path``, check the opset, then rename (never a half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    dynamic = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+    names = list(example) if isinstance(example, Mapping) else None
+    args = tuple(example.values()) if isinstance(example, Mapping) else (example,)
     captured = io.StringIO()  # the exporter narrates each step and dumps graphs on failure
     try:
         try:
@@ -99,14 +169,14 @@ def _write(
             ):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _Positional(model),
-                    (example,),
+                    _Positional(model, names),
+                    args,
                     tmp,
                     dynamo=True,
                     external_data=False,
                     opset_version=opset,
-                    dynamic_shapes=dynamic,
-                    input_names=[INPUT_NAME],
+                    dynamic_shapes=_dynamic_shapes(example, dynamic_batch),
+                    input_names=names or [INPUT_NAME],
                     output_names=[OUTPUT_NAME],
                     verbose=False,
                 )
@@ -131,19 +201,18 @@ def _umask() -> int:
 
 
 class _Positional(nn.Module):
-    """Calls ``model(x)``; gives the exporter one positional input named ``x`` whatever ``forward`` calls it."""
+    """Gives the exporter positional inputs whatever ``forward`` calls them: ``model(x)``, or with ``names``
+    ``model(**dict(zip(names, inputs)))``; returns :func:`first_output`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, names: list[str] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.names = names
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if isinstance(out, dict):  # Hugging Face style outputs: keep the logits, as the task does
-            out = out["logits"]
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        return out
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.names is None:
+            return first_output(self.model(*inputs))
+        return first_output(self.model(**dict(zip(self.names, inputs, strict=True))))
 
 
 def _strip(path: str | Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,17 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.export._deps import require
+from distill.export.exporter import Inputs, batch_size, call_model, first_output, to_cpu
+
+_TORCH_DTYPES = {
+    "tensor(float)": torch.float32,
+    "tensor(float16)": torch.float16,
+    "tensor(double)": torch.float64,
+    "tensor(int64)": torch.int64,
+    "tensor(int32)": torch.int32,
+    "tensor(bool)": torch.bool,
+    "tensor(uint8)": torch.uint8,
+}  # onnxruntime's input type names -> what forward casts inputs to
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -59,11 +71,14 @@ def inference_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 class OnnxModule(nn.Module):
-    """An ONNX file behind the ``nn.Module`` interface: ``forward(x (B, ...)) -> (B, num_classes)`` float32
-    on CPU, so task evaluation and report measurement run on it unchanged.
+    """An ONNX file behind the ``nn.Module`` interface, so task evaluation and report measurement run on it
+    unchanged: ``forward(x)`` for a one-input file (``x`` ``(B, ...)``), ``forward(**inputs)`` or
+    ``forward(inputs_dict)`` for named inputs (text: ``input_ids=``, ``attention_mask=`` ``(B, T)``).
+    Returns the file's first output as a CPU tensor, e.g. float32 logits ``(B, num_classes)``.
 
-    There are no parameters; ``size_bytes`` is the file's size on disk. ``threads`` sets onnxruntime's
-    intra-op threads (``None``: all physical cores).
+    Inputs are cast to the dtypes the file declares (float32 images, int64 token ids). There are no
+    parameters; ``size_bytes`` is the file's size on disk. ``threads`` sets onnxruntime's intra-op threads
+    (``None``: all physical cores).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
@@ -71,7 +86,10 @@ class OnnxModule(nn.Module):
         self.path = Path(path)
         self.threads = threads
         self.session = inference_session(self.path, threads)
-        self.input_name = self.session.get_inputs()[0].name
+        declared = self.session.get_inputs()
+        self.input_names = [i.name for i in declared]
+        self.input_name = self.input_names[0]
+        self.input_dtypes = {i.name: _TORCH_DTYPES.get(i.type, torch.float32) for i in declared}
         self.output_names = [self.session.get_outputs()[0].name]
 
     @property
@@ -81,15 +99,33 @@ class OnnxModule(nn.Module):
 
     def with_threads(self, threads: int | None) -> OnnxModule:
         """The same file in a new session with ``threads`` intra-op threads."""
-        return OnnxModule(self.path, threads)
+        return type(self)(self.path, threads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any = None, **inputs: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, Mapping):
+            inputs, x = {**x, **inputs}, None
+        if x is not None:
+            if inputs or len(self.input_names) != 1:
+                raise DistillError(
+                    f"{self.path.name} takes the named inputs {self.input_names}; call it with "
+                    "keyword arguments (model(**inputs)), not one positional tensor"
+                )
+            inputs = {self.input_name: x}
+        if set(inputs) != set(self.input_names):
+            raise DistillError(
+                f"{self.path.name} takes the inputs {self.input_names}, got {sorted(inputs)}; pass the "
+                "inputs the model was exported with"
+            )
+        feed = {name: self._array(name, inputs[name]) for name in self.input_names}
+        return torch.from_numpy(self.session.run(self.output_names, feed)[0])
+
+    def _array(self, name: str, x: torch.Tensor) -> np.ndarray:
         if x.requires_grad:
             x = x.detach()
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            x = x.to("cpu", torch.float32)
-        array = np.ascontiguousarray(x.numpy())  # no copy when already contiguous (the usual case)
-        return torch.from_numpy(self.session.run(self.output_names, {self.input_name: array})[0])
+        dtype = self.input_dtypes[name]
+        if x.dtype != dtype or x.device.type != "cpu":
+            x = x.to("cpu", dtype)
+        return np.ascontiguousarray(x.numpy())  # no copy when already contiguous (the usual case)
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, threads={self.threads}"
@@ -127,18 +163,19 @@ class ParityError(DistillError):
 def check_parity(
     model: nn.Module,
     onnx_path: str | Path,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     rtol: float = 1e-3,
     atol: float = 1e-4,
 ) -> ParityReport:
-    """Run ``model`` (eval mode, CPU) and the ONNX file on ``inputs`` ``(N, ...)`` and compare the outputs."""
+    """Run ``model`` (eval mode, CPU) and the ONNX file on one batch ``inputs`` (a tensor ``(N, ...)`` or a
+    mapping of named tensors, as :func:`~distill.export.export_onnx` takes) and compare the first outputs."""
     was_training = model.training
     model.eval()
     try:
-        expected = _as_logits(model(inputs.cpu())).float()
+        expected = first_output(call_model(model, to_cpu(inputs))).float()
     finally:
         model.train(was_training)
-    got = OnnxModule(onnx_path)(inputs)
+    got = first_output(call_model(OnnxModule(onnx_path), inputs))
     if got.shape != expected.shape:
         raise DistillError(
             f"ONNX model {onnx_path} returns shape {tuple(got.shape)} where PyTorch returns "
@@ -146,12 +183,19 @@ def check_parity(
         )
     diff = (got - expected).abs()
     ok = bool(torch.isfinite(got).all()) and bool((diff <= atol + rtol * expected.abs()).all())
-    return ParityReport(ok, float(diff.max()) if diff.numel() else 0.0, rtol, atol, len(inputs))
+    return ParityReport(
+        ok, float(diff.max()) if diff.numel() else 0.0, rtol, atol, batch_size(inputs)
+    )
 
 
-def _as_logits(out: Any) -> torch.Tensor:
-    if isinstance(out, dict):
-        return out["logits"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
+def merge_reports(reports: list[ParityReport]) -> ParityReport:
+    """One report for several batches (e.g. text batches padded to different lengths): ``ok`` if all are,
+    the largest difference, the total count."""
+    assert reports, "merge_reports needs at least one report"
+    return ParityReport(
+        all(r.ok for r in reports),
+        max(r.max_abs_diff for r in reports),
+        reports[0].rtol,
+        reports[0].atol,
+        sum(r.n for r in reports),
+    )
