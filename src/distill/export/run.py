@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, did_you_mean
+from distill.export.exporter import Inputs, batch_size, take
 
 EXPORT_FORMATS = ("onnx",)
+INT8_MODES = ("static", "dynamic")
 FP32_NAME, INT8_NAME, REPORT_NAME = "student.onnx", "student.int8.onnx", "export.json"
 EXAMPLE_SAMPLES = 8  # batch the exporter traces with (the batch dimension stays dynamic)
 PARITY_SAMPLES = 256  # test inputs the fp32 file is checked on
@@ -28,13 +30,16 @@ def export_run(
     calibration_batches: int = 8,
     checkpoint: str = "best",
     keep_first_last_float: bool = True,
+    int8_mode: str | None = None,
 ) -> dict[str, Any]:
     """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
 
-    Writes ``student.onnx`` (dynamic batch, parity-checked against PyTorch on test inputs) and, with
-    ``int8``, ``student.int8.onnx`` (static int8, calibrated on ``calibration_batches`` training batches of
-    64; with ``keep_first_last_float`` the first and last compute layers stay in float, see
-    :func:`~distill.compress.quantize.first_and_last_layers`).
+    Writes ``student.onnx`` (dynamic batch, and sequence length for text; parity-checked against PyTorch on
+    up to 256 test inputs, batch by batch) and, with ``int8``, ``student.int8.onnx``. ``int8_mode``
+    (default :func:`default_int8_mode`): ``static`` (int8 QDQ calibrated on ``calibration_batches``
+    training batches of 64) or ``dynamic`` (int8 weights, activation ranges per batch at run time). With
+    ``keep_first_last_float`` the first and last compute layers stay in float, see
+    :func:`~distill.compress.quantize.first_and_last_layers`.
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
@@ -52,17 +57,26 @@ def export_run(
         )
     if not isinstance(calibration_batches, int) or calibration_batches < 1:
         raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+    if int8_mode is not None and int8_mode not in INT8_MODES:
+        raise DistillError(
+            f"unknown int8 mode {int8_mode!r}.{did_you_mean(str(int8_mode), INT8_MODES)} "
+            "Use static or dynamic (or leave it unset for the default)"
+        )
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "export"
     student, task, train, test, recipe = load_run(run_dir, checkpoint)
     test_loader = eval_loader(test, recipe.train.eval_batch_size)
-    inputs = example_inputs(task, test_loader, PARITY_SAMPLES)
+    batches = parity_batches(task, test_loader, PARITY_SAMPLES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        int8_options = {"calibration_batches": calibration_batches, "keep": keep_first_last_float}
+        int8_options = {
+            "calibration_batches": calibration_batches,
+            "keep": keep_first_last_float,
+            "mode": int8_mode or default_int8_mode(batches[0]),
+        }
         result = _export_all(
-            student, task, train, test_loader, inputs, staging, int8_options if int8 else None
+            student, task, train, test_loader, batches, staging, int8_options if int8 else None
         )
         result.update(run_dir=str(run_dir), checkpoint=checkpoint, format=format)
         write_json(staging / REPORT_NAME, _relative(result, staging))
@@ -81,17 +95,17 @@ def _export_all(
     task: Any,
     train: Any,
     test_loader: Any,
-    inputs: torch.Tensor,
+    batches: list[Inputs],
     staging: Path,
     int8: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from distill.compress.quantize import first_and_last_layers, quantize_onnx
     from distill.export.exporter import export_onnx
-    from distill.export.runtime import OnnxModule, check_parity
+    from distill.export.runtime import OnnxModule, check_parity, merge_reports
 
     started = time.perf_counter()
-    fp32 = export_onnx(student, inputs[:EXAMPLE_SAMPLES], staging / FP32_NAME, check=False)
-    parity = check_parity(student, fp32, inputs)
+    fp32 = export_onnx(student, take(batches[0], EXAMPLE_SAMPLES), staging / FP32_NAME, check=False)
+    parity = merge_reports([check_parity(student, fp32, b) for b in batches])
     if not parity.ok:
         from distill.export.runtime import ParityError
 
@@ -100,15 +114,21 @@ def _export_all(
         "fp32": {"path": str(fp32), "parity": parity.to_dict(), "format": "onnx float32"}
     }
     if int8 is not None:
-        calibration = list(_calibration(task, train, int8["calibration_batches"]))
+        static = int8["mode"] == "static"
+        calibration = (
+            list(_calibration(task, train, int8["calibration_batches"])) if static else None
+        )
         keep = first_and_last_layers(fp32) if int8["keep"] else []  # recorded in export.json
         q = quantize_onnx(
-            fp32, staging / INT8_NAME, mode="static", calibration=calibration, keep_float=keep
+            fp32, staging / INT8_NAME, mode=int8["mode"], calibration=calibration, keep_float=keep
         )
         files["int8"] = {
             "path": str(q),
-            "format": "onnx int8 (static QDQ, per-channel weights)",
-            "calibration_samples": sum(len(b) for b in calibration),
+            "format": "onnx int8 (static QDQ, per-channel weights)"
+            if static
+            else "onnx int8 (dynamic: int8 weights, activation ranges per batch)",
+            "mode": int8["mode"],
+            "calibration_samples": sum(batch_size(b) for b in calibration) if calibration else 0,
             "float_layers": keep,
         }
     metrics = {"torch": rounded_metrics(task.evaluate(student, test_loader))}
@@ -126,17 +146,26 @@ def load_student(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:
 
 def load_run(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
     """``(student, task, train, test, recipe)`` of a run, the student with ``checkpoint`` weights in eval mode;
-    the teacher is never built (its weights may have moved since training). Shared by export and QAT."""
+    the teacher's weights are never loaded (they may have moved since training). A ``from_teacher`` student
+    is cut from the teacher's architecture first; text data gets the student's tokenizer. Shared by export
+    and QAT."""
     from distill.api import run_recipe
-    from distill.config.build import build_data, build_model_spec
+    from distill.config.build import build_data, build_model_spec, build_models, prepare_text_data
     from distill.tasks import build_task
     from distill.train.checkpoint import load_student_weights
 
     recipe = run_recipe(run_dir)
     train, test = build_data(recipe)
-    spec = recipe.student.model_copy(update={"weights": None})  # the checkpoint replaces them
     num_classes = getattr(train, "num_classes", None)
-    student = build_model_spec(spec, num_classes, getattr(train, "in_channels", 3), "student")
+    channels = getattr(train, "in_channels", 3)
+    spec = recipe.student.model_copy(update={"weights": None})  # the checkpoint replaces them
+    if recipe.teacher is not None and recipe.student.name == "from_teacher":
+        teacher = recipe.teacher.model_copy(update={"weights": None})
+        unweighted = recipe.model_copy(update={"student": spec, "teacher": teacher})
+        student = build_models(unweighted, num_classes, channels)[0]
+    else:
+        student = build_model_spec(spec, num_classes, channels, "student")
+    prepare_text_data(recipe, (train, test), student, None)
     load_student_weights(run_dir, student, checkpoint)
     return student.eval(), build_task(recipe.task, **recipe.task_options), train, test, recipe
 
@@ -146,25 +175,41 @@ def eval_loader(data: Any, batch_size: int) -> Any:
     return data.loader(batch_size) if hasattr(data, "loader") else data
 
 
-def example_inputs(task: Any, loader: Any, n: int) -> torch.Tensor:
-    """The first ``n`` model inputs of ``loader`` as one tensor."""
-    parts, have = [], 0
+def default_int8_mode(inputs: Inputs) -> str:
+    """``dynamic`` for models with named inputs (token ids: transformers), ``static`` for one tensor input.
+
+    Transformers' activations have outliers that one calibrated range per tensor clips, their LayerNorm,
+    Softmax and GELU stay float either way, and their cost is in the ``MatMul``s that dynamic quantization
+    makes int8; static QDQ wins on convolutional networks, whose Conv/ReLU chains fuse into integer kernels.
+    """
+    return "dynamic" if isinstance(inputs, Mapping) else "static"
+
+
+def parity_batches(task: Any, loader: Any, n: int) -> list[Inputs]:
+    """The loader's batches of model inputs (``task.split(batch).inputs``) covering its first ``n`` samples,
+    the last one cut; each batch as the loader made it (text: padded to its own longest text)."""
+    batches, have = [], 0
     for raw in loader:
         x = task.split(raw).inputs
-        if not isinstance(x, torch.Tensor):
-            raise DistillError(
-                f"ONNX export supports models with one tensor input; this task gives {type(x).__name__}"
-            )
-        parts.append(x)
-        have += len(x)
+        batches.append(take(x, n - have))
+        have += batch_size(batches[-1])
         if have >= n:
             break
-    if not parts:
+    if not batches:
         raise DistillError("the test split is empty; the export is checked on test inputs")
-    return torch.cat(parts)[:n]
+    return batches
 
 
-def _calibration(task: Any, train: Any, batches: int) -> Iterator[torch.Tensor]:
+def example_inputs(task: Any, loader: Any, n: int) -> Inputs:
+    """The first ``n`` model inputs of ``loader`` as one batch: a tensor, or a dict of tensors (text) taken
+    from the first batch alone (batches are padded to different lengths)."""
+    batches = parity_batches(task, loader, n)
+    if isinstance(batches[0], Mapping):
+        return batches[0]
+    return torch.cat(batches)
+
+
+def _calibration(task: Any, train: Any, batches: int) -> Iterator[Inputs]:
     """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
     if hasattr(train, "loader"):
         loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
