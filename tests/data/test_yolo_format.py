@@ -61,6 +61,15 @@ def test_load_data_yaml_errors(tmp_path: Path, text: str, match: str) -> None:
     assert str(data_yaml) in str(info.value)
 
 
+def test_image_list_file(tmp_path: Path) -> None:
+    data_yaml = make_yolo(tmp_path, {"a": "1 0.5 0.5 0.2 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "some.txt").write_text("./images/train/a.png\n\n")
+    data_yaml.write_text(f"path: {tmp_path}\ntrain: some.txt\nval: images/val\nnames: [a, b]\n")
+    assert load_data_yaml(data_yaml)["train"] == [tmp_path / "some.txt"]
+    summary = check_yolo_labels(data_yaml, "train")
+    assert summary.images == 1 and summary.per_class == {"a": 0, "b": 1}
+
+
 def test_missing_data_yaml(tmp_path: Path) -> None:
     with pytest.raises(DistillError, match=r"nowhere\.yaml not found"):
         load_data_yaml(tmp_path / "nowhere.yaml")

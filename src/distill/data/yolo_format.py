@@ -114,7 +114,9 @@ def load_data_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     root = root if root.is_absolute() else path.parent / root
     names = _names(data, path)
     out: dict[str, Any] = {"yaml": path, "path": root.resolve(), "names": names, "nc": len(names)}
-    out["channels"] = int(data.get("channels", 3))
+    out["channels"] = data.get("channels", 3)
+    if out["channels"] not in (1, 3) or isinstance(out["channels"], bool):
+        raise DistillError(f"{path}: channels: {out['channels']!r} is not 1 or 3; fix or remove it")
     for key in SPLIT_KEYS:
         if data.get(key):
             out[key] = _image_dirs(data, key, root, path)
@@ -147,7 +149,7 @@ def label_path(image: Path) -> Path:
 
 
 def _images_in(folder: Path) -> Iterator[Path]:
-    if folder.is_file():  # a .txt list of image paths, relative to its folder
+    if folder.is_file():  # a .txt list of image paths; relative ones are taken from its folder
         for line in folder.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 yield (folder.parent / line.strip()).resolve()
