@@ -111,3 +111,77 @@ def test_bad_arguments(kwargs, needle):
 def test_bad_thread_count_for_a_session(matmul_onnx):
     with pytest.raises(DistillError, match="threads must be a positive int or None"):
         OnnxModule(matmul_onnx, threads=0)
+
+
+# OnnxModule calls the session through buffers bound once per input shape (BoundRunner): the results must
+# be exactly those of a plain onnxruntime session, whatever the call pattern.
+
+
+def plain_session(path: Path):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_bound_calls_match_a_plain_session_and_return_new_tensors(matmul_onnx):
+    module, plain = OnnxModule(matmul_onnx, threads=1), plain_session(matmul_onnx)
+    outputs, expected = [], []
+    for batch in (1, 1, 4, 1, 4, 9, 9, 2, 3, 1):  # new shapes, repeats, more shapes than are kept
+        x = torch.randn(batch, 2, 3)
+        outputs.append(module(x))
+        expected.append(torch.from_numpy(plain.run(None, {"x": x.numpy()})[0]))
+    for got, want in zip(outputs, expected, strict=True):  # earlier results were not overwritten
+        assert torch.equal(got, want)
+    assert len(module.runner.bound) == module.runner.max_shapes
+
+
+def test_bound_calls_cast_and_detach_inputs(matmul_onnx):
+    module, plain = OnnxModule(matmul_onnx), plain_session(matmul_onnx)
+    x = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    want = plain.run(None, {"x": x.detach().float().numpy()})[0]
+    for _ in range(3):
+        got = module(x)
+        assert got.dtype == torch.float32 and not got.requires_grad
+        assert torch.equal(got, torch.from_numpy(want))
+    transposed = torch.randn(2, 3, 2).transpose(1, 2)  # not contiguous
+    want = plain.run(None, {"x": transposed.contiguous().numpy()})[0]
+    assert torch.equal(module(transposed), torch.from_numpy(want))
+
+
+def test_busy_buffers_and_big_inputs_run_plainly(matmul_onnx):
+    module = OnnxModule(matmul_onnx)
+    x = torch.randn(2, 2, 3)
+    first = module(x)
+    with module.runner.lock:  # another thread holds the bound buffers
+        assert torch.equal(module(x), first)
+    module.runner.max_bytes = 64
+    module(torch.randn(5, 2, 3))  # 120 bytes of input: not worth binding
+    assert [key[0][0] for key in module.runner.bound] == [2]
+
+
+def test_output_shape_that_depends_on_values_falls_back(tmp_path):
+    """NonZero's output length depends on the values: a bound output of the wrong size must not be used."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("NonZero", ["x"], ["nz"]),
+        helper.make_node("Cast", ["nz"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "n"])],
+    )
+    path = tmp_path / "nonzero.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    module = OnnxModule(path)
+    for x in (
+        [[1.0, 0, 0, 2]],
+        [[1.0, 0, 0, 2]],
+        [[0.0, 3, 0, 0]],
+        [[5.0, 6, 7, 8]],
+        [[5.0, 6, 7, 8]],
+    ):
+        want = torch.tensor(x).nonzero().T.float()
+        assert torch.equal(module(torch.tensor(x)), want)
+    assert not module.runner.bound  # after the first misfit nothing is bound again

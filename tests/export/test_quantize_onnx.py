@@ -167,3 +167,20 @@ def test_unknown_node_mode_and_method_are_refused(trained, tmp_path):
     with pytest.raises(DistillError, match="not found"):
         quantize_onnx(tmp_path / "missing.onnx", tmp_path / "q.onnx", mode="dynamic")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qdq_propagation_is_off_and_changes_no_output(trained, tmp_path):
+    """distill's sessions skip onnxruntime's QDQ propagation (pooling after the float first layer stays in
+    float, faster); pooling commutes with quantization, so outputs equal onnxruntime's defaults exactly."""
+    ort = pytest.importorskip("onnxruntime")
+    _, fp32 = trained
+    out = quantize_onnx(fp32, tmp_path / "q.onnx", calibration=calibration())
+    x, _ = synthetic(64, seed=3)
+    default = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    expected = torch.from_numpy(default.run(None, {default.get_inputs()[0].name: x.numpy()})[0])
+    module = OnnxModule(out)
+    options = module.session.get_session_options()
+    disabled = options.get_session_config_entry("optimization.disable_specified_optimizers")
+    assert "QDQPropagationTransformer" in disabled.split(",")
+    assert torch.equal(module(x), expected)
+    assert torch.equal(module(x[:1]), expected[:1])
