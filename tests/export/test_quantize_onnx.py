@@ -184,3 +184,31 @@ def test_qdq_propagation_is_off_and_changes_no_output(trained, tmp_path):
     assert "QDQPropagationTransformer" in disabled.split(",")
     assert torch.equal(module(x), expected)
     assert torch.equal(module(x[:1]), expected[:1])
+
+
+def test_failed_preprocessing_leaves_nothing_in_the_working_directory(
+    trained, tmp_path, monkeypatch
+):
+    """onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` (+ weights) into the
+    current directory when it gives up; distill runs it in its temporary folder and retries without it."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    _, fp32 = trained
+    real, calls = quantization.quant_pre_process, []
+
+    def gives_up_on_symbolic_shapes(src, dst, skip_symbolic_shape=False, **kwargs):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            Path("sym_shape_infer_temp.onnx").write_bytes(b"partial")  # what onnxruntime does
+            raise Exception("Incomplete symbolic shape inference")  # noqa: TRY002 - as onnxruntime
+        return real(src, dst, skip_symbolic_shape=skip_symbolic_shape, **kwargs)
+
+    monkeypatch.setattr(quantization, "quant_pre_process", gives_up_on_symbolic_shapes)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = quantize_onnx(fp32, tmp_path / "q.onnx", calibration=calibration())
+    assert calls == [False, True]
+    assert list(work.iterdir()) == [] and Path.cwd() == work
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {
+        n.op_type for n in onnx.load(str(out)).graph.node
+    }

@@ -11,6 +11,7 @@ The quantized file is checked to load in onnxruntime before it is written; see `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,11 +179,34 @@ def _check_node_names(onnx_path: Path, keep_float: Sequence[str]) -> None:
 
 
 def _prepare(quantization: Any, src: Path, dst: Path) -> None:
-    """Shape inference and graph clean-up before quantization (onnxruntime's recommended pre-processing)."""
+    """Shape inference and graph clean-up before quantization (onnxruntime's recommended pre-processing).
+
+    Run inside ``dst``'s (temporary) folder: when onnxruntime's symbolic shape inference cannot infer
+    every shape it saves ``sym_shape_infer_temp.onnx`` and its weights into the current directory before
+    raising. Then it is retried without symbolic shapes, and as a last resort the file is quantized as
+    exported.
+    """
+    src, dst = src.resolve(), dst.resolve()
+    with _working_directory(dst.parent):
+        for skip_symbolic in (False, True):
+            try:
+                quantization.quant_pre_process(
+                    str(src), str(dst), skip_symbolic_shape=skip_symbolic
+                )
+                return
+            except Exception:  # noqa: BLE001, S112 - optional step: try the next, simpler way
+                continue
+    dst.write_bytes(src.read_bytes())
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
     try:
-        quantization.quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - optional step: quantize the file as exported instead
-        dst.write_bytes(src.read_bytes())
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _input_name(path: Path) -> str:
