@@ -4,7 +4,8 @@ trainable parts trained, zero at identity where the paper defines it, batch-size
 holds, bf16 autocast, and (for losses on token sequences) indifference to what padded positions hold.
 
 Inputs come from the loss's ``inputs`` metadata (see ``distill.losses``); a loss whose inputs fit none of
-the standard shapes defines ``example_inputs(batch_size, generator) -> (student, teacher)``.
+the standard shapes defines ``example_inputs(batch_size, generator) -> (student, teacher)``. Losses that
+declare ``boxes``/``box_index`` get a few ground-truth boxes per image (the last image has none).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ INPUTS = {
     "sequences",
     "attentions",
     "attention_relations",
+    "anchors",
+    "box_distributions",
 }
 B, CLASSES = 8, 10
 SEQ, HEADS = 6, 2  # token sequences (B, SEQ, D) and attention matrices (B, HEADS, SEQ, SEQ)
+ANCHORS, REG_MAX = 21, 16  # detection heads: 4x4 + 2x2 + 1x1 anchor points, DFL bins per box side
 
 
 def _meta(name: str) -> dict:
@@ -57,6 +61,10 @@ def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int =
         return rand(batch, 8 if not same else 16, 4, 4), rand(batch, 16, 4, 4)
     if kind == "sequences":
         return rand(batch, SEQ, 16), rand(batch, SEQ, 16 if same else 32)
+    if kind == "anchors":  # detection class logits (B, num_classes, anchors)
+        return rand(batch, CLASSES, ANCHORS), 2 * rand(batch, CLASSES, ANCHORS)
+    if kind == "box_distributions":  # DFL box logits (B, 4 * reg_max, anchors)
+        return rand(batch, 4 * REG_MAX, ANCHORS), 2 * rand(batch, 4 * REG_MAX, ANCHORS)
     if kind == "attentions":
         return rand(batch, HEADS, SEQ, SEQ).softmax(-1), rand(batch, HEADS, SEQ, SEQ).softmax(-1)
     if kind == "maps_list":
@@ -85,11 +93,24 @@ def _padding_mask(batch: int, length: int) -> torch.Tensor:
     return (torch.arange(length)[None, :] < lengths[:, None]).long()
 
 
+def _boxes(batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Two normalised xyxy boxes on every image but the last (a background-only image)."""
+    box_index = torch.arange(batch - 1).repeat_interleave(2)
+    corner = 0.6 * torch.rand(len(box_index), 2, generator=g)
+    size = 0.1 + 0.3 * torch.rand(len(box_index), 2, generator=g)
+    return {
+        "boxes": torch.cat([corner, corner + size], dim=1),
+        "box_index": box_index,
+        "box_labels": torch.randint(0, CLASSES, (len(box_index),), generator=g),
+    }
+
+
 def _extras(loss, batch: int, seed: int = 0, inputs=None) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     available = {
         "labels": torch.randint(0, CLASSES, (batch,), generator=g),
         "index": torch.arange(batch),
+        **_boxes(batch, g),
     }
     if inputs is not None and _seq_len(inputs):
         available["attention_mask"] = _padding_mask(batch, _seq_len(inputs))
@@ -180,8 +201,11 @@ def test_batch_size_invariance(name):
     def twice(x):
         return [torch.cat([a, a]) for a in x] if isinstance(x, list) else torch.cat([x, x])
 
+    def twice_extra(key, value):  # box_index of the repeat points at the repeated images
+        return torch.cat([value, value + B if key == "box_index" else value])
+
     one = loss(s, t, **extras)
-    two = loss(twice(s), twice(t), **{k: torch.cat([v, v]) for k, v in extras.items()})
+    two = loss(twice(s), twice(t), **{k: twice_extra(k, v) for k, v in extras.items()})
     torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-5)
 
 

@@ -849,3 +849,78 @@ def test_minilmv2_hand_computed():
     teacher = [torch.tensor([[[0.0], [0.0], [-GARBAGE]]]) for _ in range(3)]
     got = build_loss("minilm", relation_heads=1)(student, teacher, torch.tensor([[1, 1, 0]]))
     check(got, 3 * _kl_to_e_row() / 2)
+
+
+# ============================================================================= detection losses
+DET_NO_BOXES = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+
+@case("fgd")
+def test_fgd_hand_computed():
+    # L = alpha L_fg + beta L_bg + gamma L_at + lambda L_gl   (FGD, Eq. 9), GcBlocks at initialisation
+    # (the identity: last conv zero), so L_gl = sum (s - t)^2 / B.
+    # Case 1: one image, 2 channels, a 1 x 4 map; teacher all 1, student entries +-1: every |value| is
+    # 1, so both attentions are uniform (A^S = A^C = 1) on both sides and L_at = 0. Squared errors,
+    # summed over channels, per cell: [4, 0, 0, 4]. The box x in [0, 0.25] covers cells
+    # floor(0 * 4) .. ceil(0.25 * 4) = 0..1 and rows 0..ceil(1 * 1) = 0..1 (both ends included, as the
+    # official code rounds), so its cells weigh 1 / (2 * 2) = 1/4: M^fg = [1/4, 1/4, 0, 0]; the two
+    # background cells weigh 1/2. L_fg = 4/4 = 1, L_bg = 4/2 = 2, L_gl = 8.
+    teacher = torch.ones(1, 2, 1, 4)
+    student = torch.tensor([[[[-1.0, 1.0, 1.0, -1.0]], [[1.0, 1.0, 1.0, 1.0]]]])
+    loss = build_loss("fgd", alpha=1.0, beta=10.0, gamma=100.0, lambda_=1000.0)
+    loss.build(student, teacher)
+    box = torch.tensor([[0.0, 0.0, 0.25, 1.0]])
+    check(loss(student, teacher, box, torch.tensor([0])), 1 + 10 * 2 + 100 * 0 + 1000 * 8)
+    # Case 2: no boxes, T = 1, a 1 x 2 map, both channels [0, ln 3] against a teacher of 1s.
+    # Student spatial attention 2 softmax([0, ln 3]) = [1/2, 3/2] vs the teacher's [1, 1]: L_at = 1
+    # (channel attentions are equal). Errors per cell (2 channels): [2, 2 d], d = (ln 3 - 1)^2; all
+    # background, 1/2 each: L_bg = 1 + d; L_gl = 2 + 2 d.
+    teacher = torch.ones(1, 2, 1, 2)
+    student = torch.tensor([[[[0.0, LN3]], [[0.0, LN3]]]])
+    loss = build_loss("fgd", temperature=1.0, alpha=1.0, beta=1.0, gamma=1.0, lambda_=1.0)
+    loss.build(student, teacher)
+    d = (LN3 - 1) ** 2
+    check(loss(student, teacher, *DET_NO_BOXES), (1 + d) + 1 + (2 + 2 * d))
+
+
+@case("fgfi")
+def test_fgfi_hand_computed():
+    # L = sum I (s - t)^2 / (2 sum I)   (FGFI, Eq. 2, the authors' normalisation)
+    # A 2 x 2 map; the box [0, 0, 0.5, 0.5] holds only the centre (0.25, 0.25) of cell (0, 0):
+    # errors there (3 - 1)^2 + (1 - 0)^2 = 5 over 2 * 1 cells. Other cells hold garbage.
+    student = torch.tensor([[[[3.0, GARBAGE], [GARBAGE, GARBAGE]], [[1.0, 0.0], [0.0, 0.0]]]])
+    teacher = torch.tensor([[[[1.0, 0.0], [-GARBAGE, 0.0]], [[0.0, GARBAGE], [0.0, 0.0]]]])
+    box = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    check(build_loss("fgfi")(student, teacher, box, torch.tensor([0])), 2.5)
+    check(build_loss("fgfi")(student, teacher, *DET_NO_BOXES), 0.0)
+
+
+@case("score_kd")
+def test_score_kd_hand_computed():
+    # l = BCE(sigmoid(z_s), sigmoid(z_t)), summed over classes, averaged over anchors
+    # One class, two anchors. Anchor 1: p_s = sigmoid(ln 3) = 3/4, p_t = 1/2:
+    #   -(1/2 ln 3/4 + 1/2 ln 1/4) = 2 ln 2 - ln(3) / 2. Anchor 2: p_s = 1/2, p_t = 3/4: ln 2.
+    student = torch.tensor([[[LN3, 0.0]]])
+    teacher = torch.tensor([[[0.0, LN3]]])
+    first, second = 2 * LN2 - LN3 / 2, LN2
+    check(build_loss("score_kd")(student, teacher), (first + second) / 2)
+    # teacher-weighted: w = max_c p_t = [1/2, 3/4]
+    check(
+        build_loss("score_kd", teacher_weighted=True)(student, teacher),
+        (0.5 * first + 0.75 * second) / 1.25,
+    )
+    # beta = 2 multiplies by |p_s - p_t|^2 = 1/16 on both anchors
+    check(build_loss("score_kd", beta=2.0)(student, teacher), (first + second) / 2 / 16)
+
+
+@case("ld")
+def test_ld_hand_computed():
+    # l = T^2 / reg_max KL(softmax(t/T) || softmax(s/T)) per side, averaged over the 4 sides (LD, Eq. 4)
+    # reg_max = 2, one anchor: side 0 teacher [0, 0] -> [1/2, 1/2], student [0, ln 3] -> [1/4, 3/4];
+    # the other three sides agree. L = KL / 2 / 4.
+    student = torch.tensor([0.0, LN3, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]).view(1, 8, 1)
+    teacher = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]).view(1, 8, 1)
+    expected = kl([0.5, 0.5], [0.25, 0.75]) / 2 / 4
+    check(build_loss("ld", temperature=1.0)(student, teacher), expected)
+    # T = 2 on doubled logits: the same distributions, times T^2 = 4
+    check(build_loss("ld", temperature=2.0)(2 * student, 2 * teacher), 4 * expected)

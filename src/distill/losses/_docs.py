@@ -15,13 +15,15 @@ from distill.losses import LOSSES
 
 KIND_ORDER = ("logit", "feature", "relation", "contrastive")
 TEXT_INPUTS = ("sequences", "attentions", "attention_relations")  # token states, attention maps
-GROUP_ORDER = (*KIND_ORDER, "text")
+DETECTION_INPUTS = ("anchors", "box_distributions")  # dense-head class logits, DFL box logits
+GROUP_ORDER = (*KIND_ORDER, "text", "detection")
 KIND_TITLES = {
     "logit": "Logit methods",
     "feature": "Feature methods",
     "relation": "Relation methods",
     "contrastive": "Contrastive methods",
     "text": "Transformer encoder methods (text)",
+    "detection": "Object detection methods",
 }
 
 HEADER = """# Methods
@@ -54,6 +56,11 @@ text task's `@hidden_states.N` (B, T, D; N = 0 the embeddings) and `@attentions.
 outputs or module taps, and the batch's `attention_mask`, so padded tokens never count; the logit
 methods work unchanged on text. See `docs/text.md` for the text task and its recipes.
 
+The object detection methods take the detection task's neck maps `@p3`, `@p4`, `@p5` (B, C, H, W; one
+term per level), the head's class logits `@scores` (B, classes, anchors) and box-distribution logits
+`@boxes` (B, 4 * reg_max, anchors); `fgd` and `fgfi` also read the batch's ground-truth `boxes`
+(normalised xyxy) and `box_index`.
+
 Every registered loss passes the contract tests in `tests/losses/test_contract.py` (finite scalar,
 gradients to the student only, trainable parts trained, zero at identity where the paper defines it,
 batch-size invariance where it holds, bf16 autocast) and a parity test against a reference transcribed
@@ -70,9 +77,16 @@ def _recipe(name: str) -> str:
 
 
 def group(name: str) -> str:
-    """The section a method is listed in: its kind, or ``text`` for methods on token sequences."""
+    """The section a method is listed in: its kind, ``text`` for methods on token sequences, or
+    ``detection`` for methods on detection heads or that read ground-truth boxes."""
     meta = LOSSES.meta(name)
-    return "text" if meta.get("inputs") in TEXT_INPUTS else meta.get("kind", "logit")
+    if meta.get("inputs") in TEXT_INPUTS:
+        return "text"
+    if meta.get("inputs") in DETECTION_INPUTS or "boxes" in getattr(
+        LOSSES.get(name), "extra_inputs", ()
+    ):
+        return "detection"
+    return meta.get("kind", "logit")
 
 
 def _options(cls: type) -> str:
