@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[vision,tensorboard,compress,export,text,dev]"
+	$(PIP) install --quiet -e ".[vision,tensorboard,compress,export,text,yolo,dev]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -203,6 +203,9 @@ class Distiller(nn.Module):
                 "distillation terms need a teacher; pass teacher=... or remove the terms"
             )
         self.task = task
+        bind = getattr(task, "bind", None)
+        if callable(bind):  # a task whose loss is the student's own (detection)
+            bind(student)
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False)

@@ -40,8 +40,10 @@ def train(
     best = summary.get("best") or {}
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
         return
+    metric = summary.get("primary_metric", "top1")
     console.print(
-        f"done: {summary['run_dir']}  best top-1 {best.get('top1', float('nan')):.2f} (epoch {best.get('epoch')})",
+        f"done: {summary['run_dir']}  best {metric} {best.get(metric, float('nan')):.2f} "
+        f"(epoch {best.get('epoch')})",
         soft_wrap=True,
     )
 

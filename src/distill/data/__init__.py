@@ -25,7 +25,7 @@ warnings.filterwarnings(
     category=RuntimeWarning,
 )
 
-from distill.data import fashion_mnist, folder, text  # noqa: E402  (modules register themselves)
+from distill.data import detection, fashion_mnist, folder, text  # noqa: E402  (modules register themselves)
 from distill.data.augment import BatchAugment  # noqa: E402
 from distill.data.fashion_mnist import FashionMNIST  # noqa: E402
 from distill.data.folder import image_folder, tensor_file  # noqa: E402
@@ -57,6 +57,7 @@ __all__ = [
     "TextDataset",
     "build_dataset",
     "check_split",
+    "detection",
     "fashion_mnist",
     "folder",
     "identity_collate",

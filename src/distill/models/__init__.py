@@ -25,7 +25,7 @@ from distill.registry import Registry
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: Registry[ModelFactory] = Registry("model")
-ADAPTERS = ("torchvision", "timm", "hf")
+ADAPTERS = ("torchvision", "timm", "hf", "yolo")
 VISION_EXTRA_HINT = "install the vision extra: pip install 'distill[vision]'"
 _COMMON_ARGS = ("num_classes", "in_channels")
 
@@ -79,11 +79,17 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs
     check_option(is_positive_int(in_channels), name, "in_channels", in_channels, "an int >= 1")
     source, sep, arch = name.partition(":")
     if sep:
-        adapters = {"torchvision": _torchvision_model, "timm": _timm_model, "hf": _hf_model}
+        adapters = {
+            "torchvision": _torchvision_model,
+            "timm": _timm_model,
+            "hf": _hf_model,
+            "yolo": _yolo_model,
+        }
         if source not in adapters:
             raise DistillError(
                 f"unknown model source {source!r} in {name!r}.{did_you_mean(source, ADAPTERS)} "
-                "Use 'torchvision:<name>', 'timm:<name>', 'hf:<folder or hub id>' or a registered model name"
+                "Use 'torchvision:<name>', 'timm:<name>', 'hf:<folder or hub id>', 'yolo:<yaml or .pt>' "
+                "or a registered model name"
             )
         return adapters[source](arch, num_classes, in_channels, **kwargs)
     factory = MODELS.get(name)
@@ -226,6 +232,18 @@ def _hf_model(source: str, num_classes: int, in_channels: int, **options: Any) -
     from distill.models.hf import hf_model
 
     return hf_model(source, num_classes, **options)
+
+
+def _yolo_model(source: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
+    """``yolo:<yaml or .pt>``: see :func:`distill.models.yolo.yolo_model` (no options)."""
+    from distill.models.yolo import yolo_model
+
+    if options:
+        raise DistillError(
+            f"yolo:{source} takes no options, got {sorted(options)}; pick the scale in the name "
+            "(yolov8n.yaml, yolov8s.yaml, ...) or write a model yaml"
+        )
+    return yolo_model(source, num_classes, in_channels)
 
 
 # Importing the model modules registers their factories (they import MODELS from here).

@@ -1,7 +1,8 @@
 """Task adapters: how to split a batch, run a model, name its outputs, compute the task loss and evaluate.
 
-A task is anything that satisfies :class:`Task`. Classification and text classification live here;
-detection and causal LM adapters plug in the same way.
+A task is anything that satisfies :class:`Task`. Classification, text classification and detection
+(Ultralytics YOLO) live here; a causal LM adapter plugs in the same way. A task that needs the student
+itself (detection uses the model's own loss) defines ``bind(student)``, which the distiller calls once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from distill.tasks.base import Batch, Task, move_to
 
 TASKS: Registry = Registry("task")
 
-from distill.tasks import classification, text  # noqa: E402,F401
+from distill.tasks import classification, detection, text  # noqa: E402,F401
 from distill.tasks.classification import ClassificationTask  # noqa: E402
+from distill.tasks.detection import DetectionTask  # noqa: E402
 from distill.tasks.text import TextClassificationTask  # noqa: E402
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "Batch",
     "move_to",
     "ClassificationTask",
+    "DetectionTask",
     "TextClassificationTask",
     "build_task",
 ]

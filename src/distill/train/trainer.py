@@ -409,6 +409,7 @@ class Trainer:
         finally:
             logger.close()
         summary = {
+            "primary_metric": self.task.primary_metric,
             "best": self.best,
             "last": last,
             "history": self.history,

@@ -1,0 +1,154 @@
+"""Ultralytics YOLO detectors (the ``yolo`` extra; Ultralytics is AGPL-3.0, so it is never a core dependency).
+
+``yolo:<model>`` builds an Ultralytics ``DetectionModel`` of any family Ultralytics knows:
+
+* a built-in model yaml: ``yolo:yolov8n.yaml``, ``yolo:yolo11s.yaml``, ``yolo:yolo26n.yaml`` (the letter
+  after the version picks the scale; ``.yaml`` may be left out: ``yolo:yolov8n``);
+* a model yaml file of your own: ``yolo:path/to/model.yaml``;
+* an Ultralytics checkpoint: ``yolo:path/to/best.pt`` (Ultralytics' own format, which it unpickles: only
+  load checkpoints you trust). Official names such as ``yolo:yolo11n.pt`` are downloaded by Ultralytics
+  when online.
+
+The class count comes from the data. A checkpoint trained on other classes keeps every weight whose shape
+still fits (backbone, neck, box branch) and gets a new class branch, as Ultralytics' own fine-tuning does.
+The model carries Ultralytics' default training hyperparameters (``model.args``: box/cls/dfl gains) so
+its own loss works, and ``model.names``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.errors import DistillError
+
+YOLO_EXTRA_HINT = "pip install 'distill[yolo]' (Ultralytics, AGPL-3.0)"
+
+
+def ultralytics() -> Any:
+    """The ``ultralytics`` package, or a DistillError saying how to install the extra."""
+    try:
+        return importlib.import_module("ultralytics")
+    except ImportError:
+        raise DistillError(
+            f"YOLO models and detection data need ultralytics, which is not installed; {YOLO_EXTRA_HINT}"
+        ) from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Keep Ultralytics' INFO chatter (model summaries, dataset scans) out of distill's progress output."""
+    ultralytics()
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def default_args() -> Any:
+    """Ultralytics' default hyperparameters (an ``IterableSimpleNamespace``), which its loss reads."""
+    ultralytics()
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    return get_cfg(DEFAULT_CFG)
+
+
+def yolo_model(source: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A float32 Ultralytics ``DetectionModel`` for ``num_classes`` classes and ``in_channels`` input channels."""
+    ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    if not source:
+        raise DistillError(
+            "yolo: name a model after 'yolo:', e.g. yolo:yolov8n.yaml, yolo:yolo11s.yaml or yolo:best.pt"
+        )
+    with quiet():
+        if source.endswith((".pt", ".pth")):
+            model = _from_checkpoint(source, num_classes, in_channels)
+        else:
+            cfg = _yaml(source)
+            try:
+                model = DetectionModel(cfg, ch=in_channels, nc=num_classes, verbose=False)
+            except FileNotFoundError:
+                raise DistillError(
+                    f"yolo:{source}: no such model yaml file or Ultralytics model; use a built-in name "
+                    "such as yolov8n.yaml, yolo11s.yaml, yolo26n.yaml, or the path of a model yaml"
+                ) from None
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                raise DistillError(
+                    f"yolo:{source} is not a detection model yaml Ultralytics can build ({err}); "
+                    "use e.g. yolo:yolov8n.yaml or a yaml with backbone/head sections and a Detect head"
+                ) from None
+    _check_detect_head(model, source)
+    model.args = default_args()
+    model.names = {i: str(i) for i in range(num_classes)}
+    return model.float()
+
+
+def _yaml(source: str) -> str:
+    """A yaml file path as is; a bare built-in name gets ``.yaml`` (Ultralytics resolves it and its scale)."""
+    if Path(source).expanduser().is_file():
+        return str(Path(source).expanduser())
+    return source if source.endswith((".yaml", ".yml")) else f"{source}.yaml"
+
+
+def _from_checkpoint(source: str, num_classes: int, in_channels: int) -> nn.Module:
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    path = Path(source).expanduser()
+    try:
+        loaded, _ = load_checkpoint(str(path) if path.exists() else source)
+    except FileNotFoundError:
+        raise DistillError(
+            f"yolo:{source}: checkpoint not found (and not downloadable here); give the path of an "
+            "Ultralytics .pt file, or a model yaml to train from scratch"
+        ) from None
+    except Exception as err:  # unpickling errors of every kind; say which file
+        raise DistillError(
+            f"yolo:{source} is not an Ultralytics checkpoint Ultralytics can load "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); re-export it with Ultralytics"
+        ) from None
+    if not isinstance(loaded, DetectionModel):
+        raise DistillError(
+            f"yolo:{source} holds a {type(loaded).__name__}, not a detection model; "
+            "give a detection checkpoint (task=detect)"
+        )
+    same = loaded.yaml.get("nc") == num_classes and loaded.yaml.get("channels", 3) == in_channels
+    if same:
+        return loaded
+    model = DetectionModel(loaded.yaml.copy(), ch=in_channels, nc=num_classes, verbose=False)
+    model.load(loaded, verbose=False)  # every weight whose shape still fits
+    return model
+
+
+def _check_detect_head(model: nn.Module, source: str) -> None:
+    from ultralytics.nn.modules.head import Detect
+
+    head = model.model[-1]
+    if not isinstance(head, Detect) or type(head).__name__ not in ("Detect", "v10Detect"):
+        raise DistillError(
+            f"yolo:{source} ends in a {type(head).__name__} head; distill's detection task needs a plain "
+            "Detect head (box detection); segmentation, pose and OBB models are not supported yet"
+        )
+
+
+def detect_head(model: nn.Module) -> nn.Module:
+    """The model's ``Detect`` head (its last layer), or a DistillError for models that are not YOLO detectors."""
+    layers = getattr(model, "model", None)
+    head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
+    if head is None or not hasattr(head, "stride") or not hasattr(head, "reg_max"):
+        raise DistillError(
+            f"the detection task needs an Ultralytics detection model (yolo:...), got {type(model).__name__}; "
+            "build it with yolo:<model yaml or .pt>"
+        )
+    return head

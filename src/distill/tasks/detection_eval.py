@@ -1,0 +1,79 @@
+"""mAP for the detection task through Ultralytics' own ``DetectionValidator`` (NMS, IoU matching, AP).
+
+Only the validator's per-batch steps are used (``postprocess``, ``update_metrics``, ``get_stats``), fed with
+distill's loader, so the model, data and device stay distill's and the numbers are what ``yolo val`` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.errors import DistillError
+
+METRICS = {  # Ultralytics' key -> distill's (percent)
+    "metrics/mAP50-95(B)": "map50_95",
+    "metrics/mAP50(B)": "map50",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+}
+
+
+def make_validator(task: Any, model: nn.Module, device: torch.device | str) -> Any:
+    """A ``DetectionValidator`` set up for ``model`` without building Ultralytics' data or trainer."""
+    from ultralytics.models.yolo.detect.val import DetectionValidator
+
+    from distill.models.yolo import quiet
+
+    names = getattr(model, "names", None) or {}
+    if not isinstance(names, dict) or not names:
+        from distill.models.yolo import detect_head
+
+        names = {i: str(i) for i in range(detect_head(model).nc)}
+    args = dict(
+        conf=task.conf, iou=task.iou, max_det=task.max_det, plots=False, save_json=False,
+        save_txt=False, verbose=False, task="detect",
+    )  # fmt: skip
+    with quiet():
+        validator = DetectionValidator(args=args)
+    validator.device = torch.device(device)
+    validator.data = {"names": names, "val": ""}
+    validator.training = True  # no dataset checks, no model fusing: distill's loop owns those
+    validator.init_metrics(model)
+    return validator
+
+
+@torch.no_grad()
+def validate(
+    task: Any, model: nn.Module, loader: Iterable[Any], device: torch.device | str
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``loader`` (Ultralytics batches) in eval mode; the model's mode is restored."""
+    from distill.models.yolo import quiet
+
+    was_training = model.training
+    model.eval()
+    images = 0
+    try:
+        with quiet():
+            validator = make_validator(task, model, device)
+            for raw in loader:
+                batch = task.split(raw).to(device)
+                out = model(batch.inputs)
+                decoded = out[0] if isinstance(out, (tuple, list)) else out
+                preds = validator.postprocess(decoded)
+                targets = {**batch.targets, "img": batch.inputs}
+                validator.update_metrics(preds, targets)
+                images += len(batch)
+            if not images:
+                raise DistillError(
+                    "evaluation data is empty; give a non-empty validation/test set"
+                )
+            stats = validator.get_stats()
+    finally:
+        model.train(was_training)
+    metrics = {ours: 100.0 * float(stats.get(theirs, 0.0)) for theirs, ours in METRICS.items()}
+    metrics["images"] = float(images)
+    return metrics
