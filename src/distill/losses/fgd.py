@@ -16,10 +16,11 @@ driven by the ground-truth boxes and the *teacher's* attention:
 ``mmdet/distillation/losses/fgd.py``, ``FeatureLoss``), including the masks' rounding (``floor`` of the
 top-left, ``ceil`` of the bottom-right corner, both ends included) and the GcBlock initialisation.
 
-Defaults are the paper's one-stage setting (RetinaNet, GFL, also the code's defaults): ``T = 0.5``,
-``alpha = 1e-3``, ``beta = 5e-4``, ``gamma = 1e-3``, ``lambda = 5e-6``; the weights live inside, so the
-term weight is 1. The authors' YOLOX-L -> YOLOX-M setting (the closest to YOLO) is ``alpha = 2e-3``,
-``beta = 1e-3``, ``gamma = 1e-3``, ``lambda = 1e-5``; two-stage detectors use 20x smaller weights.
+Defaults are the paper's one-stage setting (the authors' RetinaNet and GFL configs): ``T = 0.5``,
+``alpha = 1e-3``, ``beta = 5e-4``, ``gamma = 5e-4``, ``lambda = 5e-6``; the weights live inside, so the
+term weight is 1. Other settings of the authors: YOLOX-L -> YOLOX-M (the closest to YOLO) ``alpha =
+2e-3``, ``beta = 1e-3``, ``gamma = 1e-3``, ``lambda = 1e-5``; anchor-free FCOS ``T = 0.8``, ``alpha =
+1.6e-3``, ``beta = 8e-4``, ``gamma = 8e-4``, ``lambda = 8e-6``; two-stage detectors 20x smaller weights.
 
 Practical notes: student and teacher maps must have the same shape: give the term a ``conv1x1``
 projector when the neck widths differ (the official code's ``align`` conv). The GcBlocks are built from
@@ -113,7 +114,7 @@ class FGDLoss(nn.Module):
         temperature: float = 0.5,
         alpha: float = 1e-3,
         beta: float = 5e-4,
-        gamma: float = 1e-3,
+        gamma: float = 5e-4,
         lambda_: float = 5e-6,
     ) -> None:
         super().__init__()
