@@ -20,7 +20,7 @@ def compare_(
     pipelines: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated pipeline names (default: all the default ones; see --list)"
+            help="comma-separated pipeline names (default: the task's default ones; see --list)"
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="where the runs and the report go")] = Path(
@@ -37,13 +37,17 @@ def compare_(
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
     """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way."""
-    from distill.compare import DEFAULT_PIPELINES, PIPELINES, compare
+    from distill.compare import DEFAULT_PIPELINES, PIPELINES, TASK_DEFAULT_PIPELINES, compare
 
     if list_:
         for name in PIPELINES.names():
-            default = " (default)" if name in DEFAULT_PIPELINES else ""
+            marks = ["default"] if name in DEFAULT_PIPELINES else []
+            marks += [
+                f"{t} default" for t, names in TASK_DEFAULT_PIPELINES.items() if name in names
+            ]
+            marked = f" ({', '.join(marks)})" if marks else ""
             console.print(
-                f"{name}{default}: {PIPELINES.meta(name)['about']}", soft_wrap=True, highlight=False
+                f"{name}{marked}: {PIPELINES.meta(name)['about']}", soft_wrap=True, highlight=False
             )
         return
     compare(

@@ -21,8 +21,18 @@ def export(
     format: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
     int8: Annotated[
         bool,
-        typer.Option("--int8", help="also write a static int8 model calibrated on training data"),
+        typer.Option(
+            "--int8",
+            help="also write an int8 model (static, calibrated on training data; text: dynamic)",
+        ),
     ] = False,
+    int8_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--int8-mode",
+            help="static or dynamic (default: dynamic for text models, static otherwise)",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="output folder (default: RUN_DIR/export)")
     ] = None,
@@ -36,14 +46,17 @@ def export(
         ),
     ] = 0,
 ) -> None:
-    """Export a trained student to ONNX (dynamic batch), check it against PyTorch and evaluate it."""
+    """Export a trained student to ONNX (dynamic batch; text: and sequence length), check it against
+    PyTorch and evaluate it."""
     from distill.export import export_run
 
     if qat_epochs < 0:
         from distill.errors import DistillError
 
         raise DistillError(f"--qat-epochs must be >= 0, got {qat_epochs}; 1 is usually enough")
-    result = export_run(run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint)
+    result = export_run(
+        run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint, int8_mode=int8_mode
+    )
     if qat_epochs:
         from distill.compress.qat import qat_run
 

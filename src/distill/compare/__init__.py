@@ -9,20 +9,28 @@ exports), measures each with the task's own evaluation and the shared latency ha
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from distill.compare.context import Context, Produced
-from distill.compare.pipelines import DEFAULT_PIPELINES, PIPELINES
+from distill.compare.pipelines import (
+    DEFAULT_PIPELINES,
+    PIPELINES,
+    TASK_DEFAULT_PIPELINES,
+    default_pipelines,
+    skip_reason,
+)
 from distill.compare.runs import TINY, cache_dir, cached_run
 from distill.errors import DistillError
 
 __all__ = [
     "DEFAULT_PIPELINES",
     "PIPELINES",
+    "TASK_DEFAULT_PIPELINES",
+    "default_pipelines",
     "TINY",
     "Context",
     "Produced",
@@ -33,10 +41,12 @@ __all__ = [
 ]
 
 
-def parse_pipelines(names: str | Sequence[str] | None) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` -> checked pipeline names (``None``: the default list)."""
+def parse_pipelines(
+    names: str | Sequence[str] | None, defaults: Sequence[str] = DEFAULT_PIPELINES
+) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> checked pipeline names (``None``: ``defaults``)."""
     if names is None:
-        return list(DEFAULT_PIPELINES)
+        return list(defaults)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
@@ -96,32 +106,43 @@ def compare(
     latency_repeats: int = 50,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run ``pipelines`` (default: :data:`DEFAULT_PIPELINES`) from the KD ``recipe``; write the reports.
+    """Run ``pipelines`` (default: :func:`default_pipelines` of the recipe's task) from the KD ``recipe``;
+    write the reports.
 
     ``teacher_recipe`` trains the teacher (once, cached like the demo's) when the recipe's teacher weights
     do not exist yet. Pruned teachers get the student's parameter count unless ``prune_ratio`` (share of
     channels removed) or ``sparsity`` (share of weights zeroed) is given, and are fine-tuned with the
     recipe's ``train`` settings updated by ``finetune`` (e.g. ``{"lr": 0.02}``). Static int8 models are
-    calibrated on ``calibration_samples`` training inputs. All models are made first, then measured one
-    after the other, so the latency runs are not disturbed by training. Returns the report payload
+    calibrated on ``calibration_samples`` training inputs (text models get dynamic int8). Pipelines that
+    do not apply to the models (channel pruning of a transformer) give ``skipped`` rows. All models are
+    made first, then measured one after the other, so the latency runs are not disturbed by training.
+    Latency is timed at batch 1 and 256 (text: 64, every sequence ``max_length`` tokens). Returns the
+    report payload
     (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``).
     """
     console = console or Console()
-    names = parse_pipelines(pipelines)
+    names = parse_pipelines(pipelines) if pipelines is not None else None  # typos fail first
     out = Path(out)
     started = time.perf_counter()
     overrides = list(overrides)
     kd = _kd_recipe(recipe, overrides, out, teacher_recipe, tiny, fresh, console)
+    names = names or list(default_pipelines(kd.task))
     ctx = Context(kd, out, console, fresh, prune_ratio, sparsity, calibration_samples, finetune)
     made = {name: _make(ctx, name) for name in names}
     console.rule("measuring")
     rows = [_measure(ctx, name, product, latency_repeats) for name, product in made.items()]
     elapsed = time.perf_counter() - started
-    return _write(out, rows, recipe, [*overrides, *(TINY if tiny else [])], tiny, elapsed, console)
+    settings = [*overrides, *(TINY if tiny else [])]
+    return _write(out, rows, recipe, settings, tiny, elapsed, console, ctx.large_batch)
 
 
 def _make(ctx: Context, name: str) -> Produced | str:
-    """The pipeline's product, or the reason an export failed its parity check (reported, not shipped)."""
+    """The pipeline's product, or why there is none: ``skipped: ...`` (the pipeline does not apply to these
+    models) or ``failed: ...`` (an export failed its parity check: reported, not shipped)."""
+    why = skip_reason(ctx, name)
+    if why is not None:
+        ctx.console.print(f"[yellow]{name}[/]: skipped: {why}", soft_wrap=True)
+        return f"skipped: {why}"
     try:
         from distill.export import ParityError
     except ImportError:
@@ -139,21 +160,74 @@ def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> 
     if isinstance(product, str):
         return {"name": name, "pipeline": name, "runtime": None, "status": product}
     ctx.console.print(f"measuring {product.name}", soft_wrap=True)
+    model, example = product.model, ctx.example
+    params, size = product.params, product.size_bytes
+    if isinstance(
+        example, Mapping
+    ):  # named inputs: timed through a packing wrapper, sizes of the model
+        from distill.compare.named import packed
+        from distill.models import count_parameters
+        from distill.report.measure import serialized_size
+
+        if params is None:
+            params, size = count_parameters(model), serialized_size(model)
+        model, example = packed(model, example)
+    task = _Recording(ctx.task)
     row = measure_row(
         product.name,
-        product.model,
-        ctx.task,
+        model,
+        task,
         ctx.test_loader(),
-        ctx.example,
+        example,
         ctx.teacher,
         pipeline=name,
         runtime=product.runtime,
-        params=product.params,
-        size_bytes=product.size_bytes,
+        params=params,
+        size_bytes=size,
+        large_batch=ctx.large_batch,
         repeats=repeats,
     )
+    extra = {k: v for k, v in task.metrics.items() if k not in _ROW_METRICS}
+    row.update({k: round(v, 2) for k, v in extra.items()})  # e.g. macro_f1 (text), top5
     row["artefact"] = str(product.artefact) if product.artefact else None
     return row
+
+
+_ROW_METRICS = ("top1", "nll", "ece", "agreement", "samples")  # already in measure_row's row
+
+
+class _Recording:
+    """A task whose ``evaluate`` keeps the metrics it returned, so a row can add the task's own (macro-F1)."""
+
+    def __init__(self, task: Any) -> None:
+        self.task, self.metrics = task, {}
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        self.metrics = self.task.evaluate(*args, **kwargs)
+        return self.metrics
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+
+EXTRA_COLUMNS = {
+    "macro_f1": ("macro-F1 %", "{:.2f}")
+}  # task metrics shown after top-1 when present
+
+
+def columns(rows: list[dict[str, Any]], large_batch: int = 256) -> list[Any]:
+    """The report's columns: ``COMPARE_COLUMNS`` with the large batch's latency and, after top-1, the task
+    metrics of :data:`EXTRA_COLUMNS` the rows have."""
+    from distill.report import COMPARE_COLUMNS
+
+    out = []
+    for key, header, fmt in COMPARE_COLUMNS:
+        if key == "latency_ms_b256":
+            key, header = f"latency_ms_b{large_batch}", f"ms @ b{large_batch}"
+        out.append((key, header, fmt))
+        if key == "accuracy":
+            out += [(k, h, f) for k, (h, f) in EXTRA_COLUMNS.items() if any(k in r for r in rows)]
+    return out
 
 
 def _write(
@@ -164,8 +238,9 @@ def _write(
     tiny: bool,
     elapsed: float,
     console: Console,
+    large_batch: int = 256,
 ) -> dict[str, Any]:
-    from distill.report import COMPARE_COLUMNS, COMPARE_CONSOLE_COLUMNS, rows_table, write_report
+    from distill.report import COMPARE_CONSOLE_COLUMNS, rows_table, write_report
 
     notes = (
         "Accuracy: the last epoch's test top-1. Agreement: share of test inputs where the model's top-1 "
@@ -174,6 +249,8 @@ def _write(
         "rows, the .onnx file for onnxruntime rows. Unstructured sparsity leaves the dense size and "
         f"latency unchanged ('nonzero' counts what is left). Whole comparison: {elapsed:.0f} s."
     )
+    if large_batch != 256:
+        notes += f" Text models are timed at batch 1 and {large_batch}, every sequence max_length tokens long."
     failed = [r for r in rows if r.get("status", "ok") != "ok"]
     if failed:
         notes += "\n\n" + " ".join(f"{r['pipeline']}: {r['status']}." for r in failed)
@@ -182,7 +259,7 @@ def _write(
         rows,
         f"distill compare: {recipe}",
         notes,
-        columns=COMPARE_COLUMNS,
+        columns=columns(rows, large_batch),
         plot_keys=("latency_ms_b1_t1", "size_bytes", "pipeline"),
         html=True,
         recipe=str(recipe),

@@ -4,6 +4,7 @@ once)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,13 @@ class Produced:
 
 
 class Context:
-    """The KD recipe built once: data, task, frozen teacher, one test input, and the pipelines' products."""
+    """The KD recipe built once: data, task, frozen teacher, one test input, and the pipelines' products.
+
+    ``example`` is one input without the batch dimension (what the latency harness repeats): a tensor, or
+    for models with named inputs (text) a dict of ``(T,)`` tensors, ``T`` the data's ``max_length``.
+    ``named_inputs`` says which; ``large_batch`` is the second batch size timed (256 for one tensor input,
+    64 for sequences of ``max_length`` tokens).
+    """
 
     def __init__(
         self,
@@ -60,21 +67,59 @@ class Context:
         self.task = built.distiller.task
         self.augment = built.augment
         self.student_params = count_parameters(built.student)
-        self.example = self.inputs(self.test_data, 1)[0]  # one input, no batch dimension
+        self.named_inputs = isinstance(self.inputs(self.test_data, 1), Mapping)
+        self.example = self.latency_example()
+        self.large_batch = 64 if self.named_inputs else 256
         self._made: dict[str, Produced] = {}
 
-    def inputs(self, data: Any, n: int) -> torch.Tensor:
-        """The first ``n`` inputs of ``data`` as one batch."""
+    def inputs(self, data: Any, n: int) -> Any:
+        """The first ``n`` inputs of ``data`` as one batch (a tensor, or a dict of named tensors)."""
         return self.task.split(example_batch(data, n)).inputs
+
+    def latency_example(self) -> Any:
+        """One test input without the batch dimension. Text: the first test text padded to the data's
+        ``max_length`` tokens (the longest input the models get), as ``benchmarks/text.py`` times them."""
+        data = self.test_data
+        first = self.inputs(data, 1)
+        tokenizer, length = getattr(data, "tokenizer", None), getattr(data, "max_length", None)
+        if not isinstance(first, Mapping):
+            return first[0]
+        if tokenizer is not None and length is not None and getattr(data, "texts", None):
+            encoded = tokenizer(
+                data.texts[:1],
+                padding="max_length",
+                truncation=True,
+                max_length=length,
+                return_tensors="pt",
+            )
+            labels = torch.zeros(1, dtype=torch.int64)
+            first = self.task.split({**encoded, "label": labels, "index": labels}).inputs
+        return {k: v[0] for k, v in first.items()}
+
+    def new_student(self, recipe: Recipe) -> nn.Module:
+        """``recipe``'s student architecture (random weights; ``from_teacher``: cut from this teacher)."""
+        if recipe.student.name == "from_teacher":
+            from distill.models.hf import student_from_teacher
+
+            return student_from_teacher(self.teacher, **recipe.student.options)
+        channels = getattr(self.train_data, "in_channels", 3)
+        return build_model_spec(recipe.student, self.train_data.num_classes, channels, "student")
 
     def test_loader(self) -> Any:
         data = self.test_data
         return data.loader(self.recipe.train.eval_batch_size) if hasattr(data, "loader") else data
 
-    def calibration(self, batch_size: int = 64) -> list[torch.Tensor]:
-        """Training inputs for static quantization: ``calibration_samples`` of them, in batches."""
+    def calibration(self, batch_size: int = 64) -> list[Any]:
+        """Training inputs for static quantization: ``calibration_samples`` of them, in batches (dicts of
+        named inputs are cut alike, keeping one padded length)."""
         n = min(self.calibration_samples, len(self.train_data))
         batch = self.inputs(self.train_data, n)
+        if isinstance(batch, Mapping):
+            parts = {k: v.split(batch_size) for k, v in batch.items()}
+            return [
+                dict(zip(parts, values, strict=True))
+                for values in zip(*parts.values(), strict=True)
+            ]
         return list(batch.split(batch_size))
 
     def new_teacher(self) -> nn.Module:

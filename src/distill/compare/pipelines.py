@@ -3,6 +3,9 @@ fine-tuned, exported, quantized) and says how to label and measure it.
 
 Trained pipelines reuse a finished run in ``<out>/<pipeline>`` when its recipe (or, for pruned models, its
 settings in ``compare.json``) is the same, so a second comparison only measures.
+
+A pipeline registered with ``one_tensor_input="why"`` works only for models taking one input tensor
+(images); for models with named inputs (text) its row is ``skipped: why`` instead of a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from torch import nn
 
 from distill.compare.context import Context, Produced
 from distill.compare.runs import record_settings, settings_match, train_or_reuse
-from distill.config.build import build_model_spec, build_term, build_weight
+from distill.config.build import build_term, build_weight
 from distill.config.load import recipe_to_yaml
 from distill.config.schema import Recipe
 from distill.errors import DistillError
@@ -32,9 +35,7 @@ def _derived(ctx: Context, slug: str, **changes: Any) -> Recipe:
 
 def _student_run(ctx: Context, slug: str, recipe: Recipe, label: str) -> Produced:
     run_dir = train_or_reuse(recipe, ctx.fresh, ctx.console, slug)
-    model = build_model_spec(
-        recipe.student, ctx.train_data.num_classes, ctx.train_data.in_channels, "student"
-    )
+    model = ctx.new_student(recipe)
     load_student_weights(run_dir, model, "last")
     return Produced(model.eval(), label, artefact=run_dir / "model.safetensors")
 
@@ -46,14 +47,22 @@ def teacher(ctx: Context) -> Produced:
 
 @PIPELINES.register("student-scratch", about="the student trained on labels only")
 def student_scratch(ctx: Context) -> Produced:
-    name = f"{ctx.recipe.name}-scratch"
-    recipe = _derived(ctx, "student-scratch", name=name, teacher=None, distill={})
+    changes: dict[str, Any] = {"name": f"{ctx.recipe.name}-scratch", "distill": {}}
+    if ctx.recipe.student.name != "from_teacher":  # a student cut from the teacher needs it, unused
+        changes["teacher"] = None
+    recipe = _derived(ctx, "student-scratch", **changes)
     return _student_run(ctx, "student-scratch", recipe, "student (scratch)")
 
 
 @PIPELINES.register("student-kd", about="the student distilled as the recipe says")
 def student_kd(ctx: Context) -> Produced:
     return _student_run(ctx, "student-kd", _derived(ctx, "student-kd"), "student (KD)")
+
+
+NOT_CHANNEL_PRUNABLE = (
+    "channel pruning (torch-pruning) here traces one input tensor and does not prune attention heads, "
+    "so it does not apply to a transformer with named inputs"
+)
 
 
 def _fraction_for_student_size(ctx: Context) -> float:
@@ -131,6 +140,7 @@ def _channel_pruned(ctx: Context, slug: str, distill: bool, label: str) -> Produ
 @PIPELINES.register(
     "teacher-pruned",
     about="teacher channel-pruned (torch-pruning) to the student's size, fine-tuned on labels",
+    one_tensor_input=NOT_CHANNEL_PRUNABLE,
 )
 def teacher_pruned(ctx: Context) -> Produced:
     return _channel_pruned(ctx, "teacher-pruned", False, "teacher, channel-pruned + fine-tuned")
@@ -139,6 +149,7 @@ def teacher_pruned(ctx: Context) -> Produced:
 @PIPELINES.register(
     "pruned-kd",
     about="teacher channel-pruned to the student's size, then distilled from the unpruned teacher",
+    one_tensor_input=NOT_CHANNEL_PRUNABLE,
 )
 def pruned_kd(ctx: Context) -> Produced:
     return _channel_pruned(ctx, "pruned-kd", True, "teacher, channel-pruned + KD")
@@ -160,7 +171,9 @@ def teacher_sparse(ctx: Context) -> Produced:
 
 
 def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
-    """Export ``source``'s model to ONNX (parity-checked), optionally quantize it to static int8."""
+    """Export ``source``'s model to ONNX (parity-checked); the int8 pipeline quantizes that float file
+    (made once, ``<out>/<source>-onnx/model.onnx``): static for one input tensor, dynamic for named
+    inputs (:func:`~distill.export.run.default_int8_mode`)."""
     try:
         from distill.export import OnnxModule, export_onnx
     except ImportError as err:
@@ -170,15 +183,20 @@ def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
     made = ctx.get(source)
     folder = ctx.out / slug
     folder.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(made.model.eval(), ctx.inputs(ctx.test_data, 2), folder / "model.onnx")
+    example = ctx.inputs(ctx.test_data, 2)
     if int8:
         from distill.compress.quantize import quantize_onnx
+        from distill.export.run import default_int8_mode
 
-        float_path = path
+        float_path = ctx.get(f"{source}-onnx").artefact
+        assert float_path is not None, "ONNX pipelines record their file"
+        mode = default_int8_mode(example)
+        calibration = ctx.calibration() if mode == "static" else None
         path = quantize_onnx(
-            float_path, folder / "model.int8.onnx", mode="static", calibration=ctx.calibration()
+            float_path, folder / "model.int8.onnx", mode=mode, calibration=calibration
         )
-        float_path.unlink()
+    else:
+        path = export_onnx(made.model.eval(), example, folder / "model.onnx")
     label = f"{made.name}, {'int8 ' if int8 else ''}ONNX"
     return Produced(
         OnnxModule(path),
@@ -196,8 +214,9 @@ for _source in ("teacher", "student-kd", "pruned-kd"):
         PIPELINES.add(
             _slug,
             lambda ctx, s=_source, n=_slug, q=_int8: _onnx(ctx, s, n, q),
-            about=f"{_source} exported to ONNX{', static int8 (calibrated)' if _int8 else ''}, "
-            "run by onnxruntime",
+            about=f"{_source} exported to ONNX"
+            f"{', int8 (static, calibrated; dynamic for text)' if _int8 else ''}, run by onnxruntime",
+            **({"one_tensor_input": NOT_CHANNEL_PRUNABLE} if _source == "pruned-kd" else {}),
         )
 
 
@@ -205,6 +224,8 @@ for _source in ("teacher", "student-kd", "pruned-kd"):
     "student-kd-qat",
     about="the KD student after quantization-aware training (1 epoch, KD from the float student), "
     "int8 ONNX run by onnxruntime",
+    one_tensor_input="quantization-aware training (torch FX) covers Conv/Linear/BatchNorm models with "
+    "one input tensor, not transformers (LayerNorm, embeddings, attention)",
 )
 def student_kd_qat(ctx: Context) -> Produced:
     import hashlib
@@ -243,3 +264,25 @@ DEFAULT_PIPELINES = (
     "student-kd-onnx",
     "student-kd-int8",
 )
+# Per task where the defaults above do not fit: transformers are not channel-pruned (NOT_CHANNEL_PRUNABLE).
+TASK_DEFAULT_PIPELINES = {
+    "text_classification": (
+        "teacher",
+        "student-scratch",
+        "student-kd",
+        "teacher-int8",
+        "student-kd-onnx",
+        "student-kd-int8",
+    ),
+}
+
+
+def default_pipelines(task: str) -> tuple[str, ...]:
+    """The pipelines ``compare`` runs for ``task`` when none are named."""
+    return TASK_DEFAULT_PIPELINES.get(task, DEFAULT_PIPELINES)
+
+
+def skip_reason(ctx: Context, name: str) -> str | None:
+    """Why pipeline ``name`` does not apply to this comparison's models (``None``: it does)."""
+    why = PIPELINES.meta(name).get("one_tensor_input")
+    return why if why and ctx.named_inputs else None
