@@ -60,11 +60,11 @@ def focal_losses(
     """FGD's ``(L_fg, L_bg, L_at)`` for maps ``(B, C, H, W)`` and masks ``(B, H, W)``."""
     spatial_t, channel_t = attention(teacher, temperature)
     spatial_s, channel_s = attention(student, temperature)
-    weight = spatial_t[:, None] * channel_t[:, :, None, None]  # (B, C, H, W), from the teacher only
-    error = weight * (student - teacher).pow(2)
+    # per-cell error sum_c A^C_c (s - t)^2, then A^S: both attentions from the teacher only
+    error = torch.einsum("bc,bchw->bhw", channel_t, (student - teacher).pow(2)) * spatial_t
     batch = student.shape[0]
-    fg = (error * foreground[:, None]).sum() / batch
-    bg = (error * background[:, None]).sum() / batch
+    fg = (error * foreground).sum() / batch
+    bg = (error * background).sum() / batch
     at = ((channel_s - channel_t).abs().sum() + (spatial_s - spatial_t).abs().sum()) / batch
     return fg, bg, at
 

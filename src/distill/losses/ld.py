@@ -21,8 +21,10 @@ tensor-in loss sees no assigner output, so the anchor weights ``w_a`` come from 
 * taps ``"@boxes"`` alone: every anchor point counts equally (``w_a = 1``), background included.
 
 Unlike the official sum over positives, the loss is a weighted *mean* over anchor points, so its scale
-does not change with the number of objects in a batch; the paper's weight 0.25 on that sum corresponds
-to roughly 0.25 x (positive anchors per batch) here. ``T = 10`` is the paper's temperature.
+does not change with the number of objects in a batch: the official value is this one times
+``sum_a w_a``, and the paper's weight 0.25 on that sum becomes ``0.25 sum_a w_a`` here. As a weighted
+mean per anchor it compares with Ultralytics' DFL term (gain 1.5), a start for the term weight until
+a recipe is calibrated. ``T = 10`` is the paper's temperature.
 
 ``@boxes`` is (B, 4 * reg_max, anchors), laid out (B, 4, reg_max, anchors) as Ultralytics' DFL reads it.
 YOLO26 heads regress boxes directly (``reg_max = 1``): there is no distribution to distil.
@@ -100,7 +102,7 @@ def check_box_logits(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -
     inputs="box_distributions",
     identity="zero",
     taps='["@boxes", "@scores"] on both sides (teacher-score weights) or "@boxes" (uniform)',
-    weight="0.25 on a sum over positives (paper, T=10); here a mean: about 0.25 x positives per batch",
+    weight="uncalibrated: ~1.5, like Ultralytics' DFL gain (paper: 0.25 on a sum over positives, T=10)",
 )
 class LDLoss(nn.Module):
     """Localization distillation on ``@boxes`` ``(B, 4 * reg_max, A)``, optionally with ``@scores``

@@ -17,7 +17,10 @@ factor keeps the gradient scale when ``T`` changes, as in KD.
 
 ``teacher_weighted=True`` weights each anchor by the teacher's highest class probability
 ``w_a = max_c p_t``, which concentrates the loss on the anchors the teacher takes for objects (its
-"positives") instead of the thousands of background points.
+"positives") instead of the thousands of background points; the sum over anchors is then divided by
+the teacher's soft count of objects, close to how Ultralytics normalises its own class loss (by the
+sum of the target scores). The PP-YOLOE distiller divides by the student assigner's positive count,
+which a tensor-in loss does not see; its weight (4, with ``beta = 2``) is for that normalisation.
 
 Note: the BCE of a soft target is never 0 (it is the target's entropy at best), so the value is not
 zero for identical inputs, but its gradient is; compare runs by the task metric, not by this value.
@@ -70,7 +73,7 @@ def score_kd_loss(
     inputs="anchors",
     identity=None,  # the soft-target BCE bottoms out at the teacher's entropy
     taps="@scores on both sides",
-    weight="1 (PP-YOLOE's distiller: logits weight 4 x class 1 with beta=2)",
+    weight="uncalibrated: ~0.5 with teacher_weighted, like Ultralytics' cls gain (PP-YOLOE: 4, beta=2)",
 )
 class ScoreKDLoss(nn.Module):
     """Soft-target sigmoid BCE on detection class logits ``(B, num_classes, anchors)``."""
