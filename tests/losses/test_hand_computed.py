@@ -857,7 +857,7 @@ DET_NO_BOXES = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
 
 @case("fgd")
 def test_fgd_hand_computed():
-    # L = alpha L_fg + beta L_bg + gamma L_at + lambda L_gl   (FGD, Eq. 9), GcBlocks at initialisation
+    # L = alpha L_fg + beta L_bg + gamma L_at + lambda L_gl   (FGD), GcBlocks at initialisation
     # (the identity: last conv zero), so L_gl = sum (s - t)^2 / B.
     # Case 1: one image, 2 channels, a 1 x 4 map; teacher all 1, student entries +-1: every |value| is
     # 1, so both attentions are uniform (A^S = A^C = 1) on both sides and L_at = 0. Squared errors,
@@ -885,7 +885,7 @@ def test_fgd_hand_computed():
 
 @case("fgfi")
 def test_fgfi_hand_computed():
-    # L = sum I (s - t)^2 / (2 sum I)   (FGFI, Eq. 2, the authors' normalisation)
+    # L = sum I (s - t)^2 / (2 sum I)   (FGFI, the authors' normalisation)
     # A 2 x 2 map; the box [0, 0, 0.5, 0.5] holds only the centre (0.25, 0.25) of cell (0, 0):
     # errors there (3 - 1)^2 + (1 - 0)^2 = 5 over 2 * 1 cells. Other cells hold garbage.
     student = torch.tensor([[[[3.0, GARBAGE], [GARBAGE, GARBAGE]], [[1.0, 0.0], [0.0, 0.0]]]])
@@ -915,7 +915,7 @@ def test_score_kd_hand_computed():
 
 @case("ld")
 def test_ld_hand_computed():
-    # l = T^2 / reg_max KL(softmax(t/T) || softmax(s/T)) per side, averaged over the 4 sides (LD, Eq. 4)
+    # l = T^2 / reg_max KL(softmax(t/T) || softmax(s/T)) per side, averaged over the 4 sides (LD)
     # reg_max = 2, one anchor: side 0 teacher [0, 0] -> [1/2, 1/2], student [0, ln 3] -> [1/4, 3/4];
     # the other three sides agree. L = KL / 2 / 4.
     student = torch.tensor([0.0, LN3, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]).view(1, 8, 1)
