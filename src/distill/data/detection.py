@@ -250,7 +250,7 @@ def scenes(
     scene_seed: int = 0,
     augment: bool | None = None,
     hyp: dict[str, Any] | None = None,
-    cache: bool = True,
+    cache: bool = False,
     seed: int = 0,
     workers: int = 0,
 ) -> DetectionDataset:
