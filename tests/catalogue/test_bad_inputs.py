@@ -278,6 +278,52 @@ def plugin_model(env: Env) -> None:
     )
 
 
+def _text_helpers() -> Any:
+    """``tests/text/text_helpers.py`` (tiny BERTs and tokenizers), loaded by path from this folder."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "text" / "text_helpers.py"
+    spec = importlib.util.spec_from_file_location("_catalogue_text_helpers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def text_models(**models: dict[str, Any]) -> Callable[[Env], Any]:
+    """Reviews (``$TMP/reviews``: text,label; labels pos/neg) and tiny BERT folders ``$TMP/<name>`` made
+    with ``save_tiny_bert(**options)``; ``vocab="reversed"`` gives one another tokenizer."""
+
+    def write(env: Env) -> None:
+        import contextlib
+        import io
+
+        helpers = _text_helpers()
+        helpers.write_reviews(env.tmp / "reviews", n=12)
+        for name, options in models.items():
+            options = dict(options)
+            if options.pop("vocab", None) == "reversed":
+                options["tokenizer"] = helpers.tiny_tokenizer(helpers.WORDS[::-1])
+            with contextlib.redirect_stderr(io.StringIO()):  # save_pretrained's progress bar
+                helpers.save_tiny_bert(env.tmp / name, **options)
+
+    return write
+
+
+def text_kd(data_options: dict[str, Any] | None = None, **models: Any) -> dict[str, Any]:
+    """A text KD recipe over ``$TMP/reviews``: ``teacher``/``student`` model specs (defaults: the tiny
+    BERT in ``$TMP/bert``, a 2-layer student cut from it)."""
+    return {
+        "task": "text_classification",
+        "data": {"name": "text_file", "root": "$TMP/reviews",
+                 "options": {"max_length": 16, **(data_options or {})}},
+        "teacher": models.get("teacher", {"name": "hf:$TMP/bert"}),
+        "student": models.get("student", {"name": "from_teacher", "options": {"layers": [0, 2]}}),
+        "distill.terms": [{"loss": "kd"}],
+        "train.optimizer": "adamw",
+    }  # fmt: skip
+
+
 FM = {"data": {"name": "fashion_mnist", "root": "$TMP/fmnist", "options": {"download": False}}}
 PICS = {"data": {"name": "image_folder", "root": "$TMP/pics", "options": {"grayscale": True, "image_size": SIZE}}}  # fmt: skip
 FITNET = {"loss": "fitnet", "student": "features.1", "teacher": "features.1"}
@@ -482,6 +528,25 @@ CASES = [
     case("compare-teacher-weights-missing", "'/no/such.safetensors'", "--teacher-recipe",
          argv=("compare", "fashion_mnist/kd", "teacher.weights=/no/such.safetensors",
                "--pipelines", "student-kd", "--tiny", "--out", "$TMP/cmp")),
+    case("cli-compare-latency-repeats-zero", "latency_repeats", "0", "int >= 1",
+         argv=("compare", "$RECIPE", "--latency-repeats", "0", "--tiny", "--out", "$TMP/cmp")),
+    case("cli-export-int8-mode-typo", "'statik'", "Did you mean 'static'", "static or dynamic",
+         argv=("export", "$SAVED", "--int8", "--int8-mode", "statik")),
+    # --- text: tokenizers, layers, columns, label heads ---------------------------------------------
+    case("text-tokenizers-differ", "'hf:$TMP/bert'", "'hf:$TMP/other'", "different tokenizers or "
+         "vocabularies", "same token ids", "from_teacher",
+         edits=text_kd(student={"name": "hf:$TMP/other"}),
+         prepare=text_models(bert={"layers": 3}, other={"layers": 2, "vocab": "reversed"})),
+    case("text-layer-out-of-range", "from_teacher", "layer 3 is out of range", "3 layers", "0..2",
+         edits=text_kd(student={"name": "from_teacher", "options": {"layers": [0, 3]}}),
+         prepare=text_models(bert={"layers": 3})),
+    case("text-column-missing", "no column 'review'", "'text', 'label'", "set text_column",
+         edits=text_kd({"text_column": "review"}), prepare=text_models(bert={"layers": 3})),
+    case("text-label-column-missing", "no column 'stars'", "set label_column",
+         edits=text_kd({"label_column": "stars"}), prepare=text_models(bert={"layers": 3})),
+    case("text-labels-differ-from-teacher-head", "hf:$TMP/bert", "head for 3 labels",
+         "the data has 2 classes",
+         edits=text_kd(), prepare=text_models(bert={"layers": 3, "num_labels": 3})),
     # --- file system ---------------------------------------------------------------------------------
     case("recipe-missing", "'nope.yaml'", "not found", argv=("train", "nope.yaml")),
     case("recipe-is-a-directory", "'saved-run'", "not found", argv=("validate", "saved-run")),

@@ -34,6 +34,12 @@ def compare_(
     ] = None,
     tiny: Annotated[bool, typer.Option(help="a seconds-long smoke run on a data subset")] = False,
     fresh: Annotated[bool, typer.Option(help="retrain everything, even finished runs")] = False,
+    latency_repeats: Annotated[
+        int,
+        typer.Option(
+            help="timed forward passes per latency cell (after as many warm-up ones, <= 10)"
+        ),
+    ] = 50,
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
     """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way."""
@@ -58,5 +64,6 @@ def compare_(
         teacher_recipe=teacher_recipe,
         tiny=tiny,
         fresh=fresh,
+        latency_repeats=latency_repeats,
         console=console,
     )

@@ -122,6 +122,14 @@ def compare(
     """
     console = console or Console()
     names = parse_pipelines(pipelines) if pipelines is not None else None  # typos fail first
+    if (
+        isinstance(latency_repeats, bool)
+        or not isinstance(latency_repeats, int)
+        or latency_repeats < 1
+    ):
+        raise DistillError(
+            f"latency_repeats must be an int >= 1, got {latency_repeats!r}; e.g. 50 (5 for a quick look)"
+        )
     out = Path(out)
     started = time.perf_counter()
     overrides = list(overrides)
