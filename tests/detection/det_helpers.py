@@ -54,8 +54,14 @@ def detection_recipe(data_yaml: Path, output: Path, **edits: object) -> dict:
             ]
         },
         "train": {
-            "epochs": 1, "batch_size": 4, "eval_batch_size": 4, "optimizer": "adamw", "lr": 1e-3,
-            "progress": False, "device": "cpu", "log_every": 1,
+            "epochs": 1,
+            "batch_size": 4,
+            "eval_batch_size": 4,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "progress": False,
+            "device": "cpu",
+            "log_every": 1,
         },  # fmt: skip
         "output": str(output),
     }

@@ -27,7 +27,10 @@ def test_named_outputs_shapes_and_inverse(batch):
     task = DetectionTask()
     out = task.forward(model, task.split(batch).inputs)
     assert set(out) == {"p3", "p4", "p5", "scores", "boxes"}
-    assert out["p3"].shape[-2:] == (8, 8) and out["p5"].shape[-2:] == (2, 2)  # strides 8 and 32 on 64 px
+    assert out["p3"].shape[-2:] == (8, 8) and out["p5"].shape[-2:] == (
+        2,
+        2,
+    )  # strides 8 and 32 on 64 px
     anchors = 8 * 8 + 4 * 4 + 2 * 2
     assert out["scores"].shape == (4, 3, anchors) and out["boxes"].shape == (4, 64, anchors)
     raw = raw_outputs(out)
