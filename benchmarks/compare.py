@@ -1,26 +1,156 @@
 """Re-time the models of a finished ``distill compare`` run: batch 1, one thread, in interleaved rounds.
 
-Each round times every pipeline's model once (``measure_latency``: warm-up, then ``--repeats`` calls, the
-median); rounds alternate the models so that a burst of load on a shared machine hits all of them. Prints
-mean ± std over the rounds of those medians, and the teacher's latency divided by each model's.
+Each round times every pipeline's model once with the shared harness (``measure_latency``: ``--warmup``
+untimed calls, then ``--repeats`` timed ones, their median), the models in turn, so that a burst of load on
+a shared machine hits all of them. Prints, per pipeline, the median ± std and the minimum over the rounds of
+those medians, and the teacher's latency divided by the model's: the ratio of the two medians, and the
+median and range of the per-round ratios (teacher and model timed seconds apart in the same round). Also
+prints the machine, the library versions and the load average before and after.
 
-    python benchmarks/compare.py fashion_mnist/kd train.epochs=1 train.warmup_epochs=0.1 \
+    python benchmarks/compare.py fashion_mnist/kd train.epochs=1 train.warmup_epochs=0.1 \\
         --teacher-recipe fashion_mnist/teacher --out runs/compare-1epoch
 
-Same recipe, overrides and ``--out`` as the comparison, so every model is reused (nothing trains).
+Same recipe, overrides and ``--out`` as the comparison, so every model is reused (nothing trains; the ONNX
+rows are exported and quantized again, deterministically).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from distill.compare import Context, parse_pipelines
 from distill.compare import _kd_recipe as kd_recipe
 from distill.export import measure_latency
+
+
+def machine() -> str:
+    """CPU model, logical cores, Python, torch and onnxruntime versions, in one line."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "-"
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, onnxruntime {ort}"
+    )
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "-"
+
+
+def time_rounds(
+    models: dict[str, torch.nn.Module],
+    example: torch.Tensor,
+    rounds: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, list[float]]:
+    """Per model, the batch-1 one-thread median (ms) of each round; rounds interleave the models."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            found = measure_latency(
+                model, example, batch_sizes=(1,), threads=(1,), warmup=warmup, repeats=repeats
+            )
+            times[name].append(found["latency_ms_b1_t1"])
+    return times
+
+
+def table(times: dict[str, list[float]], reference: str = "teacher") -> list[str]:
+    """Markdown rows: median ± std and min of the round medians; teacher / this (medians, per round)."""
+    lines = [
+        "| pipeline | ms @ b1, 1 thread: median ± std (min) | teacher / this: medians "
+        "| per-round ratio: median [min, max] |",
+        "|---|---|---|---|",
+    ]
+    ref = times.get(reference)
+    for name, values in times.items():
+        median = statistics.median(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        cells = [name, f"{median:.4f} ± {std:.4f} ({min(values):.4f})", "-", "-"]
+        if ref:
+            paired = [r / v for r, v in zip(ref, values, strict=True)]
+            cells[2] = f"{statistics.median(ref) / median:.1f}x"
+            cells[3] = f"{statistics.median(paired):.1f}x [{min(paired):.1f}, {max(paired):.1f}]"
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def node_profile(path: Path, example: torch.Tensor, calls: int) -> list[str]:
+    """Per-node kernel time (µs, median over ``calls`` batch-1 runs) from onnxruntime's profiler. The
+    profiler adds its own cost to every node, so compare nodes with each other, not with the wall time."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from distill.export.runtime import session_options
+
+    options = session_options(1)
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: example.unsqueeze(0).numpy()}
+        for _ in range(20 + calls):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    nodes: dict[tuple[str, str], list[float]] = {}
+    runs = [e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            nodes.setdefault((e["name"], e["args"]["op_name"]), []).append(e["dur"])
+    medians = [(op, statistics.median(d[-calls:])) for (_, op), d in nodes.items()]
+    total = sum(m for _, m in medians)
+    return [
+        f"{path.name}: {len(medians)} nodes, sum of node medians {total:.0f} µs, "
+        f"profiled run {statistics.median(runs[-calls:]):.0f} µs",
+        "  " + ", ".join(f"{op} {m:.0f}" for op, m in medians),
+    ]
+
+
+def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) -> list[str]:
+    """Batch-1 wall time (µs, median / min over rounds) of one call at three levels: the bound run alone
+    (``run_with_iobinding``), ``session.run`` with a numpy array, and ``OnnxModule(x)`` (what the table
+    times: bound run + input copy + output clone + Python)."""
+    from distill.export import OnnxModule
+    from distill.export.latency import time_calls
+
+    module = OnnxModule(path, threads=1)
+    x = example.unsqueeze(0)
+    module(x)
+    module(x)  # the second call runs bound
+    binding = module.runner.bound[(x.shape,)][0]
+    session, name = module.session, module.input_name
+    array = x.numpy()
+    calls = {
+        "run_with_iobinding": lambda: session.run_with_iobinding(binding),
+        "session.run(numpy)": lambda: session.run(None, {name: array}),
+        "OnnxModule(x)": lambda: module(x),
+    }
+    found: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for key, call in calls.items():
+                found[key].append(1000 * statistics.median(time_calls(call, 20, repeats)))
+    cells = [f"{k} {statistics.median(v):.1f} / {min(v):.1f}" for k, v in found.items()]
+    return [f"{path.name} (µs, median / min of {rounds} rounds): " + ", ".join(cells)]
 
 
 def main() -> None:
@@ -30,8 +160,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--teacher-recipe")
     parser.add_argument("--pipelines", default=None)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also profile the onnxruntime rows: per-node kernel times and per-call layers",
+    )
     args = parser.parse_args()
     console = Console()
     names = parse_pipelines(args.pipelines)
@@ -40,23 +176,23 @@ def main() -> None:
     )
     ctx = Context(kd, args.out, console)
     made = {name: ctx.get(name) for name in names}
-    times: dict[str, list[float]] = {name: [] for name in made}
-    for _ in range(args.rounds):
-        for name, product in made.items():
-            found = measure_latency(
-                product.model, ctx.example, batch_sizes=(1,), threads=(1,), warmup=20,
-                repeats=args.repeats,
-            )  # fmt: skip
-            times[name].append(found["latency_ms_b1_t1"])
-    teacher = statistics.mean(times["teacher"]) if "teacher" in times else None
+    models = {name: product.model for name, product in made.items()}
+    before = load()
+    times = time_rounds(models, ctx.example, args.rounds, args.warmup, args.repeats)
+    print(f"machine: {machine()}")
+    print(f"load average (1, 5, 15 min) before: {before}, after: {load()}")
     print(
-        f"| pipeline | ms @ b1, 1 thread (mean ± std of {args.rounds} round medians) | teacher / this |"
+        f"{args.rounds} rounds x {args.repeats} calls after {args.warmup} warm-up calls, "
+        "batch 1, one thread; one test image (the comparison's example)\n"
     )
-    print("|---|---|---|")
-    for name, values in times.items():
-        mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        ratio = f"{teacher / mean:.1f}x" if teacher else "-"
-        print(f"| {name} | {mean:.4f} ± {std:.4f} | {ratio} |")
+    print("\n".join(table(times)))
+    if args.breakdown:
+        for name, product in made.items():
+            if product.runtime == "onnxruntime" and product.artefact is not None:
+                print(f"\n{name}:")
+                print("\n".join(node_profile(product.artefact, ctx.example, 2000)))
+                print("\n".join(call_layers(product.artefact, ctx.example, args.rounds, 300)))
+        print(f"load average after the breakdown: {load()}")
 
 
 if __name__ == "__main__":

@@ -73,9 +73,12 @@ def measure_latency(
     """Median and p90 latency (ms) for each batch size and thread count (keys in the module docstring).
 
     ``example`` is ONE input without the batch dimension, e.g. ``(C, H, W)``; it is repeated to each
-    batch size. The model must be on the CPU. A PyTorch model runs in eval mode (restored after) under ``torch.inference_mode`` with
-    ``torch.set_num_threads`` set for the measurement and restored after; an
-    :class:`~distill.export.OnnxModule` gets one onnxruntime session per thread setting.
+    batch size. The model must be on the CPU. Every model is timed the same way: ``model(x)`` on a batch
+    made before the timing, under ``torch.inference_mode``. A PyTorch model runs in eval mode (restored
+    after) with ``torch.set_num_threads`` set for the measurement and restored after; an
+    :class:`~distill.export.OnnxModule` gets one onnxruntime session per thread setting, and its calls run
+    through buffers bound once per input shape (``BoundRunner``), as a deployment keeping a session open
+    would; the first warm-up call binds them.
     """
     from distill.export.runtime import OnnxModule
 
