@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,12 @@ def _class_names(root: Path) -> list[str]:
 def _load_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    # Importing ultralytics (the yolo extra) patches Image.open to pip-install a HEIF plugin on an
+    # unreadable file; read with PIL's own open so a corrupt image stays a one-line error.
+    patches = sys.modules.get("ultralytics.utils.patches")
+    image_open = getattr(patches, "_image_open", Image.open)
     try:
-        with Image.open(path) as img:
+        with image_open(path) as img:
             img = img.convert("L" if grayscale else "RGB")
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
