@@ -185,3 +185,15 @@ def test_output_shape_that_depends_on_values_falls_back(tmp_path):
         want = torch.tensor(x).nonzero().T.float()
         assert torch.equal(module(torch.tensor(x)), want)
     assert not module.runner.bound  # after the first misfit nothing is bound again
+
+
+def test_buffers_bound_under_inference_mode_serve_calls_outside_it(matmul_onnx):
+    """The harness binds under torch.inference_mode; a later plain call must still use the buffers."""
+    module, plain = OnnxModule(matmul_onnx), plain_session(matmul_onnx)
+    x = torch.randn(3, 2, 3)
+    with torch.inference_mode():
+        module(x)
+        module(x)
+    y = torch.randn(3, 2, 3)
+    assert torch.equal(module(y), torch.from_numpy(plain.run(None, {"x": y.numpy()})[0]))
+    assert len(module.runner.bound) == 1 and module.runner.max_shapes > 0

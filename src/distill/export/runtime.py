@@ -126,14 +126,20 @@ class BoundRunner:
             for name, buffer in buffers.items():
                 x = inputs[name]
                 buffer.copy_(x.detach() if x.requires_grad else x)  # casts dtype, moves to CPU
-            self.session.run_with_iobinding(binding)  # no RunOptions: looking one up costs ~50 µs
-            return output.clone()
-        except RuntimeError:  # an output shape that depends on values: bind nothing from now on
-            self.bound.clear()
-            self.max_shapes = 0
+            if self._run_bound(binding):
+                return output.clone()
         finally:
             self.lock.release()
         return self._run_plain(inputs, key)
+
+    def _run_bound(self, binding: Any) -> bool:
+        try:
+            self.session.run_with_iobinding(binding)  # no RunOptions: looking one up costs ~50 µs
+            return True
+        except RuntimeError:  # an output shape that depends on values: bind nothing from now on
+            self.bound.clear()
+            self.max_shapes = 0
+            return False
 
     def one(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`__call__` for a file with one input, with as little Python per call as possible (at
@@ -143,11 +149,8 @@ class BoundRunner:
             try:
                 binding, buffers, output = entry
                 buffers[self.first_input].copy_(x)
-                self.session.run_with_iobinding(binding)
-                return output.clone()
-            except RuntimeError:  # see __call__
-                self.bound.clear()
-                self.max_shapes = 0
+                if self._run_bound(binding):
+                    return output.clone()
             finally:
                 self.lock.release()
         return self({self.first_input: x})
@@ -162,12 +165,15 @@ class BoundRunner:
                 self.lock.release()
         return output
 
+    @torch.inference_mode(
+        False
+    )  # plain tensors: inference-mode ones could not be written outside it
     def _bind(self, key: tuple[torch.Size, ...], like: torch.Tensor) -> None:
         buffers = {
             name: torch.empty(shape, dtype=dtype)
             for (name, dtype), shape in zip(self.input_dtypes.items(), key, strict=True)
         }
-        output = torch.empty_like(like, memory_format=torch.contiguous_format)
+        output = torch.empty(like.shape, dtype=like.dtype)
         sizes = [b.element_size() * b.numel() for b in (*buffers.values(), output)]
         if max(sizes) > self.max_bytes:
             return
