@@ -175,7 +175,11 @@ def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
     if missing:
         raise DistillError(
             f"term {name!r} needs {missing} from the batch, which carries only {sorted(batch.extras)}; "
-            "use a dataset that provides them (distill's datasets return 'index' and 'label')"
+            + (
+                "ground-truth boxes come with task: detection and a detection dataset"
+                if any(k.startswith("box") for k in missing)
+                else "use a dataset that provides them (distill's datasets return 'index' and 'label')"
+            )
         )
     return {k: batch.extras[k] for k in wanted}
 
@@ -276,6 +280,7 @@ class Distiller(nn.Module):
                 elif (
                     getattr(term.loss, "needs_same_shape", True)
                     and not isinstance(s, list)
+                    and not isinstance(t, list)
                     and isinstance(side.projectors[i], nn.Identity)
                     and s.shape != t.shape
                 ):

@@ -121,3 +121,19 @@ def test_shipped_scenes_recipes_take_a_finite_step(tmp_path: Path, squares, name
     names = [t.name or t.loss for t in recipe.distill.terms]
     assert all(n in step and math.isfinite(step[n]) for n in names), (names, step)
     assert math.isfinite(step["task"]) and (name == "scratch") == (not names)
+
+
+def test_box_losses_outside_detection_say_where_boxes_come_from(tmp_path: Path) -> None:
+    """fgd on a classification recipe fails at build time, naming the detection task, not at step 1."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from conftest import tiny_recipe_dict
+
+    recipe = tiny_recipe_dict(tmp_path / "run")
+    recipe["teacher"] = {"name": "cnn", "options": {"channels": [4, 8]}}
+    recipe["distill"] = {
+        "terms": [{"loss": "fgd", "student": "features.0", "teacher": "features.0"}]
+    }
+    with pytest.raises(DistillError, match="boxes.*task: detection"):
+        _built(recipe)

@@ -360,7 +360,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
     the models and the data, unknown task outputs in taps, feature shapes that differ without a projector,
     and projectors that cannot map them. Weights, RNG state and train/eval modes are left as they were.
     """
-    from distill.distiller import _pick, _teacher_pick
+    from distill.distiller import _extras_for, _pick, _teacher_pick
     from distill.projectors import build_projector
     from distill.taps import FeatureTaps
 
@@ -393,6 +393,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
             )
             _check_class_counts(task, train, recipe, outputs, teacher_outputs)
             for term, name, projector in zip(side.terms, side.names, side.projectors, strict=True):
+                _extras_for(term.loss, batch, name)  # boxes, labels, indices the loss declares
                 s = _pick(term.student, outputs, taps, "student")
                 t = _teacher_pick(term.teacher, teacher_outputs)
                 one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
@@ -401,6 +402,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
                 elif (
                     getattr(term.loss, "needs_same_shape", True)
                     and not isinstance(s, list)
+                    and not isinstance(t, list)
                     and isinstance(projector, nn.Identity)
                     and s.shape != t.shape
                 ):
