@@ -38,12 +38,16 @@ def write(tmp_path, name: str, data: dict) -> str:
 
 
 def test_list_shows_every_pipeline_and_the_defaults(capsys):
-    from distill.compare import DEFAULT_PIPELINES, PIPELINES
+    from distill.compare import DEFAULT_PIPELINES, PIPELINES, TASK_DEFAULT_PIPELINES
 
     code, out, _ = run_cli(capsys, "compare", "fashion_mnist/kd", "--list")
     assert code == 0
+    lines = {line.split(":")[0]: line for line in out.splitlines()}
     for name in PIPELINES.names():
-        assert f"{name}{' (default)' if name in DEFAULT_PIPELINES else ''}:" in out
+        head = next(h for h in lines if h.split(" ")[0] == name)
+        assert ("(default" in head) == (name in DEFAULT_PIPELINES), head
+        text = "text_classification default" in head
+        assert text == (name in TASK_DEFAULT_PIPELINES["text_classification"]), head
 
 
 @pytest.mark.parametrize(
