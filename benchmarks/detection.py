@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,21 @@ def ultralytics_job(
     return {"metrics": evaluate(model, test), "seconds": seconds}
 
 
+def run_job(
+    side: str, name: str, seed: int, teacher: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One student run (in a worker process), scored on the scenes' val split."""
+    if side == "distill":
+        return distill_job(name, seed, teacher, args)
+    from distill.data import build_dataset
+
+    test = build_dataset(
+        "scenes", "test", train_images=args.train_images, val_images=args.val_images
+    )
+    pt = teacher_checkpoint(teacher, test)
+    return ultralytics_job(name, seed, pt, test.data_yaml, test, args)
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -178,11 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--train-images", type=int, default=512)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--no-ultralytics", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/detection"))
     parser.add_argument("--write", type=Path)
     parser.add_argument("--table-only", action="store_true")
@@ -204,23 +223,32 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [("distill", name) for name in ("scratch", *args.recipes)]
     if not args.no_ultralytics:
         jobs += [("ultralytics", "scratch"), ("ultralytics", "distill_model")]
-    for seed in args.seeds:
-        for side, name in jobs:
-            key = _key(side, name, seed, settings)
-            if args.table_only or any(r["key"] == key for r in done):
-                continue
-            print(f"== {side}: {name}, seed {seed}", flush=True)
-            if side == "distill":
-                result = distill_job(name, seed, teacher, args)
-            else:
-                data_yaml = test.data_yaml
-                pt = teacher_checkpoint(teacher, test)
-                result = ultralytics_job(name, seed, pt, data_yaml, test, args)
+    if not args.no_ultralytics:
+        teacher_checkpoint(teacher, test)
+    todo = [
+        (side, name, seed, _key(side, name, seed, settings))
+        for seed in args.seeds
+        for side, name in jobs
+        if not args.table_only
+        and not any(r["key"] == _key(side, name, seed, settings) for r in done)
+    ]
+    # Runs go to --jobs worker processes of --threads threads each: on a small CPU two one-thread runs
+    # side by side beat one two-thread run (no OpenMP threads spinning while they wait for a core).
+    spawn = multiprocessing.get_context("spawn")  # no fork after torch's thread pools exist
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=spawn, initializer=torch.set_num_threads, initargs=(args.threads,)
+    ) as pool:
+        futures = {pool.submit(run_job, side, name, seed, teacher, args): (side, name, seed, key)
+                   for side, name, seed, key in todo}  # fmt: skip
+        for future in as_completed(futures):
+            side, name, seed, key = futures[future]
+            result = future.result()
             row = {"key": key, "label": f"{side}: {name}", "seed": seed, **result}
             done.append(row)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"   mAP50-95 {result['metrics']['map50_95']:.2f}  ({result['seconds']:.0f} s)")
+            print(f"== {side}: {name}, seed {seed}: mAP50-95 {result['metrics']['map50_95']:.2f} "
+                  f"({result['seconds']:.0f} s)", flush=True)  # fmt: skip
     keys = {_key(side, name, s, settings) for s in args.seeds for side, name in jobs}
     body = table([r for r in done if r["key"] in keys], teacher_metrics, args, args.seeds)
     print(body)

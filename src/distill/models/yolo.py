@@ -152,3 +152,20 @@ def detect_head(model: nn.Module) -> nn.Module:
             "build it with yolo:<model yaml or .pt>"
         )
     return head
+
+
+def is_yolo(model: nn.Module) -> bool:
+    """Whether ``model`` is an Ultralytics YOLO model (without importing ultralytics)."""
+    return type(model).__module__.startswith("ultralytics.")
+
+
+def export_view(model: nn.Module) -> nn.Module:
+    """A copy of a YOLO model that returns only its decoded predictions ``(B, 4 + classes, A)``
+    (boxes as centre x, y, width, height in pixels, then class probabilities) and recomputes its anchor
+    grid from the input, as Ultralytics' own ONNX export sets it up; the original is left as it is."""
+    import copy
+
+    view = copy.deepcopy(model).eval()
+    head = detect_head(view)
+    head.export, head.dynamic, head.format = True, True, "onnx"
+    return view
