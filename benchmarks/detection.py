@@ -117,7 +117,7 @@ def ultralytics_job(
     extra = {"distill_model": str(teacher_pt)} if kind == "distill_model" else {}
     start = time.time()
     YOLO("yolov8n.yaml").train(
-        data=str(data_yaml), epochs=args.epochs, imgsz=160, batch=16, nbs=16, seed=seed,
+        data=str(data_yaml), epochs=args.epochs, imgsz=160, batch=8, nbs=8, seed=seed,
         deterministic=True, workers=0, device="cpu", optimizer="AdamW", lr0=0.002, cos_lr=True,
         lrf=0.0, warmup_epochs=1.0, weight_decay=0.0005, mosaic=0.0, close_mosaic=0, amp=False,
         plots=False, val=False, project=str(args.out.resolve()), name=name, exist_ok=True,
@@ -184,7 +184,7 @@ def write_doc(path: Path, body: str, args: argparse.Namespace, seconds: float) -
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; whole run {seconds / 60:.0f} min.  \n"
         f"Data: synthetic scenes ({args.train_images} train / {args.val_images} val images, 160 px, "
-        f"Fashion-MNIST items), {args.epochs} epochs, batch 16, AdamW lr 0.002, cosine, 1 warm-up epoch, "
+        f"Fashion-MNIST items), {args.epochs} epochs, batch 8, AdamW lr 0.002, cosine, 1 warm-up epoch, "
         "mosaic off. Metric: last epoch, Ultralytics' validator through distill's detection task, "
         "mean ± sample std over seeds.\n\n"
     )
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--train-images", type=int, default=512)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
