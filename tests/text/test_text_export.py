@@ -111,4 +111,5 @@ def test_distill_export_on_a_text_run(tmp_path, capsys):
     assert fp32["metrics"]["macro_f1"] == pytest.approx(reference["macro_f1"], abs=1e-3)
     assert fp32["metrics"]["agreement"] == 100.0
     assert int8["mode"] == "dynamic" and int8["calibration_samples"] == 0
+    assert int8["float_layers"] == []  # text: every MatMul in int8 by default
     assert 0 <= int8["metrics"]["top1"] <= 100 and "student.int8.onnx" in out

@@ -172,8 +172,9 @@ def teacher_sparse(ctx: Context) -> Produced:
 
 def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
     """Export ``source``'s model to ONNX (parity-checked); the int8 pipeline quantizes that float file
-    (made once, ``<out>/<source>-onnx/model.onnx``): static for one input tensor, dynamic for named
-    inputs (:func:`~distill.export.run.default_int8_mode`)."""
+    (made once, ``<out>/<source>-onnx/model.onnx``): static with the first and last layers in float for
+    one input tensor, dynamic with every layer int8 for named inputs
+    (:func:`~distill.export.run.default_int8_mode`)."""
     try:
         from distill.export import OnnxModule, export_onnx
     except ImportError as err:
@@ -192,8 +193,13 @@ def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
         assert float_path is not None, "ONNX pipelines record their file"
         mode = default_int8_mode(example)
         calibration = ctx.calibration() if mode == "static" else None
+        keep = () if ctx.named_inputs else "first_last"  # text: every MatMul int8 (docs/text.md)
         path = quantize_onnx(
-            float_path, folder / "model.int8.onnx", mode=mode, calibration=calibration
+            float_path,
+            folder / "model.int8.onnx",
+            mode=mode,
+            calibration=calibration,
+            keep_float=keep,
         )
     else:
         path = export_onnx(made.model.eval(), example, folder / "model.onnx")

@@ -29,7 +29,7 @@ def export_run(
     out: str | Path | None = None,
     calibration_batches: int = 8,
     checkpoint: str = "best",
-    keep_first_last_float: bool = True,
+    keep_first_last_float: bool | None = None,
     int8_mode: str | None = None,
 ) -> dict[str, Any]:
     """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
@@ -39,7 +39,8 @@ def export_run(
     (default :func:`default_int8_mode`): ``static`` (int8 QDQ calibrated on ``calibration_batches``
     training batches of 64) or ``dynamic`` (int8 weights, activation ranges per batch at run time). With
     ``keep_first_last_float`` the first and last compute layers stay in float, see
-    :func:`~distill.compress.quantize.first_and_last_layers`.
+    :func:`~distill.compress.quantize.first_and_last_layers` (default: yes for one tensor input, no for
+    named inputs, where every ``MatMul`` in int8 was both faster and as accurate: ``docs/text.md``).
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
@@ -72,7 +73,9 @@ def export_run(
     try:
         int8_options = {
             "calibration_batches": calibration_batches,
-            "keep": keep_first_last_float,
+            "keep": keep_first_last_float
+            if keep_first_last_float is not None
+            else not isinstance(batches[0], Mapping),
             "mode": int8_mode or default_int8_mode(batches[0]),
         }
         result = _export_all(
