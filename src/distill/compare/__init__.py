@@ -141,7 +141,17 @@ def compare(
     rows = [_measure(ctx, name, product, latency_repeats) for name, product in made.items()]
     elapsed = time.perf_counter() - started
     settings = [*overrides, *(TINY if tiny else [])]
-    return _write(out, rows, recipe, settings, tiny, elapsed, console, ctx.large_batch)
+    return _write(
+        out,
+        rows,
+        recipe,
+        settings,
+        tiny,
+        elapsed,
+        console,
+        ctx.large_batch,
+        ctx.task.primary_metric,
+    )
 
 
 def _make(ctx: Context, name: str) -> Produced | str:
@@ -195,7 +205,11 @@ def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> 
         large_batch=ctx.large_batch,
         repeats=repeats,
     )
-    extra = {k: v for k, v in task.metrics.items() if k not in _ROW_METRICS}
+    extra = {
+        k: v
+        for k, v in task.metrics.items()
+        if k not in (*_ROW_METRICS, task.primary_metric, "images")
+    }
     row.update({k: round(v, 2) for k, v in extra.items()})  # e.g. macro_f1 (text), top5
     row["artefact"] = str(product.artefact) if product.artefact else None
     return row
@@ -219,19 +233,24 @@ class _Recording:
 
 
 EXTRA_COLUMNS = {
-    "macro_f1": ("macro-F1 %", "{:.2f}")
-}  # task metrics shown after top-1 when present
+    "macro_f1": ("macro-F1 %", "{:.2f}"),
+    "map50": ("mAP50 %", "{:.2f}"),
+}  # task metrics shown after the primary one when present
+PRIMARY_HEADERS = {"map50_95": "mAP50-95 %"}  # the accuracy column's header when it is not top-1
 
 
-def columns(rows: list[dict[str, Any]], large_batch: int = 256) -> list[Any]:
-    """The report's columns: ``COMPARE_COLUMNS`` with the large batch's latency and, after top-1, the task
-    metrics of :data:`EXTRA_COLUMNS` the rows have."""
+def columns(rows: list[dict[str, Any]], large_batch: int = 256, primary: str = "top1") -> list[Any]:
+    """The report's columns: ``COMPARE_COLUMNS`` with the large batch's latency, the accuracy column named
+    after the task's ``primary`` metric and, after it, the task metrics of :data:`EXTRA_COLUMNS` the rows
+    have."""
     from distill.report import COMPARE_COLUMNS
 
     out = []
     for key, header, fmt in COMPARE_COLUMNS:
         if key == "latency_ms_b256":
             key, header = f"latency_ms_b{large_batch}", f"ms @ b{large_batch}"
+        if key == "accuracy":
+            header = PRIMARY_HEADERS.get(primary, header)
         out.append((key, header, fmt))
         if key == "accuracy":
             out += [(k, h, f) for k, (h, f) in EXTRA_COLUMNS.items() if any(k in r for r in rows)]
@@ -247,18 +266,28 @@ def _write(
     elapsed: float,
     console: Console,
     large_batch: int = 256,
+    primary: str = "top1",
 ) -> dict[str, Any]:
     from distill.report import COMPARE_CONSOLE_COLUMNS, rows_table, write_report
 
+    agreement = any(r.get("agreement") is not None for r in rows)
     notes = (
-        "Accuracy: the last epoch's test top-1. Agreement: share of test inputs where the model's top-1 "
-        "equals the teacher's. Latency: median over repeated forward passes on CPU, after warm-up; "
+        "Accuracy: the last epoch's test top-1. "
+        + (
+            "Agreement: share of test inputs where the model's top-1 equals the teacher's. "
+            if agreement
+            else ""
+        )
+        + "Latency: median over repeated forward passes on CPU, after warm-up; "
         "'1 thread' pins one intra-op thread, the others use all. Size: safetensors bytes for PyTorch "
         "rows, the .onnx file for onnxruntime rows. Unstructured sparsity leaves the dense size and "
         f"latency unchanged ('nonzero' counts what is left). Whole comparison: {elapsed:.0f} s."
     )
+    if primary != "top1":
+        notes = notes.replace("test top-1", f"test {PRIMARY_HEADERS.get(primary, primary)}", 1)
     if large_batch != 256:
-        notes += f" Text models are timed at batch 1 and {large_batch}, every sequence max_length tokens long."
+        notes += f" Models are timed at batch 1 and {large_batch}"
+        notes += ", every sequence max_length tokens long." if large_batch == 64 else "."
     failed = [r for r in rows if r.get("status", "ok") != "ok"]
     if failed:
         notes += "\n\n" + " ".join(f"{r['pipeline']}: {r['status']}." for r in failed)
@@ -267,7 +296,7 @@ def _write(
         rows,
         f"distill compare: {recipe}",
         notes,
-        columns=columns(rows, large_batch),
+        columns=columns(rows, large_batch, primary),
         plot_keys=("latency_ms_b1_t1", "size_bytes", "pipeline"),
         html=True,
         recipe=str(recipe),

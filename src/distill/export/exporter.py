@@ -107,7 +107,7 @@ def export_onnx(
     device, was_training = _device_of(model), model.training
     model = model.cpu().eval()
     try:
-        _write(model, to_cpu(example), path, opset, dynamic_batch)
+        _write(_export_view(model), to_cpu(example), path, opset, dynamic_batch)
         if check:
             from distill.export.runtime import ParityError, check_parity
 
@@ -118,6 +118,14 @@ def export_onnx(
     finally:
         model.to(device).train(was_training)
     return path
+
+
+def _export_view(model: nn.Module) -> nn.Module:
+    """What is traced: the model itself, or for an Ultralytics YOLO model a copy that returns only its
+    decoded predictions (B, 4 + classes, A), as Ultralytics' own ONNX export does."""
+    from distill.models.yolo import export_view, is_yolo
+
+    return export_view(model) if is_yolo(model) else model
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -168,4 +168,7 @@ def export_view(model: nn.Module) -> nn.Module:
     view = copy.deepcopy(model).eval()
     head = detect_head(view)
     head.export, head.dynamic, head.format = True, True, "onnx"
+    # YOLO26: export the one-to-many predictions, so its files are NMS'd like the other families'
+    if getattr(head, "end2end", False):
+        head.end2end = False
     return view

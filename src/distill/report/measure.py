@@ -48,7 +48,7 @@ def measure(
     large_repeats = max(5, repeats // 3)
     return {
         "name": name,
-        "accuracy": round(metrics["top1"], 2),
+        "accuracy": round(metrics[task.primary_metric], 2),
         "params": count_parameters(model),
         "size_bytes": serialized_size(model),
         "latency_ms_b1": round(latency_ms(model, example, 1, repeats), 4),
@@ -56,8 +56,8 @@ def measure(
             latency_ms(model, example, large_batch, large_repeats), 3
         ),
         "agreement": round(metrics["agreement"], 2) if "agreement" in metrics else None,
-        "nll": round(metrics["nll"], 4),
-        "ece": round(metrics["ece"], 2),
+        "nll": round(metrics["nll"], 4) if "nll" in metrics else None,
+        "ece": round(metrics["ece"], 2) if "ece" in metrics else None,
     }
 
 
@@ -115,13 +115,13 @@ def measure_row(
         "name": name,
         "pipeline": pipeline,
         "runtime": runtime,
-        "accuracy": round(metrics["top1"], 2),
+        "accuracy": round(metrics[task.primary_metric], 2),  # top-1; detection: mAP50-95
         "params": params if params is not None else count_parameters(model),
         "nonzero_params": nonzero,
         "size_bytes": size_bytes if size_bytes is not None else serialized_size(model),
         "agreement": round(metrics["agreement"], 2) if "agreement" in metrics else None,
-        "nll": round(metrics["nll"], 4),
-        "ece": round(metrics["ece"], 2),
+        "nll": round(metrics["nll"], 4) if "nll" in metrics else None,
+        "ece": round(metrics["ece"], 2) if "ece" in metrics else None,
         "status": "ok",
     }
     row.update(latency_row(model, example, large_batch, repeats))

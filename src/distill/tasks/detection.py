@@ -49,6 +49,8 @@ class DetectionTask:
 
     name = "detection"
     primary_metric = "map50_95"
+    # the large batch `distill compare` times (256 images through a detector take seconds)
+    latency_batch = 16
 
     def __init__(self, conf: float = 0.001, iou: float = 0.7, max_det: int = 300) -> None:
         for key, value in (("conf", conf), ("iou", iou)):
@@ -58,7 +60,9 @@ class DetectionTask:
                     "conf 0.001 and iou 0.7"
                 )
         if not (isinstance(max_det, int) and max_det > 0):
-            raise DistillError(f"detection: max_det must be a positive int, got {max_det!r}; use 300")
+            raise DistillError(
+                f"detection: max_det must be a positive int, got {max_det!r}; use 300"
+            )
         self.conf, self.iou, self.max_det = float(conf), float(iou), max_det
         self._criterion: Any = None
         self._items: dict[str, torch.Tensor] = {}
@@ -144,7 +148,9 @@ def named_outputs(raw: Any, head: nn.Module) -> dict[str, torch.Tensor]:
 
 def raw_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The inverse of :func:`named_outputs`: what Ultralytics' loss takes."""
-    levels = sorted((k for k in outputs if k[0] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    levels = sorted(
+        (k for k in outputs if k[0] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:])
+    )
     feats = [outputs[k] for k in levels]
     many = {"boxes": outputs["boxes"], "scores": outputs["scores"], "feats": feats}
     if "one2one_scores" not in outputs:

@@ -7,6 +7,7 @@ distill's loader, so the model, data and device stay distill's and the numbers a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -22,17 +23,12 @@ METRICS = {  # Ultralytics' key -> distill's (percent)
 }
 
 
-def make_validator(task: Any, model: nn.Module, device: torch.device | str) -> Any:
+def make_validator(task: Any, model: nn.Module, names: dict[int, str], device: Any) -> Any:
     """A ``DetectionValidator`` set up for ``model`` without building Ultralytics' data or trainer."""
     from ultralytics.models.yolo.detect.val import DetectionValidator
 
     from distill.models.yolo import quiet
 
-    names = getattr(model, "names", None) or {}
-    if not isinstance(names, dict) or not names:
-        from distill.models.yolo import detect_head
-
-        names = {i: str(i) for i in range(detect_head(model).nc)}
     args = dict(
         conf=task.conf, iou=task.iou, max_det=task.max_det, plots=False, save_json=False,
         save_txt=False, verbose=False, task="detect",
@@ -42,8 +38,25 @@ def make_validator(task: Any, model: nn.Module, device: torch.device | str) -> A
     validator.device = torch.device(device)
     validator.data = {"names": names, "val": ""}
     validator.training = True  # no dataset checks, no model fusing: distill's loop owns those
-    validator.init_metrics(model)
+    # the validator reads only the class names and the end-to-end flag of the model: ONNX files and other
+    # wrappers are evaluated like the PyTorch model they came from (exported YOLO files decode, not NMS)
+    validator.init_metrics(SimpleNamespace(names=names, end2end=getattr(model, "end2end", False)))
     return validator
+
+
+def class_names(model: nn.Module, loader: Any) -> dict[int, str]:
+    """The data's class names (the loader's dataset), else the model's, else from its Detect head."""
+    dataset = getattr(loader, "dataset", None)
+    dataset = getattr(dataset, "dataset", dataset)  # the training loader's seeded view
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return dict(enumerate(classes))
+    names = getattr(model, "names", None)
+    if isinstance(names, dict) and names:
+        return names
+    from distill.models.yolo import detect_head
+
+    return {i: str(i) for i in range(detect_head(model).nc)}
 
 
 @torch.no_grad()
@@ -58,7 +71,7 @@ def validate(
     images = 0
     try:
         with quiet():
-            validator = make_validator(task, model, device)
+            validator = make_validator(task, model, class_names(model, loader), device)
             for raw in loader:
                 batch = task.split(raw).to(device)
                 out = model(batch.inputs)
@@ -68,9 +81,7 @@ def validate(
                 validator.update_metrics(preds, targets)
                 images += len(batch)
             if not images:
-                raise DistillError(
-                    "evaluation data is empty; give a non-empty validation/test set"
-                )
+                raise DistillError("evaluation data is empty; give a non-empty validation/test set")
             stats = validator.get_stats()
     finally:
         model.train(was_training)
