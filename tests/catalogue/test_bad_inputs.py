@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 import shutil
 import struct
@@ -324,6 +325,51 @@ def text_kd(data_options: dict[str, Any] | None = None, **models: Any) -> dict[s
     }  # fmt: skip
 
 
+def _det_helpers() -> Any:
+    """``tests/detection/det_helpers.py`` (tiny YOLO datasets), loaded by path from this folder."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "detection" / "det_helpers.py"
+    spec = importlib.util.spec_from_file_location("_catalogue_det_helpers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def squares(label: str | None = None, loaded: bool = False) -> Callable[[Env], Any]:
+    """A 3-class YOLO dataset in ``$TMP/squares``; ``label`` replaces ``labels/train/001.txt``; ``loaded``
+    builds it once with Ultralytics first, so the label caches it writes exist before the case runs."""
+
+    def write(env: Env) -> None:
+        data_yaml = _det_helpers().write_squares(env.tmp / "squares", train=4, val=2, size=64)
+        if label is not None:
+            (env.tmp / "squares" / "labels" / "train" / "001.txt").write_text(label)
+        if loaded:
+            from distill.data.detection import DetectionDataset
+
+            for split in ("train", "test"):
+                DetectionDataset(data_yaml, split, image_size=64)
+
+    return write
+
+
+def det_kd(*terms: dict[str, Any], **models: str) -> dict[str, Any]:
+    """A YOLO KD recipe over ``$TMP/squares`` (YOLOv8n student, YOLO11n teacher unless given)."""
+    return {
+        "task": "detection",
+        "data": {"name": "yolo", "root": "$TMP/squares/data.yaml",
+                 "options": {"image_size": 64, "hyp": {"mosaic": 0.0}}},
+        "student": {"name": models.get("student", "yolo:yolov8n.yaml")},
+        "teacher": {"name": models.get("teacher", "yolo:yolo11n.yaml")},
+        "distill.terms": list(terms) or [{"loss": "cwd", "student": "@p3", "teacher": "@p3"}],
+        "train.optimizer": "adamw",
+    }  # fmt: skip
+
+
+YOLO = pytest.mark.skipif(
+    importlib.util.find_spec("ultralytics") is None, reason="needs the yolo extra"
+)
 FM = {"data": {"name": "fashion_mnist", "root": "$TMP/fmnist", "options": {"download": False}}}
 PICS = {"data": {"name": "image_folder", "root": "$TMP/pics", "options": {"grayscale": True, "image_size": SIZE}}}  # fmt: skip
 FITNET = {"loss": "fitnet", "student": "features.1", "teacher": "features.1"}
@@ -547,6 +593,29 @@ CASES = [
     case("text-labels-differ-from-teacher-head", "hf:$TMP/bert", "head for 3 labels",
          "the data has 2 classes",
          edits=text_kd(), prepare=text_models(bert={"layers": 3, "num_labels": 3})),
+    # --- detection: labels, taps, shapes, heads ------------------------------------------------------
+    case("det-label-class-out-of-range", "001.txt:1", "class 7", "[0, 3)", "use a class id 0..2",
+         edits=det_kd(), prepare=squares("7 0.5 0.5 0.2 0.2\n"), marks=YOLO),
+    case("det-label-four-numbers", "001.txt:1", "4 values", "class cx cy w h",
+         edits=det_kd(), prepare=squares("0 0.5 0.5 0.2\n"), marks=YOLO),
+    case("det-label-outside-image", "001.txt:1", "cx = 1.5", "outside [0, 1]", "normalise",
+         edits=det_kd(), prepare=squares("0 1.5 0.5 0.2 0.2\n"), marks=YOLO),
+    case("det-tap-no-such-layer", "'model.99'", "distill.terms.0.student",
+         edits=det_kd({"loss": "fitnet", "student": "model.99", "teacher": "model.3"}),
+         prepare=squares(loaded=True), marks=YOLO),
+    case("det-maps-cannot-pair", "'@p3'", "(2, 64, 8, 8)", "(2, 128, 8, 8)", "add a projector",
+         edits=det_kd({"loss": "fitnet", "student": "@p3", "teacher": "@p3"},
+                      teacher="yolo:yolov8s.yaml"),
+         prepare=squares(loaded=True), marks=YOLO),
+    case("det-ld-on-yolo26", "term 'ld'", "reg_max", "score_kd",
+         edits=det_kd({"loss": "ld", "student": "@boxes", "teacher": "@boxes"},
+                      student="yolo:yolo26n.yaml", teacher="yolo:yolo26n.yaml"),
+         prepare=squares(loaded=True), marks=YOLO),
+    case("det-hyp-typo", "'mosiac'", "Did you mean 'mosaic'",
+         edits={**det_kd(), "data.options": {"image_size": 64, "hyp": {"mosiac": 0.0}}},
+         prepare=squares(), marks=YOLO),
+    case("det-model-yaml-typo", "yolov99n", "no such model yaml", "yolov8n.yaml",
+         edits=det_kd(student="yolo:yolov99n.yaml"), prepare=squares(loaded=True), marks=YOLO),
     # --- file system ---------------------------------------------------------------------------------
     case("recipe-missing", "'nope.yaml'", "not found", argv=("train", "nope.yaml")),
     case("recipe-is-a-directory", "'saved-run'", "not found", argv=("validate", "saved-run")),

@@ -137,3 +137,16 @@ def test_box_losses_outside_detection_say_where_boxes_come_from(tmp_path: Path) 
     }
     with pytest.raises(DistillError, match="boxes.*task: detection"):
         _built(recipe)
+
+
+def test_ld_on_a_yolo26_head_fails_at_build_not_at_step_one(tmp_path: Path, squares) -> None:  # noqa: F811
+    """YOLO26 regresses boxes directly: ld refuses it while the recipe builds, before any run is touched."""
+    recipe = detection_recipe(
+        squares,
+        tmp_path / "run",
+        **{"student.name": "yolo:yolo26n.yaml", "teacher.name": "yolo:yolo26n.yaml"},
+    )
+    recipe["distill"]["terms"] = [{"loss": "ld", "student": "@boxes", "teacher": "@boxes"}]
+    with pytest.raises(DistillError, match=r"term 'ld'.*reg_max.*score_kd") as err:
+        _built(recipe)
+    assert "\n" not in str(err.value)

@@ -398,7 +398,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
                 t = _teacher_pick(term.teacher, teacher_outputs)
                 one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
                 if isinstance(term.projector, str):
-                    build_projector(term.projector, one_s.shape, one_t.shape)
+                    projector = build_projector(term.projector, one_s.shape, one_t.shape)
                 elif (
                     getattr(term.loss, "needs_same_shape", True)
                     and not isinstance(s, list)
@@ -411,8 +411,25 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
                         f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature "
                         "maps, linear for vectors)"
                     )
+                _dry_run(term.loss, name, projector, s, t, _extras_for(term.loss, batch, name))
     finally:
         side.train(was_training)
+
+
+def _dry_run(loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, extras: Any) -> None:
+    """Call the loss once on the example's tensors, so what it refuses (a YOLO26 head for ``ld``, maps it
+    cannot pair) fails before ``--overwrite`` clears a run, not at the first step. Losses with parts built
+    from data (``build``) are checked when the distiller builds them."""
+    if callable(getattr(loss, "build", None)):
+        return
+    s = [projector(x) for x in s] if isinstance(s, list) else projector(s)
+    try:
+        loss(s, t, **extras)
+    except DistillError as err:
+        raise DistillError(f"term {name!r}: {err}") from None
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise DistillError(f"term {name!r}: {line}") from None
 
 
 def _check_class_counts(
