@@ -18,7 +18,7 @@ from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import build_task
 from distill.train import Trainer
-from distill.train.checkpoint import load_student_weights, model_tensors
+from distill.train.checkpoint import EMA_PREFIX, load_student_weights, model_tensors
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
                     "re-save them with safetensors.torch.save_file or train the model again"
                 ) from None
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
-                state = model_tensors(state, "model.student.")
+                state = model_tensors(state, EMA_PREFIX) or model_tensors(state, "model.student.")
         elif path.suffix in (".pt", ".pth", ".bin"):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

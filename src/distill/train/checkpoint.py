@@ -37,6 +37,7 @@ from distill.errors import DistillError
 MANIFEST = "manifest.json"
 FORMAT = 1
 KINDS = ("last", "best")
+EMA_PREFIX = "ema."  # the student's weight average (train.ema), beside the raw "model." tensors
 
 
 # ----------------------------------------------------------------------------------- atomic files
@@ -239,11 +240,14 @@ class CheckpointStore:
         model: nn.Module,
         state: dict[str, Any],
         optimizer: torch.optim.Optimizer | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write a ``kind`` checkpoint of ``model`` (+ optimizer) with JSON ``state``; returns its path."""
+        """Write a ``kind`` checkpoint of ``model`` (+ optimizer, + ``extra`` tensors under their own
+        prefixed names, e.g. the weight average) with JSON ``state``; returns its path."""
         if kind not in KINDS:
             raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
         tensors = state_tensors(model.state_dict(), "model.")
+        tensors.update(extra or {})
         record = dict(state)
         if optimizer is not None:
             record["optimizer"] = flatten_state(optimizer.state_dict(), "optim", tensors)
@@ -365,9 +369,11 @@ def load_checkpoint(directory: Path, tag: str) -> tuple[dict[str, torch.Tensor],
 
 
 def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -> dict[str, Any]:
-    """Load the student's weights from a run directory's checkpoints; returns the JSON state."""
+    """Load the student's weights from a run directory's checkpoints (its weight average when the run
+    kept one, ``train.ema``: what the run evaluated); returns the JSON state."""
     tensors, state = load_checkpoint(Path(run_dir) / "checkpoints", tag)
-    student.load_state_dict(model_tensors(tensors, "model.student."))
+    average = model_tensors(tensors, EMA_PREFIX)
+    student.load_state_dict(average or model_tensors(tensors, "model.student."))
     return state
 
 

@@ -31,6 +31,18 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the student's weights with this decay "
+        "(Ultralytics: 0.9999) and evaluate, checkpoint and save it instead of the raw weights",
+    )
+    ema_tau: float = Field(
+        2000.0,
+        gt=0,
+        description="EMA warm-up in steps: the decay is ema * (1 - exp(-step / ema_tau))",
+    )
     seed: int = 0
     deterministic: bool = False
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")

@@ -22,11 +22,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from distill.distiller import Distiller
 from distill.errors import DistillError
 from distill.train.checkpoint import (
+    EMA_PREFIX,
     CheckpointStore,
     model_tensors,
     optimizer_state_from_json,
     remove_stale_temporaries,
     save_model,
+    state_tensors,
     unflatten_state,
     write_error,
     write_json,
@@ -39,6 +41,7 @@ from distill.train.distributed import (
     init_distributed,
     pick_device,
 )
+from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -132,6 +135,7 @@ class Trainer:
             )
         self.local_batch = cfg.batch_size // self.dist.world_size
         self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
@@ -193,6 +197,8 @@ class Trainer:
         self.prepare()
         seed_everything(self.config.seed, self.config.deterministic)
         self.optimizer = self._build_optimizer()
+        if self.config.ema is not None:
+            self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
             self._resume()
         if self.dist.enabled:
@@ -243,6 +249,7 @@ class Trainer:
             "history": self.history,
             "skipped_steps": self.skipped_steps,
             "skipped_in_a_row": self._skipped_in_a_row,
+            "ema_updates": self.ema.updates if self.ema is not None else None,
             "config": self.config.model_dump(),
         }
 
@@ -250,7 +257,8 @@ class Trainer:
         if self.store is None or not self.dist.is_main:
             return
         optimizer = self.optimizer if with_optimizer else None
-        self.store.save(tag, self.distiller.trainable(), self._state(), optimizer)
+        extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
+        self.store.save(tag, self.distiller.trainable(), self._state(), optimizer, extra)
 
     def _resume(self) -> None:
         if self.store is None or not self.store.has("last"):
@@ -277,12 +285,35 @@ class Trainer:
         )
         self.skipped_steps = state.get("skipped_steps", 0)
         self._skipped_in_a_row = state.get("skipped_in_a_row", 0)
+        if self.ema is not None:
+            self._resume_ema(tensors, state)
         if self.dist.is_main and self.run_dir is not None:
             truncate_metrics(self.run_dir, self.global_step)  # those steps are about to run again
         if self.dist.is_main:
             self.console.print(
                 f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
             )
+
+    def _resume_ema(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """The average saved with the checkpoint, or (a run that had no EMA) one started from its weights."""
+        assert self.ema is not None
+        saved = model_tensors(tensors, EMA_PREFIX)
+        if saved:
+            self.ema.module.load_state_dict(saved)
+            self.ema.updates = int(state.get("ema_updates") or 0)
+            return
+        self.ema = WeightEMA(self.distiller.student, self.ema.decay, self.ema.tau)
+        if self.dist.is_main:
+            self.console.print(
+                f"[yellow]warning[/]: the checkpoint in {self.checkpoint_dir} has no weight average "
+                "(train.ema was off); starting one from its weights",
+                soft_wrap=True,
+            )
+
+    @property
+    def final_student(self) -> torch.nn.Module:
+        """What is evaluated and handed over: the weight average with ``train.ema``, else the student."""
+        return self.ema.module if self.ema is not None else self.distiller.student
 
     # ------------------------------------------------------------------ steps
     def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
@@ -321,6 +352,8 @@ class Trainer:
             return None, lr, len(batch)
         self._skipped_in_a_row = 0
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.distiller.student)
         metrics = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
         metrics["grad_norm"] = grad_norm.detach()
         metrics.update(self.task.batch_metrics(step.outputs, batch))
@@ -372,7 +405,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if loader is not None and self.dist.is_main:
             metrics = self.task.evaluate(
-                self.distiller.student, loader, self.distiller.teacher, self.device
+                self.final_student, loader, self.distiller.teacher, self.device
             )
         return broadcast_object(metrics, self.dist)
 
@@ -422,7 +455,7 @@ class Trainer:
                 if (
                     self.global_step >= total or self.epoch >= cfg.epochs
                 ):  # complete: hand over the student
-                    save_model(self.run_dir / "model.safetensors", self.distiller.student)
+                    save_model(self.run_dir / "model.safetensors", self.final_student)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
         barrier(self.dist)
