@@ -11,6 +11,10 @@ seed, the same YOLOv8n student on the same scenes, epochs, batch, image size, op
   trainers step the optimizer every batch) and its other defaults (EMA of the weights, warm-up biases)
   left as they are.
 
+``--ema`` adds ``distill + EMA: <name>`` rows: the same distill runs with a weight average of the student
+(``train.ema=0.9999``, ``ema_tau=2000``: Ultralytics' ``ModelEMA``), the one part of Ultralytics' trainer
+that changes which weights are scored.
+
 Every model is scored by the same evaluation: distill's detection task (Ultralytics' validator) on the
 scenes' val split, **last epoch** (Ultralytics' ``last.pt``, its EMA weights), mAP50-95 and mAP50 in %,
 mean ± sample std over seeds.
@@ -42,6 +46,7 @@ from typing import Any
 import torch
 
 RECIPES = ("fgd", "cwd", "ld", "kd")
+LABELS = {"distill": "distill", "distill-ema": "distill + EMA", "ultralytics": "ultralytics"}
 
 
 def common(args: argparse.Namespace) -> list[str]:
@@ -65,6 +70,11 @@ def teacher_run(args: argparse.Namespace) -> Path:
 
     overrides = [*common(args), f"train.epochs={args.teacher_epochs}"]
     recipe = load_recipe("scenes/teacher", overrides)
+    # a teacher trained by an older distill whose recipe means the same (new settings at their defaults)
+    for summary in sorted(args.out.glob("teacher-*/summary.json")):
+        saved = load_recipe(str(summary.parent / "recipe.yaml"))
+        if saved.model_copy(update={"output": recipe.output}) == recipe:
+            return summary.parent
     run_dir = args.out / f"teacher-{_key(recipe_to_yaml(recipe))}"
     if not (run_dir / "summary.json").is_file():
         print(f"teacher: training into {run_dir}", flush=True)
@@ -92,14 +102,18 @@ def evaluate(model: torch.nn.Module, data: Any) -> dict[str, float]:
     return DetectionTask().evaluate(model, data.loader(32))
 
 
-def distill_job(name: str, seed: int, teacher: Path, args: argparse.Namespace) -> dict[str, Any]:
+def distill_job(
+    name: str, seed: int, teacher: Path, args: argparse.Namespace, ema: bool = False
+) -> dict[str, Any]:
     from distill import api
     from distill.config.load import load_recipe
 
     overrides = [*common(args), f"train.seed={seed}", f"data.options.seed={seed}"]
     if name != "scratch":
         overrides.append(f"teacher.weights={teacher}")
-    run_dir = args.out / f"distill-{name}-s{seed}"
+    if ema:  # Ultralytics' ModelEMA settings (decay 0.9999, tau 2000 steps)
+        overrides += ["train.ema=0.9999", "train.ema_tau=2000"]
+    run_dir = args.out / f"distill{'-ema' if ema else ''}-{name}-s{seed}"
     recipe = load_recipe(f"scenes/{name}", [*overrides, f"output={run_dir}"])
     start = time.time()
     summary = api.train(recipe, overwrite=True)
@@ -133,8 +147,8 @@ def run_job(
     side: str, name: str, seed: int, teacher: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One student run (in a worker process), scored on the scenes' val split."""
-    if side == "distill":
-        return distill_job(name, seed, teacher, args)
+    if side in ("distill", "distill-ema"):
+        return distill_job(name, seed, teacher, args, ema=side == "distill-ema")
     from distill.data import build_dataset
 
     test = build_dataset(
@@ -154,17 +168,20 @@ def _mean_std(values: list[float]) -> str:
 def table(rows: list[dict[str, Any]], teacher: dict[str, float], args, seeds: list[int]) -> str:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     by = {lab: [r for r in rows if r["label"] == lab and r["seed"] in seeds] for lab in labels}
-    base = [r["metrics"]["map50_95"] for r in by.get("distill: scratch", [])]
     lines = [
-        "| student (YOLOv8n) | mAP50-95 % | mAP50 % | Δ mAP50-95 vs distill scratch | seeds | s / run |",
+        "| student (YOLOv8n) | mAP50-95 % | mAP50 % | Δ mAP50-95 vs scratch, same trainer | seeds | s / run |",
         "|---|---|---|---|---|---|",
     ]
     for lab in labels:
         runs = sorted(by[lab], key=lambda r: r["seed"])
         m = [r["metrics"]["map50_95"] for r in runs]
         m50 = [r["metrics"]["map50"] for r in runs]
+        scratch = lab.split(": ")[0] + ": scratch"  # paired by seed with the same trainer's scratch
+        base = [
+            r["metrics"]["map50_95"] for r in sorted(by.get(scratch, []), key=lambda r: r["seed"])
+        ]
         delta = "-"
-        if base and len(base) == len(m) and lab != "distill: scratch":
+        if base and len(base) == len(m) and lab != scratch:
             delta = _mean_std([a - b for a, b in zip(m, base, strict=True)])
         secs = statistics.mean(r["seconds"] for r in runs) if runs else 0.0
         lines.append(
@@ -200,6 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--no-ultralytics", action="store_true")
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="also train distill's runs with a weight average as Ultralytics' trainer keeps "
+        "(train.ema=0.9999, ema_tau=2000)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/detection"))
@@ -221,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     settings["teacher"] = teacher.name
     jobs = [("distill", name) for name in ("scratch", *args.recipes)]
+    if args.ema:
+        jobs += [("distill-ema", name) for name in ("scratch", *args.recipes)]
     if not args.no_ultralytics:
         jobs += [("ultralytics", "scratch"), ("ultralytics", "distill_model")]
     if not args.no_ultralytics:
@@ -243,11 +268,11 @@ def main(argv: list[str] | None = None) -> None:
         for future in as_completed(futures):
             side, name, seed, key = futures[future]
             result = future.result()
-            row = {"key": key, "label": f"{side}: {name}", "seed": seed, **result}
+            row = {"key": key, "label": f"{LABELS[side]}: {name}", "seed": seed, **result}
             done.append(row)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"== {side}: {name}, seed {seed}: mAP50-95 {result['metrics']['map50_95']:.2f} "
+            print(f"== {LABELS[side]}: {name}, seed {seed}: mAP50-95 {result['metrics']['map50_95']:.2f} "
                   f"({result['seconds']:.0f} s)", flush=True)  # fmt: skip
     keys = {_key(side, name, s, settings) for s in args.seeds for side, name in jobs}
     body = table([r for r in done if r["key"] in keys], teacher_metrics, args, args.seeds)
