@@ -187,9 +187,17 @@ def table(rows: list[dict[str, Any]], teacher: dict[str, float], args, seeds: li
         lines.append(
             f"| {lab} | {_mean_std(m)} | {_mean_std(m50)} | {delta} | {len(runs)} | {secs:.0f} |"
         )
+    per_seed = [
+        f"{lab}: "
+        + " / ".join(
+            f"{r['metrics']['map50_95']:.2f}" for r in sorted(by[lab], key=lambda r: r["seed"])
+        )
+        for lab in labels
+    ]
     return (
         f"Teacher (YOLO11s, {args.teacher_epochs} epochs): mAP50-95 {teacher['map50_95']:.2f} %, "
-        f"mAP50 {teacher['map50']:.2f} %.\n\n" + "\n".join(lines) + "\n"
+        f"mAP50 {teacher['map50']:.2f} %.\n\n" + "\n".join(lines) + "\n\n"
+        f"mAP50-95 per seed ({', '.join(map(str, seeds))}): " + "; ".join(per_seed) + ".\n"
     )
 
 
@@ -199,7 +207,13 @@ def write_doc(path: Path, body: str, args: argparse.Namespace, seconds: float) -
         "# Detection benchmark: distill's recipes vs Ultralytics' distill_model\n\n"
         f"Command: `{command}`  \n"
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; whole run {seconds / 60:.0f} min.  \n"
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+        + (
+            f"whole run {seconds / 60:.0f} min.  \n"
+            if seconds
+            else "table rebuilt from results.jsonl.  \n"
+        )
+        + f"Jobs: {args.jobs} runs side by side, {args.threads} torch thread(s) each (s / run: wall time).  \n"
         f"Data: synthetic scenes ({args.train_images} train / {args.val_images} val images, 160 px, "
         f"Fashion-MNIST items), {args.epochs} epochs, batch 8, AdamW lr 0.002, cosine, 1 warm-up epoch, "
         "mosaic off. Metric: last epoch, Ultralytics' validator through distill's detection task, "
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     body = table([r for r in done if r["key"] in keys], teacher_metrics, args, args.seeds)
     print(body)
     if args.write:
-        write_doc(args.write, body, args, time.time() - start)
+        write_doc(args.write, body, args, 0.0 if args.table_only else time.time() - start)
 
 
 if __name__ == "__main__":
