@@ -279,16 +279,22 @@ def plugin_model(env: Env) -> None:
     )
 
 
-def _text_helpers() -> Any:
-    """``tests/text/text_helpers.py`` (tiny BERTs and tokenizers), loaded by path from this folder."""
+def _helpers(folder: str) -> Any:
+    """A helper module of another test folder, loaded by path: ``text`` (``text_helpers.py``: tiny BERTs
+    and tokenizers) or ``detection`` (``det_helpers.py``: tiny YOLO datasets)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "text" / "text_helpers.py"
-    spec = importlib.util.spec_from_file_location("_catalogue_text_helpers", path)
+    name = {"text": "text_helpers", "detection": "det_helpers"}[folder]
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_catalogue_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _text_helpers() -> Any:
+    return _helpers("text")
 
 
 def text_models(**models: dict[str, Any]) -> Callable[[Env], Any]:
@@ -326,15 +332,7 @@ def text_kd(data_options: dict[str, Any] | None = None, **models: Any) -> dict[s
 
 
 def _det_helpers() -> Any:
-    """``tests/detection/det_helpers.py`` (tiny YOLO datasets), loaded by path from this folder."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "detection" / "det_helpers.py"
-    spec = importlib.util.spec_from_file_location("_catalogue_det_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _helpers("detection")
 
 
 def squares(label: str | None = None, loaded: bool = False) -> Callable[[Env], Any]:
