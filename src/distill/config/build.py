@@ -18,7 +18,7 @@ from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import build_task
 from distill.train import Trainer
-from distill.train.checkpoint import EMA_PREFIX, load_student_weights, model_tensors
+from distill.train.checkpoint import load_student_weights, student_tensors
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
                     "re-save them with safetensors.torch.save_file or train the model again"
                 ) from None
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
-                state = model_tensors(state, EMA_PREFIX) or model_tensors(state, "model.student.")
+                state = student_tensors(state)
         elif path.suffix in (".pt", ".pth", ".bin"):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -393,7 +393,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
             )
             _check_class_counts(task, train, recipe, outputs, teacher_outputs)
             for term, name, projector in zip(side.terms, side.names, side.projectors, strict=True):
-                _extras_for(term.loss, batch, name)  # boxes, labels, indices the loss declares
+                extras = _extras_for(term.loss, batch, name)  # boxes, labels, indices it declares
                 s = _pick(term.student, outputs, taps, "student")
                 t = _teacher_pick(term.teacher, teacher_outputs)
                 one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
@@ -411,7 +411,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
                         f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature "
                         "maps, linear for vectors)"
                     )
-                _dry_run(term.loss, name, projector, s, t, _extras_for(term.loss, batch, name))
+                _dry_run(term.loss, name, projector, s, t, extras)
     finally:
         side.train(was_training)
 

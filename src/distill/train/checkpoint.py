@@ -372,9 +372,14 @@ def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -
     """Load the student's weights from a run directory's checkpoints (its weight average when the run
     kept one, ``train.ema``: what the run evaluated); returns the JSON state."""
     tensors, state = load_checkpoint(Path(run_dir) / "checkpoints", tag)
-    average = model_tensors(tensors, EMA_PREFIX)
-    student.load_state_dict(average or model_tensors(tensors, "model.student."))
+    student.load_state_dict(student_tensors(tensors))
     return state
+
+
+def student_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's state dict from a checkpoint's tensors: the weight average when the run kept one
+    (``train.ema``), else the raw weights."""
+    return model_tensors(tensors, EMA_PREFIX) or model_tensors(tensors, "model.student.")
 
 
 def save_model(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
