@@ -23,7 +23,7 @@ from distill.train import (
 )
 from distill.train import trainer as trainer_module
 from distill.train.checkpoint import CheckpointStore
-from distill.train.trainer import lr_at
+from distill.train.optim import lr_at
 
 PIXELS = 16  # images are (1, 4, 4)
 
@@ -222,6 +222,42 @@ def test_resume_after_stop_after_is_bit_exact(tmp_path):
     resumed, summary = _train(tmp_path / "b", case, resume=True)
     assert summary["steps"] == 12
     assert states_equal(resumed.student, full.student)
+
+
+def test_resume_inside_an_ultralytics_style_warmup_is_bit_exact(tmp_path, monkeypatch):
+    """Bias lr, beta1 and the per-epoch schedule are functions of the step: a crash mid-warm-up resumes
+    to the same weights (and the options change the run: the comparison can fail)."""
+    case = RESUME_CASES["plain"]
+    ultra = dict(
+        optimizer="adamw",
+        lr=0.01,
+        momentum=0.937,
+        min_warmup_steps=8,
+        warmup_bias_lr=0.1,
+        warmup_momentum=0.8,
+        schedule_unit="epoch",
+    )
+    full, _ = _train(tmp_path / "a", case, **ultra)
+    original = trainer_module.Trainer._train_step
+
+    def crash_at_step_6(self, *args, **kwargs):
+        if self.global_step == 6:
+            raise Crash
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", crash_at_step_6)
+    with pytest.raises(Crash):
+        _train(tmp_path / "b", case, **ultra)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", original)
+    resumed, summary = _train(tmp_path / "b", case, resume=True, **ultra)
+    assert summary["steps"] == 12 and states_equal(resumed.student, full.student)
+    plain, _ = _train(tmp_path / "c", case, optimizer="adamw", lr=0.01, momentum=0.937)
+    assert not states_equal(plain.student, full.student)
+    # logged every 2 steps (steps 1, 3, ..., 11): 8 warm-up steps rise to each epoch's cosine value
+    lrs = [r["lr"] for r in read_events(tmp_path / "a") if r["event"] == "train"]
+    per_epoch = [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    expected = [per_epoch[s // 4] * min(1.0, (s + 1) / 8) for s in range(1, 12, 2)]
+    assert lrs == pytest.approx(expected)
 
 
 def test_resume_after_max_steps_constant_lr_is_bit_exact(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -24,11 +24,32 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(512, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum; AdamW's beta1")
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule_unit: Literal["step", "epoch"] = Field(
+        "step",
+        description="step: the schedule runs over the steps after warm-up; epoch: its value is set once "
+        "per epoch from the epoch index and warm-up rises to it (Ultralytics, torchvision)",
+    )
     warmup_epochs: float = Field(0.0, ge=0)
+    min_warmup_steps: int = Field(
+        0, ge=0, description="warm-up lasts at least this many steps (Ultralytics: 100)"
+    )
+    warmup_bias_lr: float | None = Field(
+        None,
+        gt=0,
+        description="biases start warm-up at this learning rate and fall to the schedule's "
+        "(Ultralytics: 0.1)",
+    )
+    warmup_momentum: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="momentum (AdamW: beta1) starts warm-up here and rises to momentum "
+        "(Ultralytics, SGD: 0.8)",
+    )
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
     ema: float | None = Field(
@@ -63,3 +84,24 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     progress: bool = True
     tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.schedule == "onecycle" and self.schedule_unit == "epoch":
+            raise ValueError(
+                "schedule_unit 'epoch' does not apply to schedule 'onecycle' (a per-step schedule); "
+                "use schedule: cosine or schedule_unit: step"
+            )
+        if self.warmup_epochs == 0:
+            shaping = {
+                "min_warmup_steps": self.min_warmup_steps or None,
+                "warmup_bias_lr": self.warmup_bias_lr,
+                "warmup_momentum": self.warmup_momentum,
+            }
+            given = [f"{k}={v}" for k, v in shaping.items() if v is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} shape the warm-up, but warmup_epochs is 0 (no warm-up); "
+                    "set warmup_epochs (e.g. 1.0) or drop them"
+                )
+        return self

@@ -43,23 +43,9 @@ from distill.train.distributed import (
 )
 from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
+from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
-    """Learning rate at optimizer step ``step`` (0-based) of ``total``: linear warm-up, then the schedule."""
-    if cfg.schedule == "onecycle":
-        warmup = warmup or int(0.3 * total)
-        start, final = cfg.lr / 25, cfg.lr / 25 / 1e4
-    else:
-        start, final = 0.0, 0.0
-    if step < warmup:
-        return start + (cfg.lr - start) * (step + 1) / warmup
-    if cfg.schedule == "constant":
-        return cfg.lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return final + (cfg.lr - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -174,20 +160,6 @@ class Trainer:
             return self.val_data
         return _make_loader(self.val_data, self.config.eval_batch_size, None)
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        cfg, params = self.config, self.distiller.trainable_parameters()
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]  # biases and norm scales: no weight decay
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
-            )
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-
     def _setup(self, resume: bool) -> None:
         if not resume and self.store is not None and self.store.has("last"):
             raise DistillError(
@@ -196,7 +168,7 @@ class Trainer:
         self._check_writable()
         self.prepare()
         seed_everything(self.config.seed, self.config.deterministic)
-        self.optimizer = self._build_optimizer()
+        self.optimizer = build_optimizer(self.distiller.trainable().named_parameters(), self.config)
         if self.config.ema is not None:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
@@ -327,9 +299,9 @@ class Trainer:
                 cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank
             )
             batch.inputs = self.augment(batch.inputs, g)
-        lr = lr_at(self.global_step, total_steps, warmup, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = apply_step_settings(
+            self.optimizer, self.global_step, total_steps, warmup, steps_per_epoch, cfg
+        )
         side = self.distiller.trainable()
         # a skipped step must not leave NaN in BN statistics or memory banks either
         saved = [b.detach().clone() for b in side.buffers()] if cfg.on_nonfinite == "skip" else None
@@ -425,7 +397,7 @@ class Trainer:
             if cfg.max_steps is None
             else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         )
-        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        warmup = warmup_steps(cfg, steps_per_epoch, total)
         logger = self._logger = MetricsLogger(
             self.run_dir, cfg.tensorboard, enabled=self.dist.is_main
         )
