@@ -35,7 +35,9 @@ class TrainConfig(BaseModel):
     )
     warmup_epochs: float = Field(0.0, ge=0)
     min_warmup_steps: int = Field(
-        0, ge=0, description="warm-up lasts at least this many steps (Ultralytics: 100)"
+        0,
+        ge=0,
+        description="warm-up lasts at least this many steps (YOLOv5 and older Ultralytics: 100)",
     )
     warmup_bias_lr: float | None = Field(
         None,

@@ -1,8 +1,9 @@
 """The optimizer and its per-step settings: learning rate (warm-up, then the schedule), bias learning rate
 and momentum during warm-up. Everything here is a function of the global step, so resume needs no state.
 
-The warm-up options reproduce Ultralytics' trainer (and YOLOv5's before it) when a recipe asks for them:
-``min_warmup_steps: 100``, ``warmup_bias_lr: 0.1``, ``warmup_momentum: 0.8``, ``schedule_unit: epoch``.
+The warm-up options reproduce Ultralytics' trainer when a recipe asks for them: ``warmup_bias_lr: 0.1``,
+``warmup_momentum: 0.8`` (its SGD branch), ``schedule_unit: epoch``; YOLOv5 and older Ultralytics releases
+also warm up for at least 100 steps (``min_warmup_steps: 100``).
 """
 
 from __future__ import annotations
