@@ -18,7 +18,6 @@ settings; ``--table-only`` rebuilds the table from it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -44,18 +43,17 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def teacher_run(args: argparse.Namespace) -> Path:
-    """Fine-tune the teacher once per distinct recipe (cache key: the resolved recipe)."""
+    """Fine-tune the teacher once per distinct recipe (cached as ``distill compare`` caches teachers)."""
     from distill import api
-    from distill.config.load import load_recipe, recipe_to_yaml
-    from distill.demo import cache_dir
+    from distill.compare.runs import cache_dir, finished, recipe_key
+    from distill.config.load import load_recipe
 
     overrides = _overrides(args)
     if args.teacher_epochs:
         overrides.append(f"train.epochs={args.teacher_epochs}")
     recipe = load_recipe("rotten_tomatoes/teacher", overrides)
-    key = hashlib.sha256(recipe_to_yaml(recipe).encode()).hexdigest()[:12]
-    run_dir = cache_dir() / f"rotten_tomatoes-teacher-{key}"
-    if (run_dir / "model.safetensors").is_file() and (run_dir / "summary.json").is_file():
+    run_dir = cache_dir() / f"rotten_tomatoes-teacher-{recipe_key(recipe)}"
+    if finished(run_dir, recipe) and (run_dir / "summary.json").is_file():
         print(f"teacher: reusing {run_dir}", flush=True)
         return run_dir
     started = time.perf_counter()

@@ -12,8 +12,9 @@ from typing import Any
 from rich.console import Console
 
 from distill import api
-from distill.config.load import load_recipe, recipe_to_yaml
+from distill.config.load import load_recipe
 from distill.config.schema import Recipe
+from distill.errors import DistillError
 
 # Settings for a seconds-long smoke run (``distill demo --tiny``, ``distill compare --tiny``).
 TINY = ["data.train_subset=1024", "data.test_subset=512", "train.epochs=1", "train.batch_size=128"]
@@ -24,21 +25,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
 
 
+def recipe_key(recipe: Recipe) -> str:
+    """12 hex digits naming what ``recipe`` trains: a hash of its settings that differ from their defaults
+    (the output folder aside), so a distill release that adds a setting keeps every key."""
+    meaning = recipe.model_copy(update={"output": None}).model_dump(
+        mode="json", exclude_defaults=True
+    )
+    return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def same_recipe(run_dir: Path, recipe: Recipe) -> bool:
+    """``run_dir/recipe.yaml`` loads back to ``recipe`` (the output folder aside).
+
+    Compared as recipes, not as text: a run saved by an older distill matches when the settings it lacks
+    take their defaults; one saved when a default was different does not (its file holds the old value).
+    """
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        loaded = load_recipe(str(saved))
+    except DistillError:  # written by a distill that had settings this one lacks: not the same
+        return False
+    return loaded.model_copy(update={"output": recipe.output}) == recipe
+
+
 def cached_run(
     recipe: str | Path, overrides: list[str], fresh: bool, console: Console, role: str = "teacher"
 ) -> Path:
     """Train ``recipe`` once per distinct resolved recipe into the cache; later calls reuse the run.
 
-    The folder is ``<cache>/<recipe name>-<12 hex digits of the resolved recipe's SHA-256>``.
+    The folder is ``<cache>/<recipe name>-<recipe_key>``; a run there is reused when it finished and its
+    saved recipe is the same (:func:`same_recipe`), else retrained.
     """
     resolved = load_recipe(recipe, overrides)
-    key = hashlib.sha256(recipe_to_yaml(resolved).encode()).hexdigest()[:12]
-    run_dir = cache_dir() / f"{resolved.name}-{key}"
-    if (
-        not fresh
-        and (run_dir / "model.safetensors").is_file()
-        and (run_dir / "summary.json").is_file()
-    ):
+    run_dir = cache_dir() / f"{resolved.name}-{recipe_key(resolved)}"
+    if not fresh and finished(run_dir, resolved) and (run_dir / "summary.json").is_file():
         console.print(
             f"[green]{role}[/]: reusing {run_dir} (pass --fresh to retrain)", soft_wrap=True
         )
@@ -51,13 +73,8 @@ def cached_run(
 
 
 def finished(run_dir: Path, recipe: Recipe) -> bool:
-    """``run_dir`` holds a completed run of exactly ``recipe`` (its saved ``recipe.yaml`` is identical)."""
-    saved = run_dir / "recipe.yaml"
-    return (
-        (run_dir / "model.safetensors").is_file()
-        and saved.is_file()
-        and saved.read_text(encoding="utf-8") == recipe_to_yaml(recipe)
-    )
+    """``run_dir`` holds a completed run of ``recipe`` (:func:`same_recipe`)."""
+    return (run_dir / "model.safetensors").is_file() and same_recipe(run_dir, recipe)
 
 
 def train_or_reuse(recipe: Recipe, fresh: bool, console: Console, slug: str) -> Path:
