@@ -8,16 +8,15 @@ resumed run skips the batches it already saw and continues bit for bit.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
 from distill.errors import DistillError
@@ -43,47 +42,11 @@ from distill.train.distributed import (
 )
 from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
+from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
+from distill.train.sampling import epoch_loader, make_loader, seed_everything
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-class _SkipSampler(Sampler[int]):
-    """Yields the wrapped sampler's indices after dropping the first ``skip`` (for mid-epoch resume)."""
-
-    def __init__(self, inner: Sampler[int], skip: int) -> None:
-        self.inner, self.skip = inner, skip
-
-    def __iter__(self) -> Iterator[int]:
-        it = iter(self.inner)
-        for _ in range(self.skip):
-            next(it, None)
-        return it
-
-    def __len__(self) -> int:
-        return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
-
-
-def _make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None) -> DataLoader:
-    if hasattr(dataset, "loader"):  # distill's in-memory datasets batch by slicing tensors
-        return dataset.loader(batch_size, sampler=sampler)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
 
 
 class Trainer:
@@ -127,8 +90,7 @@ class Trainer:
         self.epoch_step = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
-        self.skipped_steps = 0  # non-finite steps skipped (on_nonfinite="skip")
-        self._skipped_in_a_row = 0
+        self.guard = NonFiniteGuard(cfg, self.console, self.dist.is_main)  # train.on_nonfinite
         self._logger: MetricsLogger | None = None
         self._prepared = False
         self._stop_after: int | None = None
@@ -140,25 +102,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up
     def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
-        if isinstance(self.train_data, DataLoader):
-            return self.train_data
-        sampler: Sampler[int] = DistributedSampler(
-            self.train_data,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            shuffle=True,
-            seed=self.config.seed,
-            drop_last=False,
+        cfg = self.config
+        return epoch_loader(
+            self.train_data, self.local_batch, self.dist, cfg.seed, epoch, skip_batches
         )
-        sampler.set_epoch(epoch)
-        if skip_batches:
-            sampler = _SkipSampler(sampler, skip_batches * self.local_batch)
-        return _make_loader(self.train_data, self.local_batch, sampler)
 
     def _val_loader(self) -> Iterable[Any] | None:
         if self.val_data is None or isinstance(self.val_data, DataLoader):
             return self.val_data
-        return _make_loader(self.val_data, self.config.eval_batch_size, None)
+        return make_loader(self.val_data, self.config.eval_batch_size, None)
 
     def _setup(self, resume: bool) -> None:
         if not resume and self.store is not None and self.store.has("last"):
@@ -219,8 +171,8 @@ class Trainer:
             "global_step": self.global_step,
             "best": self.best,
             "history": self.history,
-            "skipped_steps": self.skipped_steps,
-            "skipped_in_a_row": self._skipped_in_a_row,
+            "skipped_steps": self.guard.skipped,
+            "skipped_in_a_row": self.guard.in_a_row,
             "ema_updates": self.ema.updates if self.ema is not None else None,
             "config": self.config.model_dump(),
         }
@@ -255,8 +207,8 @@ class Trainer:
             state["best"],
             state["history"],
         )
-        self.skipped_steps = state.get("skipped_steps", 0)
-        self._skipped_in_a_row = state.get("skipped_in_a_row", 0)
+        self.guard.skipped = state.get("skipped_steps", 0)
+        self.guard.in_a_row = state.get("skipped_in_a_row", 0)
         if self.ema is not None:
             self._resume_ema(tensors, state)
         if self.dist.is_main and self.run_dir is not None:
@@ -283,6 +235,11 @@ class Trainer:
             )
 
     @property
+    def skipped_steps(self) -> int:
+        """Non-finite steps skipped so far (``on_nonfinite: skip``)."""
+        return self.guard.skipped
+
+    @property
     def final_student(self) -> torch.nn.Module:
         """What is evaluated and handed over: the weight average with ``train.ema``, else the student."""
         return self.ema.module if self.ema is not None else self.distiller.student
@@ -304,7 +261,9 @@ class Trainer:
         )
         side = self.distiller.trainable()
         # a skipped step must not leave NaN in BN statistics or memory banks either
-        saved = [b.detach().clone() for b in side.buffers()] if cfg.on_nonfinite == "skip" else None
+        saved = (
+            [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
+        )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,13 +275,11 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in params if p.grad is not None]
             )
-        bad = (~(torch.isfinite(step.loss.detach()) & torch.isfinite(grad_norm))).float()
-        if self.dist.enabled:  # all ranks take the same decision
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item():
-            self._nonfinite(step, grad_norm, saved)
+        if is_nonfinite(step.loss, grad_norm, self.dist):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.guard.handle(step, grad_norm, self.global_step, saved, self._logger)
             return None, lr, len(batch)
-        self._skipped_in_a_row = 0
+        self.guard.ok()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.distiller.student)
@@ -330,46 +287,6 @@ class Trainer:
         metrics["grad_norm"] = grad_norm.detach()
         metrics.update(self.task.batch_metrics(step.outputs, batch))
         return metrics, lr, len(batch)
-
-    def _nonfinite(self, step, grad_norm: torch.Tensor, saved: list[torch.Tensor] | None) -> None:
-        """Apply ``on_nonfinite`` to a step whose loss or gradients are NaN/inf (nothing was updated)."""
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, norm = float(step.loss.detach()), float(grad_norm)
-        parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
-        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-        if self._logger is not None:
-            self._logger.log(
-                "nonfinite",
-                {
-                    "step": self.global_step,
-                    "loss": loss,
-                    "grad_norm": norm,
-                    "action": cfg.on_nonfinite,
-                },
-            )
-        fix = "lower the learning rate or a term weight, or set train.grad_clip"
-        if cfg.on_nonfinite == "stop":
-            raise DistillError(
-                f"{what} at step {self.global_step} ({parts}); {fix}, or set train.on_nonfinite=skip; "
-                "the last good checkpoint is kept (continue with --resume)"
-            )
-        for buffer, old in zip(self.distiller.trainable().buffers(), saved or [], strict=False):
-            buffer.copy_(old)
-        self.skipped_steps += 1
-        self._skipped_in_a_row += 1
-        if self._skipped_in_a_row >= cfg.max_skipped_steps:
-            raise DistillError(
-                f"{what} at step {self.global_step}: {self._skipped_in_a_row} non-finite steps in a row "
-                f"(max_skipped_steps={cfg.max_skipped_steps}, {self.skipped_steps} skipped in all); {fix}; "
-                "the last good checkpoint is kept"
-            )
-        if self.dist.is_main:
-            self.console.print(
-                f"[yellow]warning[/]: {what} at step {self.global_step}; step skipped "
-                f"({self.skipped_steps} so far)",
-                soft_wrap=True,
-            )
 
     def evaluate(self) -> dict[str, float]:
         """Task metrics of the student on ``val_data`` (rank 0 computes, every rank gets them)."""

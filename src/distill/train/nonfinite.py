@@ -1,0 +1,83 @@
+"""What the trainer does with a step whose loss or gradient norm is NaN/inf (``train.on_nonfinite``).
+
+``stop`` raises before the optimizer step, so the weights in memory and the last checkpoint are good.
+``skip`` drops the step, restores the buffers the forward pass touched (BN statistics, memory banks),
+counts it and stops after ``max_skipped_steps`` in a row. Under DDP the verdict is all-reduced so every
+rank takes the same decision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from distill.errors import DistillError
+from distill.train.config import TrainConfig
+from distill.train.distributed import DistInfo
+from distill.train.logging import MetricsLogger, format_values
+
+FIX = "lower the learning rate or a term weight, or set train.grad_clip"
+
+
+def is_nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> bool:
+    """True when the loss or the gradient norm is NaN/inf on any rank."""
+    bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()
+    if dist.enabled:  # all ranks take the same decision
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bool(bad.item())
+
+
+class NonFiniteGuard:
+    """Applies ``on_nonfinite`` and counts skipped steps (both counts go into checkpoints)."""
+
+    def __init__(self, config: TrainConfig, console: Console, is_main: bool) -> None:
+        self.config, self.console, self.is_main = config, console, is_main
+        self.skipped = 0  # in all
+        self.in_a_row = 0
+
+    def ok(self) -> None:
+        """A finite step: the run of bad ones is over."""
+        self.in_a_row = 0
+
+    def handle(
+        self,
+        step: Any,
+        grad_norm: torch.Tensor,
+        global_step: int,
+        restore: list[tuple[torch.Tensor, torch.Tensor]],
+        logger: MetricsLogger | None,
+    ) -> None:
+        """Stop, or skip the step: ``restore`` pairs each buffer with its value before the step."""
+        cfg = self.config
+        loss, norm = float(step.loss.detach()), float(grad_norm)
+        parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+        if logger is not None:
+            logger.log(
+                "nonfinite",
+                {"step": global_step, "loss": loss, "grad_norm": norm, "action": cfg.on_nonfinite},
+            )
+        if cfg.on_nonfinite == "stop":
+            raise DistillError(
+                f"{what} at step {global_step} ({parts}); {FIX}, or set train.on_nonfinite=skip; "
+                "the last good checkpoint is kept (continue with --resume)"
+            )
+        for buffer, old in restore:
+            buffer.copy_(old)
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= cfg.max_skipped_steps:
+            raise DistillError(
+                f"{what} at step {global_step}: {self.in_a_row} non-finite steps in a row "
+                f"(max_skipped_steps={cfg.max_skipped_steps}, {self.skipped} skipped in all); {FIX}; "
+                "the last good checkpoint is kept"
+            )
+        if self.is_main:
+            self.console.print(
+                f"[yellow]warning[/]: {what} at step {global_step}; step skipped "
+                f"({self.skipped} so far)",
+                soft_wrap=True,
+            )
