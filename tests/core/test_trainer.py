@@ -184,22 +184,26 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", list(RESUME_CASES))
-def test_resume_after_crash_is_bit_exact(tmp_path, monkeypatch, name):
-    case = RESUME_CASES[name]
-    full, _ = _train(tmp_path / "a", case)
-
+def _crash_at_step_6(run_dir, case, monkeypatch, **cfg):
+    """Train ``case`` into ``run_dir`` until the trainer dies at global step 6 (a simulated crash)."""
     original = trainer_module.Trainer._train_step
 
-    def crash_at_step_6(self, *args, **kwargs):
+    def crash(self, *args, **kwargs):
         if self.global_step == 6:
             raise Crash
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module.Trainer, "_train_step", crash_at_step_6)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", crash)
     with pytest.raises(Crash):
-        _train(tmp_path / "b", case)
+        _train(run_dir, case, **cfg)
     monkeypatch.setattr(trainer_module.Trainer, "_train_step", original)
+
+
+@pytest.mark.parametrize("name", list(RESUME_CASES))
+def test_resume_after_crash_is_bit_exact(tmp_path, monkeypatch, name):
+    case = RESUME_CASES[name]
+    full, _ = _train(tmp_path / "a", case)
+    _crash_at_step_6(tmp_path / "b", case, monkeypatch)
     _, last = load_checkpoint(tmp_path / "b" / "checkpoints", "last")
     assert (last["global_step"], last["epoch"], last["epoch_step"]) == (6, 1, 2)
 
@@ -238,17 +242,7 @@ def test_resume_inside_an_ultralytics_style_warmup_is_bit_exact(tmp_path, monkey
         schedule_unit="epoch",
     )
     full, _ = _train(tmp_path / "a", case, **ultra)
-    original = trainer_module.Trainer._train_step
-
-    def crash_at_step_6(self, *args, **kwargs):
-        if self.global_step == 6:
-            raise Crash
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_step", crash_at_step_6)
-    with pytest.raises(Crash):
-        _train(tmp_path / "b", case, **ultra)
-    monkeypatch.setattr(trainer_module.Trainer, "_train_step", original)
+    _crash_at_step_6(tmp_path / "b", case, monkeypatch, **ultra)
     resumed, summary = _train(tmp_path / "b", case, resume=True, **ultra)
     assert summary["steps"] == 12 and states_equal(resumed.student, full.student)
     plain, _ = _train(tmp_path / "c", case, optimizer="adamw", lr=0.01, momentum=0.937)
