@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_destroy_group)  # the group distill created is released when Python exits
     return info
+
+
+def _destroy_group() -> None:
+    """Leave the process group if it is still up (PyTorch warns, and may abort, on exit without it)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pick_device(device: str, info: DistInfo) -> torch.device:
