@@ -9,12 +9,15 @@ import torch
 WORDS = "a good bad film movie great awful plot actors fun dull the was is not very".split()
 
 
-def tiny_tokenizer(words: list[str] = WORDS):
-    """Whitespace word-level tokenizer adding [CLS] ... [SEP]; ids 0..3 are [PAD] [UNK] [CLS] [SEP]."""
+def tiny_tokenizer(words: list[str] = WORDS, mask: bool = False):
+    """Whitespace word-level tokenizer adding [CLS] ... [SEP]; ids 0..3 are [PAD] [UNK] [CLS] [SEP].
+
+    ``mask=True`` appends a [MASK] token (the last id)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words, *(["[MASK]"] if mask else [])]
+    vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
@@ -26,6 +29,7 @@ def tiny_tokenizer(words: list[str] = WORDS):
         unk_token="[UNK]",
         cls_token="[CLS]",
         sep_token="[SEP]",
+        **({"mask_token": "[MASK]"} if mask else {}),
     )
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec, TermSpec
-from distill.data import BatchAugment, build_dataset
+from distill.data import build_dataset
+from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError
 from distill.losses import build_loss
@@ -31,7 +32,7 @@ class Built:
     student: nn.Module
     teacher: nn.Module | None
     distiller: Distiller
-    augment: BatchAugment | None
+    augment: BatchAugment | TokenMask | None
 
 
 def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
@@ -219,8 +220,8 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         task_weight=build_weight(recipe.distill.task_weight, "distill.task_weight"),
     )
     check_on_example(distiller, train, recipe)
-    aug = BatchAugment(recipe.data.augment.crop_padding, recipe.data.augment.flip)
-    return Built(recipe, train, test, student, teacher, distiller, aug if aug.enabled else None)
+    augment = build_augment(recipe.data.augment, train)
+    return Built(recipe, train, test, student, teacher, distiller, augment)
 
 
 def _taps(side: str | list[str]) -> list[str]:

@@ -103,6 +103,13 @@ class AugmentSpec(Strict):
         0, ge=0, description="random crop after zero padding by this many pixels"
     )
     flip: bool = Field(False, description="random horizontal flip")
+    token_mask: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="text: replace each token with the mask token with this probability (teacher and "
+        "student read the same masked batch)",
+    )
 
 
 class DataSpec(Strict):
