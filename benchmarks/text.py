@@ -64,11 +64,39 @@ def teacher_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def student_runs(args: argparse.Namespace, teacher: Path, results: Path) -> list[dict[str, Any]]:
+LABELS = {
+    "scratch": "2-layer student, no KD",
+    "kd": "2-layer student, KD",
+    "kd_hidden": "2-layer student, KD + hidden cosine",
+}
+
+
+def _row_recipe_key(row: dict[str, Any], out: Path) -> str | None:
+    """The key of the recipe a stored row was trained with (rows before keys: read from its run folder)."""
+    from distill.compare.runs import recipe_key
+    from distill.config.load import load_recipe
+    from distill.errors import DistillError
+
+    if "recipe" in row:
+        return row["recipe"]
+    saved = out / f"{row['method']}-s{row['seed']}" / "recipe.yaml"
+    try:
+        return recipe_key(load_recipe(str(saved))) if saved.is_file() else None
+    except DistillError:
+        return None
+
+
+def student_runs(
+    args: argparse.Namespace, teacher: Path, results: Path, train: bool = True
+) -> list[dict[str, Any]]:
+    """Train each (method, seed) whose recipe, as resolved now, has no stored row (only report it when
+    ``train`` is off); return the rows of the recipes as they are now."""
     from distill import api
+    from distill.compare.runs import recipe_key
     from distill.config.load import load_recipe
 
-    done = (
+    out = Path(args.out)
+    stored = (
         [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     )
     overrides = _overrides(args)
@@ -77,32 +105,41 @@ def student_runs(args: argparse.Namespace, teacher: Path, results: Path) -> list
     if args.student_lr:
         overrides.append(f"train.lr={args.student_lr}")
     settings = {"overrides": overrides, "teacher": str(teacher)}
+    rows = []
     for seed in args.seeds:
-        for method in ("scratch", "kd"):
-            if any(
-                r["seed"] == seed and r["method"] == method and r["settings"] == settings
-                for r in done
-            ):
-                continue
-            output = Path(args.out) / f"{method}-s{seed}"
+        for method in args.methods:
+            output = out / f"{method}-s{seed}"
             recipe = load_recipe(
                 f"rotten_tomatoes/{method}",
                 [*settings["overrides"], f"train.seed={seed}", f"output={output}",
                  f"teacher.weights={teacher / 'model.safetensors'}"],
             )  # fmt: skip
+            key = recipe_key(recipe)
+            match = [
+                r for r in stored
+                if (r["method"], r["seed"], r["settings"]) == (method, seed, settings)
+                and _row_recipe_key(r, out) == key
+            ]  # fmt: skip
+            if match:
+                rows.append(match[-1])
+                continue
+            if not train:
+                print(f"{method} seed {seed}: no stored run of the current recipe", flush=True)
+                continue
             started = time.perf_counter()
             summary = api.train(recipe, overwrite=True)
             row = {
                 "method": method, "seed": seed, "top1": summary["last"]["top1"],
                 "macro_f1": summary["last"]["macro_f1"], "agreement": summary["last"].get("agreement"),
                 "epochs": recipe.train.epochs, "seconds": round(time.perf_counter() - started, 1),
-                "settings": settings,
+                "settings": settings, "recipe": key,
             }  # fmt: skip
             print(json.dumps(row), flush=True)
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            done.append(row)
-    return [r for r in done if r["settings"] == settings and r["seed"] in args.seeds]
+            stored.append(row)
+            rows.append(row)
+    return rows
 
 
 def latencies(teacher: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -136,7 +173,7 @@ def _mean_std(values: list[float]) -> str:
 
 def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, float]], args) -> str:
     teacher_last = json.loads((teacher / "summary.json").read_text())["last"]
-    by = {m: [r for r in rows if r["method"] == m] for m in ("scratch", "kd")}
+    by = {m: [r for r in rows if r["method"] == m] for m in args.methods}
     t_top1 = teacher_last["top1"]
     lines = [
         "| model | params | test top-1 (%) | macro-F1 (%) | share of teacher top-1 | latency b1 (ms) | latency b64 (ms) |",
@@ -144,11 +181,12 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
         f"| teacher: all-MiniLM-L6-v2 fine-tuned | {lat['teacher']['params'] / 1e6:.1f}M | {t_top1:.2f} | "
         f"{teacher_last['macro_f1']:.2f} | 100% | {lat['teacher']['b1']:.1f} | {lat['teacher']['b64']:.0f} |",
     ]
-    for method, label in (("scratch", "2-layer student, no KD"), ("kd", "2-layer student, KD")):
+    for method in args.methods:
         top1 = [r["top1"] for r in by[method]]
         if not top1:
             continue
         f1 = [r["macro_f1"] for r in by[method]]
+        label = f"{LABELS.get(method, '2-layer student')} (`rotten_tomatoes/{method}`)"
         lines.append(
             f"| {label} | {lat['student']['params'] / 1e6:.1f}M | {_mean_std(top1)} | {_mean_std(f1)} | "
             f"{100 * statistics.mean(top1) / t_top1:.1f}% | {lat['student']['b1']:.1f} | {lat['student']['b64']:.0f} |"
@@ -158,12 +196,22 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
     lines.append(
         f"Student speed-up over the teacher: {speed[0]:.2f}x at batch 1, {speed[1]:.2f}x at batch 64."
     )
-    if by["scratch"] and by["kd"]:
+    for method in args.methods:
+        per_seed = " / ".join(
+            f"{r['top1']:.2f}" for r in sorted(by[method], key=lambda r: r["seed"])
+        )
+        if per_seed:
+            lines.append(f"Per seed, `{method}` (top-1 %): {per_seed}.")
+    baseline = by.get("scratch", [])
+    for method in args.methods:
+        if method == "scratch" or not by[method] or not baseline:
+            continue
         gains = [
-            k["top1"] - s["top1"] for k in by["kd"] for s in by["scratch"] if k["seed"] == s["seed"]
+            k["top1"] - s["top1"] for k in by[method] for s in baseline if k["seed"] == s["seed"]
         ]
         lines.append(
-            f"KD minus no-KD, paired by seed: {_mean_std(gains)} points (seeds {sorted(args.seeds)})."
+            f"`{method}` minus `scratch`, paired by seed: {_mean_std(gains)} points "
+            f"(seeds {sorted(args.seeds)})."
         )
     return "\n".join(lines)
 
@@ -171,6 +219,12 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["scratch", "kd"],
+        help="student recipes rotten_tomatoes/<method>; scratch is the no-KD baseline",
+    )
     parser.add_argument(
         "--epochs", type=int, default=None, help="student epochs (default: the recipe's)"
     )
@@ -193,9 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     teacher = teacher_run(args)
     results = Path(args.out) / "results.jsonl"
-    rows = student_runs(args, teacher, results) if not args.table_only else [
-        r for r in map(json.loads, results.read_text().splitlines()) if r["seed"] in args.seeds
-    ]  # fmt: skip
+    rows = student_runs(args, teacher, results, train=not args.table_only)
     text = table(rows, teacher, latencies(teacher, args), args)
     print(text)
     if args.write:
