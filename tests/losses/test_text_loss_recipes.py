@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "text"))
 from text_helpers import save_tiny_bert, write_reviews  # noqa: E402
 
 from distill import api  # noqa: E402
-from distill.config.build import build, example_batch  # noqa: E402
+from distill.config.build import build  # noqa: E402
+from distill.config.checks import example_batch  # noqa: E402
 from distill.config.schema import Recipe  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
 

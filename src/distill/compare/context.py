@@ -13,7 +13,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from distill.config.build import build, build_data, build_model_spec, example_batch
+from distill.config.build import build, build_data, build_model_spec
+from distill.config.checks import example_batch
 from distill.config.schema import Recipe
 from distill.models import count_parameters
 
