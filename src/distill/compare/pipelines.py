@@ -2,7 +2,7 @@
 fine-tuned, exported, quantized) and says how to label and measure it.
 
 Trained pipelines reuse a finished run in ``<out>/<pipeline>`` when its recipe (or, for pruned models, its
-settings in ``compare.json``) is the same, so a second comparison only measures.
+settings and recipe key in ``compare.json``) is the same, so a second comparison only measures.
 
 A pipeline registered with ``one_tensor_input="why"`` works only for models taking one input tensor
 (images); for models with named inputs (text) its row is ``skipped: why`` instead of a crash.
@@ -15,9 +15,8 @@ from typing import Any
 from torch import nn
 
 from distill.compare.context import Context, Produced
-from distill.compare.runs import record_settings, settings_match, train_or_reuse
+from distill.compare.runs import recipe_key, record_settings, settings_match, train_or_reuse
 from distill.config.build import build_term, build_weight
-from distill.config.load import recipe_to_yaml
 from distill.config.schema import Recipe
 from distill.errors import DistillError
 from distill.models import count_parameters
@@ -92,8 +91,13 @@ def _finetune(
 
     run_dir = ctx.out / slug
     config = ctx.recipe.train.model_copy(update=ctx.finetune)
-    settings = {**settings, "distill": distill, "train": config.model_dump(mode="json")}
-    settings["recipe"] = recipe_to_yaml(ctx.recipe)
+    # the recipe with the fine-tuning settings, by meaning (recipe_key): a setting a newer distill adds
+    # at its default does not retrain a pruned run
+    settings = {
+        **settings,
+        "distill": distill,
+        "recipe": recipe_key(ctx.recipe.model_copy(update={"train": config})),
+    }
     if not ctx.fresh and settings_match(run_dir, settings, "pruned.safetensors"):
         ctx.console.print(f"[green]{slug}[/]: reusing {run_dir}", soft_wrap=True)
         return load_pruned(ctx.new_teacher(), run_dir / "pruned.safetensors").eval()
