@@ -194,14 +194,14 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
     speed = [lat["teacher"][k] / lat["student"][k] for k in ("b1", "b64")]
     lines.append("")
     lines.append(
-        f"Student speed-up over the teacher: {speed[0]:.2f}x at batch 1, {speed[1]:.2f}x at batch 64."
+        f"- Student speed-up over the teacher: {speed[0]:.2f}x at batch 1, {speed[1]:.2f}x at batch 64."
     )
     for method in args.methods:
         per_seed = " / ".join(
             f"{r['top1']:.2f}" for r in sorted(by[method], key=lambda r: r["seed"])
         )
         if per_seed:
-            lines.append(f"Per seed, `{method}` (top-1 %): {per_seed}.")
+            lines.append(f"- Per seed, `{method}` (top-1 %): {per_seed}.")
     baseline = by.get("scratch", [])
     for method in args.methods:
         if method == "scratch" or not by[method] or not baseline:
@@ -210,7 +210,7 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
             k["top1"] - s["top1"] for k in by[method] for s in baseline if k["seed"] == s["seed"]
         ]
         lines.append(
-            f"`{method}` minus `scratch`, paired by seed: {_mean_std(gains)} points "
+            f"- `{method}` minus `scratch`, paired by seed: {_mean_std(gains)} points "
             f"(seeds {sorted(args.seeds)})."
         )
     return "\n".join(lines)
