@@ -99,6 +99,8 @@ def student_runs(
     stored = (
         [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
     )
+    for row in stored:  # read each older row's run folder once, not once per (method, seed)
+        row["recipe"] = _row_recipe_key(row, out)
     overrides = _overrides(args)
     if args.student_subset:
         overrides.append(f"data.train_subset={args.student_subset}")
@@ -118,7 +120,7 @@ def student_runs(
             match = [
                 r for r in stored
                 if (r["method"], r["seed"], r["settings"]) == (method, seed, settings)
-                and _row_recipe_key(r, out) == key
+                and r["recipe"] == key
             ]  # fmt: skip
             if match:
                 rows.append(match[-1])

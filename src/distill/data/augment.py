@@ -101,6 +101,7 @@ class TokenMask:
         self.p = float(p)
         self.mask_id = int(mask_id)
         self.special_ids = tuple(int(i) for i in special_ids)
+        self._special = torch.tensor(self.special_ids, dtype=torch.int64)  # made once, not per step
 
     @property
     def enabled(self) -> bool:
@@ -113,7 +114,7 @@ class TokenMask:
             )
         ids = inputs["input_ids"]
         draw = torch.rand(ids.shape, generator=generator).to(ids.device) < self.p
-        eligible = ~torch.isin(ids, torch.tensor(self.special_ids, device=ids.device))
+        eligible = ~torch.isin(ids, self._special.to(ids.device))
         if "attention_mask" in inputs:
             eligible &= inputs["attention_mask"].bool()
         out = dict(inputs)
