@@ -245,9 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench-text")
     parser.add_argument("--write", default=None, help="write the Markdown table here")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="fine-tune (or find) the cached teacher and stop: start student runs side by side after",
+    )
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     teacher = teacher_run(args)
+    if args.teacher_only:
+        return
     results = Path(args.out) / "results.jsonl"
     rows = student_runs(args, teacher, results, train=not args.table_only)
     text = table(rows, teacher, latencies(teacher, args), args)

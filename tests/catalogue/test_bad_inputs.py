@@ -456,6 +456,8 @@ CASES = [
          "set warmup_epochs", edits={"train.warmup_bias_lr": 0.1, "train.warmup_epochs": 0}),
     case("epoch-schedule-with-onecycle", "train", "'onecycle'", "use schedule: cosine",
          edits={"train.schedule": "onecycle", "train.schedule_unit": "epoch"}),
+    case("group-by-length-on-images", "group_by_length", "got TensorDataset",
+         "set train.group_by_length: false", edits={"train.group_by_length": True}),
     case("max-steps-zero", "train.max_steps", "greater than 0", edits={"train.max_steps": 0}),
     case("train-subset-zero", "data.train_subset", "greater than 0", edits={"data.train_subset": 0}),
     case("crop-padding-negative", "crop_padding", "greater than or equal to 0",

@@ -67,6 +67,7 @@ class TextDataset(Dataset):
             )
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self._lengths: tuple[tuple[int, int], list[int]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -84,13 +85,26 @@ class TextDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"text": self.texts[int(i)], "label": self.labels[int(i)], "index": int(i)}
 
-    def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Tokenise a list of items, padded to the longest (at most ``max_length`` tokens)."""
+    def lengths(self) -> list[int]:
+        """Tokens per text as the loader will tokenise it (special tokens included, at most
+        ``max_length``): what ``train.group_by_length`` groups by. Computed once per tokenizer."""
+        self._need_tokenizer()
+        key = (id(self.tokenizer), self.max_length)
+        if self._lengths is None or self._lengths[0] != key:
+            ids = self.tokenizer(self.texts, truncation=True, max_length=self.max_length)
+            self._lengths = (key, [len(x) for x in ids["input_ids"]])
+        return self._lengths[1]
+
+    def _need_tokenizer(self) -> None:
         if self.tokenizer is None:
             raise DistillError(
                 f"text dataset {self.name!r} has no tokenizer; call dataset.set_tokenizer(tokenizer) "
                 "(recipes use the student model's tokenizer)"
             )
+
+    def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tokenise a list of items, padded to the longest (at most ``max_length`` tokens)."""
+        self._need_tokenizer()
         encoded = self.tokenizer(
             [item["text"] for item in items],
             padding=True,
@@ -106,7 +120,7 @@ class TextDataset(Dataset):
     def loader(
         self,
         batch_size: int,
-        sampler: Sampler[int] | None = None,
+        sampler: Sampler[int] | Sequence[int] | None = None,
         shuffle: bool = False,
         drop_last: bool = False,
         generator: torch.Generator | None = None,

@@ -22,6 +22,11 @@ class TrainConfig(BaseModel):
     )
     batch_size: int = Field(128, gt=0, description="global batch size, split across ranks")
     eval_batch_size: int = Field(512, gt=0)
+    group_by_length: bool = Field(
+        False,
+        description="put items of similar length in the same training batch (text: far less "
+        "padding, so faster steps); needs a dataset with lengths()",
+    )
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum; AdamW's beta1")

@@ -1,4 +1,5 @@
-"""Data order for the trainer: seeding, sharded shuffling per epoch and mid-epoch skipping on resume.
+"""Data order for the trainer: seeding, sharded shuffling per epoch, batches of similar length and
+mid-epoch skipping on resume.
 
 The order is a function of (seed, epoch) and the rank, so a resumed run sees the batches an uninterrupted
 one would have seen, on one process or under ``torchrun``.
@@ -6,13 +7,17 @@ one would have seen, on one process or under ``torchrun``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from distill.errors import DistillError
 from distill.train.distributed import DistInfo
+
+MEGABATCH = 50  # batches per sorted group, as transformers' LengthGroupedSampler
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -48,7 +53,73 @@ class SkipSampler(Sampler[int]):
         return max(0, len(self.inner) - self.skip)  # type: ignore[arg-type]
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler[int] | None) -> DataLoader:
+class LengthGroupedSampler(Sampler[int]):
+    """The wrapped sampler's indices regrouped so that each batch holds items of similar length.
+
+    The shuffled indices are taken ``megabatch`` batches at a time; each group is sorted by ``lengths``
+    (longest first) and cut into batches of ``batch_size``, as transformers' ``group_by_length`` does.
+    The full batches of the epoch are then shuffled (``seed``, ``epoch``), so short and long batches
+    alternate instead of running from long to short within each group; a partial batch stays last. Every
+    index of ``inner`` is yielded once, and the order is a function of ``inner``'s order, ``seed`` and
+    ``epoch``.
+    """
+
+    def __init__(
+        self,
+        inner: Sampler[int],
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        megabatch: int = MEGABATCH,
+    ) -> None:
+        self.inner, self.lengths, self.batch_size = inner, lengths, batch_size
+        self.seed, self.epoch, self.megabatch = seed, epoch, megabatch
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.inner)
+        group = self.megabatch * self.batch_size
+        grouped: list[int] = []
+        for start in range(0, len(order), group):
+            chunk = order[start : start + group]
+            grouped += sorted(
+                chunk, key=lambda i: -self.lengths[i]
+            )  # stable: ties keep the shuffle
+        batches = [
+            grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)
+        ]
+        partial = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
+        random.Random(f"group_by_length/{self.seed}/{self.epoch}").shuffle(batches)
+        if partial:
+            batches.append(partial)
+        return iter([i for batch in batches for i in batch])
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+
+def item_lengths(data: Dataset | DataLoader) -> Sequence[int]:
+    """Per-item lengths for ``train.group_by_length``: the dataset's ``lengths()`` (token counts for
+    distill's text datasets), checked to give one per item."""
+    lengths = getattr(data, "lengths", None)
+    if isinstance(data, DataLoader) or not callable(lengths):
+        raise DistillError(
+            f"train.group_by_length needs a dataset that reports its items' lengths (a lengths() "
+            f"method, as distill's text datasets have), got {type(data).__name__}; set "
+            "train.group_by_length: false or give the dataset a lengths() method"
+        )
+    values = lengths()
+    if len(values) != len(data):  # type: ignore[arg-type]
+        raise DistillError(
+            f"{type(data).__name__}.lengths() gave {len(values)} lengths for "
+            f"{len(data)} items; it must return one length per item"  # type: ignore[arg-type]
+        )
+    return values
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, sampler: Sampler[int] | Sequence[int] | None
+) -> DataLoader:
     """distill's in-memory datasets batch by slicing tensors (their ``loader``); others get a DataLoader."""
     if hasattr(dataset, "loader"):
         return dataset.loader(batch_size, sampler=sampler)
@@ -62,15 +133,20 @@ def epoch_loader(
     seed: int,
     epoch: int,
     skip_batches: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> Iterable[Any]:
     """This rank's batches of ``epoch``, shuffled from ``(seed, epoch)``, the first ``skip_batches`` left
-    out. A ready DataLoader is used as given (its order is then the caller's)."""
+    out; with ``lengths`` (one per item), batches of similar length (:class:`LengthGroupedSampler`). A
+    ready DataLoader is used as given (its order is then the caller's)."""
     if isinstance(data, DataLoader):
         return data
-    sampler: Sampler[int] = DistributedSampler(
+    shuffled = DistributedSampler(
         data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
     )
-    sampler.set_epoch(epoch)
+    shuffled.set_epoch(epoch)
+    sampler: Sampler[int] = shuffled
+    if lengths is not None:
+        sampler = LengthGroupedSampler(shuffled, lengths, local_batch, seed, epoch)
     if skip_batches:
         sampler = SkipSampler(sampler, skip_batches * local_batch)
     return make_loader(data, local_batch, sampler)

@@ -44,7 +44,7 @@ from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
-from distill.train.sampling import epoch_loader, make_loader, seed_everything
+from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -83,6 +83,8 @@ class Trainer:
                 f"use a multiple of {self.dist.world_size}"
             )
         self.local_batch = cfg.batch_size // self.dist.world_size
+        # train.group_by_length: per-item lengths, read once (a text dataset tokenises its texts here)
+        self.lengths = item_lengths(train_data) if cfg.group_by_length else None
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
         self.global_step = 0
@@ -104,13 +106,23 @@ class Trainer:
     def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
         cfg = self.config
         return epoch_loader(
-            self.train_data, self.local_batch, self.dist, cfg.seed, epoch, skip_batches
+            self.train_data,
+            self.local_batch,
+            self.dist,
+            cfg.seed,
+            epoch,
+            skip_batches,
+            self.lengths,
         )
 
     def _val_loader(self) -> Iterable[Any] | None:
         if self.val_data is None or isinstance(self.val_data, DataLoader):
             return self.val_data
-        return make_loader(self.val_data, self.config.eval_batch_size, None)
+        order = None  # group_by_length: longest first, so batches pad little (metrics ignore order)
+        if self.config.group_by_length and callable(getattr(self.val_data, "lengths", None)):
+            lengths = self.val_data.lengths()
+            order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        return make_loader(self.val_data, self.config.eval_batch_size, order)
 
     def _setup(self, resume: bool) -> None:
         if not resume and self.store is not None and self.store.has("last"):
