@@ -68,6 +68,7 @@ LABELS = {
     "scratch": "2-layer student, no KD",
     "kd": "2-layer student, KD",
     "kd_hidden": "2-layer student, KD + hidden cosine",
+    "kd_long": "2-layer student, KD, 6 epochs",
 }
 
 
