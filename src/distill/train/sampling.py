@@ -80,11 +80,8 @@ class LengthGroupedSampler(Sampler[int]):
         order = list(self.inner)
         group = self.megabatch * self.batch_size
         grouped: list[int] = []
-        for start in range(0, len(order), group):
-            chunk = order[start : start + group]
-            grouped += sorted(
-                chunk, key=lambda i: -self.lengths[i]
-            )  # stable: ties keep the shuffle
+        for start in range(0, len(order), group):  # sorted is stable: ties keep the shuffle
+            grouped += sorted(order[start : start + group], key=lambda i: -self.lengths[i])
         batches = [
             grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)
         ]
