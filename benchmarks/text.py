@@ -213,12 +213,13 @@ def table(rows: list[dict[str, Any]], teacher: Path, lat: dict[str, dict[str, fl
     for method in args.methods:
         if method == "scratch" or not by[method] or not baseline:
             continue
-        gains = [
-            k["top1"] - s["top1"] for k in by[method] for s in baseline if k["seed"] == s["seed"]
-        ]
+        pairs = [(k, s) for k in by[method] for s in baseline if k["seed"] == s["seed"]]
+        if not pairs:
+            continue
+        gains = [k["top1"] - s["top1"] for k, s in pairs]
         lines.append(
             f"- `{method}` minus `scratch`, paired by seed: {_mean_std(gains)} points "
-            f"(seeds {sorted(args.seeds)})."
+            f"(seeds {sorted(k['seed'] for k, _ in pairs)})."
         )
     return "\n".join(lines)
 
