@@ -126,9 +126,10 @@ def node_profile(path: Path, example: torch.Tensor, calls: int) -> list[str]:
 
 
 def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) -> list[str]:
-    """Batch-1 wall time (µs, median / min over rounds) of one call at three levels: the bound run alone
-    (``run_with_iobinding``), ``session.run`` with a numpy array, and ``OnnxModule(x)`` (what the table
-    times: bound run + input copy + output clone + Python)."""
+    """Batch-1 wall time (µs, median / min over rounds) of one call at four levels: the bound run alone
+    (``run_with_iobinding``), ``session.run`` with a numpy array, ``BoundRunner.one`` (input bound where
+    it lies, output from the pool) and ``OnnxModule(x)`` (what the table times: ``one`` behind
+    ``nn.Module.__call__`` and ``forward``)."""
     from distill.export import OnnxModule
     from distill.export.latency import time_calls
 
@@ -136,12 +137,13 @@ def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) ->
     x = example.unsqueeze(0)
     module(x)
     module(x)  # the second call runs bound
-    binding = module.runner.bound[(x.shape,)][0]
+    binding = module.runner.bound[(x.shape,)].binding
     session, name = module.session, module.input_name
     array = x.numpy()
     calls = {
         "run_with_iobinding": lambda: session.run_with_iobinding(binding),
         "session.run(numpy)": lambda: session.run(None, {name: array}),
+        "BoundRunner.one(x)": lambda: module.runner.one(x),
         "OnnxModule(x)": lambda: module(x),
     }
     found: dict[str, list[float]] = {k: [] for k in calls}

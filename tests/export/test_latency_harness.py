@@ -147,6 +147,61 @@ def test_bound_calls_cast_and_detach_inputs(matmul_onnx):
     assert torch.equal(module(transposed), torch.from_numpy(want))
 
 
+def test_bound_input_is_read_where_it_lies_and_only_for_its_own_call(matmul_onnx):
+    """A contiguous float32 input is bound where it lies (no copy): a run must see the values of its
+    own call's tensor, whether the caller changed it in place, passed another tensor, or a tensor that
+    needs a cast copy came in between; the caller's tensor is never written."""
+    module, plain = OnnxModule(matmul_onnx, threads=1), plain_session(matmul_onnx)
+    x, y = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    module(x)  # binds the shape
+    module(x)
+    entry = module.runner.bound[(x.shape,)]
+    assert entry.pointers["x"] == x.data_ptr()  # bound to the caller's tensor, not a copy
+    x_before = x.clone()
+    calls = [x, y, x.double(), x, torch.randn(2, 3, 2).transpose(1, 2), y]
+    for step, inp in enumerate(calls):
+        if step == 3:
+            x.mul_(-2.0)  # changed in place after a run that read it
+            x_before = x.clone()
+        want = torch.from_numpy(plain.run(None, {"x": inp.float().contiguous().numpy()})[0])
+        assert torch.equal(module(inp), want), step
+    assert torch.equal(x, x_before)
+    del x, y, calls  # a new tensor at a freed address is still read afresh
+    for _ in range(3):
+        z = torch.randn(2, 2, 3)
+        want = torch.from_numpy(plain.run(None, {"x": z.numpy()})[0])
+        assert torch.equal(module(z), want)
+
+
+def test_outputs_come_from_a_pool_but_are_separate_tensors(matmul_onnx, tmp_path, monkeypatch):
+    """Bound outputs are handed out from a pool made ahead: each call gets a tensor no other call got,
+    and each tensor owns only its own bytes (saving one does not save the pool)."""
+    from distill.export import binding
+
+    monkeypatch.setattr(binding, "POOL_SIZE", 3)  # refill several times below
+    module, plain = OnnxModule(matmul_onnx, threads=1), plain_session(matmul_onnx)
+    xs = [torch.randn(1, 2, 3) for _ in range(8)]
+    outs = [module(x) for x in xs]
+    for x, out in zip(xs, outs, strict=True):
+        assert torch.equal(out, torch.from_numpy(plain.run(None, {"x": x.numpy()})[0]))
+        assert out.shape == (1, 4) and out.dtype == torch.float32 and out.is_contiguous()
+    assert len({o.data_ptr() for o in outs}) == len(outs)
+    assert outs[-1].untyped_storage().nbytes() == 4 * 4
+    torch.save(outs[-1], tmp_path / "one.pt")
+    assert torch.equal(torch.load(tmp_path / "one.pt"), outs[-1])
+
+
+def test_public_onnxruntime_calls_give_the_same_results(matmul_onnx):
+    """Without onnxruntime's pybind objects (another layout) the runner uses the public methods."""
+    module, plain = OnnxModule(matmul_onnx, threads=1), plain_session(matmul_onnx)
+    module.runner.pybind = False
+    for batch in (2, 2, 2, 3, 2):
+        x = torch.randn(batch, 2, 3)
+        assert torch.equal(module(x), torch.from_numpy(plain.run(None, {"x": x.numpy()})[0]))
+        assert torch.equal(module(x.double()), module(x))
+    assert module.runner.bound and all(e.c is None for e in module.runner.bound.values())
+
+
 def test_busy_buffers_and_big_inputs_run_plainly(matmul_onnx):
     module = OnnxModule(matmul_onnx)
     x = torch.randn(2, 2, 3)

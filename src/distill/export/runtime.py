@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from distill.errors import DistillError
 from distill.export._deps import require
+from distill.export.binding import BoundRunner
 from distill.export.exporter import Inputs, batch_size, call_model, first_output, to_cpu
 
 _TORCH_DTYPES = {
@@ -82,120 +80,6 @@ def inference_session(path: str | Path, threads: int | None = None) -> Any:
         raise DistillError(
             f"onnxruntime {ort.__version__} cannot load {path} ({first}); {hint}"
         ) from None
-
-
-class BoundRunner:
-    """Runs an onnxruntime session on torch tensors the way a latency-minded deployment does: through
-    buffers allocated and bound once per input shape (onnxruntime's IOBinding), so a call copies the
-    inputs in, runs, and clones the output (``(B, ...)``, a new tensor each call); no numpy arrays or
-    OrtValues are made per call. At batch 1 on the Fashion-MNIST student that saves ~10-20 µs of a
-    40-70 µs call (``docs/export.md``).
-
-    The first call with new input shapes runs plainly (``session.run``) and binds buffers for them; the
-    last ``max_shapes`` shapes bound stay bound, inputs and outputs over ``max_bytes`` each are never
-    bound (their copy would cost more than the call overhead saved). A call made while another thread
-    holds the buffers runs plainly; a file whose output shape depends on input values (the bound output
-    does not fit) runs plainly from then on.
-    """
-
-    def __init__(
-        self,
-        session: Any,
-        input_dtypes: Mapping[str, torch.dtype],
-        output_name: str,
-        max_shapes: int = 4,
-        max_bytes: int = 1 << 20,
-    ) -> None:
-        self.session = session
-        self.input_dtypes = dict(input_dtypes)
-        self.first_input = next(iter(self.input_dtypes))
-        self.single_input = len(self.input_dtypes) == 1
-        self.output_name = output_name
-        self.max_shapes, self.max_bytes = max_shapes, max_bytes
-        self.bound: OrderedDict[tuple[torch.Size, ...], Any] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``inputs``: one tensor per input name of the file; returns its first output."""
-        key = tuple(inputs[name].shape for name in self.input_dtypes)
-        entry = self.bound.get(key)
-        if entry is None or not self.lock.acquire(blocking=False):
-            return self._run_plain(inputs, key)
-        try:
-            binding, buffers, output = entry
-            for name, buffer in buffers.items():
-                x = inputs[name]
-                buffer.copy_(x.detach() if x.requires_grad else x)  # casts dtype, moves to CPU
-            if self._run_bound(binding):
-                return output.clone()
-        finally:
-            self.lock.release()
-        return self._run_plain(inputs, key)
-
-    def _run_bound(self, binding: Any) -> bool:
-        try:
-            self.session.run_with_iobinding(binding)  # no RunOptions: looking one up costs ~50 µs
-            return True
-        except RuntimeError:  # an output shape that depends on values: bind nothing from now on
-            self.bound.clear()
-            self.max_shapes = 0
-            return False
-
-    def one(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`__call__` for a file with one input, with as little Python per call as possible (at
-        batch 1 the Python around the run costs as much as the small student's kernels)."""
-        entry = self.bound.get((x.shape,))
-        if entry is not None and not x.requires_grad and self.lock.acquire(blocking=False):
-            try:
-                binding, buffers, output = entry
-                buffers[self.first_input].copy_(x)
-                if self._run_bound(binding):
-                    return output.clone()
-            finally:
-                self.lock.release()
-        return self({self.first_input: x})
-
-    def _run_plain(self, inputs: Mapping[str, torch.Tensor], key: tuple[torch.Size, ...]) -> Any:
-        feed = {name: _as_array(inputs[name], dtype) for name, dtype in self.input_dtypes.items()}
-        output = torch.from_numpy(self.session.run([self.output_name], feed)[0])
-        if self.max_shapes and key not in self.bound and self.lock.acquire(blocking=False):
-            try:
-                self._bind(key, output)
-            finally:
-                self.lock.release()
-        return output
-
-    @torch.inference_mode(
-        False
-    )  # plain tensors: inference-mode ones could not be written outside it
-    def _bind(self, key: tuple[torch.Size, ...], like: torch.Tensor) -> None:
-        buffers = {
-            name: torch.empty(shape, dtype=dtype)
-            for (name, dtype), shape in zip(self.input_dtypes.items(), key, strict=True)
-        }
-        output = torch.empty(like.shape, dtype=like.dtype)
-        sizes = [b.element_size() * b.numel() for b in (*buffers.values(), output)]
-        if max(sizes) > self.max_bytes:
-            return
-        binding = self.session.io_binding()
-        for name, buffer in buffers.items():
-            binding.bind_input(*_bind_args(name, buffer))
-        binding.bind_output(*_bind_args(self.output_name, output))
-        self.bound[key] = (binding, buffers, output)  # the binding points into these buffers
-        while len(self.bound) > self.max_shapes:
-            self.bound.popitem(last=False)
-
-
-def _bind_args(name: str, buffer: torch.Tensor) -> tuple[Any, ...]:
-    return (name, "cpu", 0, buffer.numpy().dtype, list(buffer.shape), buffer.data_ptr())
-
-
-def _as_array(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    if x.requires_grad:
-        x = x.detach()
-    if x.dtype != dtype or x.device.type != "cpu":
-        x = x.to("cpu", dtype)
-    return np.ascontiguousarray(x.numpy())  # no copy when already contiguous (the usual case)
 
 
 class OnnxModule(nn.Module):
