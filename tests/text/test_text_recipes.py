@@ -164,7 +164,7 @@ def test_real_minilm_two_steps_then_exact_resume(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not real_teacher_available(), reason="needs scripts/get_text_data.sh (MiniLM + Rotten Tomatoes)"
 )
-@pytest.mark.parametrize("name", ["scratch", "kd", "kd_hidden", "kd_long"])
+@pytest.mark.parametrize("name", ["scratch", "scratch_long", "kd", "kd_hidden", "kd_long"])
 def test_shipped_student_recipes_take_a_step_on_real_minilm(tmp_path: Path, name: str) -> None:
     """Every shipped Rotten Tomatoes student recipe builds from the real MiniLM teacher (its taps, layer map
     and losses included) and takes one finite training step."""
