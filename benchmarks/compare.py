@@ -22,6 +22,7 @@ import platform
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -127,7 +128,7 @@ def node_profile(path: Path, example: torch.Tensor, calls: int) -> list[str]:
 
 def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) -> list[str]:
     """Batch-1 wall time (µs, median / min over rounds) of one call at four levels: the bound run alone
-    (``run_with_iobinding``), ``session.run`` with a numpy array, ``BoundRunner.one`` (input bound where
+    (``run_with_iobinding``; also next to a tiny torch or numpy op), ``session.run`` with a numpy array, ``BoundRunner.one`` (input bound where
     it lies, output from the pool) and ``OnnxModule(x)`` (what the table times: ``one`` behind
     ``nn.Module.__call__`` and ``forward``)."""
     from distill.export import OnnxModule
@@ -140,8 +141,18 @@ def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) ->
     binding = module.runner.bound[(x.shape,)].binding
     session, name = module.session, module.input_name
     array = x.numpy()
+    small, small_np = torch.zeros(4), np.zeros(4)
     calls = {
         "run_with_iobinding": lambda: session.run_with_iobinding(binding),
+        # what a tiny op next to the run costs (alone each is a few µs)
+        "bound run + 4-float torch add_": lambda: (
+            small.add_(1),
+            session.run_with_iobinding(binding),
+        ),
+        "bound run + 4-float numpy add": lambda: (
+            np.add(small_np, 1, out=small_np),
+            session.run_with_iobinding(binding),
+        ),
         "session.run(numpy)": lambda: session.run(None, {name: array}),
         "BoundRunner.one(x)": lambda: module.runner.one(x),
         "OnnxModule(x)": lambda: module(x),
