@@ -127,10 +127,10 @@ def node_profile(path: Path, example: torch.Tensor, calls: int) -> list[str]:
 
 
 def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) -> list[str]:
-    """Batch-1 wall time (µs, median / min over rounds) of one call at four levels: the bound run alone
-    (``run_with_iobinding``; also next to a tiny torch or numpy op), ``session.run`` with a numpy array, ``BoundRunner.one`` (input bound where
-    it lies, output from the pool) and ``OnnxModule(x)`` (what the table times: ``one`` behind
-    ``nn.Module.__call__`` and ``forward``)."""
+    """Batch-1 wall time (µs, median / min over rounds) of one call: the bound run alone
+    (``run_with_iobinding``), the same next to a tiny torch or numpy op, ``session.run`` with a numpy
+    array, ``BoundRunner.one`` (input bound where it lies, output from the pool) and ``OnnxModule(x)``
+    (what the table times: ``one`` behind ``nn.Module.__call__`` and ``forward``)."""
     from distill.export import OnnxModule
     from distill.export.latency import time_calls
 

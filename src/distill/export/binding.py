@@ -37,10 +37,11 @@ class _Bound:
     """One input shape's binding. Per input: the runner's own buffer (for inputs that need a cast copy)
     and the address bound now. ``bind_output(pointer)`` and ``run()`` are the binding's calls with
     everything but the pointer fixed (``functools.partial``: no Python frame per call); ``pool`` holds
-    output tensors made ahead, next last."""
+    output tensors made ahead, next last. ``c`` is onnxruntime's pybind (session, binding, device), or
+    None when the public methods are used."""
 
-    __slots__ = ("binding", "buffers", "pointers", "shapes", "dtypes", "out", "pool", "c")
-    __slots__ += ("bind_output", "run")
+    __slots__ = ("binding", "buffers", "pointers", "shapes", "dtypes", "out_shape", "out_dtype")
+    __slots__ += ("pool", "c", "target", "device", "bind_output", "run")
 
     def __init__(
         self,
@@ -53,19 +54,19 @@ class _Bound:
         self.binding, self.buffers = session.io_binding(), buffers
         self.shapes = {name: list(b.shape) for name, b in buffers.items()}
         self.dtypes = {name: _numpy_dtype(b.dtype) for name, b in buffers.items()}
-        self.out = (list(output_like.shape), output_like.numpy().dtype)
+        self.out_shape, self.out_dtype = list(output_like.shape), output_like.numpy().dtype
         self.c = _pybind(session, self.binding) if pybind else None
+        # the public and pybind bind calls differ only in how the device is given
         if self.c is None:
-            output_device: tuple[Any, ...] = ("cpu", 0)
+            self.target, self.device = self.binding, ("cpu", 0)
             self.run = functools.partial(session.run_with_iobinding, self.binding)
         else:
-            c_session, c_binding, device = self.c
-            output_device = (device,)
+            c_session, self.target, device = self.c
+            self.device = (device,)
             # no RunOptions: in onnxruntime 1.32 looking one up costs ~50 µs per call
-            self.run = functools.partial(c_session.run_with_iobinding, c_binding, None)
-        bind_output = self.binding.bind_output if self.c is None else self.c[1].bind_output
+            self.run = functools.partial(c_session.run_with_iobinding, self.target, None)
         self.bind_output = functools.partial(
-            bind_output, output_name, *output_device, self.out[1], self.out[0]
+            self.target.bind_output, output_name, *self.device, self.out_dtype, self.out_shape
         )
         self.pool: list[tuple[torch.Tensor, int]] = []
         self.pointers = {name: 0 for name in buffers}
@@ -76,12 +77,8 @@ class _Bound:
         """Bind input ``name`` to ``x``'s memory (contiguous, the declared dtype, on the CPU)."""
         pointer = x.data_ptr()
         if self.pointers[name] != pointer:
-            if self.c is None:
-                self.binding.bind_input(
-                    name, "cpu", 0, self.dtypes[name], self.shapes[name], pointer
-                )
-            else:
-                self.c[1].bind_input(name, self.c[2], self.dtypes[name], self.shapes[name], pointer)
+            shape, dtype = self.shapes[name], self.dtypes[name]
+            self.target.bind_input(name, *self.device, dtype, shape, pointer)
             self.pointers[name] = pointer
 
     def output(self) -> torch.Tensor:
@@ -94,7 +91,7 @@ class _Bound:
 
     @torch.inference_mode(False)  # plain tensors, whatever mode the call that refills runs in
     def refill(self) -> None:
-        shape, dtype = self.out
+        shape, dtype = self.out_shape, self.out_dtype
         size = max(1, int(np.prod(shape)) * dtype.itemsize)
         block = np.empty((max(1, min(POOL_SIZE, POOL_BYTES // size)), *shape), dtype)
         tensors = [torch.from_numpy(row) for row in block]  # each its own storage: saves alone
@@ -212,9 +209,8 @@ class BoundRunner:
                 self.lock.release()
         return output
 
-    @torch.inference_mode(
-        False
-    )  # plain tensors: inference-mode ones could not be written outside it
+    # plain tensors: inference-mode ones could not be written outside it
+    @torch.inference_mode(False)
     def _bind(self, key: tuple[torch.Size, ...], like: torch.Tensor) -> None:
         buffers = {
             name: torch.empty(shape, dtype=dtype)
