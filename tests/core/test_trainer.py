@@ -145,6 +145,60 @@ def test_tiny_run_writes_artefacts_and_learns(tmp_path):
     )
 
 
+class CountingTeacher(nn.Module):
+    """The oracle teacher, counting the samples it has seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.model, self.seen = oracle_teacher(), 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return self.model(x)
+
+
+def test_teacher_predictions_are_worked_out_once_per_evaluation_set():
+    """TeacherPredictions: the same agreement as running the teacher, without running it again on the
+    batches it has seen; a loader with other targets runs it again and replaces what was stored."""
+    from distill.tasks.base import TeacherPredictions
+
+    task, student = ClassificationTask(), mlp_student(seed=3)
+    val, other = synthetic(96, seed=1).tensors, synthetic(64, seed=2).tensors
+    batches = [(val[0][i : i + 32], val[1][i : i + 32]) for i in range(0, 96, 32)]
+    plain = task.evaluate(student, batches, oracle_teacher())
+    teacher = CountingTeacher()
+    cache = TeacherPredictions(teacher)
+    assert task.evaluate(student, batches, cache) == plain and teacher.seen == 96
+    assert task.evaluate(student, batches, cache) == plain and teacher.seen == 96  # not run again
+    assert 0 < plain["agreement"] < 100  # the untrained student agrees on some samples only
+    with torch.no_grad():
+        flipped = [(x, y) for x, y in batches[:2]] + [(-batches[2][0], 1 - batches[2][1])]
+    want = task.evaluate(student, flipped, oracle_teacher())
+    assert task.evaluate(student, flipped, cache) == want and teacher.seen == 96 + 32
+    assert task.evaluate(student, [other], cache) == task.evaluate(
+        student, [other], oracle_teacher()
+    )
+    assert teacher.seen == 96 + 32 + 64 and len(cache.top1) == 1
+
+
+def test_trainer_runs_the_teacher_over_the_validation_set_once(tmp_path):
+    counting = CountingTeacher()
+    distiller = Distiller(
+        mlp_student(), ClassificationTask(), counting, [Term(KDLoss(2.0), weight=0.5)], 0.5
+    )
+    val = synthetic(64, seed=1)
+    trainer = Trainer(
+        distiller, synthetic(128, seed=0), val, config(), run_dir=tmp_path, console=quiet()
+    )
+    trainer.fit()
+    # every training step, setup's example batch, and the validation set in epoch 1 only (not 3 x 64)
+    assert counting.seen == 3 * 128 + 16 + 64
+    evals = [e for e in read_events(tmp_path) if e["event"] == "eval"]
+    assert len(evals) == 3
+    plain = ClassificationTask().evaluate(trainer.final_student, [val.tensors], oracle_teacher())
+    assert evals[-1]["agreement"] == pytest.approx(plain["agreement"])
+
+
 # --------------------------------------------------------------------------- (b) resume
 def noise_augment(x, g):
     return x + 0.3 * torch.randn(x.shape, generator=g) * (

@@ -48,6 +48,28 @@ class Batch:
         return int(first.shape[0])
 
 
+class TeacherPredictions:
+    """A frozen teacher with its top-1 predictions over an evaluation loader, worked out on the first
+    evaluation and reused by the next ones: the trainer evaluates the same unshuffled validation set every
+    epoch, and the teacher does not change. Pass it where ``Task.evaluate`` takes ``teacher``.
+
+    ``top1`` holds one ``(B,)`` tensor per batch, ``targets`` the batch's targets; a batch whose targets
+    differ from those seen (another loader or order) is run through the teacher again and the stored
+    predictions are replaced after that pass.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+        self.top1: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def known(self, index: int, targets: torch.Tensor) -> torch.Tensor | None:
+        """The stored top-1 of batch ``index`` if it had these ``targets``, else None."""
+        if index < len(self.targets) and torch.equal(self.targets[index], targets):
+            return self.top1[index]
+        return None
+
+
 @runtime_checkable
 class Task(Protocol):
     """What a task adapter provides. Output names are used in taps as ``@name`` (e.g. ``@logits``)."""
@@ -69,6 +91,6 @@ class Task(Protocol):
         self,
         model: nn.Module,
         loader: Iterable[Any],
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]: ...

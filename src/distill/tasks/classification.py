@@ -11,7 +11,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch
+from distill.tasks.base import Batch, TeacherPredictions
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -42,30 +42,37 @@ def collect_predictions(
     logits_of: Callable[[nn.Module, Any], torch.Tensor],
     model: nn.Module,
     loader: Iterable[Any],
-    teacher: nn.Module | None,
+    teacher: nn.Module | TeacherPredictions | None,
     device: torch.device | str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Softmax probabilities ``(N, C)``, labels ``(N,)`` and, with a teacher, whether its top-1 agrees
-    ``(N,)``, over ``loader`` with the models in eval mode (the model's mode is restored after)."""
+    ``(N,)``, over ``loader`` with the models in eval mode (the model's mode is restored after). With
+    :class:`TeacherPredictions` the teacher runs only on batches it has not seen."""
+    cache = teacher if isinstance(teacher, TeacherPredictions) else None
+    teacher = cache.teacher if cache is not None else teacher
     was_training = model.training
     model.eval()
     if teacher is not None:
         teacher.eval()
-    probs, labels, agree = [], [], []
+    probs, labels, agree, teacher_top1 = [], [], [], []
     try:
-        for raw in loader:
+        for index, raw in enumerate(loader):
             batch = task.split(raw).to(device)
             logits = logits_of(model, batch.inputs).float()
             probs.append(logits.softmax(-1).cpu())
             labels.append(batch.targets.cpu())
             if teacher is not None:
-                agree.append(
-                    logits_of(teacher, batch.inputs).argmax(-1).eq(logits.argmax(-1)).cpu()
-                )
+                top1 = cache.known(index, labels[-1]) if cache is not None else None
+                if top1 is None:
+                    top1 = logits_of(teacher, batch.inputs).argmax(-1).cpu()
+                teacher_top1.append(top1)
+                agree.append(top1.eq(logits.argmax(-1).cpu()))
     finally:
         model.train(was_training)
     if not probs:
         raise DistillError("evaluation data is empty; give a non-empty validation/test set")
+    if cache is not None:
+        cache.top1, cache.targets = teacher_top1, labels
     return torch.cat(probs), torch.cat(labels), (torch.cat(agree) if agree else None)
 
 
@@ -150,7 +157,7 @@ class ClassificationTask:
         self,
         model: nn.Module,
         loader: Iterable[Any],
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """Top-1/top-5 accuracy (%), NLL (nats), ECE (%), and agreement with ``teacher`` (% same argmax)."""

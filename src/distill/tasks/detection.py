@@ -29,7 +29,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch
+from distill.tasks.base import Batch, TeacherPredictions
 
 TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 EVAL_KEYS = ("im_file", "ori_shape", "ratio_pad", "resized_shape")
@@ -123,7 +123,7 @@ class DetectionTask:
         self,
         model: nn.Module,
         loader: Iterable[Any],
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """mAP50-95, mAP50, precision and recall (%) with Ultralytics' validator; ``teacher`` is not used."""

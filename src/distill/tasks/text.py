@@ -22,7 +22,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch
+from distill.tasks.base import Batch, TeacherPredictions
 from distill.tasks.classification import checked_cross_entropy, collect_predictions, label_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -127,7 +127,7 @@ class TextClassificationTask:
         self,
         model: nn.Module,
         loader: Iterable[Any],
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """Top-1 accuracy (%), macro-F1 (%), NLL (nats), ECE (%), agreement with ``teacher`` (% same argmax)."""

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
 from distill.errors import DistillError
+from distill.tasks.base import TeacherPredictions
 from distill.train.checkpoint import (
     EMA_PREFIX,
     CheckpointStore,
@@ -87,6 +88,8 @@ class Trainer:
         self.lengths = item_lengths(train_data) if cfg.group_by_length else None
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
+        teacher = self.distiller.teacher  # frozen: its validation top-1 is worked out once
+        self.teacher_predictions = TeacherPredictions(teacher) if teacher is not None else None
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
@@ -306,7 +309,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if loader is not None and self.dist.is_main:
             metrics = self.task.evaluate(
-                self.final_student, loader, self.distiller.teacher, self.device
+                self.final_student, loader, self.teacher_predictions, self.device
             )
         return broadcast_object(metrics, self.dist)
 
