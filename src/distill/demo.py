@@ -19,6 +19,7 @@ from distill.compare.runs import TINY, cache_dir, cached_run
 from distill.config.build import build, build_data, build_model_spec
 from distill.config.load import load_recipe
 from distill.report import measure, rows_table, write_report
+from distill.tasks.base import TeacherPredictions
 from distill.train.checkpoint import load_student_weights
 
 __all__ = ["TINY", "cache_dir", "run_demo"]
@@ -95,7 +96,8 @@ def _measure_runs(
     kd_recipe = load_recipe("fashion_mnist/kd", overrides)
     train, test = build_data(kd_recipe)
     built = build(kd_recipe, data=(train, test))
-    teacher = built.teacher
+    teacher, task = built.teacher, built.distiller.task
+    predictions = TeacherPredictions(teacher)  # each row's agreement, the teacher run once
     loader = test.loader(kd_recipe.train.eval_batch_size)
     example = test.images[0]
     labels = {
@@ -111,7 +113,7 @@ def _measure_runs(
             spec = api.run_recipe(run_dir).student
             model = build_model_spec(spec, train.num_classes, train.in_channels, "student")
             load_student_weights(run_dir, model, "last")
-        row = measure(labels[slug], model, built.distiller.task, loader, example, teacher=teacher)
+        row = measure(labels[slug], model, task, loader, example, teacher=predictions)
         row["run_dir"] = str(run_dir)
         rows.append(row)
     return rows

@@ -197,7 +197,7 @@ def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> 
         task,
         ctx.test_loader(),
         example,
-        ctx.teacher,
+        ctx.teacher_predictions,
         pipeline=name,
         runtime=product.runtime,
         params=params,

@@ -17,6 +17,7 @@ from distill.config.build import build, build_data, build_model_spec
 from distill.config.checks import example_batch
 from distill.config.schema import Recipe
 from distill.models import count_parameters
+from distill.tasks.base import TeacherPredictions
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Context:
         built = build(recipe, data=(self.train_data, self.test_data))
         assert built.teacher is not None, "compare() checks the recipe has a teacher"
         self.teacher: nn.Module = built.teacher.eval()
+        # every row's agreement is against the same frozen teacher on the same test loader: run it once
+        self.teacher_predictions = TeacherPredictions(self.teacher)
         self.task = built.distiller.task
         self.augment = built.augment
         self.student_params = count_parameters(built.student)

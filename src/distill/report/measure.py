@@ -10,7 +10,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from distill.models import count_parameters
-from distill.tasks.base import Task
+from distill.tasks.base import Task, TeacherPredictions
 from distill.train.checkpoint import state_tensors
 
 
@@ -39,7 +39,7 @@ def measure(
     task: Task,
     test_loader: Iterable[Any],
     example: torch.Tensor,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | TeacherPredictions | None = None,
     large_batch: int = 256,
     repeats: int = 30,
 ) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def measure_row(
     task: Task,
     test_loader: Iterable[Any],
     example: torch.Tensor,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | TeacherPredictions | None = None,
     *,
     pipeline: str,
     runtime: str = "torch",
