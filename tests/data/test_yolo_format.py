@@ -9,7 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from distill.data.yolo_format import check_yolo_labels, coco_to_yolo, load_data_yaml
+from distill.data.coco import coco_to_yolo
+from distill.data.yolo_format import check_yolo_labels, load_data_yaml
 from distill.errors import DistillError
 
 

@@ -223,7 +223,7 @@ def coco(
     workers: int = 0,
 ) -> DetectionDataset:
     """Paths are relative to ``root``; the YOLO-layout copy (labels, image links) goes to ``root/yolo``."""
-    from distill.data.yolo_format import coco_to_yolo
+    from distill.data.coco import coco_to_yolo
 
     if root is None:
         raise DistillError(
