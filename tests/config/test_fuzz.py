@@ -28,15 +28,13 @@ from hypothesis import strategies as st
 
 from conftest import shipped_recipes, tiny_recipe_dict
 from distill.config.load import (
-    MAX_DEPTH,
     apply_override,
     load_raw,
     load_recipe,
     parse_override,
     recipe_to_yaml,
-    safe_load,
-    to_yaml,
 )
+from distill.config.safe_yaml import MAX_DEPTH, safe_load, to_yaml
 from distill.config.schema import Recipe
 from distill.errors import ConfigError
 
@@ -835,7 +833,7 @@ def test_regression_infinite_train_value_round_trips(fuzz_dir):
 
 
 def test_regression_value_limit_only_applies_to_aliases(fuzz_dir, monkeypatch):
-    monkeypatch.setattr("distill.config.load.MAX_VALUES", 50)
+    monkeypatch.setattr("distill.config.safe_yaml.MAX_VALUES", 50)
     listed = ", ".join(["1"] * 60)
     head = "name: t\nstudent: {name: 'torchvision:resnet18', options: "
     assert (
