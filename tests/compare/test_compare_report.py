@@ -98,3 +98,48 @@ def test_console_table_fits_80_columns_with_whole_pipeline_names():
     for name, value in (("student-kd-int8", "0.102"), ("teacher-pruned", "79.79")):
         assert any(name in line and value in line for line in lines), text
     assert "onnxruntime" in text and "failed" in text
+
+
+def test_speedups_are_against_the_teacher_row_at_batch_1():
+    from distill.compare import add_speedups
+
+    rows = [row("teacher", 2.0, 91.0), row("student-kd-int8", 0.08, 89.0)]
+    rows.append(row("student-kd-onnx", None, None, status="failed: parity"))
+    add_speedups(rows)
+    assert [r.get("speedup_b1_t1") for r in rows] == [1.0, 25.0, None]
+    alone = [row("student-kd", 0.5, 88.0)]  # no teacher row: nothing to compare with
+    add_speedups(alone)
+    assert "speedup_b1_t1" not in alone[0]
+
+
+def test_int8_rows_slower_than_their_float_file_get_a_note(monkeypatch):
+    import distill.report
+    from distill.compare import int8_slower_note
+
+    rows = [row("student-kd-onnx", 0.07, 89.0), row("student-kd-int8", 0.09, 89.1)]
+    rows.append(row("teacher-int8", 0.2, 91.0))  # no float32 ONNX row of the teacher: no pair
+    monkeypatch.setattr(distill.report, "int8_dot_product", lambda: False)
+    note = int8_slower_note(rows)
+    assert note.startswith("student-kd-int8 (0.090 ms) is slower than student-kd-onnx (0.070 ms)")
+    assert "teacher-int8" not in note and "no int8 dot-product instructions" in note
+    monkeypatch.setattr(distill.report, "int8_dot_product", lambda: True)
+    assert "dot-product" not in int8_slower_note(rows)  # the reason only where it applies
+    rows[1]["latency_ms_b1_t1"] = 0.05
+    assert int8_slower_note(rows) == ""
+
+
+def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path):
+    from distill.report import int8_dot_product
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for text, want in (
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n", False),
+        ("flags\t\t: fpu avx2 avx512f avx512_vnni\n", True),
+        ("flags\t\t: fpu avx2 avx_vnni\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp\n", True),  # ARM dotprod
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n", False),
+        ("processor\t: 0\n", None),  # no flags line: unknown
+    ):
+        cpuinfo.write_text(text)
+        assert int8_dot_product(cpuinfo) is want, text
+    assert int8_dot_product(tmp_path / "missing") is None

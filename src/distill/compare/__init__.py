@@ -257,6 +257,42 @@ def columns(rows: list[dict[str, Any]], large_batch: int = 256, primary: str = "
     return out
 
 
+def add_speedups(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> None:
+    """``speedup_b1_t1``: the teacher row's latency over each row's (batch 1, one thread), when the
+    comparison has a measured teacher row."""
+    teacher = next((r.get(key) for r in rows if r.get("pipeline") == "teacher"), None)
+    for r in rows:
+        if teacher and r.get(key):
+            r["speedup_b1_t1"] = round(teacher / r[key], 1)
+
+
+def int8_slower_note(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> str:
+    """A note for each int8 row slower at batch 1 than the float32 ONNX row of the same model
+    (``X-int8`` against ``X-onnx``), with the likely reason when this CPU has no int8 dot product."""
+    from distill.report import int8_dot_product
+
+    by_pipeline = {r.get("pipeline"): r for r in rows}
+    slower = []
+    for name, r in by_pipeline.items():
+        float_row = by_pipeline.get(str(name).removesuffix("-int8") + "-onnx")
+        if str(name).endswith("-int8") and float_row and r.get(key) and float_row.get(key):
+            if r[key] > float_row[key]:
+                slower.append(
+                    f"{name} ({r[key]:.3f} ms) is slower than {float_row['pipeline']} "
+                    f"({float_row[key]:.3f} ms) at batch 1 on this machine"
+                )
+    if not slower:
+        return ""
+    why = (
+        " This CPU has no int8 dot-product instructions (x86 VNNI or AMX, ARM dotprod), so int8 "
+        "kernels gain little over float32 ones at small widths, and quantizing adds nodes; the int8 "
+        "file is still smaller, and on CPUs with them int8 is usually the faster one."
+        if int8_dot_product() is False
+        else ""
+    )
+    return "; ".join(slower) + "." + why
+
+
 def _write(
     out: Path,
     rows: list[dict[str, Any]],
@@ -288,6 +324,10 @@ def _write(
     if large_batch != 256:
         notes += f" Models are timed at batch 1 and {large_batch}"
         notes += ", every sequence max_length tokens long." if large_batch == 64 else "."
+    add_speedups(rows)
+    slower = int8_slower_note(rows)
+    if slower:
+        notes += "\n\n" + slower
     failed = [r for r in rows if r.get("status", "ok") != "ok"]
     if failed:
         notes += "\n\n" + " ".join(f"{r['pipeline']}: {r['status']}." for r in failed)

@@ -5,6 +5,7 @@ from distill.report.plot import pareto_front
 from distill.report.write import (
     COMPARE_COLUMNS,
     COMPARE_CONSOLE_COLUMNS,
+    int8_dot_product,
     rows_table,
     write_report,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "write_report",
     "rows_table",
     "pareto_front",
+    "int8_dot_product",
     "COMPARE_COLUMNS",
     "COMPARE_CONSOLE_COLUMNS",
 ]

@@ -42,6 +42,7 @@ COMPARE_COLUMNS: list[Column] = [
     ("nonzero_params", "nonzero", "{:,}"),
     ("size_bytes", "size KiB", None),
     ("latency_ms_b1_t1", "ms @ b1, 1 thread", "{:.3f}"),
+    ("speedup_b1_t1", "x teacher @ b1, 1 thread", "{:.1f}x"),
     ("latency_ms_b1", "ms @ b1", "{:.3f}"),
     ("latency_ms_b256", "ms @ b256", "{:.2f}"),
     ("agreement", "agree %", "{:.2f}"),
@@ -68,6 +69,21 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     return fmt.format(value)
 
 
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")  # x86 VNNI / AMX, ARM dotprod
+
+
+def int8_dot_product(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has int8 dot-product instructions (x86 VNNI or AMX, ARM dotprod), which int8
+    kernels need to beat float32 ones; read from ``cpuinfo``'s flags, None where there is none (not
+    Linux)."""
+    try:
+        lines = Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    flags = {f for line in lines if line.startswith(("flags", "Features")) for f in line.split()}
+    return any(f in flags for f in INT8_DOT_FLAGS) if flags else None
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 
@@ -75,6 +91,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "int8_dot_product": int8_dot_product(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
