@@ -19,7 +19,7 @@ from pathlib import Path
 
 from distill import Distiller, KDLoss, Term, TrainConfig, Trainer, build_loss
 from distill.config.build import load_weights
-from distill.data.text import rotten_tomatoes
+from distill.data.rotten_tomatoes import rotten_tomatoes
 from distill.models import build_model, count_parameters
 from distill.models.hf import student_from_teacher, tokenizer_of
 from distill.tasks import TextClassificationTask

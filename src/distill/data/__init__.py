@@ -21,11 +21,17 @@ DATASETS: Registry = Registry("dataset")
 # runpy then warns about the double import, which is harmless here.
 warnings.filterwarnings(
     "ignore",
-    message=r"'distill\.data\.(fashion_mnist|text)' found in sys\.modules",
+    message=r"'distill\.data\.(fashion_mnist|rotten_tomatoes)' found in sys\.modules",
     category=RuntimeWarning,
 )
 
-from distill.data import detection, fashion_mnist, folder, text  # noqa: E402  (modules register themselves)
+from distill.data import (  # noqa: E402  (modules register themselves)
+    detection,
+    fashion_mnist,
+    folder,
+    rotten_tomatoes,
+    text,
+)
 from distill.data.augment import BatchAugment  # noqa: E402
 from distill.data.fashion_mnist import FashionMNIST  # noqa: E402
 from distill.data.folder import image_folder, tensor_file  # noqa: E402
@@ -62,6 +68,7 @@ __all__ = [
     "folder",
     "identity_collate",
     "image_folder",
+    "rotten_tomatoes",
     "tensor_file",
     "text",
     "text_file",
