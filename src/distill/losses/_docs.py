@@ -48,8 +48,10 @@ distill:
 
 Taps may be lists (`student: [features.1, features.2, features.3]`) for multi-level methods. Trainable
 parts of a method (connectors, embedding heads, fusion modules, memory banks) train with the student and
-are never exported with it. `distill list losses` prints the table below; each method has a shipped
-Fashion-MNIST recipe (`distill train fashion_mnist/<name>`), and `docs/benchmarks/methods.md` compares them.
+are never exported with it. `distill list losses` prints the table below. Each image-classification
+method has a shipped Fashion-MNIST recipe (`distill train fashion_mnist/<name>`), compared in
+`docs/benchmarks/methods.md`; the text and detection methods name their `rotten_tomatoes/` or `scenes/`
+recipe in the last column where one is shipped (— where none is yet).
 
 The Transformer encoder methods at the end (hidden states, attention maps, MiniLM, patient KD) take the
 text task's `@hidden_states.N` (B, T, D; N = 0 the embeddings) and `@attentions.N` (B, heads, T, T)
