@@ -448,6 +448,11 @@ CASES = [
                              "teacher": ["features.1"]})),
     case("projector-wrong-rank", "'conv1x1'", "4-D", "use linear",
          edits=with_teacher({"loss": "kd", "projector": "conv1x1"})),
+    case("cache-teacher-with-module-tap", "distill.cache_teacher", "'features.1'", "tap an output",
+         edits={**with_teacher(FITNET), "distill.cache_teacher": True}),
+    case("cache-teacher-with-augment", "distill.cache_teacher", "data.augment.flip", "turn one",
+         edits={**with_teacher({"loss": "kd"}), "distill.cache_teacher": True,
+                "data.augment": {"flip": True}}),
     # --- negative or zero sizes ----------------------------------------------------------------------
     case("batch-size-zero", "train.batch_size", "greater than 0", edits={"train.batch_size": 0}),
     case("epochs-negative", "train.epochs", "greater than 0", edits={"train.epochs": -1}),

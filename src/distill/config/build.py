@@ -19,6 +19,7 @@ from distill.losses import build_loss
 from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import build_task
+from distill.teacher_cache import CachedTeacher
 from distill.train import Trainer
 from distill.train.checkpoint import load_student_weights, student_tensors
 
@@ -214,6 +215,8 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         terms=terms,
         task_weight=build_weight(recipe.distill.task_weight, "distill.task_weight"),
     )
+    if recipe.distill.cache_teacher and teacher is not None:  # the Trainer fills it (prepare)
+        distiller.source = CachedTeacher(teacher, task, distiller.teacher_taps)
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)
     return Built(recipe, train, test, student, teacher, distiller, augment)

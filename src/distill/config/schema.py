@@ -173,6 +173,11 @@ class TermSpec(Strict):
 class DistillSpec(Strict):
     task_weight: Weight = 1.0
     terms: list[TermSpec] = Field(default_factory=list)
+    cache_teacher: bool = Field(
+        False,
+        description="run the frozen teacher over the training set once and reuse its outputs every "
+        "epoch (no data augmentation; terms that tap outputs such as @logits)",
+    )
 
     @field_validator("task_weight", mode="before")
     @classmethod
@@ -220,7 +225,36 @@ class Recipe(Strict):
                 "teacher.name: from_teacher is for students; name the teacher's model (e.g. hf:FOLDER)"
             )
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
+        if self.distill.cache_teacher:
+            self._check_cache_teacher()
         return self
+
+    def _check_cache_teacher(self) -> None:
+        """The cache holds one teacher output per training sample: it needs the same input every epoch
+        and terms that read the task's outputs."""
+        if not self.distill.terms:
+            raise ValueError("distill.cache_teacher: there are no terms to feed; remove it")
+        augment = self.data.augment.model_dump(exclude_defaults=True)
+        if augment:
+            name, value = next(iter(augment.items()))
+            raise ValueError(
+                f"distill.cache_teacher needs the same inputs every epoch, but data.augment.{name} "
+                f"({value}) changes them; turn one of the two off"
+            )
+        if getattr(_lookup("task", self.task), "augments_in_loader", False):
+            raise ValueError(
+                f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
+                "teacher sees new inputs every epoch; turn cache_teacher off"
+            )
+        for i, term in enumerate(self.distill.terms):
+            taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher
+            modules = [t for t in taps if not t.startswith("@")]
+            if modules:
+                raise ValueError(
+                    f"distill.cache_teacher keeps the teacher's outputs only, but "
+                    f"distill.terms.{i}.teacher taps the module {modules[0]!r}; tap an output "
+                    "(@logits) or turn cache_teacher off"
+                )
 
     @property
     def run_dir(self) -> str:

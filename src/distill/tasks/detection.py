@@ -49,6 +49,7 @@ class DetectionTask:
 
     name = "detection"
     primary_metric = "map50_95"
+    augments_in_loader = True  # Ultralytics' mosaic, HSV and flips: no teacher cache
     # the large batch `distill compare` times (256 images through a detector take seconds)
     latency_batch = 16
 

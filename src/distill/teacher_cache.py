@@ -1,0 +1,116 @@
+"""A teacher-output source that runs the frozen teacher over the training set once and then reads its
+outputs by sample index (recipe ``distill.cache_teacher: true``).
+
+Valid only when the teacher sees the same input for a sample every epoch: no data augmentation, and terms
+that read the task's outputs (``@logits``), not module features. The recipe schema refuses the other
+cases. For logit KD on Fashion-MNIST the teacher's forward pass is most of a training step, so a run
+costs one teacher pass over the data instead of one per epoch (``docs/architecture.md``).
+
+The :class:`~distill.train.Trainer` fills the cache in ``prepare()``; until then (and for batches without
+an ``index``) the teacher runs online, so a Distiller used on its own is correct, only not faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.distiller import OnlineTeacher
+from distill.errors import DistillError
+from distill.tasks.base import Batch, Task
+
+
+class CachedTeacher:
+    """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
+    the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
+
+    def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
+        features = [t for t in taps if not t.startswith("@")]
+        if features:
+            raise DistillError(
+                f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
+                f"{features[0]!r}; tap an output (@logits) or turn cache_teacher off"
+            )
+        self.online = OnlineTeacher(teacher, task)
+        self.names = list(dict.fromkeys(taps))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.cache)
+
+    def fill_from(
+        self, data: Any, batch_size: int, console: Any = None, report: bool = True
+    ) -> None:
+        """Fill from a training Dataset (its batches in index order) or DataLoader (as it iterates), once;
+        ``console`` (rich) says so when ``report``."""
+        if self.filled:
+            return
+        from torch.utils.data import DataLoader
+
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        if isinstance(data, DataLoader):
+            batches = data
+        elif hasattr(data, "loader"):  # distill's in-memory datasets batch by slicing
+            batches = data.loader(batch_size)
+        else:
+            batches = DataLoader(data, batch_size=batch_size, shuffle=False)
+        if console is not None and report:
+            console.print(f"caching the teacher's outputs for {len(dataset):,} training samples")
+        self.fill(batches, len(dataset))
+
+    @torch.no_grad()
+    def fill(self, batches: Iterable[Any], size: int) -> None:
+        """Run the teacher once over ``batches`` (raw batches of the training set, each with an ``index``
+        extra; ``size`` samples in all) and keep the outputs the terms read."""
+        cache: dict[str, torch.Tensor] = {}
+        seen = torch.zeros(size, dtype=torch.bool)
+        for raw in batches:
+            batch = self.online.task.split(raw)
+            index = _index(batch)
+            outputs = self.online.outputs(batch.to(_device(self.online.teacher)), self.names)
+            for name in self.names:
+                value = outputs[name].detach().cpu()
+                if name not in cache:
+                    cache[name] = value.new_zeros((size, *value.shape[1:]))
+                if value.shape[1:] != cache[name].shape[1:]:
+                    raise DistillError(
+                        f"cache_teacher cannot keep {name}: its shape changes between batches "
+                        f"({tuple(cache[name].shape[1:])} vs {tuple(value.shape[1:])}, e.g. padded "
+                        "text); turn cache_teacher off for this recipe"
+                    )
+                cache[name][index] = value
+            seen[index] = True
+        if not bool(seen.all()):
+            missing = int((~seen).sum())
+            raise DistillError(
+                f"cache_teacher saw no teacher output for {missing} of {size} training samples; the "
+                "training batches must carry each sample's index"
+            )
+        self.cache = cache
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        index = batch.extras.get("index")
+        if not self.cache or index is None or any(t not in self.cache for t in taps):
+            return self.online.outputs(batch, taps)
+        device = _device(self.online.teacher)
+        index = index.cpu()
+        return {t: self.cache[t][index].to(device, non_blocking=True) for t in taps}
+
+
+def _index(batch: Batch) -> torch.Tensor:
+    index = batch.extras.get("index")
+    if not isinstance(index, torch.Tensor):
+        raise DistillError(
+            "cache_teacher needs batches that carry each sample's index (distill's datasets do: "
+            "'index'); this dataset's batches have none, so turn cache_teacher off"
+        )
+    return index.cpu().long()
+
+
+def _device(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
