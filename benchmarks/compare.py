@@ -10,6 +10,9 @@ prints the machine, the library versions and the load average before and after.
     python benchmarks/compare.py fashion_mnist/kd train.epochs=1 train.warmup_epochs=0.1 \\
         --teacher-recipe fashion_mnist/teacher --out runs/compare-1epoch
 
+``--breakdown`` adds onnxruntime's per-node profile and the cost of each layer of a batch-1 call;
+``--int8-variants`` times the float32 student file against int8 files quantized from it in other ways.
+
 Same recipe, overrides and ``--out`` as the comparison, so every model is reused (nothing trains; the ONNX
 rows are exported and quantized again, deterministically).
 """
@@ -17,6 +20,7 @@ rows are exported and quantized again, deterministically).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -166,6 +170,85 @@ def call_layers(path: Path, example: torch.Tensor, rounds: int, repeats: int) ->
     return [f"{path.name} (µs, median / min of {rounds} rounds): " + ", ".join(cells)]
 
 
+def int8_variants(
+    float_path: Path,
+    calibration: list[torch.Tensor],
+    example: torch.Tensor,
+    rounds: int,
+    repeats: int,
+) -> list[str]:
+    """The onnxruntime run alone (µs, bound input and output, one thread, median / min over interleaved
+    rounds) of the float32 file and of int8 files quantized from it in other ways: distill's recipe
+    (QDQ, U8S8, per-channel, first and last compute layers float), per-tensor weights, every layer int8,
+    int8 in only the last 1 or 2 convolutions, and, through onnxruntime's quantizer directly, the
+    QOperator format and the S8S8 and U8U8 type pairs. Answers whether any int8 file beats the float one
+    on this CPU."""
+    import tempfile
+
+    from onnxruntime import quantization as q
+
+    from distill.compress.quantize import (
+        _prepare,
+        _Reader,
+        first_and_last_layers,
+        node_names,
+        quantize_onnx,
+    )
+    from distill.export import OnnxModule
+    from distill.export.latency import time_calls
+
+    keep = first_and_last_layers(float_path)
+    convs = [n for n in node_names(float_path, "Conv") if n not in keep]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"float32": float_path}
+
+        def distill_int8(name: str, **options) -> None:
+            files[name] = quantize_onnx(
+                float_path, Path(tmp) / f"{name}.onnx", calibration=calibration, **options
+            )
+
+        distill_int8("int8 (distill's recipe)")
+        distill_int8("int8, per-tensor weights", per_channel=False)
+        distill_int8("int8, every layer", keep_float=())
+        for last in (2, 1):
+            if len(convs) > last:
+                distill_int8(f"int8, last {last} conv(s) only", keep_float=keep + convs[:-last])
+        prepared = Path(tmp) / "prepared.onnx"
+        _prepare(q, float_path, prepared)
+        input_name = node_input(prepared)
+        extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
+        for name, fmt, act, weight, options in (
+            ("int8, QOperator format", q.QuantFormat.QOperator, q.QuantType.QUInt8, q.QuantType.QInt8, {}),
+            ("int8, S8S8", q.QuantFormat.QDQ, q.QuantType.QInt8, q.QuantType.QInt8, {"ActivationSymmetric": True}),
+            ("int8, U8U8", q.QuantFormat.QDQ, q.QuantType.QUInt8, q.QuantType.QUInt8, {"WeightSymmetric": False}),
+        ):  # fmt: skip
+            files[name] = Path(tmp) / f"{name}.onnx"
+            q.quantize_static(
+                str(prepared), str(files[name]), _Reader(input_name, iter(calibration)),
+                quant_format=fmt, activation_type=act, weight_type=weight, per_channel=True,
+                nodes_to_exclude=keep, extra_options={**extra, **options},
+            )  # fmt: skip
+        runs = {}
+        x = example.unsqueeze(0)
+        for name, path in files.items():
+            module = OnnxModule(path, threads=1)
+            module(x)
+            module(x)  # the second call binds
+            binding = module.runner.bound[(x.shape,)].binding
+            runs[name] = functools.partial(module.session.run_with_iobinding, binding)
+        found: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                found[name].append(1000 * statistics.median(time_calls(run, 20, repeats)))
+    return [f"{k}: {statistics.median(v):.1f} / {min(v):.1f} µs" for k, v in found.items()]
+
+
+def node_input(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
@@ -180,6 +263,11 @@ def main() -> None:
         "--breakdown",
         action="store_true",
         help="also profile the onnxruntime rows: per-node kernel times and per-call layers",
+    )
+    parser.add_argument(
+        "--int8-variants",
+        action="store_true",
+        help="also quantize the student-kd-onnx file other ways and time each onnxruntime run",
     )
     args = parser.parse_args()
     console = Console()
@@ -206,6 +294,17 @@ def main() -> None:
                 print("\n".join(node_profile(product.artefact, ctx.example, 2000)))
                 print("\n".join(call_layers(product.artefact, ctx.example, args.rounds, 300)))
         print(f"load average after the breakdown: {load()}")
+    if args.int8_variants:
+        if "student-kd-onnx" not in made:
+            raise SystemExit(
+                "--int8-variants needs student-kd-onnx in --pipelines (its float32 file)"
+            )
+        print(f"\nonnxruntime run alone, batch 1, one thread ({args.rounds} rounds, median / min):")
+        lines = int8_variants(
+            made["student-kd-onnx"].artefact, ctx.calibration(), ctx.example, args.rounds, 300
+        )
+        print("\n".join(lines))
+        print(f"load average after the int8 variants: {load()}")
 
 
 if __name__ == "__main__":
