@@ -10,6 +10,18 @@ import yaml
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "src" / "distill" / "recipes"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test (tiny models gain nothing from more on a shared 2-core box);
+    the previous count is restored after. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shipped_recipes() -> list[Path]:
     """Every shipped recipe (``_``-prefixed files are include-only fragments by convention)."""
     return sorted(p for p in RECIPES_DIR.glob("**/*.yaml") if not p.name.startswith("_"))

@@ -18,13 +18,7 @@ from distill.train import TrainConfig, Trainer, load_student_weights
 from distill.train.checkpoint import load_checkpoint
 from distill.train.ema import WeightEMA
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data(n: int, seed: int) -> TensorDataset:

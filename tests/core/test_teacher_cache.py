@@ -17,13 +17,7 @@ from distill.tasks import ClassificationTask
 from distill.teacher_cache import CachedTeacher
 from distill.train import TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingTeacher(nn.Module):
