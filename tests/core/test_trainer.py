@@ -199,6 +199,22 @@ def test_trainer_runs_the_teacher_over_the_validation_set_once(tmp_path):
     assert evals[-1]["agreement"] == pytest.approx(plain["agreement"])
 
 
+def test_a_validation_dataloader_given_by_the_caller_runs_the_teacher_every_time(tmp_path):
+    """A caller's DataLoader may shuffle: predictions stored by batch would meet other samples."""
+    from torch.utils.data import DataLoader
+
+    counting = CountingTeacher()
+    distiller = Distiller(
+        mlp_student(), ClassificationTask(), counting, [Term(KDLoss(2.0), weight=0.5)], 0.5
+    )
+    val = DataLoader(synthetic(64, seed=1), batch_size=1, shuffle=True)
+    trainer = Trainer(
+        distiller, synthetic(128, seed=0), val, config(), run_dir=tmp_path, console=quiet()
+    )
+    trainer.fit()
+    assert counting.seen == 3 * 128 + 16 + 3 * 64
+
+
 # --------------------------------------------------------------------------- (b) resume
 def noise_augment(x, g):
     return x + 0.3 * torch.randn(x.shape, generator=g) * (

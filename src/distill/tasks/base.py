@@ -51,7 +51,9 @@ class Batch:
 class TeacherPredictions:
     """A frozen teacher with its top-1 predictions over an evaluation loader, worked out on the first
     evaluation and reused by the next ones: the trainer evaluates the same unshuffled validation set every
-    epoch, and the teacher does not change. Pass it where ``Task.evaluate`` takes ``teacher``.
+    epoch, and the teacher does not change. Pass it where ``Task.evaluate`` takes ``teacher``, for loaders
+    whose order is fixed (a shuffling loader would pair stored predictions with other samples whenever
+    a batch's targets happen to match).
 
     ``top1`` holds one ``(B,)`` tensor per batch, ``targets`` the batch's targets; a batch whose targets
     differ from those seen (another loader or order) is run through the teacher again and the stored

@@ -313,9 +313,10 @@ class Trainer:
         loader = self._val_loader()
         metrics: dict[str, float] = {}
         if loader is not None and self.dist.is_main:
-            metrics = self.task.evaluate(
-                self.final_student, loader, self.teacher_predictions, self.device
-            )
+            # a DataLoader given by the caller may shuffle: stored predictions only for our own order
+            ordered = not isinstance(self.val_data, DataLoader)
+            teacher = self.teacher_predictions if ordered else self.distiller.teacher
+            metrics = self.task.evaluate(self.final_student, loader, teacher, self.device)
         return broadcast_object(metrics, self.dist)
 
     # ------------------------------------------------------------------- loop
