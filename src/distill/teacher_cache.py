@@ -52,13 +52,11 @@ class CachedTeacher:
             return
         from torch.utils.data import DataLoader
 
-        dataset = data.dataset if isinstance(data, DataLoader) else data
-        if isinstance(data, DataLoader):
-            batches = data
-        elif hasattr(data, "loader"):  # distill's in-memory datasets batch by slicing
-            batches = data.loader(batch_size)
-        else:
-            batches = DataLoader(data, batch_size=batch_size, shuffle=False)
+        from distill.train.sampling import make_loader  # here: distill.train imports this module
+
+        loader = isinstance(data, DataLoader)
+        dataset = data.dataset if loader else data
+        batches = data if loader else make_loader(data, batch_size, None)
         if console is not None and report:
             console.print(f"caching the teacher's outputs for {len(dataset):,} training samples")
         self.fill(batches, len(dataset))
