@@ -187,15 +187,15 @@ def int8_variants(
 
     from onnxruntime import quantization as q
 
-    from distill.compress.quantize import (
+    from distill.export import OnnxModule
+    from distill.export.latency import time_calls
+    from distill.export.quantize import (
         _prepare,
         _Reader,
         first_and_last_layers,
         node_names,
         quantize_onnx,
     )
-    from distill.export import OnnxModule
-    from distill.export.latency import time_calls
 
     keep = first_and_last_layers(float_path)
     convs = [n for n in node_names(float_path, "Conv") if n not in keep]

@@ -11,6 +11,7 @@ from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
 from distill.errors import DistillError, did_you_mean
+from distill.io import write_text
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
 
@@ -88,7 +89,7 @@ def train(
     if trainer.dist.is_main:
         if overwrite and not resume:
             clear_run_dir(run_dir)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
     barrier(trainer.dist)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run_dir)

@@ -27,3 +27,10 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + ", ".join(repr(c) for c in close) + "?"
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of ``err``'s message (its type name when it has none), cut to ``limit``
+    characters: how an underlying library's error is quoted inside a one-line :class:`DistillError`."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from distill.errors import DistillError
+from distill.errors import ConfigError, DistillError, first_line
 from distill.registry import Registry, UnknownNameError
 
 
@@ -109,3 +109,54 @@ def test_library_registries_populated():
     assert LOSSES.meta("kd")["year"] == 2015
     assert {"conv1x1", "linear", "identity"} <= set(PROJECTORS)
     assert "linear_warmup" in SCHEDULES
+
+
+def test_create_checks_options_against_the_signature():
+    r = Registry("widget")
+
+    @r.register("box")
+    class Box:
+        def __init__(self, width: int = 1, height: int = 1, split: str = "train") -> None:
+            self.size = (width, height, split)
+
+    assert r.create("box", {"width": 3}, split="test").size == (3, 1, "test")
+    with pytest.raises(ConfigError) as info:
+        r.create("box", {"widht": 3})
+    assert str(info.value) == (
+        "widget 'box' has no option 'widht'. Did you mean 'width', 'height'? "
+        "Accepted options: width, height, split"
+    )
+    # an argument the caller supplies itself is not the user's option to give
+    with pytest.raises(ConfigError, match="no option 'split'.*Accepted options: width, height$"):
+        r.create("box", {"split": "test"}, split="train")
+    with pytest.raises(UnknownNameError, match="'bx'"):
+        r.create("bx")
+
+
+def test_every_build_function_goes_through_create(monkeypatch):
+    """build_loss / build_task / build_dataset / build_model all check options in Registry.create."""
+    from distill.data import build_dataset
+    from distill.losses import build_loss
+    from distill.models import build_model
+    from distill.tasks import build_task
+
+    calls = []
+    original = Registry.create
+
+    def spy(self, name, /, options=None, **given):
+        calls.append(self.kind)
+        return original(self, name, options, **given)
+
+    monkeypatch.setattr(Registry, "create", spy)
+    for build, name in [(build_loss, "kd"), (build_task, "classification"), (build_model, "mlp")]:
+        with pytest.raises(ConfigError, match="has no option 'bogus'"):
+            build(name, bogus=1)
+    with pytest.raises(ConfigError, match="dataset 'tensors' has no option 'bogus'"):
+        build_dataset("tensors", bogus=1)
+    assert calls == ["loss", "task", "model", "dataset"]
+
+
+def test_first_line_quotes_an_error_on_one_line():
+    assert first_line(RuntimeError("\n  shape mismatch  \nmore detail")) == "shape mismatch"
+    assert first_line(ValueError("x" * 500), limit=10) == "x" * 10
+    assert first_line(KeyError()) == "KeyError"

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from distill.compress.quantize import (
+from distill.errors import DistillError
+from distill.export import OnnxModule, export_onnx
+from distill.export.quantize import (
     first_and_last_layers,
     node_names,
     quantize_onnx,
     supported_op_types,
 )
-from distill.errors import DistillError
-from distill.export import OnnxModule, export_onnx
 from distill.models import build_model
 
 onnx = pytest.importorskip("onnx")

@@ -190,7 +190,7 @@ def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
     folder.mkdir(parents=True, exist_ok=True)
     example = ctx.inputs(ctx.test_data, 2)
     if int8:
-        from distill.compress.quantize import quantize_onnx
+        from distill.export.quantize import quantize_onnx
         from distill.export.run import default_int8_mode
 
         float_path = ctx.get(f"{source}-onnx").artefact

@@ -15,6 +15,7 @@ from distill import api
 from distill.config.load import load_recipe
 from distill.config.schema import Recipe
 from distill.errors import DistillError
+from distill.io import write_json
 
 # Settings for a seconds-long smoke run (``distill demo --tiny``, ``distill compare --tiny``).
 TINY = ["data.train_subset=1024", "data.test_subset=512", "train.epochs=1", "train.batch_size=128"]
@@ -100,4 +101,4 @@ def settings_match(run_dir: Path, settings: dict[str, Any], artefact: str) -> bo
 
 
 def record_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    (run_dir / "compare.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+    write_json(run_dir / "compare.json", settings)

@@ -1,2 +1,3 @@
-"""Compression steps, each ``nn.Module -> nn.Module``: pruning (``prune``), post-training int8 quantization
-of ONNX files (``quantize``) and quantization-aware training with KD from the float model (``qat``)."""
+"""Compression steps, each ``nn.Module -> nn.Module``: pruning (``prune``) and quantization-aware training
+with KD from the float model (``qat``). Post-training int8 quantization works on ONNX files, so it is part
+of the export (:mod:`distill.export.quantize`); QAT ends in an int8 ONNX file through the exporter."""

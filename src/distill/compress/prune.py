@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, did_you_mean, first_line
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Module types whose parameters torch-pruning knows how to slice (its built-in pruning functions).
@@ -242,7 +242,7 @@ def channel_prune(
             after = _output(model, example_inputs)
     except RuntimeError as err:
         raise DistillError(
-            f"channel_prune: the pruned model fails on the example input ({str(err).splitlines()[0]}); "
+            f"channel_prune: the pruned model fails on the example input ({first_line(err)}); "
             "code with fixed channel counts (view/reshape to a constant size) cannot be channel-pruned: "
             "name the layers feeding it in ignored_layers"
         ) from None

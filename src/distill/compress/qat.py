@@ -3,7 +3,7 @@
 1. :func:`prepare_qat` traces the student with ``torch.fx`` and inserts fake-quantization
    (``torch.ao.quantization.quantize_fx.prepare_qat_fx``): weights int8 per output channel (symmetric),
    activations uint8 per tensor (asymmetric), the same scheme as the static int8 export in
-   :mod:`distill.compress.quantize`. Conv + BatchNorm (+ ReLU) are fused, so BatchNorm is folded into the
+   :mod:`distill.export.quantize`. Conv + BatchNorm (+ ReLU) are fused, so BatchNorm is folded into the
    quantized weights while it trains.
 2. :func:`qat_distill` fine-tunes the fake-quant student with distill's own Distiller and Trainer: the
    float student is the frozen teacher of a ``kd`` term, plus the task loss on the labels.
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, did_you_mean, first_line
 
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 FOLDED_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # folded into the preceding conv
@@ -71,7 +71,7 @@ def prepare_qat(
 
     ``example``: an input batch ``(B, ...)``. ``keep_float``: module names to leave in float; the default
     ``"first_last"`` keeps the first and last Conv/Linear layers (the recipe of the static int8 export,
-    :func:`~distill.compress.quantize.first_and_last_layers`), ``()`` quantizes every layer.
+    :func:`~distill.export.quantize.first_and_last_layers`), ``()`` quantizes every layer.
     Layers with weights that int8 QAT cannot quantize (anything but Conv, Linear and a BatchNorm that folds
     into a conv) raise a :class:`DistillError` naming the module, unless they are in ``keep_float``.
     """
@@ -96,12 +96,12 @@ def _compute_layers(model: nn.Module) -> list[str]:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as err:  # noqa: BLE001 - tracing errors are plain exceptions
-        from distill.export.exporter import _failing_module, _summary
+        from distill.export.exporter import _failing_module
 
         where = _failing_module(model, err)
         raise DistillError(
             f"QAT cannot trace {f'module {where!r}' if where else 'the model'} with torch.fx "
-            f"({_summary(err)}); its forward must not branch on tensor values: use torch.where, "
+            f"({first_line(err)}); its forward must not branch on tensor values: use torch.where, "
             "or quantize it after export with static int8 (export_run(..., int8=True))"
         ) from None
     modules = dict(model.named_modules())

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config.checks import check_on_example, check_taps, first_line
+from distill.config.checks import check_on_example, check_taps
 from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec, TermSpec
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.distiller import Distiller, Term
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, first_line
 from distill.losses import build_loss
 from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at

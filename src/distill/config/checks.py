@@ -10,13 +10,7 @@ from torch import nn
 
 from distill.config.schema import Recipe
 from distill.distiller import Distiller
-from distill.errors import DistillError
-
-
-def first_line(err: BaseException) -> str:
-    """The first sentence of an error's first line, at most 120 characters."""
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line.split(". ")[0][:120]
+from distill.errors import DistillError, first_line
 
 
 def check_taps(model: nn.Module, taps: str | list[str], where: str) -> None:
@@ -137,8 +131,7 @@ def _dry_run(loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, e
     except DistillError as err:
         raise DistillError(f"term {name!r}: {err}") from None
     except (ValueError, TypeError, RuntimeError, IndexError) as err:
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise DistillError(f"term {name!r}: {line}") from None
+        raise DistillError(f"term {name!r}: {first_line(err, limit=300)}") from None
 
 
 def _check_class_counts(

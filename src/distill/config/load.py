@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from distill.config.safe_yaml import safe_load, short_repr, to_yaml
 from distill.config.schema import Recipe
-from distill.errors import ConfigError, DistillError, did_you_mean
+from distill.errors import ConfigError, DistillError, did_you_mean, first_line
 
 BUILTIN_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -82,7 +82,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         kind = (
             "YAML error"
             if isinstance(err, yaml.constructor.ConstructorError)

@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
-from distill.config.signature import check_kwargs
-from distill.registry import UnknownNameError
+from distill.registry import UnknownNameError, check_kwargs
 from distill.train.config import TrainConfig
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from distill.config.signature import check_kwargs
 from distill.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -48,10 +47,9 @@ def build_dataset(
     name: str, split: str = "train", root: str | None = None, **kwargs: Any
 ) -> Dataset:
     """Build a registered dataset (see ``DATASETS.names()``) for ``split`` "train" or "test"."""
-    factory = DATASETS.get(name)
+    DATASETS.get(name)  # an unknown name is reported before a bad split
     check_split(split)
-    check_kwargs(factory, kwargs, what=f"dataset {name!r}", skip=("split", "root"))
-    return factory(split=split, root=root, **kwargs)
+    return DATASETS.create(name, kwargs, split=split, root=root)
 
 
 __all__ = [

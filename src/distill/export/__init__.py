@@ -6,7 +6,8 @@ A model's input is a tensor ``(B, ...)`` or a dict of named tensors (text: ``inp
 ``attention_mask`` ``(B, T)``), whatever ``task.split(batch).inputs`` gives; see :mod:`.exporter`.
 """
 
-from distill.export.exporter import Inputs, export_onnx, first_output
+from distill.export.exporter import export_onnx
+from distill.export.inputs import Inputs, first_output
 from distill.export.latency import latency_key, measure_latency
 from distill.export.run import EXPORT_FORMATS, INT8_MODES, default_int8_mode, export_run
 from distill.export.runtime import (

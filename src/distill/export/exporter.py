@@ -20,53 +20,20 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import torch
 from torch import nn
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 from distill.export._deps import require
+from distill.export.inputs import Inputs, first_output, to_cpu
+from distill.export.runtime import ParityError, check_parity
 
 NATIVE_OPSET = (
     18  # what the dynamo exporter writes; other opsets go through onnx's version converter
 )
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-Inputs: TypeAlias = torch.Tensor | Mapping[str, torch.Tensor]  # one batch of model inputs
-
-
-def first_output(out: Any) -> torch.Tensor:
-    """The tensor a task reads from a model's output: ``logits`` of a mapping, else its first value; the
-    first element of a tuple/list (recursively); a tensor as is."""
-    if isinstance(out, Mapping):
-        return first_output(out["logits"] if "logits" in out else next(iter(out.values())))
-    if isinstance(out, (tuple, list)):
-        return first_output(out[0])
-    return out
-
-
-def call_model(model: nn.Module, inputs: Inputs) -> Any:
-    """``model(**inputs)`` for a mapping of named inputs, else ``model(inputs)``."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-
-
-def batch_size(inputs: Inputs) -> int:
-    """``B`` of a batch (the first dimension of its first tensor)."""
-    first = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
-    return int(first.shape[0])
-
-
-def take(inputs: Inputs, n: int) -> Inputs:
-    """The first ``n`` samples of a batch (every tensor of a mapping cut alike)."""
-    if isinstance(inputs, Mapping):
-        return {k: v[:n] for k, v in inputs.items()}
-    return inputs[:n]
-
-
-def to_cpu(inputs: Inputs) -> Inputs:
-    if isinstance(inputs, Mapping):
-        return {k: v.cpu() for k, v in inputs.items()}
-    return inputs.cpu()
 
 
 def _check_example(example: Any) -> None:
@@ -109,8 +76,6 @@ def export_onnx(
     try:
         _write(_export_view(model), to_cpu(example), path, opset, dynamic_batch)
         if check:
-            from distill.export.runtime import ParityError, check_parity
-
             report = check_parity(model, path, to_cpu(example))
             if not report.ok:
                 path.unlink(missing_ok=True)
@@ -239,7 +204,7 @@ def export_error(model: nn.Module, err: BaseException) -> DistillError:
     """A one-line :class:`DistillError` for an exporter failure, naming the innermost module involved."""
     where = _failing_module(model, err)
     cause = _root_cause(err)
-    kind, detail = type(cause).__name__, _summary(cause)
+    kind, detail = type(cause).__name__, first_line(cause)
     at = f"module {where!r}" if where else "the model"
     if "DataDependent" in kind or "data-dependent" in detail:
         return DistillError(
@@ -268,11 +233,6 @@ def _root_cause(err: BaseException) -> BaseException:
         seen.add(id(nxt))
         err = nxt
     return err
-
-
-def _summary(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def _failing_module(model: nn.Module, err: BaseException) -> str | None:

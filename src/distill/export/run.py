@@ -13,7 +13,11 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, did_you_mean
-from distill.export.exporter import Inputs, batch_size, take
+from distill.export import exporter
+from distill.export.inputs import Inputs, batch_size, take
+from distill.export.quantize import first_and_last_layers, quantize_onnx
+from distill.export.runtime import OnnxModule, ParityError, check_parity, merge_reports
+from distill.io import write_json
 
 EXPORT_FORMATS = ("onnx",)
 INT8_MODES = ("static", "dynamic")
@@ -39,7 +43,7 @@ def export_run(
     (default :func:`default_int8_mode`): ``static`` (int8 QDQ calibrated on ``calibration_batches``
     training batches of 64) or ``dynamic`` (int8 weights, activation ranges per batch at run time). With
     ``keep_first_last_float`` the first and last compute layers stay in float, see
-    :func:`~distill.compress.quantize.first_and_last_layers` (default: yes for one tensor input, no for
+    :func:`~distill.export.quantize.first_and_last_layers` (default: yes for one tensor input, no for
     named inputs, where every ``MatMul`` in int8 was both faster and as accurate: ``docs/text.md``).
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
@@ -102,16 +106,12 @@ def _export_all(
     staging: Path,
     int8: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from distill.compress.quantize import first_and_last_layers, quantize_onnx
-    from distill.export.exporter import export_onnx
-    from distill.export.runtime import OnnxModule, check_parity, merge_reports
-
     started = time.perf_counter()
-    fp32 = export_onnx(student, take(batches[0], EXAMPLE_SAMPLES), staging / FP32_NAME, check=False)
+    fp32 = exporter.export_onnx(
+        student, take(batches[0], EXAMPLE_SAMPLES), staging / FP32_NAME, check=False
+    )
     parity = merge_reports([check_parity(student, fp32, b) for b in batches])
     if not parity.ok:
-        from distill.export.runtime import ParityError
-
         raise ParityError(parity, fp32)
     files: dict[str, Any] = {
         "fp32": {"path": str(fp32), "parity": parity.to_dict(), "format": "onnx float32"}
@@ -234,13 +234,6 @@ def _relative(result: dict[str, Any], staging: Path) -> dict[str, Any]:
     return {**result, "files": files}
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as indented JSON with a final newline."""
-    import json
-
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Replace ``out_dir`` by the complete ``staging`` folder (the old one is removed only after)."""
     old = None
@@ -249,9 +242,8 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
             raise DistillError(f"{out_dir} exists and is not a folder; give --out another path")
         old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time() * 1000)}")
         out_dir.rename(old)
-    from distill.export.exporter import _umask
-
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
+    # mkdtemp makes it private; give it a normal folder's mode
+    staging.chmod(0o777 & ~exporter._umask())
     staging.rename(out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 from distill.export._deps import require
 from distill.export.binding import BoundRunner
-from distill.export.exporter import Inputs, batch_size, call_model, first_output, to_cpu
+from distill.export.inputs import Inputs, batch_size, call_model, first_output, to_cpu
 
 _TORCH_DTYPES = {
     "tensor(float)": torch.float32,
@@ -71,7 +71,7 @@ def inference_session(path: str | Path, threads: int | None = None) -> Any:
             str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:240]
+        first = first_line(err, limit=240)
         hint = (
             "export it again with an opset this onnxruntime supports"
             if "opset" in first.lower()

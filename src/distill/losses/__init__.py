@@ -42,8 +42,4 @@ __all__ = ["LOSSES", "KDLoss", "kd_loss", "FitNetLoss", "fitnet_loss", "build_lo
 
 def build_loss(name: str, **kwargs: object):
     """Instantiate a registered loss, checking ``kwargs`` against its constructor."""
-    from distill.config.signature import check_kwargs
-
-    cls = LOSSES.get(name)
-    check_kwargs(cls, kwargs, what=f"loss {name!r}")
-    return cls(**kwargs)
+    return LOSSES.create(name, kwargs)

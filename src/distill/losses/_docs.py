@@ -10,8 +10,10 @@ import inspect
 import sys
 from pathlib import Path
 
-from distill.config.load import BUILTIN_RECIPES
 from distill.losses import LOSSES
+
+# The shipped recipes, package data beside the code (distill.config.load reads them the same way).
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 KIND_ORDER = ("logit", "feature", "relation", "contrastive")
 TEXT_INPUTS = ("sequences", "attentions", "attention_relations")  # token states, attention maps
@@ -72,8 +74,8 @@ from the authors' code in `tests/losses/test_<name>.py`.
 
 def _recipe(name: str) -> str:
     """The shipped recipe named after the method: Fashion-MNIST first, else any data set's."""
-    paths = [BUILTIN_RECIPES / "fashion_mnist" / f"{name}.yaml"]
-    paths += sorted(BUILTIN_RECIPES.glob(f"*/{name}.yaml"))
+    paths = [RECIPES / "fashion_mnist" / f"{name}.yaml"]
+    paths += sorted(RECIPES.glob(f"*/{name}.yaml"))
     found = [p for p in paths if p.is_file()]
     return f"`{found[0].parent.name}/{name}`" if found else "—"
 

@@ -57,19 +57,6 @@ def model_options(name: str) -> dict[str, Any]:
     }
 
 
-def _check_options(name: str, options: dict[str, Any]) -> None:
-    params = inspect.signature(MODELS.get(name)).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return  # the factory validates its own options
-    accepted = list(model_options(name))
-    for key in options:
-        if key not in accepted:
-            raise DistillError(
-                f"unknown option {key!r} for model {name!r}.{did_you_mean(key, accepted)} "
-                f"Accepted options: {', '.join(accepted) or '(none)'}"
-            )
-
-
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any) -> nn.Module:
     """Build model ``name`` (a registered name, ``torchvision:<arch>`` or ``timm:<arch>``).
 
@@ -92,9 +79,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs
                 "or a registered model name"
             )
         return adapters[source](arch, num_classes, in_channels, **kwargs)
-    factory = MODELS.get(name)
-    _check_options(name, kwargs)
-    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return MODELS.create(name, kwargs, num_classes=num_classes, in_channels=in_channels)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

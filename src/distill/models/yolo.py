@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from distill.errors import DistillError
+from distill.errors import DistillError, first_line
 
 YOLO_EXTRA_HINT = "pip install 'distill[yolo]' (Ultralytics, AGPL-3.0)"
 
@@ -116,7 +116,7 @@ def _from_checkpoint(source: str, num_classes: int, in_channels: int) -> nn.Modu
     except Exception as err:  # unpickling errors of every kind; say which file
         raise DistillError(
             f"yolo:{source} is not an Ultralytics checkpoint Ultralytics can load "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); re-export it with Ultralytics"
+            f"({type(err).__name__}: {first_line(err, limit=120)}); re-export it with Ultralytics"
         ) from None
     if not isinstance(loaded, DetectionModel):
         raise DistillError(

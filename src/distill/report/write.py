@@ -3,7 +3,6 @@ a self-contained ``report.html``."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from distill.io import write_json, write_text
 from distill.report.plot import plot
 
 PLOT_LABELS = {
@@ -146,7 +146,7 @@ def write_report(
         "plot": out / "accuracy_latency.png",
     }
     payload = {"title": title, "rows": rows, "machine": machine_info(), **meta}
-    paths["json"].write_text(json.dumps(payload, indent=2))
+    write_json(paths["json"], payload)
     x_key, size_key, label_key = plot_keys
     plot(
         rows,
@@ -173,7 +173,7 @@ def write_report(
         f"({info['torch_threads']} threads). Latency: median of repeated CPU forward passes."
     )
     md.append(machine)
-    paths["md"].write_text("\n".join(md) + "\n")
+    write_text(paths["md"], "\n".join(md) + "\n")
     if html:
         from distill.report.html import render_html
 
@@ -188,5 +188,5 @@ def write_report(
             notes,
             machine,
         )
-        paths["html"].write_text(page, encoding="utf-8")
+        write_text(paths["html"], page)
     return paths

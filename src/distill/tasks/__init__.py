@@ -30,8 +30,5 @@ __all__ = [
 
 
 def build_task(name: str, **kwargs: object) -> Task:
-    from distill.config.signature import check_kwargs
-
-    cls = TASKS.get(name)
-    check_kwargs(cls, kwargs, what=f"task {name!r}")
-    return cls(**kwargs)
+    """Instantiate a registered task, checking ``kwargs`` against its constructor."""
+    return TASKS.create(name, kwargs)

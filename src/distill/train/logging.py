@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from distill.errors import DistillError
+from distill.io import write_error, write_text
 
 
 class MetricsLogger:
@@ -53,8 +54,6 @@ class MetricsLogger:
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             except OSError as err:
-                from distill.train.checkpoint import write_error
-
                 raise write_error(err, self.path.parent, "metrics") from None
         if self.writer is not None:
             for key, value in values.items():
@@ -71,8 +70,6 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
 
     A resumed run repeats the steps after its last checkpoint, so their old lines would be duplicates.
     """
-    from distill.train.checkpoint import atomic_write
-
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return 0
@@ -88,7 +85,7 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in kept)))
+        write_text(path, "".join(k + "\n" for k in kept))
     return dropped
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
 from distill.errors import DistillError
+from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.tasks.base import TeacherPredictions
 from distill.teacher_cache import CachedTeacher
 from distill.train.checkpoint import (
@@ -27,12 +28,9 @@ from distill.train.checkpoint import (
     CheckpointStore,
     model_tensors,
     optimizer_state_from_json,
-    remove_stale_temporaries,
     save_model,
     state_tensors,
     unflatten_state,
-    write_error,
-    write_json,
 )
 from distill.train.config import TrainConfig
 from distill.train.distributed import (

@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 import torch
 
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, did_you_mean, first_line
 from distill.export._deps import require
+from distill.export.runtime import inference_session
 
 MODES = ("dynamic", "static")
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -111,11 +112,9 @@ def quantize_onnx(
             raise
         except Exception as err:  # noqa: BLE001 - onnxruntime's quantizer raises plain exceptions
             raise DistillError(
-                f"onnxruntime could not quantize {onnx_path} ({mode}: {_first_line(err)}); leave the "
+                f"onnxruntime could not quantize {onnx_path} ({mode}: {first_line(err)}); leave the "
                 "failing layers in float with keep_float=[node names] or use the other mode"
             ) from None
-        from distill.export.runtime import inference_session
-
         inference_session(quantized)  # a file onnxruntime cannot run is never written
         out_path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(quantized, out_path)
@@ -234,7 +233,3 @@ class _Reader:
             )
         self.seen += 1
         return {self.input_name: batch.detach().to("cpu", torch.float32).contiguous().numpy()}
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
