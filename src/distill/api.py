@@ -8,10 +8,22 @@ from typing import Any
 from rich.console import Console
 
 from distill.config.build import build, make_trainer
-from distill.config.load import load_recipe, recipe_to_yaml
+from distill.config.load import (
+    BUILTIN_RECIPES,
+    load_raw,
+    load_recipe,
+    recipe_to_yaml,
+    shipped_recipes,
+)
 from distill.config.schema import Recipe
+from distill.data import DATASETS
 from distill.errors import DistillError, did_you_mean
 from distill.io import write_text
+from distill.losses import LOSSES
+from distill.models import MODELS
+from distill.projectors import PROJECTORS
+from distill.schedules import SCHEDULES
+from distill.tasks import TASKS
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
 
@@ -129,8 +141,6 @@ def validate(paths: list[str | Path]) -> list[Recipe | None]:
     Files named ``_*.yaml`` are include fragments (``defaults:`` targets): they are parsed, not validated
     as whole recipes, and give ``None``.
     """
-    from distill.config.load import load_raw
-
     results: list[Recipe | None] = []
     for path in paths:
         if Path(path).name.startswith("_"):
@@ -149,8 +159,6 @@ def resolve(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 def catalogue(what: str) -> list[dict[str, Any]]:
     """Rows for ``distill list WHAT``: one dict per registered item (name first, then its metadata)."""
     if what == "recipes":
-        from distill.config.load import BUILTIN_RECIPES, shipped_recipes
-
         rows = []
         for path in shipped_recipes():
             raw = path.read_text().splitlines()
@@ -159,13 +167,6 @@ def catalogue(what: str) -> list[dict[str, Any]]:
                 {"name": str(path.relative_to(BUILTIN_RECIPES).with_suffix("")), "about": first}
             )
         return rows
-    from distill.data import DATASETS
-    from distill.losses import LOSSES
-    from distill.models import MODELS
-    from distill.projectors import PROJECTORS
-    from distill.schedules import SCHEDULES
-    from distill.tasks import TASKS
-
     registry = {
         "losses": LOSSES,
         "models": MODELS,

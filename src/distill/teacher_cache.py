@@ -3,9 +3,7 @@ outputs by sample index (recipe ``distill.cache_teacher: true``).
 
 Valid only when the teacher sees the same input for a sample every epoch: no data augmentation, and terms
 that read the task's outputs (``@logits``), not module features. The recipe schema refuses the other
-cases. A run then costs one teacher pass over the data instead of one per epoch: for the shipped
-Fashion-MNIST KD pair that pass is about half of an epoch's time, so 6 epochs took 141 s instead of 259 s
-(README).
+cases. A run then costs one teacher pass over the data instead of one per epoch (timings: README).
 
 The :class:`~distill.train.Trainer` fills the cache in ``prepare()``; until then (and for batches without
 an ``index``) the teacher runs online, so a Distiller used on its own is correct, only not faster.

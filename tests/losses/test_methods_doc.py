@@ -20,3 +20,11 @@ def test_every_method_is_documented_with_a_recipe():
         if group(name) in ("text", "detection"):
             continue  # token-sequence and detection methods cannot run on Fashion-MNIST
         assert f"`fashion_mnist/{name}`" in text, f"{name} has no shipped Fashion-MNIST recipe"
+
+
+def test_the_generator_reads_the_recipes_config_loads():
+    """The generator sits below config (layers) and finds the shipped recipes itself; same folder."""
+    from distill.config.load import BUILTIN_RECIPES
+    from distill.losses._docs import RECIPES
+
+    assert RECIPES == BUILTIN_RECIPES and RECIPES.is_dir()

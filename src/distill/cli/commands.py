@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from distill import api
+from distill import demo as demo_job
 from distill.cli import app
 from distill.errors import DistillError, did_you_mean
 
@@ -66,9 +67,8 @@ def validate(recipes: Annotated[list[str], typer.Argument(help="recipe files to 
     """Check recipes without training: schema, names, loss options, includes."""
     for path, recipe in zip(recipes, api.validate(recipes), strict=True):
         what = f"({recipe.name})" if recipe is not None else "(include fragment)"
-        console.print(
-            f"[green]ok[/] {escape(path)} {what}", soft_wrap=True
-        )  # one line per file, for scripts
+        # one line per file, for scripts
+        console.print(f"[green]ok[/] {escape(path)} {what}", soft_wrap=True)
 
 
 @app.command()
@@ -114,6 +114,6 @@ def demo(
     ] = False,
 ) -> None:
     """Teacher, scratch student and KD student on Fashion-MNIST, with a report."""
-    from distill.demo import run_demo
-
-    run_demo(out, data_root=data_root, tiny=tiny, fresh=fresh, console=console, compress=compress)
+    demo_job.run_demo(
+        out, data_root=data_root, tiny=tiny, fresh=fresh, console=console, compress=compress
+    )

@@ -9,6 +9,7 @@ import typer
 
 from distill.cli import app
 from distill.cli.commands import Overrides, console
+from distill.compare import DEFAULT_PIPELINES, PIPELINES, TASK_DEFAULT_PIPELINES, compare
 
 
 @app.command("compare")
@@ -43,8 +44,6 @@ def compare_(
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
     """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way."""
-    from distill.compare import DEFAULT_PIPELINES, PIPELINES, TASK_DEFAULT_PIPELINES, compare
-
     if list_:
         for name in PIPELINES.names():
             marks = ["default"] if name in DEFAULT_PIPELINES else []

@@ -11,6 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from distill.cli import app
+from distill.compress.qat import qat_run
+from distill.errors import DistillError
+from distill.export import export_run
 
 console = Console()
 
@@ -48,18 +51,12 @@ def export(
 ) -> None:
     """Export a trained student to ONNX (dynamic batch; text: and sequence length), check it against
     PyTorch and evaluate it."""
-    from distill.export import export_run
-
     if qat_epochs < 0:
-        from distill.errors import DistillError
-
         raise DistillError(f"--qat-epochs must be >= 0, got {qat_epochs}; 1 is usually enough")
     result = export_run(
         run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint, int8_mode=int8_mode
     )
     if qat_epochs:
-        from distill.compress.qat import qat_run
-
         folder = Path(result["report"]).parent
         qat = qat_run(run_dir, out=folder, epochs=qat_epochs, checkpoint=checkpoint)
         result["files"]["qat int8"] = {

@@ -15,7 +15,9 @@ from typing import Any
 
 from rich.console import Console
 
+from distill import report
 from distill.compare.context import Context, Produced
+from distill.compare.named import packed
 from distill.compare.pipelines import (
     DEFAULT_PIPELINES,
     PIPELINES,
@@ -24,7 +26,18 @@ from distill.compare.pipelines import (
     skip_reason,
 )
 from distill.compare.runs import TINY, cache_dir, cached_run
+from distill.config.load import load_recipe
 from distill.errors import DistillError
+from distill.export import ParityError
+from distill.models import count_parameters
+from distill.report import (
+    COMPARE_COLUMNS,
+    COMPARE_CONSOLE_COLUMNS,
+    measure_row,
+    rows_table,
+    write_report,
+)
+from distill.report.measure import serialized_size
 
 __all__ = [
     "DEFAULT_PIPELINES",
@@ -67,12 +80,9 @@ def _kd_recipe(
     fresh: bool,
     console: Console,
 ) -> Any:
-    from distill.config.load import load_recipe
-
     tiny_settings = TINY if tiny else []
-    if (
-        teacher_recipe is not None
-    ):  # the teacher sees the same data (and, if tiny, the tiny settings)
+    # the teacher sees the same data (and, if tiny, the tiny settings)
+    if teacher_recipe is not None:
         shared = [o for o in overrides if o.startswith("data.")] + tiny_settings
         teacher_dir = cached_run(teacher_recipe, shared, fresh, console)
         overrides = [*overrides, f"teacher.weights={teacher_dir / 'model.safetensors'}"]
@@ -162,31 +172,20 @@ def _make(ctx: Context, name: str) -> Produced | str:
         ctx.console.print(f"[yellow]{name}[/]: skipped: {why}", soft_wrap=True)
         return f"skipped: {why}"
     try:
-        from distill.export import ParityError
-    except ImportError:
-        ParityError = ()  # noqa: N806 - no export extra: no parity failures either
-    try:
         return ctx.get(name)
-    except ParityError as err:  # type: ignore[misc]
+    except ParityError as err:
         ctx.console.print(f"[red]{name}[/]: failed the ONNX parity check: {err}", soft_wrap=True)
         return f"failed: {err}"
 
 
 def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> dict[str, Any]:
-    from distill.report import measure_row
-
     if isinstance(product, str):
         return {"name": name, "pipeline": name, "runtime": None, "status": product}
     ctx.console.print(f"measuring {product.name}", soft_wrap=True)
     model, example = product.model, ctx.example
     params, size = product.params, product.size_bytes
-    if isinstance(
-        example, Mapping
-    ):  # named inputs: timed through a packing wrapper, sizes of the model
-        from distill.compare.named import packed
-        from distill.models import count_parameters
-        from distill.report.measure import serialized_size
-
+    # named inputs: timed through a packing wrapper, sizes of the model
+    if isinstance(example, Mapping):
         if params is None:
             params, size = count_parameters(model), serialized_size(model)
         model, example = packed(model, example)
@@ -243,8 +242,6 @@ def columns(rows: list[dict[str, Any]], large_batch: int = 256, primary: str = "
     """The report's columns: ``COMPARE_COLUMNS`` with the large batch's latency, the accuracy column named
     after the task's ``primary`` metric and, after it, the task metrics of :data:`EXTRA_COLUMNS` the rows
     have."""
-    from distill.report import COMPARE_COLUMNS
-
     out = []
     for key, header, fmt in COMPARE_COLUMNS:
         if key == "latency_ms_b256":
@@ -269,8 +266,6 @@ def add_speedups(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> N
 def int8_slower_note(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> str:
     """A note for each int8 row slower at batch 1 than the float32 ONNX row of the same model
     (``X-int8`` against ``X-onnx``), with the likely reason when this CPU has no int8 dot product."""
-    from distill.report import int8_dot_product
-
     by_pipeline = {r.get("pipeline"): r for r in rows}
     slower = []
     for name, r in by_pipeline.items():
@@ -287,7 +282,7 @@ def int8_slower_note(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") 
         " This CPU has no int8 dot-product instructions (x86 VNNI or AMX, ARM dotprod), so int8 "
         "kernels gain little over float32 ones at small widths, and quantizing adds nodes; the int8 "
         "file is still smaller, and on CPUs with them int8 is usually the faster one."
-        if int8_dot_product() is False
+        if report.int8_dot_product() is False
         else ""
     )
     return "; ".join(slower) + "." + why
@@ -304,8 +299,6 @@ def _write(
     large_batch: int = 256,
     primary: str = "top1",
 ) -> dict[str, Any]:
-    from distill.report import COMPARE_CONSOLE_COLUMNS, rows_table, write_report
-
     agreement = any(r.get("agreement") is not None for r in rows)
     notes = (
         "Accuracy: the last epoch's test top-1. "

@@ -276,7 +276,7 @@ DEFAULT_PIPELINES = (
 )
 # Per task where the defaults above do not fit: transformers are not channel-pruned (NOT_CHANNEL_PRUNABLE).
 TASK_DEFAULT_PIPELINES = {
-    # YOLO: the rows issue 7 asks for; channel pruning and int8 of YOLO models are not measured yet
+    # YOLO: channel pruning and int8 of YOLO models are not measured yet
     # (name them with --pipelines to try).
     "detection": ("teacher", "student-scratch", "student-kd", "student-kd-onnx"),
     "text_classification": (

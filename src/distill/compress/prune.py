@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, did_you_mean, first_line
+from distill.train.checkpoint import save_model
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Module types whose parameters torch-pruning knows how to slice (its built-in pruning functions).
@@ -208,9 +209,8 @@ def channel_prune(
         ) from None
     _check_fraction(ratio, "channel_prune: ratio", "0.5 (half the channels)")
     custom = dict(customized_pruners or {})
-    model = (
-        copy.deepcopy(model).eval().requires_grad_(True)
-    )  # the tracer follows autograd: no frozen copies
+    # the tracer follows autograd: no frozen copies
+    model = copy.deepcopy(model).eval().requires_grad_(True)
     _check_known_layers(model, custom)
     names = dict(model.named_modules())
     if ignored_layers is None:
@@ -265,8 +265,6 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
 
 def save_pruned(model: nn.Module, path: str | Path) -> Path:
     """Write a (pruned) model as a plain safetensors state dict with its channel counts in the header."""
-    from distill.train.checkpoint import save_model
-
     path = Path(path)
     save_model(path, model, metadata={"distill.layer_shapes": json.dumps(layer_shapes(model))})
     return path

@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from distill.config.schema import Recipe
-from distill.distiller import Distiller
+from distill.data import identity_collate
+from distill.distiller import Distiller, _extras_for, _pick, _teacher_pick
 from distill.errors import DistillError, first_line
+from distill.projectors import build_projector
+from distill.taps import FeatureTaps
 
 
 def check_taps(model: nn.Module, taps: str | list[str], where: str) -> None:
     """Module taps (not ``@outputs``) must name modules of ``model``; the error says which term's."""
-    from distill.taps import FeatureTaps
-
     names = [t for t in ([taps] if isinstance(taps, str) else taps) if not t.startswith("@")]
     try:
         FeatureTaps(model, names)
@@ -27,8 +28,6 @@ def check_taps(model: nn.Module, taps: str | list[str], where: str) -> None:
 def example_batch(data: Any, n: int = 2) -> Any:
     """The first ``n`` samples of ``data`` (a dataset or a DataLoader) as one batch."""
     from torch.utils.data import DataLoader
-
-    from distill.data import identity_collate
 
     if not isinstance(data, DataLoader):
         if len(data) == 0:
@@ -63,10 +62,6 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
     the models and the data, unknown task outputs in taps, feature shapes that differ without a projector,
     and projectors that cannot map them. Weights, RNG state and train/eval modes are left as they were.
     """
-    from distill.distiller import _extras_for, _pick, _teacher_pick
-    from distill.projectors import build_projector
-    from distill.taps import FeatureTaps
-
     task, side = distiller.task, distiller.trainable()
     batch = task.split(example_batch(train))
     param = next(side.student.parameters(), None)

@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
-from distill.registry import UnknownNameError, check_kwargs
+from distill.data import DATASETS
+from distill.losses import LOSSES
+from distill.models import MODELS
+from distill.models.hf import student_from_teacher
+from distill.projectors import PROJECTORS
+from distill.registry import Registry, UnknownNameError, check_kwargs
+from distill.schedules import SCHEDULES
+from distill.tasks import TASKS
 from distill.train.config import TrainConfig
 
 
@@ -16,22 +23,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+REGISTRIES: dict[str, Registry] = {
+    "loss": LOSSES,
+    "model": MODELS,
+    "dataset": DATASETS,
+    "task": TASKS,
+    "schedule": SCHEDULES,
+    "projector": PROJECTORS,
+}
+
+
 def _lookup(kind: str, name: str) -> Any:
-    """Resolve ``name`` in the registry of ``kind`` (imported lazily to keep schema import cheap)."""
-    if kind == "loss":
-        from distill.losses import LOSSES as registry
-    elif kind == "model":
-        from distill.models import MODELS as registry
-    elif kind == "dataset":
-        from distill.data import DATASETS as registry
-    elif kind == "task":
-        from distill.tasks import TASKS as registry
-    elif kind == "schedule":
-        from distill.schedules import SCHEDULES as registry
-    else:
-        from distill.projectors import PROJECTORS as registry
+    """Resolve ``name`` in the registry of ``kind``."""
     try:
-        return registry.get(name)
+        return REGISTRIES[kind].get(name)
     except UnknownNameError as err:
         raise ValueError(str(err)) from None
 
@@ -57,9 +62,8 @@ def _weight(value: Any) -> Any:
     return ScheduleSpec.model_validate(value) if isinstance(value, dict) else value
 
 
-FROM_TEACHER = (
-    "from_teacher"  # a student built from the teacher (distill.models.hf.student_from_teacher)
-)
+# a student built from the teacher (distill.models.hf.student_from_teacher)
+FROM_TEACHER = "from_teacher"
 LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
 
 
@@ -84,8 +88,6 @@ class ModelSpec(Strict):
                     "remove it from the options"
                 )
         if self.name == FROM_TEACHER:
-            from distill.models.hf import student_from_teacher
-
             check_kwargs(student_from_teacher, self.options, what=FROM_TEACHER, skip=("teacher",))
         elif ":" not in self.name:
             check_kwargs(

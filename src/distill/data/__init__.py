@@ -20,7 +20,7 @@ DATASETS: Registry = Registry("dataset")
 # runpy then warns about the double import, which is harmless here.
 warnings.filterwarnings(
     "ignore",
-    message=r"'distill\.data\.(fashion_mnist|rotten_tomatoes)' found in sys\.modules",
+    message=r"'distill\.data\.(fashion_mnist|rotten_tomatoes|scenes)' found in sys\.modules",
     category=RuntimeWarning,
 )
 

@@ -18,9 +18,8 @@ import yaml
 from distill.data.yolo_format import SPLIT_KEYS, class_names, read_yaml
 from distill.errors import DistillError, did_you_mean
 
-EDGE_SLACK_PX = (
-    1.0  # COCO boxes up to this far past the image edge are clipped; further is an error
-)
+# COCO boxes up to this far past the image edge are clipped; further is an error
+EDGE_SLACK_PX = 1.0
 
 
 def _read_coco(path: Path) -> dict:
@@ -208,7 +207,6 @@ def coco_to_yolo(
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     data_yaml = _merge_data_yaml(out, split, names)
-    marker.write_text(
-        json.dumps(stamp, indent=1) + "\n", encoding="utf-8"
-    )  # last: marks it complete
+    # last: marks it complete
+    marker.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
     return data_yaml

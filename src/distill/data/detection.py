@@ -28,7 +28,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import DATASETS
+from distill.data.coco import coco_to_yolo
+from distill.data.scenes import scenes_dir
+from distill.data.yolo_format import check_yolo_labels, load_data_yaml
 from distill.errors import DistillError, did_you_mean
+from distill.models.yolo import quiet, ultralytics
 
 EVAL_SPLITS = ("val", "test")
 
@@ -48,9 +52,6 @@ class DetectionDataset(Dataset):
         workers: int = 0,
         eval_split: str = "val",
     ) -> None:
-        from distill.data.yolo_format import check_yolo_labels, load_data_yaml
-        from distill.models.yolo import quiet, ultralytics
-
         ultralytics()
         _check_options(image_size, eval_split, workers)
         self.data_yaml = Path(data_yaml)
@@ -223,8 +224,6 @@ def coco(
     workers: int = 0,
 ) -> DetectionDataset:
     """Paths are relative to ``root``; the YOLO-layout copy (labels, image links) goes to ``root/yolo``."""
-    from distill.data.coco import coco_to_yolo
-
     if root is None:
         raise DistillError(
             "dataset 'coco' needs data.root: the folder holding the annotations and images"
@@ -256,8 +255,6 @@ def scenes(
 ) -> DetectionDataset:
     """Scenes of ``image_size`` pixels built from Fashion-MNIST (``root``: its files, as for fashion_mnist),
     cached under the distill cache; ``scene_seed`` picks the scenes, ``seed`` the augmentation."""
-    from distill.data.scenes import scenes_dir
-
     folder = scenes_dir(
         train_images=train_images, val_images=val_images, image_size=image_size, seed=scene_seed,
         root=root,

@@ -239,9 +239,8 @@ def _build_atomically(out: Path, options: dict, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
     try:
         _generate(tmp, out.resolve(), options, folder)
-        os.replace(
-            tmp, out
-        )  # fails if ``out`` was filled meanwhile (another process): caller checks
+        # fails if ``out`` was filled meanwhile (another process): caller checks
+        os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,7 @@
 At batch 1 on a small model, what surrounds the onnxruntime call costs as much as its kernels, and a torch
 operator next to the call slows both (caches). :class:`BoundRunner` therefore binds inputs where they lie,
 hands out outputs from a pool made ahead of time, and calls onnxruntime's pybind layer directly when this
-onnxruntime has it (its public wrappers add ~10 µs per bind); see ``docs/export.md``.
+onnxruntime has it (its public wrappers cost more per bind); timings in ``docs/export.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class _Bound:
     and the address bound now. ``bind_output(value)`` and ``run()`` are the binding's calls with
     everything but the output fixed (``functools.partial``: no Python frame per call); ``pool`` holds
     output tensors made ahead with an OrtValue over each one's memory, next last (binding a ready
-    OrtValue costs ~1.5 µs here, binding by address ~9 µs: onnxruntime makes a tensor for it). ``c`` is
+    OrtValue is cheaper than binding by address, for which onnxruntime makes a tensor). ``c`` is
     onnxruntime's pybind (session, binding, device, OrtValue maker), or None when the public methods
     are used."""
 
@@ -71,7 +71,7 @@ class _Bound:
         else:
             c_session, self.target, device, self.value = self.c
             self.device = (device,)
-            # no RunOptions: in onnxruntime 1.32 looking one up costs ~50 µs per call
+            # no RunOptions: onnxruntime's wrapper looks one up through an exception (docs/export.md)
             self.run = functools.partial(c_session.run_with_iobinding, self.target, None)
         self.bind_output = functools.partial(self.target.bind_ortvalue_output, output_name)
         self.pool: list[tuple[torch.Tensor, Any]] = []

@@ -29,10 +29,10 @@ from distill.errors import DistillError, first_line
 from distill.export._deps import require
 from distill.export.inputs import Inputs, first_output, to_cpu
 from distill.export.runtime import ParityError, check_parity
+from distill.models.yolo import export_view, is_yolo
 
-NATIVE_OPSET = (
-    18  # what the dynamo exporter writes; other opsets go through onnx's version converter
-)
+# what the dynamo exporter writes; other opsets go through onnx's version converter
+NATIVE_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -88,8 +88,6 @@ def export_onnx(
 def _export_view(model: nn.Module) -> nn.Module:
     """What is traced: the model itself, or for an Ultralytics YOLO model a copy that returns only its
     decoded predictions (B, 4 + classes, A), as Ultralytics' own ONNX export does."""
-    from distill.models.yolo import export_view, is_yolo
-
     return export_view(model) if is_yolo(model) else model
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.export.runtime import OnnxModule
 
 
 def latency_key(batch_size: int, threads: int | None, stat: str = "median") -> str:
@@ -80,8 +81,6 @@ def measure_latency(
     through buffers bound once per input shape (``BoundRunner``), as a deployment keeping a session open
     would; the first warm-up call binds them.
     """
-    from distill.export.runtime import OnnxModule
-
     _check(batch_sizes, threads, warmup, repeats)
     was_training = model_or_session.training
     results: dict[str, float] = {}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.api import CHECKPOINTS
 from distill.errors import DistillError, did_you_mean
 from distill.export import exporter
 from distill.export.inputs import Inputs, batch_size, take
@@ -44,13 +45,11 @@ def export_run(
     training batches of 64) or ``dynamic`` (int8 weights, activation ranges per batch at run time). With
     ``keep_first_last_float`` the first and last compute layers stay in float, see
     :func:`~distill.export.quantize.first_and_last_layers` (default: yes for one tensor input, no for
-    named inputs, where every ``MatMul`` in int8 was both faster and as accurate: ``docs/text.md``).
+    named inputs, where every ``MatMul`` in int8 is the better choice: ``docs/text.md``).
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
     """
-    from distill.api import CHECKPOINTS
-
     if format not in EXPORT_FORMATS:
         raise DistillError(
             f"unknown export format {format!r}.{did_you_mean(str(format), EXPORT_FORMATS)} "

@@ -34,9 +34,8 @@ def session_options(threads: int | None = None) -> Any:
     onnxruntime's ``QDQPropagationTransformer`` is disabled: it moves a QuantizeLinear up through the
     MaxPool that follows a float layer, so the pooling runs on uint8 in NCHW, a slow generic kernel; left
     in float, the pooling fuses into the float convolution's blocked layout. Pooling and quantizing commute
-    (quantization is monotonic), so the outputs are bit-identical; the int8 Fashion-MNIST student runs
-    about 15 % faster and the int8 teacher 25 % (``docs/export.md``). Files without Q/DQ nodes are
-    unaffected.
+    (quantization is monotonic), so the outputs are bit-identical (timings: ``docs/export.md``). Files
+    without Q/DQ nodes are unaffected.
     """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
@@ -54,9 +53,8 @@ def session_options(threads: int | None = None) -> Any:
         options.intra_op_num_threads = threads
         if threads == 1:  # no pool to keep spinning: a spinning pool steals the core at batch 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = (
-        3  # warnings about unused initializers etc. are not the user's problem
-    )
+    # warnings about unused initializers etc. are not the user's problem
+    options.log_severity_level = 3
     return options
 
 

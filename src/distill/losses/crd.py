@@ -78,9 +78,8 @@ def nce_scores(
     """``exp(<anchor_b, memory[contrast_index[b, k]]> / T)``: ``(B, D), (M, D), (B, K+1) -> (B, K+1)``."""
     memory = memory.detach()
     batch, slots = contrast_index.shape
-    if (
-        memory.shape[0] <= slots * memory.shape[1]
-    ):  # one (B, M) product beats gathering (B, K+1, D) rows
+    # one (B, M) product beats gathering (B, K+1, D) rows
+    if memory.shape[0] <= slots * memory.shape[1]:
         # a copy: autograd keeps it for the backward pass, and the bank is updated in place before that
         dots = (anchor @ memory.clone().t()).gather(1, contrast_index)
     else:

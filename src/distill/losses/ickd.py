@@ -118,9 +118,8 @@ class ICKDLoss(nn.Module):
     ``(B, C_t, H', W')``."""
 
     extra_inputs: tuple[str, ...] = ()
-    needs_same_shape = (
-        False  # the student is embedded to C_t channels; only (C, C) matrices compared
-    )
+    # the student is embedded to C_t channels; only (C, C) matrices compared
+    needs_same_shape = False
 
     def __init__(self, embed: bool = True) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ Practical notes:
   mdistiller ``pooled_feat``); maps are flattened. Widths may differ: only (B, B) matrices are compared.
 * **Weight**: 30000 next to the cross-entropy at batch size 64 (RepDistiller and mdistiller, used
   without the KD term). The value scales like 1/B, so the same weight pulls less at larger batches;
-  on the Fashion-MNIST pair (batch 256) 30000 cost 7 points and 4x that was worse; its recipe uses 3000.
+  the Fashion-MNIST recipe (batch 256) uses 3000 (``docs/benchmarks/methods.md``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, did_you_mean
+from distill.models.hf import hf_model
+from distill.models.yolo import yolo_model
 from distill.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
@@ -214,15 +216,11 @@ def _timm_model(
 
 def _hf_model(source: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
     """``hf:<folder or hub id>``: see :func:`distill.models.hf.hf_model` (``in_channels`` is unused)."""
-    from distill.models.hf import hf_model
-
     return hf_model(source, num_classes, **options)
 
 
 def _yolo_model(source: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
     """``yolo:<yaml or .pt>``: see :func:`distill.models.yolo.yolo_model` (no options)."""
-    from distill.models.yolo import yolo_model
-
     if options:
         raise DistillError(
             f"yolo:{source} takes no options, got {sorted(options)}; pick the scale in the name "

@@ -9,6 +9,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from distill.compress.prune import count_nonzero
+from distill.export import latency_key, measure_latency
 from distill.models import count_parameters
 from distill.tasks.base import Task, TeacherPredictions
 from distill.train.checkpoint import state_tensors
@@ -27,8 +29,6 @@ def latency_ms(
     ``example`` is one input ``(C, H, W)``; threads are PyTorch's default (all cores). One cell of the
     shared harness, :func:`distill.export.measure_latency`.
     """
-    from distill.export import latency_key, measure_latency
-
     found = measure_latency(model.cpu(), example, (batch_size,), (None,), warmup, repeats)
     return found[latency_key(batch_size, None)]
 
@@ -69,8 +69,6 @@ def latency_row(
     ``latency_ms_b1_t1`` (batch 1, one thread) and friends, with p90s, plus the demo's ``latency_ms_b1`` and
     ``latency_ms_b{large_batch}`` (all threads). The harness itself needs no onnxruntime for torch models.
     """
-    from distill.export import measure_latency
-
     found = measure_latency(
         model,
         example,
@@ -106,8 +104,6 @@ def measure_row(
     ``params``/``size_bytes`` default to the module's own (parameter count, safetensors bytes); pass them
     for wrappers (an ONNX file's size on disk, the source model's parameter count).
     """
-    from distill.compress.prune import count_nonzero
-
     metrics = task.evaluate(model, test_loader, teacher)
     own_params = list(model.parameters())
     nonzero = count_nonzero(model)[0] if own_params else None

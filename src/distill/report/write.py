@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from distill.io import write_json, write_text
+from distill.report.html import render_html
 from distill.report.plot import plot
 
 PLOT_LABELS = {
@@ -175,8 +176,6 @@ def write_report(
     md.append(machine)
     write_text(paths["md"], "\n".join(md) + "\n")
     if html:
-        from distill.report.html import render_html
-
         columns = columns or COLUMNS
         paths["html"] = out / "report.html"
         page = render_html(

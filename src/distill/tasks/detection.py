@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.models.yolo import default_args, detect_head
 from distill.tasks import TASKS
 from distill.tasks.base import Batch, TeacherPredictions
+from distill.tasks.detection_eval import validate
 
 TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 EVAL_KEYS = ("im_file", "ori_shape", "ratio_pad", "resized_shape")
@@ -70,8 +72,6 @@ class DetectionTask:
 
     def bind(self, student: nn.Module) -> None:
         """Use ``student``'s own Ultralytics loss as the task loss (the distiller calls this once)."""
-        from distill.models.yolo import default_args, detect_head
-
         detect_head(student)
         if getattr(student, "args", None) is None or isinstance(student.args, dict):
             student.args = default_args()
@@ -96,8 +96,6 @@ class DetectionTask:
         return Batch(inputs=inputs, targets=targets, extras=extras)
 
     def forward(self, model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        from distill.models.yolo import detect_head
-
         head = detect_head(model)
         out = model(inputs)
         raw = out[1] if isinstance(out, (tuple, list)) else out  # eval mode: (decoded, raw)
@@ -128,8 +126,6 @@ class DetectionTask:
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
         """mAP50-95, mAP50, precision and recall (%) with Ultralytics' validator; ``teacher`` is not used."""
-        from distill.tasks.detection_eval import validate
-
         return validate(self, model, loader, device)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.models.yolo import detect_head, quiet
 
 METRICS = {  # Ultralytics' key -> distill's (percent)
     "metrics/mAP50-95(B)": "map50_95",
@@ -26,8 +27,6 @@ METRICS = {  # Ultralytics' key -> distill's (percent)
 def make_validator(task: Any, model: nn.Module, names: dict[int, str], device: Any) -> Any:
     """A ``DetectionValidator`` set up for ``model`` without building Ultralytics' data or trainer."""
     from ultralytics.models.yolo.detect.val import DetectionValidator
-
-    from distill.models.yolo import quiet
 
     args = dict(
         conf=task.conf, iou=task.iou, max_det=task.max_det, plots=False, save_json=False,
@@ -54,8 +53,6 @@ def class_names(model: nn.Module, loader: Any) -> dict[int, str]:
     names = getattr(model, "names", None)
     if isinstance(names, dict) and names:
         return names
-    from distill.models.yolo import detect_head
-
     return {i: str(i) for i in range(detect_head(model).nc)}
 
 
@@ -64,8 +61,6 @@ def validate(
     task: Any, model: nn.Module, loader: Iterable[Any], device: torch.device | str
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (Ultralytics batches) in eval mode; the model's mode is restored."""
-    from distill.models.yolo import quiet
-
     was_training = model.training
     model.eval()
     images = 0

@@ -31,9 +31,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     """Unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class never seen nor predicted is skipped."""
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2)
-    confusion = confusion.reshape(
-        num_classes, num_classes
-    ).double()  # rows: true, columns: predicted
+    # rows: true, columns: predicted
+    confusion = confusion.reshape(num_classes, num_classes).double()
     tp = confusion.diag()
     denominator = confusion.sum(0) + confusion.sum(1)  # 2 TP + FP + FN
     present = denominator > 0

@@ -10,9 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class TrainConfig(BaseModel):
     """Optimisation, schedule, precision, evaluation and checkpoint settings. Sizes are global (all ranks)."""
 
-    model_config = ConfigDict(
-        extra="forbid", allow_inf_nan=False
-    )  # lr=.inf would poison every step
+    # lr=.inf would poison every step
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, gt=0)
     max_steps: int | None = Field(

@@ -265,9 +265,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
         cfg = self.config
-        torch.manual_seed(
-            cfg.seed * 1_000_003 + self.global_step
-        )  # dropout etc.: a function of the step
+        # dropout etc.: a function of the step
+        torch.manual_seed(cfg.seed * 1_000_003 + self.global_step)
         batch = self.task.split(raw).to(self.device)
         if self.augment is not None:
             g = torch.Generator().manual_seed(
@@ -360,9 +359,8 @@ class Trainer:
         if self.run_dir is not None and self.dist.is_main:
             try:
                 write_json(self.run_dir / "summary.json", summary)
-                if (
-                    self.global_step >= total or self.epoch >= cfg.epochs
-                ):  # complete: hand over the student
+                # complete: hand over the student
+                if self.global_step >= total or self.epoch >= cfg.epochs:
                     save_model(self.run_dir / "model.safetensors", self.final_student)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
