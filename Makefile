@@ -1,6 +1,7 @@
 # The README's two commands. Both create or reuse .venv, install distill and make sure the data is there.
 #   make demo   - install, get Fashion-MNIST, run `distill demo`
-#   make test   - install with the dev extras, get the data, run the whole test suite
+#   make test   - install with the dev extras, get the data, check the layers contract (lint-imports,
+#                 [tool.importlinter] in pyproject.toml), run the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -31,6 +32,7 @@ demo: install data
 	$(VENV)/bin/distill demo
 
 test: install-dev data
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: install-dev
