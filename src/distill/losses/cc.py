@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 KERNELS = ("gaussian", "bilinear")
 
@@ -90,10 +91,9 @@ def cc_loss(
     taps="the penultimate features, e.g. pool for the cnn zoo model",
     weight="about 10 for the paper's kernel form (RepDistiller's 0.02 is for its different formula)",
 )
-class CCLoss(nn.Module):
+class CCLoss(DistillLoss):
     """Correlation congruence between a student embedding ``(B, D_s)`` and teacher features ``(B, D_t)``."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only the (B, B) correlation matrices are compared
 
     def __init__(

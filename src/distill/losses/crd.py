@@ -57,6 +57,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
 
@@ -129,11 +130,11 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
     taps="pooled penultimate features of both models (pool for the zoo CNN); maps are flattened",
     weight="0.8 (RepDistiller, mdistiller); CRD+KD adds kd with weight 1",
 )
-class CRDLoss(nn.Module):
+class CRDLoss(DistillLoss):
     """Contrastive representation distillation on ``(B, D_s)`` / ``(B, D_t)`` features (maps are
     flattened). Call :meth:`build` (the distiller does) before the first forward."""
 
-    extra_inputs: tuple[str, ...] = ("index",)
+    extra_inputs = ("index",)
     needs_same_shape = False
 
     def __init__(

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def cwd_loss(
@@ -62,10 +62,8 @@ def cwd_loss(
     taps="a late feature stage with a few locations (projector conv1x1 if widths differ), or logit maps",
     weight="3 with tau=4 on segmentation logit maps (paper)",
 )
-class CWDLoss(nn.Module):
+class CWDLoss(DistillLoss):
     """Channel-wise distillation on maps ``(B, C, H, W)`` of equal shape."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, tau: float = 4.0) -> None:
         super().__init__()

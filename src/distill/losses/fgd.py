@@ -38,6 +38,7 @@ from torch import nn
 from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.losses._boxes import check_boxes, fgd_masks
+from distill.losses.base import DistillLoss
 
 
 def attention(features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +105,10 @@ class GlobalContext(nn.Module):
     taps="one term per neck level (@p3, @p4, @p5), projector conv1x1 when widths differ",
     weight="1 (alpha..lambda inside; YOLOX: alpha=2e-3, beta=1e-3, gamma=1e-3, lambda_=1e-5)",
 )
-class FGDLoss(nn.Module):
+class FGDLoss(DistillLoss):
     """Focal and global distillation on a neck map ``(B, C, H, W)`` of equal student/teacher shape."""
 
-    extra_inputs: tuple[str, ...] = ("boxes", "box_index")
+    extra_inputs = ("boxes", "box_index")
 
     def __init__(
         self,

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -102,10 +102,9 @@ def rkd_loss(
     taps="the penultimate features, e.g. pool for the cnn zoo model",
     weight="1 with inner weights 25 and 50 (RepDistiller/mdistiller, without KD); 0.2 for the Fashion-MNIST pair",
 )
-class RKDLoss(nn.Module):
+class RKDLoss(DistillLoss):
     """Distance- and angle-wise relational distillation on embeddings ``(B, D)``; widths may differ."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only distances and angles within each space are compared
 
     def __init__(

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def score_kd_loss(
@@ -75,10 +75,8 @@ def score_kd_loss(
     taps="@scores on both sides",
     weight="uncalibrated: ~0.5 with teacher_weighted, like Ultralytics' cls gain (PP-YOLOE: 4, beta=2)",
 )
-class ScoreKDLoss(nn.Module):
+class ScoreKDLoss(DistillLoss):
     """Soft-target sigmoid BCE on detection class logits ``(B, num_classes, anchors)``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(
         self, temperature: float = 1.0, beta: float = 0.0, teacher_weighted: bool = False

@@ -35,6 +35,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def vid_nll(
@@ -87,10 +88,9 @@ def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
     taps="stage outputs as lists (e.g. features.1-3 on both sides); no projector",
     weight="1 (RepDistiller / mdistiller), without a KD term",
 )
-class VIDLoss(nn.Module):
+class VIDLoss(DistillLoss):
     """Variational information distillation on one map or a list of maps (one regressor per level)."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the regressor maps C_s to C_t
 
     def __init__(
