@@ -10,6 +10,7 @@ from rich.console import Console
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
+from distill.data.base import BatchingDataset
 from distill.errors import DistillError, did_you_mean
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
@@ -116,7 +117,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
     load_student_weights(Path(run_dir), built.student, checkpoint)
     loader = (
         built.test_data.loader(recipe.train.eval_batch_size)
-        if hasattr(built.test_data, "loader")
+        if isinstance(built.test_data, BatchingDataset)
         else built.test_data
     )
     return built.distiller.task.evaluate(built.student, loader, built.teacher)

@@ -18,13 +18,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from distill.distiller import OnlineTeacher
+from distill.data.base import make_loader
+from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
 
 
-class CachedTeacher:
+class CachedTeacher(TeacherSource):
     """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
     the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
 
@@ -43,6 +45,10 @@ class CachedTeacher:
     def filled(self) -> bool:
         return bool(self.cache)
 
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """The trainer's call: fill the cache from the training data (once)."""
+        self.fill_from(train_data, batch_size, console, report=is_main)
+
     def fill_from(
         self, data: Any, batch_size: int, console: Any = None, report: bool = True
     ) -> None:
@@ -50,10 +56,6 @@ class CachedTeacher:
         ``console`` (rich) says so when ``report``."""
         if self.filled:
             return
-        from torch.utils.data import DataLoader
-
-        from distill.train.sampling import make_loader  # here: distill.train imports this module
-
         loader = isinstance(data, DataLoader)
         dataset = data.dataset if loader else data
         batches = data if loader else make_loader(data, batch_size, None)

@@ -73,7 +73,7 @@ class Context:
         self.student_params = count_parameters(built.student)
         self.named_inputs = isinstance(self.inputs(self.test_data, 1), Mapping)
         self.example = self.latency_example()
-        self.large_batch = getattr(self.task, "latency_batch", None) or (
+        self.large_batch = self.task.latency_batch or (
             64 if self.named_inputs else 256
         )
         self._made: dict[str, Produced] = {}

@@ -202,10 +202,9 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         check_taps(student, spec.student, f"distill.terms.{i}.student")
         if teacher is not None:
             check_taps(teacher, spec.teacher, f"distill.terms.{i}.teacher")
-    if callable(getattr(task, "request", None)):  # outputs that cost extra (attention weights)
-        task.request(
-            tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
-        )
+    task.request(  # outputs that cost extra (attention weights)
+        tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
+    )
     prepare_text_data(recipe, (train, test), student, teacher)
     terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(specs)]
     distiller = Distiller(

@@ -241,7 +241,7 @@ class Recipe(Strict):
                 f"distill.cache_teacher needs the same inputs every epoch, but data.augment.{name} "
                 f"({value}) changes them; turn one of the two off"
             )
-        if getattr(_lookup("task", self.task), "augments_in_loader", False):
+        if _lookup("task", self.task).augments_in_loader:
             raise ValueError(
                 f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
                 "teacher sees new inputs every epoch; turn cache_teacher off"
