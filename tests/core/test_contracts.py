@@ -139,3 +139,16 @@ def test_dataset_protocols_name_what_distill_reads():
     assert isinstance(make_loader(plain, 2, None), torch.utils.data.DataLoader)
     batches = list(make_loader(images, 10, None))  # its own loader: dict batches with indices
     assert [len(b["index"]) for b in batches] == [10, 10, 4]
+
+
+def test_option_checks_share_one_message():
+    from distill.losses import build_loss
+
+    for value in (0, -1.0, float("nan")):
+        with pytest.raises(
+            ValueError, match=r"^kd: temperature must be > 0, got .*; typical values"
+        ):
+            build_loss("kd", temperature=value)
+    with pytest.raises(ValueError, match=r"^ttm: temperature must be > 0, got 0; the paper uses 2"):
+        build_loss("ttm", temperature=0)
+    assert build_loss("cwd", tau=2).tau == 2.0

@@ -93,8 +93,13 @@ def check_attentions(student: torch.Tensor, teacher: torch.Tensor, name: str) ->
 
 
 def check_temperature(name: str, temperature: float) -> float:
-    if temperature <= 0:
-        raise ValueError(
-            f"{name}: temperature must be > 0, got {temperature}; the paper uses 2 to 10 (gamma = 1/T)"
-        )
-    return float(temperature)
+    """TTM and WTTM's temperature (gamma = 1/T), > 0."""
+    return positive(name, "temperature", temperature, "the paper uses 2 to 10 (gamma = 1/T)")
+
+
+def positive(name: str, option: str, value: float, hint: str) -> float:
+    """``value`` as a float when it is > 0 (NaN is not), else ``ValueError`` naming the loss, the option,
+    the value and ``hint`` (the paper's value)."""
+    if not value > 0:
+        raise ValueError(f"{name}: {option} must be > 0, got {value}; {hint}")
+    return float(value)

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from distill.losses import LOSSES
-from distill.losses._common import Maps, level_pairs
+from distill.losses._common import Maps, level_pairs, positive
 from distill.losses.base import DistillLoss
 
 
@@ -98,9 +98,7 @@ class ABLoss(DistillLoss):
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        if not margin > 0:
-            raise ValueError(f"ab: margin must be > 0, got {margin}; the paper uses 1")
-        self.margin = float(margin)
+        self.margin = positive("ab", "margin", margin, "the paper uses 1")
         self.connectors: nn.ModuleList | None = None
 
     def build(self, student: Maps, teacher: Maps, **context: object) -> None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import Maps, level_pairs, match_spatial
+from distill.losses._common import Maps, level_pairs, match_spatial, positive
 from distill.losses.base import DistillLoss
 
 
@@ -72,9 +72,7 @@ class ATLoss(DistillLoss):
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
-        if not p > 0:
-            raise ValueError(f"at: p must be > 0, got {p}; the paper uses p = 2")
-        self.p = float(p)
+        self.p = positive("at", "p", p, "the paper uses p = 2")
 
     def forward(self, student: Maps, teacher: Maps) -> torch.Tensor:
         return at_loss(student, teacher, self.p)

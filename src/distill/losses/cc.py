@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 KERNELS = ("gaussian", "bilinear")
@@ -102,8 +103,7 @@ class CCLoss(DistillLoss):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"cc: kernel must be one of {KERNELS}, got {kernel!r}")
-        if not gamma > 0:
-            raise ValueError(f"cc: gamma must be > 0, got {gamma}; the paper uses 0.4")
+        positive("cc", "gamma", gamma, "the paper uses 0.4")
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
             raise ValueError(f"cc: order must be an int >= 1, got {order!r}; the paper uses 2")
         if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 0:

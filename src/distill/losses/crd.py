@@ -57,6 +57,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
@@ -153,10 +154,7 @@ class CRDLoss(DistillLoss):
             raise ValueError(
                 f"crd: num_negatives must be an int >= 1, got {num_negatives!r}; the paper uses 16384"
             )
-        if not temperature > 0:
-            raise ValueError(
-                f"crd: temperature must be > 0, got {temperature}; the paper uses 0.07"
-            )
+        positive("crd", "temperature", temperature, "the paper uses 0.07")
         if not 0 <= momentum < 1:
             raise ValueError(f"crd: momentum must be in [0, 1), got {momentum}; the paper uses 0.5")
         self.feat_dim = feat_dim

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 
@@ -67,11 +68,7 @@ class CWDLoss(DistillLoss):
 
     def __init__(self, tau: float = 4.0) -> None:
         super().__init__()
-        if not tau > 0:
-            raise ValueError(
-                f"cwd: tau must be > 0, got {tau}; the paper uses 4 (1 to 4 is typical)"
-            )
-        self.tau = float(tau)
+        self.tau = positive("cwd", "tau", tau, "the paper uses 4 (1 to 4 is typical)")
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return cwd_loss(student, teacher, self.tau)

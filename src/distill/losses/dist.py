@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
 from distill.losses.base import DistillLoss
 
@@ -79,10 +80,7 @@ class DISTLoss(DistillLoss):
         standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"dist: temperature must be > 0, got {temperature}; the paper uses 1 (ImageNet) or 4"
-            )
+        positive("dist", "temperature", temperature, "the paper uses 1 (ImageNet) or 4")
         if beta < 0 or gamma < 0:
             raise ValueError(
                 f"dist: beta and gamma must be >= 0, got beta={beta}, gamma={gamma}; the paper uses 1"

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
 from distill.losses.base import DistillLoss
 
@@ -106,10 +107,7 @@ class DKDLoss(DistillLoss):
         standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"dkd: temperature must be > 0, got {temperature}; typical values are 1 to 8"
-            )
+        positive("dkd", "temperature", temperature, "typical values are 1 to 8")
         if alpha < 0 or beta < 0:
             raise ValueError(
                 f"dkd: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}; "

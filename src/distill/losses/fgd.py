@@ -38,6 +38,7 @@ from torch import nn
 from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.losses._boxes import check_boxes, fgd_masks
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 
@@ -119,8 +120,7 @@ class FGDLoss(DistillLoss):
         lambda_: float = 5e-6,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"fgd: temperature must be > 0, got {temperature}; the paper uses 0.5")
+        positive("fgd", "temperature", temperature, "the paper uses 0.5")
         for name, value in (
             ("alpha", alpha),
             ("beta", beta),

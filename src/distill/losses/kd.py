@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
 from distill.losses.base import DistillLoss
 
@@ -65,11 +66,7 @@ class KDLoss(DistillLoss):
 
     def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"kd: temperature must be > 0, got {temperature}; typical values are 1 to 8"
-            )
-        self.temperature = float(temperature)
+        self.temperature = positive("kd", "temperature", temperature, "typical values are 1 to 8")
         self.standardize = bool(standardize)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

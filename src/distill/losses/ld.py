@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 YOLO26_HINT = (
@@ -110,9 +111,7 @@ class LDLoss(DistillLoss):
 
     def __init__(self, temperature: float = 10.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"ld: temperature must be > 0, got {temperature}; the paper uses 10")
-        self.temperature = float(temperature)
+        self.temperature = positive("ld", "temperature", temperature, "the paper uses 10")
 
     def forward(
         self,

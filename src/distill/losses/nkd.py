@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 _MASKED = -1e9  # a masked logit: exp() underflows to exactly 0 in float32
@@ -77,10 +78,7 @@ class NKDLoss(DistillLoss):
 
     def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"nkd: temperature must be > 0, got {temperature}; the paper uses 1 (ImageNet) to 3"
-            )
+        positive("nkd", "temperature", temperature, "the paper uses 1 (ImageNet) to 3")
         if gamma < 0:
             raise ValueError(f"nkd: gamma must be >= 0, got {gamma}; the paper uses 1.5")
         self.temperature = float(temperature)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 
@@ -122,8 +123,7 @@ class RKDLoss(DistillLoss):
             raise ValueError(
                 "rkd: distance_weight and angle_weight are both 0; set at least one > 0"
             )
-        if not eps > 0:
-            raise ValueError(f"rkd: eps must be > 0, got {eps}; the authors' code uses 1e-12")
+        positive("rkd", "eps", eps, "the authors' code uses 1e-12")
         if not isinstance(angle_chunk, int) or isinstance(angle_chunk, bool) or angle_chunk < 0:
             raise ValueError(
                 f"rkd: angle_chunk must be an int >= 0 (0 = the whole batch), got {angle_chunk!r}"

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 
@@ -82,8 +83,7 @@ class ScoreKDLoss(DistillLoss):
         self, temperature: float = 1.0, beta: float = 0.0, teacher_weighted: bool = False
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"score_kd: temperature must be > 0, got {temperature}; 1 is typical")
+        positive("score_kd", "temperature", temperature, "1 is typical")
         if not beta >= 0:
             raise ValueError(
                 f"score_kd: beta must be >= 0, got {beta}; 0 is plain BCE, 2 the quality-focal form"

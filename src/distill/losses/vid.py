@@ -35,6 +35,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 
@@ -97,8 +98,7 @@ class VIDLoss(DistillLoss):
         self, init_pred_var: float = 5.0, eps: float = 1e-5, mid_channels: int | None = None
     ) -> None:
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"vid: eps must be > 0, got {eps}; the paper's code uses 1e-5")
+        positive("vid", "eps", eps, "the paper's code uses 1e-5")
         if not init_pred_var > eps:
             raise ValueError(
                 f"vid: init_pred_var must be > eps ({eps}), got {init_pred_var}; the paper's code uses 5.0"

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # the authors' guard against a teacher with zero cross-entropy
@@ -81,11 +82,9 @@ class WSLDLoss(DistillLoss):
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(
-                f"wsld: temperature must be > 0, got {temperature}; the authors use 2 (ImageNet)"
-            )
-        self.temperature = float(temperature)
+        self.temperature = positive(
+            "wsld", "temperature", temperature, "the authors use 2 (ImageNet)"
+        )
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
