@@ -17,9 +17,12 @@ from distill.data.base import (
     BatchingDataset,
     DistillDataset,
     ImageDataset,
+    LabelledDataset,
     SizedByLength,
     TextData,
+    eval_batches,
     make_loader,
+    model_inputs,
 )
 from distill.data.tensor import TensorDataset
 from distill.data.text import TextDataset
@@ -134,9 +137,14 @@ def test_dataset_protocols_name_what_distill_reads():
     text = TextDataset(["a b", "c"], [0, 1], ["neg", "pos"])
     assert isinstance(text, TextData) and isinstance(text, SizedByLength)
     assert not isinstance(text, ImageDataset)
+    assert model_inputs(images) == (3, 1) and model_inputs(text) == (2, 3)
     plain = torch.utils.data.TensorDataset(torch.zeros(4, 2))
-    assert not isinstance(plain, BatchingDataset)
+    assert not isinstance(plain, BatchingDataset) and not isinstance(plain, LabelledDataset)
+    assert model_inputs(plain) == (None, 3) and eval_batches(plain, 2) is plain
     assert isinstance(make_loader(plain, 2, None), torch.utils.data.DataLoader)
+    plain.num_classes = 5  # a plugin's dataset needs only what a rule reads
+    assert isinstance(plain, LabelledDataset) and model_inputs(plain) == (5, 3)
+    assert [len(b["index"]) for b in eval_batches(images, 16)] == [16, 8]
     batches = list(make_loader(images, 10, None))  # its own loader: dict batches with indices
     assert [len(b["index"]) for b in batches] == [10, 10, 4]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distill.config.schema import Recipe
-from distill.data.base import DistillDataset
+from distill.data.base import model_inputs
 from distill.distiller import Distiller
 from distill.errors import DistillError
 from distill.losses.base import contract_of
@@ -153,9 +153,9 @@ def _check_class_counts(
     teacher_outputs: dict[str, torch.Tensor],
 ) -> None:
     """Classification: student and teacher give one score per class of the data."""
-    if not task.classifies or not isinstance(data, DistillDataset) or not data.num_classes:
+    num_classes, _ = model_inputs(data)
+    if not task.classifies or not num_classes:
         return
-    num_classes = data.num_classes
     pairs = [("student", recipe.student.name, outputs.get("logits"))]
     if recipe.teacher is not None:
         pairs.append(("teacher", recipe.teacher.name, teacher_outputs.get("@logits")))

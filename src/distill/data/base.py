@@ -1,16 +1,21 @@
-"""What distill reads of a dataset, written down as protocols, and the one loader rule.
+"""What distill reads of a dataset, written down as protocols, and the rules that read them.
 
 Any ``torch.utils.data.Dataset`` of batches the task can ``split`` trains; these protocols name what
-distill uses when a dataset has more, one protocol per rule, checked with ``isinstance``:
+distill uses when a dataset has more, one protocol per rule, checked with ``isinstance`` (so a plugin's
+dataset needs only the part a rule reads):
 
 * :class:`BatchingDataset`: batches itself (``loader``): in-memory gathers, tokenising collates,
-  Ultralytics' collate. :func:`make_loader` uses it wherever distill makes a loader.
+  Ultralytics' collate. :func:`make_loader` and :func:`eval_batches` use it.
 * :class:`SizedByLength`: reports per-item lengths (``lengths()``) for ``train.group_by_length``.
-* :class:`DistillDataset`: distill's own datasets: batching, ``name``, ``num_classes``, ``subset``,
-  which the recipe build, the checks and ``compare`` read. :class:`ImageDataset` adds ``in_channels`` and
-  ``image_size`` (H, W), from which models are built.
+* :class:`LabelledDataset`: says how many classes it has (``num_classes``), which sizes the models'
+  heads and the class-count checks.
+* :class:`ImageDataset`: images ``(B, in_channels, *image_size)``; models are built for its channels
+  (3 otherwise), and the two splits must agree.
 * :class:`TextData`: the text extension: raw ``texts`` tokenised by the student's tokenizer, which the
   recipe build hands over with ``set_tokenizer`` (``tokenizer`` is None until then).
+* :class:`DistillDataset`: what distill's own datasets (tensors, Fashion-MNIST, folders, text,
+  detection) all provide: the above but lengths/text, plus ``name``, ``len`` and a seeded ``subset``
+  (``data.train_subset``).
 """
 
 from __future__ import annotations
@@ -38,34 +43,53 @@ class SizedByLength(Protocol):
 
 
 @runtime_checkable
-class DistillDataset(BatchingDataset, Protocol):
-    """distill's datasets: sized, batching, cut to a seeded subset, with a class count."""
+class LabelledDataset(Protocol):
+    """A dataset of ``num_classes`` classes (labels ``0 .. num_classes - 1``)."""
 
-    name: str
     num_classes: int
-
-    def __len__(self) -> int: ...
-
-    def subset(self, n: int, seed: int = 0) -> DistillDataset: ...
 
 
 @runtime_checkable
-class ImageDataset(DistillDataset, Protocol):
-    """Images ``(B, in_channels, *image_size)``."""
+class ImageDataset(Protocol):
+    """Images ``(B, in_channels, H, W)``, ``image_size = (H, W)``."""
 
     in_channels: int
     image_size: tuple[int, int]
 
 
 @runtime_checkable
-class TextData(DistillDataset, SizedByLength, Protocol):
+class TextData(Protocol):
     """Raw texts tokenised with the student's tokenizer (``set_tokenizer``, before the first batch)."""
 
     texts: list[str]
     tokenizer: Any
     max_length: int
 
-    def set_tokenizer(self, tokenizer: Any, max_length: int | None = None) -> TextData: ...
+    def set_tokenizer(self, tokenizer: Any, max_length: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class DistillDataset(BatchingDataset, LabelledDataset, Protocol):
+    """distill's own datasets: named, sized, batching, labelled, cut to a seeded subset."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def subset(self, n: int, seed: int = 0) -> DistillDataset: ...
+
+
+def model_inputs(data: Any) -> tuple[int | None, int]:
+    """``(num_classes, in_channels)`` a model for ``data`` is built with: its class count (None when it
+    does not say) and its channels (3 unless it is an :class:`ImageDataset` that says otherwise)."""
+    num_classes = data.num_classes if isinstance(data, LabelledDataset) else None
+    return num_classes, data.in_channels if isinstance(data, ImageDataset) else 3
+
+
+def eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
+    """Evaluation batches of a split: its own loader (:class:`BatchingDataset`), else ``data`` itself
+    (a ready DataLoader)."""
+    return data.loader(batch_size) if isinstance(data, BatchingDataset) else data
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Order) -> Iterable[Any]:
