@@ -26,16 +26,22 @@ from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
 
 
+def uncacheable(taps: Iterable[str]) -> str | None:
+    """The first of ``taps`` the cache cannot keep (a module's features: only the task's ``@outputs`` are
+    kept), or None. The recipe schema and :class:`CachedTeacher` both ask this."""
+    return next((t for t in taps if not t.startswith("@")), None)
+
+
 class CachedTeacher(TeacherSource):
     """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
     the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
 
     def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
-        features = [t for t in taps if not t.startswith("@")]
-        if features:
+        module = uncacheable(taps)
+        if module is not None:
             raise DistillError(
                 f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
-                f"{features[0]!r}; tap an output (@logits) or turn cache_teacher off"
+                f"{module!r}; tap an output (@logits) or turn cache_teacher off"
             )
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))
