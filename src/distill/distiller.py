@@ -229,7 +229,9 @@ class Distiller(nn.Module):
         if teacher is not None:  # check module names now, not an hour into training
             FeatureTaps(teacher, _module_taps(self.teacher_taps))
         FeatureTaps(student, self.student_side.student_taps)
-        self._needs_setup = any(isinstance(t.projector, str) or contract_of(t.loss).builds for t in terms)
+        self._needs_setup = any(
+            isinstance(t.projector, str) or contract_of(t.loss).builds for t in terms
+        )
 
     @property
     def student(self) -> nn.Module:
