@@ -159,7 +159,7 @@ class Trainer:
                 data = data.dataset
             context = {"num_samples": len(data)} if hasattr(data, "__len__") else {}
             self.distiller.setup(next(iter(self._train_loader(0))), **context)
-            if self.distiller.source is not None:  # a cache fills itself here (distill.cache_teacher)
+            if self.distiller.source is not None:  # a cache fills itself here (cache_teacher)
                 self.distiller.source.prepare(
                     self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
                 )
