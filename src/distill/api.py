@@ -10,6 +10,7 @@ from rich.console import Console
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
+from distill.data.base import eval_batches
 from distill.errors import DistillError, did_you_mean
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
@@ -114,11 +115,7 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
     recipe = run_recipe(run_dir)
     built = build(recipe)
     load_student_weights(Path(run_dir), built.student, checkpoint)
-    loader = (
-        built.test_data.loader(recipe.train.eval_batch_size)
-        if hasattr(built.test_data, "loader")
-        else built.test_data
-    )
+    loader = eval_batches(built.test_data, recipe.train.eval_batch_size)
     return built.distiller.task.evaluate(built.student, loader, built.teacher)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from distill.errors import DistillError, did_you_mean
+from distill.losses.base import contract_of
 from distill.projectors import build_projector
 from distill.schedules import Schedule, weight_at
 from distill.taps import FeatureTaps
@@ -66,13 +67,21 @@ def _pick(spec: TapSpec, outputs: dict[str, torch.Tensor], taps: FeatureTaps | d
     return one(spec) if isinstance(spec, str) else [one(t) for t in spec]
 
 
-class TeacherSource(Protocol):
-    """Where teacher outputs come from: run the teacher online, or read a cache (later)."""
+class TeacherSource:
+    """Where teacher outputs come from: :class:`OnlineTeacher` runs the teacher, ``CachedTeacher``
+    (``teacher_cache.py``) reads outputs it kept. The trainer calls ``prepare`` once before training
+    and the distiller ``outputs`` every step; neither asks which source it has."""
 
-    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]: ...
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """Get ready to answer for ``train_data`` (a Dataset or DataLoader); ``console`` (rich) reports
+        long work when ``is_main``. Nothing to do for a source that runs the teacher."""
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{tap: tensor}`` for the teacher taps (``@name`` outputs and module names) of ``batch``."""
+        raise NotImplementedError
 
 
-class OnlineTeacher:
+class OnlineTeacher(TeacherSource):
     """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""
 
     def __init__(self, teacher: nn.Module, task: Task) -> None:
@@ -165,12 +174,8 @@ def _term_names(terms: Sequence[Term]) -> list[str]:
     return names
 
 
-def _has_build(loss: nn.Module) -> bool:
-    return callable(getattr(loss, "build", None))
-
-
 def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
-    wanted = getattr(loss, "extra_inputs", ())
+    wanted = contract_of(loss).extra_inputs
     missing = [k for k in wanted if k not in batch.extras]
     if missing:
         raise DistillError(
@@ -206,10 +211,13 @@ class Distiller(nn.Module):
             raise DistillError(
                 "distillation terms need a teacher; pass teacher=... or remove the terms"
             )
+        if not isinstance(task, Task):
+            raise DistillError(
+                f"task {type(task).__name__} does not subclass distill.tasks.Task; derive it from Task "
+                "(its optional hooks then have defaults)"
+            )
         self.task = task
-        bind = getattr(task, "bind", None)
-        if callable(bind):  # a task whose loss is the student's own (detection)
-            bind(student)
+        task.bind(student)  # a task whose loss is the student's own (detection) builds it here
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -221,7 +229,9 @@ class Distiller(nn.Module):
         if teacher is not None:  # check module names now, not an hour into training
             FeatureTaps(teacher, _module_taps(self.teacher_taps))
         FeatureTaps(student, self.student_side.student_taps)
-        self._needs_setup = any(isinstance(t.projector, str) or _has_build(t.loss) for t in terms)
+        self._needs_setup = any(
+            isinstance(t.projector, str) or contract_of(t.loss).builds for t in terms
+        )
 
     @property
     def student(self) -> nn.Module:
@@ -278,7 +288,7 @@ class Distiller(nn.Module):
                     ).to(device)
                     term.projector = side.projectors[i]
                 elif (
-                    getattr(term.loss, "needs_same_shape", True)
+                    contract_of(term.loss).needs_same_shape
                     and not isinstance(s, list)
                     and not isinstance(t, list)
                     and isinstance(side.projectors[i], nn.Identity)
@@ -290,7 +300,7 @@ class Distiller(nn.Module):
                         "linear for vectors)"
                     )
             for i, term in enumerate(side.terms):
-                if _has_build(term.loss):
+                if contract_of(term.loss).builds:
                     s = _pick(term.student, outputs, taps, "student")
                     with torch.no_grad():
                         p = side.projectors[i]

@@ -18,22 +18,30 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from distill.distiller import OnlineTeacher
+from distill.data.base import make_loader
+from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
 
 
-class CachedTeacher:
+def uncacheable(taps: Iterable[str]) -> str | None:
+    """The first of ``taps`` the cache cannot keep (a module's features: only the task's ``@outputs`` are
+    kept), or None. The recipe schema and :class:`CachedTeacher` both ask this."""
+    return next((t for t in taps if not t.startswith("@")), None)
+
+
+class CachedTeacher(TeacherSource):
     """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
     the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
 
     def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
-        features = [t for t in taps if not t.startswith("@")]
-        if features:
+        module = uncacheable(taps)
+        if module is not None:
             raise DistillError(
                 f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
-                f"{features[0]!r}; tap an output (@logits) or turn cache_teacher off"
+                f"{module!r}; tap an output (@logits) or turn cache_teacher off"
             )
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))
@@ -43,6 +51,10 @@ class CachedTeacher:
     def filled(self) -> bool:
         return bool(self.cache)
 
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """The trainer's call: fill the cache from the training data (once)."""
+        self.fill_from(train_data, batch_size, console, report=is_main)
+
     def fill_from(
         self, data: Any, batch_size: int, console: Any = None, report: bool = True
     ) -> None:
@@ -50,10 +62,6 @@ class CachedTeacher:
         ``console`` (rich) says so when ``report``."""
         if self.filled:
             return
-        from torch.utils.data import DataLoader
-
-        from distill.train.sampling import make_loader  # here: distill.train imports this module
-
         loader = isinstance(data, DataLoader)
         dataset = data.dataset if loader else data
         batches = data if loader else make_loader(data, batch_size, None)

@@ -16,6 +16,7 @@ from torch import nn
 from distill.config.build import build, build_data, build_model_spec
 from distill.config.checks import example_batch
 from distill.config.schema import Recipe
+from distill.data.base import TextData, eval_batches, model_inputs
 from distill.models import count_parameters
 from distill.tasks.base import TeacherPredictions
 
@@ -73,9 +74,7 @@ class Context:
         self.student_params = count_parameters(built.student)
         self.named_inputs = isinstance(self.inputs(self.test_data, 1), Mapping)
         self.example = self.latency_example()
-        self.large_batch = getattr(self.task, "latency_batch", None) or (
-            64 if self.named_inputs else 256
-        )
+        self.large_batch = self.task.latency_batch or (64 if self.named_inputs else 256)
         self._made: dict[str, Produced] = {}
 
     def inputs(self, data: Any, n: int) -> Any:
@@ -87,15 +86,14 @@ class Context:
         ``max_length`` tokens (the longest input the models get), as ``benchmarks/text.py`` times them."""
         data = self.test_data
         first = self.inputs(data, 1)
-        tokenizer, length = getattr(data, "tokenizer", None), getattr(data, "max_length", None)
         if not isinstance(first, Mapping):
             return first[0]
-        if tokenizer is not None and length is not None and getattr(data, "texts", None):
-            encoded = tokenizer(
+        if isinstance(data, TextData) and data.tokenizer is not None and data.texts:
+            encoded = data.tokenizer(
                 data.texts[:1],
                 padding="max_length",
                 truncation=True,
-                max_length=length,
+                max_length=data.max_length,
                 return_tensors="pt",
             )
             labels = torch.zeros(1, dtype=torch.int64)
@@ -108,12 +106,12 @@ class Context:
             from distill.models.hf import student_from_teacher
 
             return student_from_teacher(self.teacher, **recipe.student.options)
-        channels = getattr(self.train_data, "in_channels", 3)
-        return build_model_spec(recipe.student, self.train_data.num_classes, channels, "student")
+        classes, channels = model_inputs(self.train_data)
+        return build_model_spec(recipe.student, classes, channels, "student")
 
     def test_loader(self) -> Any:
         data = self.test_data
-        return data.loader(self.recipe.train.eval_batch_size) if hasattr(data, "loader") else data
+        return eval_batches(data, self.recipe.train.eval_batch_size)
 
     def calibration(self, batch_size: int = 64) -> list[Any]:
         """Training inputs for static quantization: ``calibration_samples`` of them, in batches (dicts of
@@ -131,8 +129,7 @@ class Context:
     def new_teacher(self) -> nn.Module:
         """A freshly built teacher architecture (random weights), e.g. to load a pruned teacher into."""
         spec = self.recipe.teacher.model_copy(update={"weights": None})  # type: ignore[union-attr]
-        classes = self.train_data.num_classes
-        channels = getattr(self.train_data, "in_channels", 3)
+        classes, channels = model_inputs(self.train_data)
         return build_model_spec(spec, classes, channels, "teacher")
 
     def get(self, name: str) -> Produced:

@@ -13,6 +13,7 @@ from distill.config.checks import check_on_example, check_taps, first_line
 from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec, TermSpec
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
+from distill.data.base import ImageDataset, LabelledDataset, TextData, model_inputs
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError
 from distill.losses import build_loss
@@ -67,12 +68,17 @@ def build_data(recipe: Recipe) -> tuple[Any, Any]:
 
 def check_splits_agree(train: Any, test: Any, name: str) -> None:
     """The test split must have the training split's class count, channels and image size."""
-    for attr, fix in (
-        ("num_classes", "relabel them or store the same num_classes/classes metadata in both"),
-        ("in_channels", "convert both to the same channel count (grayscale or RGB)"),
-        ("image_size", "resize both to the same size"),
-    ):
-        a, b = getattr(train, attr, None), getattr(test, attr, None)
+    checks = []
+    if isinstance(train, LabelledDataset) and isinstance(test, LabelledDataset):
+        fix = "relabel them or store the same num_classes/classes metadata in both"
+        checks.append(("num_classes", train.num_classes, test.num_classes, fix))
+    if isinstance(train, ImageDataset) and isinstance(test, ImageDataset):
+        fix = "convert both to the same channel count (grayscale or RGB)"
+        checks.append(("in_channels", train.in_channels, test.in_channels, fix))
+        checks.append(
+            ("image_size", train.image_size, test.image_size, "resize both to the same size")
+        )
+    for attr, a, b, fix in checks:
         if a is not None and b is not None and a != b:
             show = (lambda v: "x".join(map(str, v))) if attr == "image_size" else str
             raise DistillError(
@@ -191,8 +197,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     """Build data, models and the distiller for ``recipe`` (seeded with ``train.seed``)."""
     torch.manual_seed(recipe.train.seed)
     train, test = data or build_data(recipe)
-    num_classes = getattr(train, "num_classes", None)
-    in_channels = getattr(train, "in_channels", 3)
+    num_classes, in_channels = model_inputs(train)
     if num_classes is None:
         raise ConfigError(f"dataset {recipe.data.name!r} does not say how many classes it has")
     student, teacher = build_models(recipe, num_classes, in_channels)
@@ -202,10 +207,9 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         check_taps(student, spec.student, f"distill.terms.{i}.student")
         if teacher is not None:
             check_taps(teacher, spec.teacher, f"distill.terms.{i}.teacher")
-    if callable(getattr(task, "request", None)):  # outputs that cost extra (attention weights)
-        task.request(
-            tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
-        )
+    task.request(  # outputs that cost extra (attention weights)
+        tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
+    )
     prepare_text_data(recipe, (train, test), student, teacher)
     terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(specs)]
     distiller = Distiller(
@@ -286,13 +290,13 @@ def prepare_text_data(
     recipe: Recipe, data: tuple[Any, Any], student: nn.Module, teacher: nn.Module | None
 ) -> None:
     """Text data takes the student's tokenizer; the teacher must read the same token ids."""
-    if not all(callable(getattr(d, "set_tokenizer", None)) for d in data):
+    if not all(isinstance(d, TextData) for d in data):
         return
     from distill.models.hf import same_vocabulary, tokenizer_of
 
     tokenizer = tokenizer_of(student) or (tokenizer_of(teacher) if teacher is not None else None)
     if tokenizer is None:
-        if any(getattr(d, "tokenizer", None) is None for d in data):
+        if any(d.tokenizer is None for d in data):
             raise ConfigError(
                 f"dataset {recipe.data.name!r} holds text but student {recipe.student.name!r} has no "
                 "tokenizer; use a Hugging Face student (hf:FOLDER or from_teacher)"

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from distill.config.schema import Recipe
+from distill.data.base import model_inputs
 from distill.distiller import Distiller
 from distill.errors import DistillError
+from distill.losses.base import contract_of
+from distill.tasks.base import Task
 
 
 def first_line(err: BaseException) -> str:
@@ -35,11 +38,12 @@ def example_batch(data: Any, n: int = 2) -> Any:
     from torch.utils.data import DataLoader
 
     from distill.data import identity_collate
+    from distill.data.base import BatchingDataset
 
     if not isinstance(data, DataLoader):
         if len(data) == 0:
             raise DistillError("the training data is empty; point the recipe at data with samples")
-        if callable(getattr(data, "loader", None)):  # the dataset's own batching (text: tokenising)
+        if isinstance(data, BatchingDataset):  # the dataset's own batching (text: tokenising)
             data = data.loader(min(n, len(data)))
         else:
             data = DataLoader(data, batch_size=min(n, len(data)), collate_fn=identity_collate)
@@ -109,7 +113,7 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
                 if isinstance(term.projector, str):
                     projector = build_projector(term.projector, one_s.shape, one_t.shape)
                 elif (
-                    getattr(term.loss, "needs_same_shape", True)
+                    contract_of(term.loss).needs_same_shape
                     and not isinstance(s, list)
                     and not isinstance(t, list)
                     and isinstance(projector, nn.Identity)
@@ -129,7 +133,7 @@ def _dry_run(loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, e
     """Call the loss once on the example's tensors, so what it refuses (a YOLO26 head for ``ld``, maps it
     cannot pair) fails before ``--overwrite`` clears a run, not at the first step. Losses with parts built
     from data (``build``) are checked when the distiller builds them."""
-    if callable(getattr(loss, "build", None)):
+    if contract_of(loss).builds:
         return
     s = [projector(x) for x in s] if isinstance(s, list) else projector(s)
     try:
@@ -142,18 +146,15 @@ def _dry_run(loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, e
 
 
 def _check_class_counts(
-    task: Any,
+    task: Task,
     data: Any,
     recipe: Recipe,
     outputs: dict[str, torch.Tensor],
     teacher_outputs: dict[str, torch.Tensor],
 ) -> None:
     """Classification: student and teacher give one score per class of the data."""
-    num_classes = getattr(data, "num_classes", None)
-    if (
-        getattr(task, "name", None) not in ("classification", "text_classification")
-        or not num_classes
-    ):
+    num_classes, _ = model_inputs(data)
+    if not task.classifies or not num_classes:
         return
     pairs = [("student", recipe.student.name, outputs.get("logits"))]
     if recipe.teacher is not None:

@@ -241,18 +241,19 @@ class Recipe(Strict):
                 f"distill.cache_teacher needs the same inputs every epoch, but data.augment.{name} "
                 f"({value}) changes them; turn one of the two off"
             )
-        if getattr(_lookup("task", self.task), "augments_in_loader", False):
+        if _lookup("task", self.task).augments_in_loader:
             raise ValueError(
                 f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
                 "teacher sees new inputs every epoch; turn cache_teacher off"
             )
+        from distill.teacher_cache import uncacheable
+
         for i, term in enumerate(self.distill.terms):
-            taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher
-            modules = [t for t in taps if not t.startswith("@")]
-            if modules:
+            module = uncacheable([term.teacher] if isinstance(term.teacher, str) else term.teacher)
+            if module is not None:
                 raise ValueError(
                     f"distill.cache_teacher keeps the teacher's outputs only, but "
-                    f"distill.terms.{i}.teacher taps the module {modules[0]!r}; tap an output "
+                    f"distill.terms.{i}.teacher taps the module {module!r}; tap an output "
                     "(@logits) or turn cache_teacher off"
                 )
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.data.base import BatchingDataset, eval_batches, model_inputs
 from distill.errors import DistillError, did_you_mean
 from distill.export.exporter import Inputs, batch_size, take
 
@@ -159,8 +160,7 @@ def load_run(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, 
 
     recipe = run_recipe(run_dir)
     train, test = build_data(recipe)
-    num_classes = getattr(train, "num_classes", None)
-    channels = getattr(train, "in_channels", 3)
+    num_classes, channels = model_inputs(train)
     spec = recipe.student.model_copy(update={"weights": None})  # the checkpoint replaces them
     if recipe.teacher is not None and recipe.student.name == "from_teacher":
         teacher = recipe.teacher.model_copy(update={"weights": None})
@@ -175,7 +175,7 @@ def load_run(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, 
 
 def eval_loader(data: Any, batch_size: int) -> Any:
     """The split's own batched loader when it has one (``TensorDataset``, ``TextDataset``), else ``data``."""
-    return data.loader(batch_size) if hasattr(data, "loader") else data
+    return eval_batches(data, batch_size)
 
 
 def default_int8_mode(inputs: Inputs) -> str:
@@ -214,7 +214,7 @@ def example_inputs(task: Any, loader: Any, n: int) -> Inputs:
 
 def _calibration(task: Any, train: Any, batches: int) -> Iterator[Inputs]:
     """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
-    if hasattr(train, "loader"):
+    if isinstance(train, BatchingDataset):
         loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
     else:
         loader = train

@@ -1,6 +1,7 @@
 """Distillation losses: tensor-in, scalar-out ``nn.Module``s, one method per file.
 
-Conventions every loss follows:
+Conventions every loss follows (:class:`~distill.losses.base.DistillLoss`, which each loss subclasses,
+declares the attributes below with their defaults; helpers several losses share are in ``_common.py``):
 
 * ``forward(student, teacher, **extras) -> Tensor`` (a scalar). ``student``/``teacher`` are the tensors
   named by the term's taps (lists of tensors for multi-level methods).

@@ -29,7 +29,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch, TeacherPredictions
+from distill.tasks.base import Batch, Task, TeacherPredictions
 
 TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 EVAL_KEYS = ("im_file", "ori_shape", "ratio_pad", "resized_shape")
@@ -44,7 +44,7 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     "detection",
     description="Ultralytics YOLO: the model's own loss; @p3/@p4/@p5, @scores, @boxes; mAP50-95, mAP50",
 )
-class DetectionTask:
+class DetectionTask(Task):
     """YOLO detection. ``conf``/``iou``/``max_det`` are the NMS settings of evaluation (Ultralytics' val defaults)."""
 
     name = "detection"

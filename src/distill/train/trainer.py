@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from distill.distiller import Distiller
 from distill.errors import DistillError
 from distill.tasks.base import TeacherPredictions
-from distill.teacher_cache import CachedTeacher
 from distill.train.checkpoint import (
     EMA_PREFIX,
     CheckpointStore,
@@ -160,8 +159,8 @@ class Trainer:
                 data = data.dataset
             context = {"num_samples": len(data)} if hasattr(data, "__len__") else {}
             self.distiller.setup(next(iter(self._train_loader(0))), **context)
-            if isinstance(self.distiller.source, CachedTeacher):  # distill.cache_teacher
-                self.distiller.source.fill_from(
+            if self.distiller.source is not None:  # a cache fills itself here (cache_teacher)
+                self.distiller.source.prepare(
                     self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
                 )
         self._prepared = True
