@@ -16,11 +16,11 @@ from rich.console import Console
 
 from distill import api
 from distill.compare.runs import TINY, cache_dir, cached_run
-from distill.config.build import build, build_data, build_model_spec
 from distill.config.load import load_recipe
+from distill.config.run import open_run
+from distill.errors import DistillError
 from distill.report import measure, rows_table, write_report
 from distill.tasks.base import TeacherPredictions
-from distill.train.checkpoint import load_student_weights
 
 __all__ = ["TINY", "cache_dir", "run_demo"]
 
@@ -74,7 +74,7 @@ def run_demo(
         console.rule(slug)
         api.train(recipe, overwrite=True, console=console)
         runs[slug] = out / slug
-    rows = _measure_runs(runs, [*common, teacher_weights], console)
+    rows = _measure_runs(runs, console)
     elapsed = time.perf_counter() - started
     notes = (
         "Accuracy is the last epoch's test top-1 (no checkpoint picking on the test set). Agreement: share of "
@@ -90,18 +90,16 @@ def run_demo(
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "elapsed_s": elapsed}
 
 
-def _measure_runs(
-    runs: dict[str, Path], overrides: list[str], console: Console
-) -> list[dict[str, Any]]:
-    """Measure the teacher and each student run (last checkpoint) on the test set, the same way."""
+def _measure_runs(runs: dict[str, Path], console: Console) -> list[dict[str, Any]]:
+    """Measure the teacher and each student run (last checkpoint) on the test set, the same way: the KD
+    run's task, test split and teacher (the weights its recipe names) for every row."""
     console.rule("measuring")
-    kd_recipe = load_recipe("fashion_mnist/kd", overrides)
-    train, test = build_data(kd_recipe)
-    built = build(kd_recipe, data=(train, test))
-    teacher, task = built.teacher, built.distiller.task
-    predictions = TeacherPredictions(teacher)  # each row's agreement, the teacher run once
-    loader = test.loader(kd_recipe.train.eval_batch_size)
-    example = test.images[0]
+    kd = open_run(runs["student-kd"], "last", teacher=True)
+    if kd.teacher is None:
+        raise DistillError(f"the demo's teacher is missing: {'; '.join(kd.notes)}")
+    predictions = TeacherPredictions(kd.teacher)  # each row's agreement, the teacher run once
+    loader = kd.test_loader()
+    example = kd.test_data.images[0]
     labels = {
         "teacher": "teacher",
         "student-scratch": "student (scratch)",
@@ -110,12 +108,12 @@ def _measure_runs(
     rows = []
     for slug, run_dir in runs.items():
         if slug == "teacher":
-            model = teacher
+            model = kd.teacher
+        elif slug == "student-kd":
+            model = kd.student
         else:
-            spec = api.run_recipe(run_dir).student
-            model = build_model_spec(spec, train.num_classes, train.in_channels, "student")
-            load_student_weights(run_dir, model, "last")
-        row = measure(labels[slug], model, task, loader, example, teacher=predictions)
+            model = open_run(run_dir, "last", data=(kd.train_data, kd.test_data)).student
+        row = measure(labels[slug], model, kd.task, loader, example, teacher=predictions)
         row["run_dir"] = str(run_dir)
         rows.append(row)
     return rows
