@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from distill.config.checks import check_on_example, check_taps, first_line
 from distill.config.schema import (
@@ -32,7 +30,7 @@ from distill.teacher_cache import CachedTeacher
 from distill.train import Trainer
 from distill.train.checkpoint import load_student_weights, student_tensors
 from distill.train.config import TrainConfig
-from distill.train.sampling import make_loader
+from distill.train.sampling import eval_loader as eval_loader  # the assembly path's, defined there
 
 
 @dataclass
@@ -439,9 +437,3 @@ def build_trainer(
         augment=augment,
         **trainer_kwargs,
     )
-
-
-def eval_loader(data: Any, batch_size: int) -> Iterable[Any]:
-    """Batches of ``data`` in order, for evaluation: the dataset's own loader (``TensorDataset``,
-    ``TextDataset``, detection), a ready DataLoader as given, else a DataLoader."""
-    return data if isinstance(data, DataLoader) else make_loader(data, batch_size, None)

@@ -28,16 +28,12 @@ def example_batch(data: Any, n: int = 2) -> Any:
     """The first ``n`` samples of ``data`` (a dataset or a DataLoader) as one batch."""
     from torch.utils.data import DataLoader
 
-    from distill.data import identity_collate
+    from distill.train.sampling import eval_loader
 
-    if not isinstance(data, DataLoader):
-        if len(data) == 0:
-            raise DistillError("the training data is empty; point the recipe at data with samples")
-        if callable(getattr(data, "loader", None)):  # the dataset's own batching (text: tokenising)
-            data = data.loader(min(n, len(data)))
-        else:
-            data = DataLoader(data, batch_size=min(n, len(data)), collate_fn=identity_collate)
-    for batch in data:
+    if not isinstance(data, DataLoader) and len(data) == 0:
+        raise DistillError("the training data is empty; point the recipe at data with samples")
+    size = n if isinstance(data, DataLoader) else min(n, len(data))
+    for batch in eval_loader(data, size):
         return batch
     raise DistillError("the training data is empty; point the recipe at data with samples")
 

@@ -123,6 +123,13 @@ def make_loader(
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
 
 
+def eval_loader(data: Dataset | DataLoader, batch_size: int) -> Iterable[Any]:
+    """Batches of ``data`` in order, for evaluation: a ready DataLoader as given, else :func:`make_loader`
+    (the dataset's own loader, else a DataLoader). Every evaluation and example batch distill takes from a
+    dataset comes from here."""
+    return data if isinstance(data, DataLoader) else make_loader(data, batch_size, None)
+
+
 def epoch_loader(
     data: Dataset | DataLoader,
     local_batch: int,
