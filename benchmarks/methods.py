@@ -118,11 +118,11 @@ def check_same_training(methods: list[str], common: list[str]) -> dict[str, Any]
 
 def teacher_accuracy(teacher: str, common: list[str]) -> float:
     """Test top-1 (%) of the teacher weights on the benchmark's test split."""
-    from distill.config.build import build
+    from distill.config.build import build, eval_loader
     from distill.config.load import load_recipe
 
     built = build(load_recipe("fashion_mnist/kd", [*common, f"teacher.weights={teacher}"]))
-    return float(built.distiller.task.evaluate(built.teacher, built.test_data.loader(512))["top1"])
+    return float(built.distiller.task.evaluate(built.teacher, eval_loader(built.test_data, 512))["top1"])
 
 
 def render(

@@ -19,7 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from distill import ClassificationTask, Distiller, KDLoss, Term, TrainConfig, Trainer
+from distill import ClassificationTask, TrainConfig
+from distill.config.build import build_distiller, build_trainer
+from distill.config.schema import DistillSpec, TermSpec
 from distill.data import FashionMNIST
 from distill.models import build_model, count_parameters
 
@@ -46,11 +48,11 @@ def models(seed: int):
 
 def run_distill(data, steps: int, batch_size: int) -> float:
     teacher, student = models(0)
-    distiller = Distiller(student, ClassificationTask(), teacher=teacher,
-                          terms=[Term(KDLoss(T), weight=1.0)], task_weight=1.0)
+    kd = DistillSpec(terms=[TermSpec(loss="kd", options={"temperature": T})], task_weight=1.0)
+    distiller = build_distiller(kd, student, teacher, ClassificationTask())
     cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=0.05, progress=False,
                       schedule="constant", device="cpu")
-    trainer = Trainer(distiller, data, None, cfg)
+    trainer = build_trainer(distiller, data, None, cfg)
     start = time.perf_counter()
     trainer.fit()
     return steps * batch_size / (time.perf_counter() - start)

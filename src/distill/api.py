@@ -9,13 +9,13 @@ from rich.console import Console
 
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
+from distill.config.run import CHECKPOINTS as CHECKPOINTS  # re-exported: export_run reads it here
+from distill.config.run import Run as Run
+from distill.config.run import open_run
+from distill.config.run import run_recipe as run_recipe
 from distill.config.schema import Recipe
-from distill.data.base import eval_batches
-from distill.errors import DistillError, did_you_mean
-from distill.train.checkpoint import load_student_weights
+from distill.errors import DistillError
 from distill.train.distributed import barrier
-
-CHECKPOINTS = ("best", "last")
 
 
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -96,27 +96,20 @@ def train(
     return summary
 
 
-def run_recipe(run_dir: str | Path) -> Recipe:
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise DistillError(
-            f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` wrote"
-        )
-    return load_recipe(path)
+class Metrics(dict[str, float]):
+    """Evaluation metrics by name; ``notes`` says what was left out and why (e.g. agreement without the
+    teacher's weights)."""
+
+    def __init__(self, values: dict[str, float], notes: list[str] | None = None) -> None:
+        super().__init__(values)
+        self.notes = list(notes or [])
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
-    """Evaluate a trained run's student on its recipe's test split (agreement against its teacher, if any)."""
-    if checkpoint not in CHECKPOINTS:
-        raise DistillError(
-            f"unknown checkpoint {checkpoint!r}.{did_you_mean(checkpoint, CHECKPOINTS)} "
-            "Use best or last"
-        )
-    recipe = run_recipe(run_dir)
-    built = build(recipe)
-    load_student_weights(Path(run_dir), built.student, checkpoint)
-    loader = eval_batches(built.test_data, recipe.train.eval_batch_size)
-    return built.distiller.task.evaluate(built.student, loader, built.teacher)
+def evaluate(run_dir: str | Path, checkpoint: str = "best") -> Metrics:
+    """Evaluate a trained run's student on its recipe's test split, with agreement against its teacher when
+    the recipe has one and its weights are still there (otherwise ``notes`` says agreement was left out)."""
+    run = open_run(run_dir, checkpoint, teacher=True)
+    return Metrics(run.task.evaluate(run.student, run.test_loader(), run.teacher), run.notes)
 
 
 def validate(paths: list[str | Path]) -> list[Recipe | None]:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +189,58 @@ def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
     return {k: batch.extras[k] for k in wanted}
 
 
+class ExampleRunError(DistillError):
+    """The student or teacher failed on the example batch of a dry run (:meth:`Distiller.setup`).
+
+    ``role`` is ``student`` or ``teacher``, ``inputs`` the inputs' shape (a list) or type name, ``reason``
+    the first line of the model's error; the recipe builder names the model in its message.
+    """
+
+    def __init__(self, role: str, inputs: Any, reason: str) -> None:
+        self.role, self.inputs, self.reason = role, inputs, reason
+        super().__init__(
+            f"{role} cannot run on the data's inputs {inputs} ({reason}); "
+            "check the model's options (image_size, in_channels) against the data"
+        )
+
+
+def first_line(err: BaseException) -> str:
+    """The first sentence of an error's first line, at most 120 characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return line.split(". ")[0][:120]
+
+
+def _forward(role: str, batch: Batch, dry_run: bool, forward: Callable[[], Any]) -> Any:
+    """``forward()``; in a dry run a model error becomes one line naming the role (and the inputs' shape)."""
+    if not dry_run:
+        return forward()
+    try:
+        return forward()
+    except ExampleRunError:
+        raise
+    except DistillError as err:
+        raise DistillError(f"{role}: {err}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        x = batch.inputs
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ExampleRunError(role, shape, first_line(err)) from None
+
+
+def _call_once(
+    loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, extras: Any
+) -> None:
+    """Call the loss once on the example's tensors, so what it refuses (a YOLO26 head for ``ld``, maps it
+    cannot pair) fails before ``--overwrite`` clears a run, not at the first step."""
+    s = [projector(x) for x in s] if isinstance(s, list) else projector(s)
+    try:
+        loss(s, t, **extras)
+    except DistillError as err:
+        raise DistillError(f"term {name!r}: {err}") from None
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise DistillError(f"term {name!r}: {line}") from None
+
+
 class Distiller(nn.Module):
     """Student + frozen teacher + terms. ``forward(batch, epoch)`` returns a :class:`DistillStep`.
 
@@ -258,58 +310,109 @@ class Distiller(nn.Module):
             self.teacher.eval()  # never leaves eval mode: BN statistics and dropout stay frozen
         return self
 
-    def setup(self, example_batch: Any, **context: Any) -> None:
+    def setup(
+        self,
+        example_batch: Any,
+        dry_run: bool = False,
+        check_outputs: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
+        | None = None,
+        **context: Any,
+    ) -> None:
         """Build named projectors from the feature shapes of one example batch and check term shapes.
 
         Losses with trainable parts sized by the data (embedding heads, connectors, memory banks) define
         ``build(student, teacher, **context)``; it is called here once with the (projected) example
         tensors and ``context`` (the trainer passes ``num_samples``, the training set size), so their
         parameters exist before the optimizer is built and before a checkpoint is loaded.
+
+        With ``dry_run`` nothing is kept (the check the recipe builder runs before anything is written):
+        the student and teacher run in eval mode under a forked RNG, a model that cannot take the inputs
+        raises :class:`ExampleRunError`, projectors are built and dropped, each loss without ``build`` is
+        called once on the example's tensors (with the batch extras it declares), and weights, train/eval
+        modes and the RNG are left as they were. ``check_outputs(student_outputs, teacher_outputs)`` is
+        called between the forward passes and the term checks.
         """
         batch = self.task.split(example_batch)
-        device = next(self._unwrapped.parameters()).device
-        batch = batch.to(device)
         side = self._unwrapped
+        param = next(side.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        batch = batch.to(device)
         was_training = side.training
         side.eval()
         try:
-            with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
-                outputs = self.task.forward(side.student, batch.inputs)
-                teacher_outputs = (
-                    self.source.outputs(batch, self.teacher_taps) if self.source else {}
-                )
-            for i, term in enumerate(side.terms):
-                s = _pick(term.student, outputs, taps, "student")
-                t = _teacher_pick(term.teacher, teacher_outputs)
-                if isinstance(term.projector, str):
-                    one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
-                    side.projectors[i] = build_projector(
-                        term.projector, one_s.shape, one_t.shape
-                    ).to(device)
-                    term.projector = side.projectors[i]
-                elif (
-                    contract_of(term.loss).needs_same_shape
-                    and not isinstance(s, list)
-                    and not isinstance(t, list)
-                    and isinstance(side.projectors[i], nn.Identity)
-                    and s.shape != t.shape
-                ):
-                    raise DistillError(
-                        f"term {side.names[i]!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
-                        f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
-                        "linear for vectors)"
-                    )
-            for i, term in enumerate(side.terms):
-                if contract_of(term.loss).builds:
-                    s = _pick(term.student, outputs, taps, "student")
-                    with torch.no_grad():
-                        p = side.projectors[i]
-                        s = [p(x) for x in s] if isinstance(s, list) else p(s)
-                    term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
-                    term.loss.to(device)
+            with torch.random.fork_rng(devices=[], enabled=dry_run):
+                self._setup_terms(batch, device, dry_run, check_outputs, context)
         finally:
             side.train(was_training)
-        self._needs_setup = False
+        if not dry_run:
+            self._needs_setup = False
+
+    def _example_outputs(
+        self, batch: Batch, dry_run: bool
+    ) -> tuple[dict[str, torch.Tensor], FeatureTaps, dict[str, torch.Tensor]]:
+        """Student outputs, student taps and teacher outputs on ``batch`` (no grad)."""
+        side = self._unwrapped
+        with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
+            outputs = _forward(
+                "student", batch, dry_run, lambda: self.task.forward(side.student, batch.inputs)
+            )
+        teacher_outputs: dict[str, torch.Tensor] = {}
+        source = self.source
+        if source is not None:
+            with torch.no_grad():
+                teacher_outputs = _forward(
+                    "teacher", batch, dry_run, lambda: source.outputs(batch, self.teacher_taps)
+                )
+        return outputs, taps, teacher_outputs
+
+    def _setup_terms(
+        self,
+        batch: Batch,
+        device: torch.device,
+        dry_run: bool,
+        check_outputs: Callable[..., None] | None,
+        context: dict[str, Any],
+    ) -> None:
+        side = self._unwrapped
+        outputs, taps, teacher_outputs = self._example_outputs(batch, dry_run)
+        if check_outputs is not None:
+            check_outputs(outputs, teacher_outputs)
+        projectors = list(side.projectors)
+        for i, term in enumerate(side.terms):
+            extras = _extras_for(term.loss, batch, side.names[i]) if dry_run else {}
+            s = _pick(term.student, outputs, taps, "student")
+            t = _teacher_pick(term.teacher, teacher_outputs)
+            if isinstance(term.projector, str):
+                one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
+                projectors[i] = build_projector(term.projector, one_s.shape, one_t.shape).to(device)
+                if not dry_run:
+                    side.projectors[i] = projectors[i]
+                    term.projector = projectors[i]
+            elif (
+                contract_of(term.loss).needs_same_shape
+                and not isinstance(s, list)
+                and not isinstance(t, list)
+                and isinstance(projectors[i], nn.Identity)
+                and s.shape != t.shape
+            ):
+                raise DistillError(
+                    f"term {side.names[i]!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
+                    f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
+                    "linear for vectors)"
+                )
+            if dry_run and not contract_of(term.loss).builds:
+                with torch.no_grad():
+                    _call_once(term.loss, side.names[i], projectors[i], s, t, extras)
+        if dry_run:  # losses with parts built from data are checked when the real setup builds them
+            return
+        for i, term in enumerate(side.terms):
+            if contract_of(term.loss).builds:
+                s = _pick(term.student, outputs, taps, "student")
+                with torch.no_grad():
+                    p = side.projectors[i]
+                    s = [p(x) for x in s] if isinstance(s, list) else p(s)
+                term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
+                term.loss.to(device)
 
     def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
         if self._needs_setup:

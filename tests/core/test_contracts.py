@@ -11,6 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 from torch import nn
+from torch.utils.data import DataLoader
 
 import distill.teacher_cache
 from distill.data.base import (
@@ -20,7 +21,7 @@ from distill.data.base import (
     LabelledDataset,
     SizedByLength,
     TextData,
-    eval_batches,
+    eval_loader,
     make_loader,
     model_inputs,
 )
@@ -140,11 +141,11 @@ def test_dataset_protocols_name_what_distill_reads():
     assert model_inputs(images) == (3, 1) and model_inputs(text) == (2, 3)
     plain = torch.utils.data.TensorDataset(torch.zeros(4, 2))
     assert not isinstance(plain, BatchingDataset) and not isinstance(plain, LabelledDataset)
-    assert model_inputs(plain) == (None, 3) and eval_batches(plain, 2) is plain
+    assert model_inputs(plain) == (None, 3) and isinstance(eval_loader(plain, 2), DataLoader)
     assert isinstance(make_loader(plain, 2, None), torch.utils.data.DataLoader)
     plain.num_classes = 5  # a plugin's dataset needs only what a rule reads
     assert isinstance(plain, LabelledDataset) and model_inputs(plain) == (5, 3)
-    assert [len(b["index"]) for b in eval_batches(images, 16)] == [16, 8]
+    assert [len(b["index"]) for b in eval_loader(images, 16)] == [16, 8]
     batches = list(make_loader(images, 10, None))  # its own loader: dict batches with indices
     assert [len(b["index"]) for b in batches] == [10, 10, 4]
 

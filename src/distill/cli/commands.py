@@ -59,6 +59,8 @@ def eval_(
     for key, value in metrics.items():
         table.add_row(key, str(int(value)) if float(value).is_integer() else f"{value:.4g}")
     console.print(table)
+    for note in getattr(metrics, "notes", []):
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

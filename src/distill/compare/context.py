@@ -13,10 +13,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from distill.config.build import build, build_data, build_model_spec
+from distill.config.build import (
+    build,
+    build_data,
+    build_teacher,
+    data_shape,
+    eval_loader,
+)
 from distill.config.checks import example_batch
 from distill.config.schema import Recipe
-from distill.data.base import TextData, eval_batches, model_inputs
+from distill.data.base import TextData
 from distill.models import count_parameters
 from distill.tasks.base import TeacherPredictions
 
@@ -100,18 +106,8 @@ class Context:
             first = self.task.split({**encoded, "label": labels, "index": labels}).inputs
         return {k: v[0] for k, v in first.items()}
 
-    def new_student(self, recipe: Recipe) -> nn.Module:
-        """``recipe``'s student architecture (random weights; ``from_teacher``: cut from this teacher)."""
-        if recipe.student.name == "from_teacher":
-            from distill.models.hf import student_from_teacher
-
-            return student_from_teacher(self.teacher, **recipe.student.options)
-        classes, channels = model_inputs(self.train_data)
-        return build_model_spec(recipe.student, classes, channels, "student")
-
     def test_loader(self) -> Any:
-        data = self.test_data
-        return eval_batches(data, self.recipe.train.eval_batch_size)
+        return eval_loader(self.test_data, self.recipe.train.eval_batch_size)
 
     def calibration(self, batch_size: int = 64) -> list[Any]:
         """Training inputs for static quantization: ``calibration_samples`` of them, in batches (dicts of
@@ -128,9 +124,10 @@ class Context:
 
     def new_teacher(self) -> nn.Module:
         """A freshly built teacher architecture (random weights), e.g. to load a pruned teacher into."""
-        spec = self.recipe.teacher.model_copy(update={"weights": None})  # type: ignore[union-attr]
-        classes, channels = model_inputs(self.train_data)
-        return build_model_spec(spec, classes, channels, "teacher")
+        shape = data_shape(self.recipe, self.train_data)
+        teacher = build_teacher(self.recipe, *shape, weights=False)
+        assert teacher is not None, "compare() checks the recipe has a teacher"
+        return teacher
 
     def get(self, name: str) -> Produced:
         """Pipeline ``name``'s product, made on first request."""

@@ -5,7 +5,7 @@ distill uses when a dataset has more, one protocol per rule, checked with ``isin
 dataset needs only the part a rule reads):
 
 * :class:`BatchingDataset`: batches itself (``loader``): in-memory gathers, tokenising collates,
-  Ultralytics' collate. :func:`make_loader` and :func:`eval_batches` use it.
+  Ultralytics' collate. :func:`make_loader` and :func:`eval_loader` use it.
 * :class:`SizedByLength`: reports per-item lengths (``lengths()``) for ``train.group_by_length``.
 * :class:`LabelledDataset`: says how many classes it has (``num_classes``), which sizes the models'
   heads and the class-count checks.
@@ -86,14 +86,15 @@ def model_inputs(data: Any) -> tuple[int | None, int]:
     return num_classes, data.in_channels if isinstance(data, ImageDataset) else 3
 
 
-def eval_batches(data: Any, batch_size: int) -> Iterable[Any]:
-    """Evaluation batches of a split: its own loader (:class:`BatchingDataset`), else ``data`` itself
-    (a ready DataLoader)."""
-    return data.loader(batch_size) if isinstance(data, BatchingDataset) else data
-
-
 def make_loader(dataset: Dataset, batch_size: int, sampler: Order) -> Iterable[Any]:
     """A dataset that batches itself does (:class:`BatchingDataset`); others get a DataLoader."""
     if isinstance(dataset, BatchingDataset):
         return dataset.loader(batch_size, sampler=sampler)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
+
+
+def eval_loader(data: Any, batch_size: int) -> Iterable[Any]:
+    """Batches of ``data`` in order, for evaluation: a ready DataLoader as given, else
+    :func:`make_loader` (the dataset's own loader, else a DataLoader). Every evaluation and example
+    batch distill takes from a dataset comes from here."""
+    return data if isinstance(data, DataLoader) else make_loader(data, batch_size, None)
