@@ -27,7 +27,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,14 +40,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.errors import DistillError
+from distill.train.manifest import FORMAT, KINDS, manifest_problem, parse_name, rebuild
 
 MANIFEST = "manifest.json"
-FORMAT = 1
-KINDS = ("last", "best")
 EMA_PREFIX = "ema."  # the student's weight average (train.ema), beside the raw "model." tensors
-# <kind>-<step>[-<n>].safetensors: n counts further saves at the same step (before and after evaluation)
-CHECKPOINT_NAME = re.compile(r"(last|best)-(\d{8,})(?:-([1-9]\d*))?\.safetensors")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # ----------------------------------------------------------------------------------- atomic files
@@ -169,65 +164,6 @@ def model_tensors(
 
 
 # ----------------------------------------------------------------------------------- the store
-def _parse_name(name: Any) -> tuple[str, int, int] | None:
-    """``(kind, step, n)`` of a checkpoint file name; None for anything else (a path included)."""
-    match = CHECKPOINT_NAME.fullmatch(name) if isinstance(name, str) else None
-    return (match[1], int(match[2]), int(match[3] or 0)) if match else None
-
-
-def _shown(value: Any) -> str:
-    """A value from a manifest, quoted and cut short, for a one-line error."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _entry_problem(entry: Any, kind: str) -> str | None:
-    """What is wrong with a manifest entry of ``kind``; None if nothing."""
-    if not isinstance(entry, dict):
-        return f"a {kind!r} entry is {_shown(entry)}, not an object"
-    name, sha = entry.get("file"), entry.get("sha256")
-    if (
-        "legacy_state" in entry or name == f"{kind}.safetensors"
-    ):  # carried over from the first layout
-        if name != f"{kind}.safetensors" or entry.get("legacy_state") != f"{kind}.json":
-            return f"{_shown(name)} with {_shown(entry.get('legacy_state'))} is not {kind}.safetensors with {kind}.json"
-        if sha is None:
-            return None
-    elif _parse_name(name) is None or _parse_name(name)[0] != kind:
-        return f"{_shown(name)} is not a {kind}-<step>.safetensors file name"
-    if not (isinstance(sha, str) and SHA256.fullmatch(sha)):
-        return f"{_shown(name)} has no SHA-256 checksum but {_shown(sha)}"
-    step = entry.get("step")
-    if step is not None and (type(step) is not int or step < 0):
-        return f"{_shown(name)} has step {_shown(step)}"
-    return None
-
-
-def _manifest_problem(data: dict[str, Any]) -> str | None:
-    """What is wrong with a manifest's structure or names; None if nothing."""
-    last, best = data.get("last", []), data.get("best")
-    if not isinstance(last, list):
-        return f"'last' is {_shown(last)}, not a list"
-    entries = [(entry, "last") for entry in last] + ([(best, "best")] if best is not None else [])
-    for entry, kind in entries:
-        problem = _entry_problem(entry, kind)
-        if problem:
-            return problem
-    names = [entry["file"] for entry, _ in entries]
-    duplicate = next((name for name in names if names.count(name) > 1), None)
-    return f"{_shown(duplicate)} is listed twice" if duplicate else None
-
-
-def _header_state(path: Path) -> dict[str, Any] | None:
-    """The JSON state in a checkpoint's header if the file is a complete safetensors file; else None."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            state = json.loads((f.metadata() or {})["distill"])
-    except (SafetensorError, OSError, KeyError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
 def _listed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return list(manifest["last"]) + ([manifest["best"]] if manifest.get("best") else [])
 
@@ -284,7 +220,7 @@ class CheckpointStore:
                 "rebuild the list from the checkpoint files (--resume does), or start the run again "
                 "with --overwrite"
             )
-        problem = _manifest_problem(data)
+        problem = manifest_problem(data)
         if problem:
             raise DistillError(
                 f"checkpoint manifest {path} is damaged ({problem}); nothing was deleted: delete it to "
@@ -294,41 +230,14 @@ class CheckpointStore:
         return {"format": FORMAT, "last": list(data.get("last", [])), "best": data.get("best")}
 
     def _rebuild(self) -> dict[str, Any] | None:
-        """The list a lost ``manifest.json`` held: every checkpoint file that is complete and whose header
-        state has the step its name gives, newest first, with checksums taken now."""
+        """The list a lost ``manifest.json`` held, rebuilt from the files (see :func:`rebuild`)."""
         if not self.directory.is_dir():
             return None
-        files = sorted(p for p in self.directory.glob("*.safetensors") if _parse_name(p.name))
+        files = sorted(p for p in self.directory.glob("*.safetensors") if parse_name(p.name))
         listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        if self._rebuilt is not None and self._rebuilt[0] == listing:
-            return self._rebuilt[1]
-        found: dict[str, list[tuple[tuple[int, int], dict[str, Any]]]] = {k: [] for k in KINDS}
-        for path in files:
-            kind, step, n = _parse_name(path.name)  # type: ignore[misc]
-            state = _header_state(path)
-            try:
-                if state is None or int(state.get("global_step", 0)) != step:
-                    continue
-            except (TypeError, ValueError):
-                continue
-            entry = {
-                "file": path.name,
-                "sha256": self._checksum(path),
-                "bytes": path.stat().st_size,
-                "step": step,
-                "epoch": state.get("epoch"),
-                "time": round(path.stat().st_mtime, 3),
-            }
-            found[kind].append(((step, n), entry))
-        newest = {
-            k: [e for _, e in sorted(v, key=lambda x: x[0], reverse=True)] for k, v in found.items()
-        }
-        rebuilt = None
-        if newest["last"] or newest["best"]:
-            best = newest["best"][0] if newest["best"] else None
-            rebuilt = {"format": FORMAT, "last": newest["last"], "best": best, "recovered": True}
-        self._rebuilt = (listing, rebuilt)
-        return rebuilt
+        if self._rebuilt is None or self._rebuilt[0] != listing:
+            self._rebuilt = (listing, rebuild(files, self._checksum))
+        return self._rebuilt[1]
 
     def _legacy(self) -> dict[str, Any] | None:
         """Runs written before the manifest existed: ``<tag>.safetensors`` + ``<tag>.json``."""
@@ -514,7 +423,7 @@ class CheckpointStore:
             return removed
         named = {entry["file"] for entry in listed}
         for path in sorted(self.directory.glob("*.safetensors")):
-            if _parse_name(path.name) and path.name not in named:
+            if parse_name(path.name) and path.name not in named and path.is_file():
                 path.unlink(missing_ok=True)
                 removed.append(path)
         return removed
