@@ -130,3 +130,25 @@ def test_stopping_right_after_a_checkpoint_writes_no_second_copy(tmp_path):
     _fit(tmp_path / "cut", stop_after=6, checkpoint_every=2)
     names = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("last-*"))
     assert names == ["last-00000004-1.safetensors", "last-00000006.safetensors"]
+
+
+def test_a_kill_during_the_final_evaluation_keeps_it_in_the_history(tmp_path, monkeypatch):
+    """A checkpoint at the run's last step, taken before the final evaluation, would count as finished
+    on resume and the evaluation would be lost: that step is saved after it."""
+    full, full_summary, _ = _fit(tmp_path / "full", checkpoint_every=2)
+    original = Trainer.evaluate
+
+    def crash(self):
+        if self.global_step == 12:
+            raise Crash
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", crash)
+    with pytest.raises(Crash):
+        _fit(tmp_path / "cut", checkpoint_every=2)
+    monkeypatch.undo()
+
+    resumed, summary, _ = _fit(tmp_path / "cut", resume=True, checkpoint_every=2)
+    assert _same(resumed, full)
+    assert summary["history"] == full_summary["history"] and len(summary["history"]) == 3
+    assert _logged(tmp_path / "cut", "eval") == [4, 8, 12]

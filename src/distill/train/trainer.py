@@ -430,7 +430,10 @@ class Trainer:
                 progress.update(bar, info=format_values(values))
                 sums, seen, count, started = {}, 0, 0, time.perf_counter()
             progress.update(bar, completed=self.global_step)
-            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+            # the run's last step is saved after the final evaluation: saved before it, a kill during
+            # the evaluation would leave a checkpoint that resumes as finished, without it
+            every = cfg.checkpoint_every
+            if every and self.global_step % every == 0 and self.global_step < total:
                 self._save("last", with_optimizer=True)
         epoch_done = self.epoch_step >= steps_per_epoch
         if epoch_done:
