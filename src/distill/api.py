@@ -9,6 +9,7 @@ from rich.console import Console
 
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
+from distill.config.resume import check_resume
 from distill.config.run import CHECKPOINTS as CHECKPOINTS  # re-exported: export_run reads it here
 from distill.config.run import Run as Run
 from distill.config.run import open_run
@@ -82,6 +83,8 @@ def train(
         )
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
+    if resume:  # a run is there and the recipe still describes it, before anything is written
+        check_resume(run_dir, recipe)
     check_run_dir(run_dir, resume, overwrite)
     built = build(recipe)
     trainer = make_trainer(built, run_dir, console=console)

@@ -225,6 +225,14 @@ def raw_file(relative: str, content: bytes) -> Callable[[Env], Any]:
     return write
 
 
+def saved_as_this_recipe(env: Env) -> None:
+    """The saved run's recipe.yaml as if this case's recipe had started it (its data and output are in
+    the case's folder), so that a --resume case differs from it only in its overrides."""
+    from distill.config.load import load_recipe, recipe_to_yaml
+
+    (env.saved / "recipe.yaml").write_text(recipe_to_yaml(load_recipe(env.recipe)))
+
+
 def truncated_copy(source: str, target: str) -> Callable[[Env], Any]:
     def write(env: Env) -> None:
         data = (env.tmp / source).read_bytes()
@@ -556,6 +564,13 @@ CASES = [
     case("cli-missing-argument", "'recipe'", "distill train --help", argv=("train",)),
     case("cli-resume-and-overwrite", "--resume", "--overwrite", "not both",
          argv=("train", "$RECIPE", "--resume", "--overwrite")),
+    case("resume-changed-architecture", "student.options.channels", "cannot resume", "undo the change",
+         argv=("train", "$RECIPE", "student.options.channels=[4,16]", "--resume"),
+         prepare=saved_as_this_recipe),
+    case("resume-changed-batch-size", "train.batch_size (12 -> 6)", "cannot resume",
+         argv=("train", "$RECIPE", "train.batch_size=6", "--resume"), prepare=saved_as_this_recipe),
+    case("resume-nothing-there", "nothing to resume in $TMP/typo", "output=",
+         argv=("train", "$RECIPE", "output=$TMP/typo", "--resume")),
     case("cli-override-without-equals", "'train.epochs'", "key=value",
          argv=("train", "$RECIPE", "train.epochs", "--overwrite")),
     case("cli-override-bad-value", "train.epochs", "'many'",

@@ -8,6 +8,7 @@ resumed run skips the batches it already saw and continues bit for bit.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -58,6 +59,8 @@ class Trainer:
     ``metrics.jsonl``, ``checkpoints/`` (see :mod:`distill.train.checkpoint`), ``summary.json`` and,
     when training completes, ``model.safetensors`` (the final student as a plain state dict).
     """
+
+    _saved_last: str | None = None  # the state of the newest 'last' checkpoint written or resumed
 
     def __init__(
         self,
@@ -199,16 +202,33 @@ class Trainer:
     def _save(self, tag: str, with_optimizer: bool) -> None:
         if self.store is None or not self.dist.is_main:
             return
+        state = self._state()
+        signature = json.dumps(state, sort_keys=True, default=str)
+        if tag == "last" and signature == self._saved_last:
+            return  # nothing changed since the newest 'last' (stopped right after a checkpoint)
         optimizer = self.optimizer if with_optimizer else None
         extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
-        self.store.save(tag, self.distiller.trainable(), self._state(), optimizer, extra)
+        # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
+        self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
+        if tag == "last":
+            self._saved_last = signature
 
     def _resume(self) -> None:
-        if self.store is None or not self.store.has("last"):
+        if self.store is None:
+            return
+        if not self.store.has("last"):  # stopped before its first checkpoint: the run starts over
+            if self.dist.is_main and self.run_dir is not None:
+                truncate_metrics(self.run_dir, 0, eval_steps=())
             return
         if self.dist.is_main:
             self.store.cleanup()  # temporaries and unlisted files a killed process left behind
         loaded = self.store.load("last")
+        if loaded.recovered and self.dist.is_main:
+            self.console.print(
+                f"[yellow]warning[/]: {self.store.manifest_path} was missing; the list of checkpoints "
+                "was rebuilt from the files' own headers",
+                soft_wrap=True,
+            )
         for problem in loaded.skipped:
             if self.dist.is_main:
                 self.console.print(
@@ -230,8 +250,10 @@ class Trainer:
         self.guard.in_a_row = state.get("skipped_in_a_row", 0)
         if self.ema is not None:
             self._resume_ema(tensors, state)
-        if self.dist.is_main and self.run_dir is not None:
-            truncate_metrics(self.run_dir, self.global_step)  # those steps are about to run again
+        if self.dist.is_main and self.run_dir is not None:  # those steps are about to run again
+            evaluated = [record.get("step") for record in self.history]
+            truncate_metrics(self.run_dir, self.global_step, eval_steps=evaluated)
+        self._saved_last = json.dumps(self._state(), sort_keys=True, default=str)
         if self.dist.is_main:
             self.console.print(
                 f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
@@ -407,7 +429,10 @@ class Trainer:
                 progress.update(bar, info=format_values(values))
                 sums, seen, count, started = {}, 0, 0, time.perf_counter()
             progress.update(bar, completed=self.global_step)
-            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+            # the run's last step is saved after the final evaluation: saved before it, a kill during
+            # the evaluation would leave a checkpoint that resumes as finished, without it
+            every = cfg.checkpoint_every
+            if every and self.global_step % every == 0 and self.global_step < total:
                 self._save("last", with_optimizer=True)
         epoch_done = self.epoch_step >= steps_per_epoch
         if epoch_done:
