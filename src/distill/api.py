@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,10 @@ from rich.console import Console
 from distill.config.build import build, make_trainer
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.schema import Recipe
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, TrainingInterrupted, did_you_mean
 from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
+from distill.train.rundir import RunStart
 
 CHECKPOINTS = ("best", "last")
 
@@ -28,7 +31,10 @@ def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ..
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite; make the folder."""
+    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite.
+
+    Writes nothing: :class:`~distill.train.rundir.RunStart` creates the folder once it can be written.
+    """
     has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
         (run_dir / "checkpoints").iterdir()
     )
@@ -37,12 +43,6 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
             "--overwrite to start over, or set output=... to another folder"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DistillError(
-            f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder"
-        ) from None
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -72,8 +72,11 @@ def train(
 ) -> dict[str, Any]:
     """Train what ``recipe`` describes; returns the trainer's summary (``best``, ``last``, ``history``).
 
-    An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace it,
-    only once the new run's data, models and teacher weights have loaded).
+    An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace
+    it). The folder is locked for the whole training (another training there is refused), and a replaced
+    run is only moved aside until the new run's first checkpoint: a start that fails or is interrupted
+    before it leaves the folder as it was (see :mod:`distill.train.rundir`). SIGINT/SIGTERM stop at a
+    step boundary with ``last`` saved and raise :class:`~distill.errors.TrainingInterrupted`.
     """
     if resume and overwrite:
         raise DistillError(
@@ -81,18 +84,44 @@ def train(
         )
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
-    check_run_dir(run_dir, resume, overwrite)
-    built = build(recipe)
-    trainer = make_trainer(built, run_dir, console=console)
-    trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run is cleared
-    if trainer.dist.is_main:
-        if overwrite and not resume:
-            clear_run_dir(run_dir)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    barrier(trainer.dist)
-    summary = trainer.fit(resume=resume)
+    try:
+        summary = _train_locked(recipe, run_dir, resume, overwrite, console)
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        raise TrainingInterrupted(signum, _last_step(run_dir)) from None
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def _train_locked(
+    recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, console: Console | None
+) -> dict[str, Any]:
+    """:func:`train` inside the run folder's lock and undoable start."""
+    with RunStart(run_dir, resume=resume, main=os.environ.get("RANK", "0") == "0") as start:
+        for note in start.notes:
+            (console or Console()).print(f"[yellow]note[/]: {note}", soft_wrap=True)
+        check_run_dir(run_dir, resume, overwrite)
+        built = build(recipe)
+        trainer = make_trainer(built, run_dir, console=console)
+        trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run moves
+        if trainer.dist.is_main:
+            start.begin()
+            (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        barrier(trainer.dist)
+        trainer.after_checkpoint.append(start.commit)
+        return trainer.fit(resume=resume)
+
+
+def _last_step(run_dir: Path) -> int | None:
+    """The step of ``run_dir``'s newest ``last`` checkpoint, or None."""
+    from distill.train.checkpoint import CheckpointStore
+
+    try:
+        entries = CheckpointStore(run_dir / "checkpoints").entries("last")
+    except DistillError:
+        return None
+    steps = [e["step"] for e in entries if isinstance(e.get("step"), int)]
+    return max(steps) if steps else None
 
 
 def run_recipe(run_dir: str | Path) -> Recipe:
