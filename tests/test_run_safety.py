@@ -27,7 +27,14 @@ from distill.models import build_model
 from distill.train.rundir import BACKUP_NAME, LOCK_NAME, RunLock, RunStart
 
 TIMEOUT_S = 120
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+SRC = Path(__file__).resolve().parents[1] / "src"
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -283,3 +290,83 @@ def test_a_signal_stops_at_a_step_and_resume_is_bit_identical(tmp_path, referenc
     for key in reference:
         assert torch.equal(final[key], reference[key]), key
     assert _train_steps(run) == list(range(1, 97))  # every step logged once
+
+
+DDP_SCRIPT = """
+import io, os, signal, sys
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import TensorDataset
+from distill.distiller import Distiller
+from distill.errors import TrainingInterrupted
+from distill.tasks import ClassificationTask
+from distill.train import TrainConfig, Trainer
+
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(256, 1, 4, 4, generator=g)
+data = TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
+torch.manual_seed(0)
+student = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+config = TrainConfig(epochs=2, batch_size=32, progress=False, device="cpu")
+trainer = Trainer(Distiller(student, ClassificationTask()), data, None, config, run_dir=sys.argv[1],
+                  console=Console(file=io.StringIO()))
+step = trainer._train_step
+
+def signal_rank_1_in_step_5(*args):
+    if trainer.dist.rank == 1 and trainer.global_step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return step(*args)
+
+trainer._train_step = signal_rank_1_in_step_5
+try:
+    trainer.fit()
+except TrainingInterrupted as err:
+    print(f"rank {trainer.dist.rank} stopped at step {err.step} by signal {err.signum}", flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    script = tmp_path / "ddp_signal.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+        + [str(script), str(tmp_path / "run")],
+        env={**env, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped at step 5 by signal 15" in proc.stdout, proc.stdout
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / "manifest.json").read_text())
+    assert manifest["last"][0]["step"] == 5
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_build_of_an_overwrite_keeps_the_old_run(
+    finished, capsys, monkeypatch, signum, code
+):
+    import distill.api
+
+    recipe, run, before = finished
+    build = distill.api.build
+
+    def build_then_signal(*args, **kwargs):
+        built = build(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return built
+
+    monkeypatch.setattr(distill.api, "build", build_then_signal)
+    assert main(["train", str(recipe), "--overwrite"]) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "interrupted before the first checkpoint; nothing was kept, the run folder is as it was; "
+        f"start again with: distill train {recipe}"
+    ]
+    assert files(run) == before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +87,25 @@ def train(
         )
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
+    start = RunStart(run_dir, resume=resume, main=os.environ.get("RANK", "0") == "0")
     try:
-        summary = _train_locked(recipe, run_dir, resume, overwrite, console)
+        with _sigterm_interrupts():
+            summary = _train_locked(recipe, start, overwrite, console)
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         signum = getattr(err, "signum", signal.SIGINT)
-        raise TrainingInterrupted(signum, _last_step(run_dir)) from None
+        # an earlier run put back by --overwrite is not this run's checkpoint
+        step = _last_step(run_dir) if start.committed or resume else None
+        raise TrainingInterrupted(signum, step) from None
     summary["run_dir"] = str(run_dir)
     return summary
 
 
 def _train_locked(
-    recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, console: Console | None
+    recipe: Recipe, start: RunStart, overwrite: bool, console: Console | None
 ) -> dict[str, Any]:
     """:func:`train` inside the run folder's lock and undoable start."""
-    with RunStart(run_dir, resume=resume, main=os.environ.get("RANK", "0") == "0") as start:
+    run_dir, resume = start.run_dir, start.resume
+    with start:
         for note in start.notes:
             (console or Console()).print(f"[yellow]note[/]: {note}", soft_wrap=True)
         check_run_dir(run_dir, resume, overwrite)
@@ -110,6 +118,24 @@ def _train_locked(
         barrier(trainer.dist)
         trainer.after_checkpoint.append(start.commit)
         return trainer.fit(resume=resume)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`TrainingInterrupted` (as Ctrl-C raises KeyboardInterrupt), so a start stopped
+    before the training loop undoes itself too; main thread only, the previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(signum, None)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _last_step(run_dir: Path) -> int | None:

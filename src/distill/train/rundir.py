@@ -2,7 +2,7 @@
 
 **Lock.** ``<run>/.lock`` is held with ``flock`` by the one process that trains there (rank 0 under
 ``torchrun``) for the whole training; it names that process (pid, host, start time, command) for the
-refusal another start gets. The operating system releases it when the process ends, however it ends,
+refusal another start gets (it is emptied on release). The operating system releases it when the process ends, however it ends,
 so there are no stale locks to clean up. Where ``fcntl`` is missing (Windows) ``msvcrt`` locks the first
 byte instead, and without either the folder is not locked. A process that already holds the lock may
 take it again (``distill train`` takes it before building, ``Trainer.fit`` takes it too).
@@ -85,6 +85,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._key: str | None = None
+        self.new_file = False  # the lock file did not exist before acquire()
 
     def acquire(self) -> RunLock:
         try:
@@ -94,6 +95,7 @@ class RunLock:
                 _HELD[key][1] += 1
                 self._key = key
                 return self
+            self.new_file = not self.path.exists()
             while True:
                 handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
                 if not _lock_file(handle):
@@ -131,6 +133,11 @@ class RunLock:
         held = _HELD[self._key]
         held[1] -= 1
         if held[1] == 0:
+            try:  # an empty lock file: nobody trains here
+                held[0].seek(0)
+                held[0].truncate()
+            except OSError:
+                pass
             held[0].close()  # closing the file releases the lock
             del _HELD[self._key]
         self._key = None
@@ -293,5 +300,7 @@ class RunStart:
         try:
             if kind is not None and self.main and not self.committed:
                 self.rollback()
+                if self.lock.new_file:  # nothing of this start stays behind, not even the lock file
+                    (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
         finally:
             self.lock.release()

@@ -106,9 +106,8 @@ class Trainer:
         self._stop_after: int | None = None
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
         self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
-        self.after_checkpoint: list[
-            Callable[[str], None]
-        ] = []  # called with the tag after each save
+        # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
+        self.after_checkpoint: list[Callable[[str], None]] = []
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -389,6 +388,7 @@ class Trainer:
                         or last
                     )
         finally:
+            self._accept_stop = False  # from here on a signal interrupts at once
             logger.close()
         summary = {
             "primary_metric": self.task.primary_metric,
