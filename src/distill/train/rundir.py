@@ -78,6 +78,12 @@ def _holder(path: Path) -> str:
     return text or "another process"
 
 
+def _program() -> str:
+    """``distill``, ``python -m distill`` or the script's name: how the user started this process."""
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    return f"python -m {first.parent.name}" if first.name == "__main__.py" else first.name
+
+
 class RunLock:
     """Exclusive lock on a run folder (``<run>/.lock``); a context manager. Creates the folder."""
 
@@ -113,7 +119,7 @@ class RunLock:
             handle.seek(0)
             handle.truncate()
             started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-            command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+            command = " ".join([_program(), *sys.argv[1:]])
             handle.write(
                 f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}\n"
             )
