@@ -27,3 +27,26 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + ", ".join(repr(c) for c in close) + "?"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM. ``step`` is the step of the ``last`` checkpoint it can be resumed
+    from (None: there is none). The CLI prints one line and exits with ``128 + signum`` (130, 143)."""
+
+    def __init__(
+        self, signum: int, step: int | None, command: str = "distill train <recipe>"
+    ) -> None:
+        super().__init__(signum, step)
+        self.signum, self.step, self.command = signum, step, command
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        if self.step is None:
+            return (
+                "interrupted before the first checkpoint; nothing was kept, the run folder is as it "
+                f"was; start again with: {self.command}"
+            )
+        return f"interrupted at step {self.step}; resume with: {self.command} --resume"

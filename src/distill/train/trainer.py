@@ -9,6 +9,8 @@ resumed run skips the batches it already saw and continues bit for bit.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
-from distill.errors import DistillError
+from distill.errors import DistillError, TrainingInterrupted
 from distill.tasks.base import TeacherPredictions
 from distill.train.checkpoint import (
     EMA_PREFIX,
@@ -37,6 +39,7 @@ from distill.train.checkpoint import (
 from distill.train.config import TrainConfig
 from distill.train.distributed import (
     DistInfo,
+    any_rank,
     barrier,
     broadcast_object,
     init_distributed,
@@ -46,6 +49,7 @@ from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
+from distill.train.rundir import RunLock
 from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -102,6 +106,10 @@ class Trainer:
         self._logger: MetricsLogger | None = None
         self._prepared = False
         self._stop_after: int | None = None
+        self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
+        self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
+        # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
+        self.after_checkpoint: list[Callable[[str], None]] = []
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -212,6 +220,8 @@ class Trainer:
         self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
         if tag == "last":
             self._saved_last = signature
+        for hook in self.after_checkpoint:
+            hook(tag)
 
     def _resume(self) -> None:
         if self.store is None:
@@ -346,7 +356,34 @@ class Trainer:
 
         ``resume`` continues from ``run_dir``'s last checkpoint. ``stop_after`` stops after that global step
         as an interruption would (the schedule is unchanged; ``last`` is saved), for tests and time budgets.
+        ``run_dir`` is locked for the call (:class:`~distill.train.rundir.RunLock`: another training there
+        is refused). SIGINT or SIGTERM (main thread only; every rank agrees under ``torchrun``) stops the
+        loop at the next step boundary, saves ``last`` and raises :class:`~distill.errors.TrainingInterrupted`
+        (a second signal, or one before the loop starts, raises it at once).
         """
+        lock = RunLock(self.run_dir) if self.run_dir is not None and self.dist.is_main else None
+        if lock is not None:
+            lock.acquire()
+        self._stop_signal, self._accept_stop = None, False
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous: dict[int, Any] = {}
+        try:
+            if threading.current_thread() is threading.main_thread():
+                previous = {s: signal.signal(s, self._on_signal) for s in handled}
+            return self._fit(resume, stop_after)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            self._accept_stop = False
+            if lock is not None:
+                lock.release()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None or not self._accept_stop:
+            raise TrainingInterrupted(signum, None)
+        self._stop_signal = signum
+
+    def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
         self._stop_after = stop_after
         self._setup(resume)
@@ -362,6 +399,7 @@ class Trainer:
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
         last: dict[str, float] = self.history[-1] if self.history else {}
+        self._accept_stop = True
         try:
             with progress:
                 bar = progress.add_task("train", total=total, completed=self.global_step, info="")
@@ -371,6 +409,7 @@ class Trainer:
                         or last
                     )
         finally:
+            self._accept_stop = False  # from here on a signal interrupts at once
             logger.close()
         summary = {
             "primary_metric": self.task.primary_metric,
@@ -390,6 +429,9 @@ class Trainer:
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
         barrier(self.dist)
+        complete = self.global_step >= total or self.epoch >= cfg.epochs
+        if self._stop_signal is not None and not complete:
+            raise TrainingInterrupted(self._stop_signal, self.global_step)
         return summary
 
     def _run_epoch(
@@ -445,6 +487,11 @@ class Trainer:
         return record
 
     def _stopped(self) -> bool:
+        """At a step boundary: stop_after reached, or a signal came (on any rank: all of them stop)."""
+        if self.dist.enabled:
+            self._stop_signal = any_rank(self._stop_signal or 0, self.dist, self.device) or None
+        if self._stop_signal is not None:
+            return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
     def _evaluate_and_record(self, logger: MetricsLogger, progress) -> dict[str, float]:
