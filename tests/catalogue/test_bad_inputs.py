@@ -382,6 +382,13 @@ CASES = [
          prepare=text_recipe("- name: x\n- student: cnn\n")),
     case("recipe-not-utf8", "recipe.yaml", "UTF-8",
          prepare=lambda env: env.recipe.write_bytes(b"name: \xff\xfe\n")),
+    case("yaml-duplicate-key", "recipe.yaml", "key 'train' appears twice (lines 3 and 5)", "keep one",
+         prepare=text_recipe("name: x\nstudent: {name: cnn}\ntrain: {epochs: 5}\ndata: {name: tensors}\n"
+                             "train: {epochs: 1}\n")),
+    case("yaml-huge-flow-list", "recipe.yaml", "10000 items", "keep bulk data in a file",
+         prepare=text_recipe("name: x\nstudent: {name: cnn}\ndescription: [" + "1, " * 20000 + "1]\n")),
+    case("cli-override-duplicate-key", "override", "key 'channels' appears twice", "keep one",
+         argv=("train", "$RECIPE", "student.options={channels: [4], channels: [8]}", "--overwrite")),
     case("type-epochs-not-int", "train.epochs", "valid integer", "'ten'", edits={"train.epochs": "ten"}),
     case("type-student-is-string", "student", "'cnn'", edits={"student": "cnn"}),
     case("type-terms-not-list", "distill.terms", "list",
