@@ -2,7 +2,8 @@
 outputs by sample index (recipe ``distill.cache_teacher: true``).
 
 Valid only when the teacher sees the same input for a sample every epoch: no data augmentation, and terms
-that read the task's outputs (``@logits``), not module features. The recipe schema refuses the other
+that read the task's per-sample outputs (``@logits``), not module features nor per-token outputs whose
+length follows each batch's padding (a task's ``per_token_outputs``, e.g. text ``@hidden_states.N``). The recipe schema refuses the other
 cases. A run then costs one teacher pass over the data instead of one per epoch: for the shipped
 Fashion-MNIST KD pair that pass is about half of an epoch's time, so 6 epochs took 141 s instead of 259 s
 (README).
@@ -34,6 +35,14 @@ class CachedTeacher:
             raise DistillError(
                 f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
                 f"{features[0]!r}; tap an output (@logits) or turn cache_teacher off"
+            )
+        per_token = getattr(task, "per_token_outputs", ())
+        tokens = [t for t in taps if t[1:].split(".")[0] in per_token]
+        if tokens:
+            raise DistillError(
+                f"cache_teacher keeps one fixed-shape output per sample, but a term taps {tokens[0]!r}, "
+                f"a per-token output of the {task.name} task whose length follows each batch's padding; "
+                "tap a per-sample output (@logits) or turn cache_teacher off"
             )
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))

@@ -246,6 +246,7 @@ class Recipe(Strict):
                 f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
                 "teacher sees new inputs every epoch; turn cache_teacher off"
             )
+        per_token = getattr(_lookup("task", self.task), "per_token_outputs", ())
         for i, term in enumerate(self.distill.terms):
             taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher
             modules = [t for t in taps if not t.startswith("@")]
@@ -254,6 +255,14 @@ class Recipe(Strict):
                     f"distill.cache_teacher keeps the teacher's outputs only, but "
                     f"distill.terms.{i}.teacher taps the module {modules[0]!r}; tap an output "
                     "(@logits) or turn cache_teacher off"
+                )
+            tokens = [t for t in taps if t[1:].split(".")[0] in per_token]
+            if tokens:
+                raise ValueError(
+                    f"distill.cache_teacher keeps one fixed-shape output per sample, but "
+                    f"distill.terms.{i}.teacher taps {tokens[0]!r}, a per-token output of the {self.task} "
+                    "task whose length follows each batch's padding, so it cannot be cached exactly; "
+                    "tap a per-sample output (@logits) or turn cache_teacher off"
                 )
 
     @property

@@ -49,6 +49,8 @@ class TextClassificationTask:
 
     name = "text_classification"
     primary_metric = "top1"
+    # (B, T, ...) outputs: T follows each batch's padding, so distill.cache_teacher cannot keep them
+    per_token_outputs = ("hidden_states", "attentions")
 
     def __init__(self, label_smoothing: float = 0.0, output_attentions: bool = False) -> None:
         ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
