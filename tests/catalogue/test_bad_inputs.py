@@ -317,6 +317,18 @@ def text_models(**models: dict[str, Any]) -> Callable[[Env], Any]:
     return write
 
 
+def reviews_row(line: int, row: str) -> Callable[[Env], Any]:
+    """Replace line ``line`` (1-based; the header is line 1) of ``$TMP/reviews/train.csv`` with ``row``."""
+
+    def write(env: Env) -> None:
+        path = env.tmp / "reviews" / "train.csv"
+        lines = path.read_text().splitlines()
+        lines[line - 1] = row
+        path.write_text("\n".join(lines) + "\n")
+
+    return write
+
+
 def text_kd(data_options: dict[str, Any] | None = None, **models: Any) -> dict[str, Any]:
     """A text KD recipe over ``$TMP/reviews``: ``teacher``/``student`` model specs (defaults: the tiny
     BERT in ``$TMP/bert``, a 2-layer student cut from it)."""
@@ -612,6 +624,12 @@ CASES = [
                 "distill.terms": [{"loss": "hidden_mse", "student": "@hidden_states.*",
                                    "teacher": "@hidden_states.*"}]},
          prepare=text_models(bert={"layers": 3})),
+    case("text-label-empty", "reviews/train.csv:3", "no label in column 'label'", "fill it in or drop the row",
+         edits=text_kd(), prepare=lambda env: [text_models(bert={"layers": 3})(env),
+                                               reviews_row(3, "the film was bad,")(env)]),
+    case("text-label-column-cut-short", "reviews/train.csv:4", "no label in column 'label'",
+         edits=text_kd(), prepare=lambda env: [text_models(bert={"layers": 3})(env),
+                                               reviews_row(4, "the film was good")(env)]),
     case("text-labels-differ-from-teacher-head", "hf:$TMP/bert", "head for 3 labels",
          "the data has 2 classes",
          edits=text_kd(), prepare=text_models(bert={"layers": 3, "num_labels": 3})),
