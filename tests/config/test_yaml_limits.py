@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.config import load as load_module
 from distill.config.load import load_recipe
@@ -110,3 +111,10 @@ def test_override_values_go_through_the_caps(tmp_path: Path) -> None:
     assert "override" in message and f"{MAX_ITEMS} items" in message
     message = _error(recipe, ("description=" + "x" * (MAX_CHARS + 1),))
     assert "override" in message and f"{MAX_CHARS:,}" in message
+
+
+@pytest.mark.parametrize("text", ["- !!map [1, [2, [3]]]\n- 1\n", "- !!map 1\n"])
+def test_map_tag_on_a_list_or_scalar_is_still_a_yaml_error(text: str) -> None:
+    # the duplicate-key check must leave a non-mapping node to the base class (found by test_fuzz)
+    with pytest.raises(yaml.YAMLError, match="expected a mapping node"):
+        safe_load(text)

@@ -53,7 +53,8 @@ class _Loader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        # a `!!map` tag on a list or scalar: the base class refuses it with its position
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
             if (
                 key_node.tag == f"{_YAML_TAG}merge"
             ):  # keys merged in by `<<: *base` may be overridden
