@@ -2,10 +2,10 @@
 outputs by sample index (recipe ``distill.cache_teacher: true``).
 
 Valid only when the teacher sees the same input for a sample every epoch: no data augmentation, and terms
-that read the task's outputs (``@logits``), not module features. The recipe schema refuses the other
-cases. A run then costs one teacher pass over the data instead of one per epoch: for the shipped
-Fashion-MNIST KD pair that pass is about half of an epoch's time, so 6 epochs took 141 s instead of 259 s
-(README).
+that read the task's per-sample outputs (``@logits``), not module features nor per-token outputs whose
+length follows each batch's padding (a task's ``per_token_outputs``, e.g. text ``@hidden_states.N``).
+The recipe schema refuses the other cases (:func:`uncacheable`). A run then costs one teacher pass over
+the data instead of one per epoch.
 
 The :class:`~distill.train.Trainer` fills the cache in ``prepare()``; until then (and for batches without
 an ``index``) the teacher runs online, so a Distiller used on its own is correct, only not faster.
@@ -26,10 +26,26 @@ from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
 
 
-def uncacheable(taps: Iterable[str]) -> str | None:
-    """The first of ``taps`` the cache cannot keep (a module's features: only the task's ``@outputs`` are
-    kept), or None. The recipe schema and :class:`CachedTeacher` both ask this."""
-    return next((t for t in taps if not t.startswith("@")), None)
+def uncacheable(taps: Iterable[str], per_token: Iterable[str] = (), task: str = "") -> str | None:
+    """Why the cache cannot keep ``taps`` (``"..., tap an output ..."``), or None when it can: only the
+    task's per-sample ``@outputs`` are kept, not a module's features nor per-token outputs (``per_token``:
+    the task's ``per_token_outputs``) whose length follows each batch's padding. The recipe schema and
+    :class:`CachedTeacher` both ask this."""
+    taps, per_token = list(taps), set(per_token)
+    module = next((t for t in taps if not t.startswith("@")), None)
+    if module is not None:
+        return (
+            f"keeps the teacher's outputs only, but it taps its module {module!r}; tap an output "
+            "(@logits) or turn cache_teacher off"
+        )
+    token = next((t for t in taps if t[1:].split(".")[0] in per_token), None)
+    if token is not None:
+        return (
+            f"keeps one fixed-shape output per sample, but it taps {token!r}, a per-token output of "
+            f"the {task or 'its'} task whose length follows each batch's padding, so it cannot be cached exactly; tap a per-sample "
+            "output (@logits) or turn cache_teacher off"
+        )
+    return None
 
 
 class CachedTeacher(TeacherSource):
@@ -37,12 +53,9 @@ class CachedTeacher(TeacherSource):
     the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
 
     def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
-        module = uncacheable(taps)
-        if module is not None:
-            raise DistillError(
-                f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
-                f"{module!r}; tap an output (@logits) or turn cache_teacher off"
-            )
+        reason = uncacheable(taps, task.per_token_outputs, task.name)
+        if reason is not None:
+            raise DistillError(f"cache_teacher {reason}")
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))
         self.cache: dict[str, torch.Tensor] = {}

@@ -248,14 +248,14 @@ class Recipe(Strict):
             )
         from distill.teacher_cache import uncacheable
 
+        per_token = _lookup("task", self.task).per_token_outputs
         for i, term in enumerate(self.distill.terms):
-            module = uncacheable([term.teacher] if isinstance(term.teacher, str) else term.teacher)
-            if module is not None:
-                raise ValueError(
-                    f"distill.cache_teacher keeps the teacher's outputs only, but "
-                    f"distill.terms.{i}.teacher taps the module {module!r}; tap an output "
-                    "(@logits) or turn cache_teacher off"
-                )
+            taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher
+            reason = uncacheable(taps, per_token, self.task)
+            if reason is not None:
+                where = f"distill.terms.{i}.teacher taps"
+                reason = reason.replace("it taps its", f"{where} the").replace("it taps", where)
+                raise ValueError(f"distill.cache_teacher {reason}")
 
     @property
     def run_dir(self) -> str:

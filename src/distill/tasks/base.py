@@ -89,6 +89,8 @@ class Task:
     * ``latency_batch``: the large batch ``compare`` times the models at (None: compare's default).
     * ``classifies``: True when the ``logits`` output has one score per class of the data, which the
       recipe checks compare with the dataset's ``num_classes``.
+    * ``per_token_outputs``: output kinds (``@kind.N``) shaped ``(B, T, ...)`` whose ``T`` follows each
+      batch's padding, so ``distill.cache_teacher`` cannot keep them (text: hidden states, attentions).
     """
 
     name: str = ""
@@ -96,6 +98,7 @@ class Task:
     augments_in_loader: bool = False
     latency_batch: int | None = None
     classifies: bool = False
+    per_token_outputs: tuple[str, ...] = ()
 
     def bind(self, student: nn.Module) -> None:
         """Nothing to bind: the task loss does not depend on the student."""

@@ -50,6 +50,8 @@ class TextClassificationTask(Task):
     name = "text_classification"
     primary_metric = "top1"
     classifies = True  # @logits: one score per class of the data
+    # (B, T, ...) outputs: T follows each batch's padding, so distill.cache_teacher cannot keep them
+    per_token_outputs = ("hidden_states", "attentions")
 
     def __init__(self, label_smoothing: float = 0.0, output_attentions: bool = False) -> None:
         ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)

@@ -60,16 +60,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` gives a new file."""
+    try:  # Linux: read it without changing it (os.umask sets it, racing other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(line for line in f if line.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, fsync, rename onto ``path`` and fsync the directory.
 
-    On any failure the temporary file is removed and ``path`` is left as it was.
+    The file gets the mode of any new file (``0o666`` less the umask), not ``mkstemp``'s ``0o600``, so a
+    shared run directory is readable throughout. On any failure the temporary file is removed and
+    ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

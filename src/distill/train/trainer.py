@@ -482,7 +482,9 @@ class Trainer:
         finished = self.epoch >= cfg.epochs or self.global_step >= total
         record: dict[str, float] = {}
         if finished or (epoch_done and self.epoch % cfg.eval_every == 0):
-            record = self._evaluate_and_record(logger, progress)
+            # ended mid-epoch (train.max_steps): labelled by progress (1.5), not as the last whole epoch
+            epoch = self.epoch if epoch_done else self.epoch + self.epoch_step / steps_per_epoch
+            record = self._evaluate_and_record(logger, progress, epoch)
         self._save("last", with_optimizer=True)
         return record
 
@@ -494,11 +496,15 @@ class Trainer:
             return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
-    def _evaluate_and_record(self, logger: MetricsLogger, progress) -> dict[str, float]:
+    def _evaluate_and_record(
+        self, logger: MetricsLogger, progress, epoch: float
+    ) -> dict[str, float]:
+        """Evaluate, log an ``eval`` record and keep the best; ``epoch`` is the epochs done (an int after a
+        whole epoch, a fraction such as 1.5 when training ended mid-epoch)."""
         metrics = self.evaluate()
         if not metrics:
             return {}
-        record = {"epoch": self.epoch, "step": self.global_step, **metrics}
+        record = {"epoch": epoch, "step": self.global_step, **metrics}
         self.history.append(record)
         logger.log("eval", record)
         key = self.task.primary_metric
@@ -507,5 +513,10 @@ class Trainer:
             self._save("best", with_optimizer=False)
         if self.dist.is_main:
             shown = {k: v for k, v in metrics.items() if k != "samples"}
-            progress.console.print(f"epoch {self.epoch}: {format_values(shown)}")
+            label = (
+                f"epoch {epoch}"
+                if isinstance(epoch, int)
+                else f"epoch {epoch:.2f} (step {self.global_step}, partial)"
+            )
+            progress.console.print(f"{label}: {format_values(shown)}")
         return record
