@@ -112,19 +112,10 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
                 state = student_tensors(state)
         elif path.suffix in (".pt", ".pth", ".bin"):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - anything that needs unpickling is refused
-                if "Unsupported global" in str(err):
-                    raise DistillError(
-                        f"{role} weights {path} need arbitrary unpickling, which can run code, so distill "
-                        f"refuses them (torch.load(weights_only=True): {first_line(err)}); if you trust "
-                        "the file, re-save model.state_dict() as .safetensors or a plain .pt state dict"
-                    ) from None
-                raise DistillError(
-                    f"{role} weights {path} are corrupt or not a PyTorch file ({first_line(err)}); "
-                    "re-save them with torch.save(model.state_dict(), ...) or as .safetensors"
-                ) from None
+            from distill.safe_load import torch_load
+
+            fix = "re-save model.state_dict() as .safetensors or a plain .pt state dict"
+            state = torch_load(path, f"{role} weights", fix)
             if isinstance(state, dict) and isinstance(
                 state.get("state_dict", state.get("model")), dict
             ):
