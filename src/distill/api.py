@@ -29,19 +29,20 @@ def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ..
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train over a run that has checkpoints unless asked to resume or overwrite; make the folder."""
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
-        (run_dir / "checkpoints").iterdir()
-    )
-    if has_checkpoints and not (resume or overwrite):
-        raise DistillError(
-            f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
-            "--overwrite to start over, or set output=... to another folder"
+    try:  # a name over the file system's limit fails already here (ENAMETOOLONG)
+        has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+            (run_dir / "checkpoints").iterdir()
         )
-    try:
+        if has_checkpoints and not (resume or overwrite):
+            raise DistillError(
+                f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
+                "--overwrite to start over, or set output=... to another folder"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DistillError(
-            f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder"
+            f"cannot create run directory (output, {err.strerror}): {run_dir}; set output=... to "
+            "a shorter, writable folder"
         ) from None
 
 

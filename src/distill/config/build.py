@@ -14,7 +14,7 @@ from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec,
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.distiller import Distiller, Term
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, is_allocation_failure
 from distill.losses import build_loss
 from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
@@ -152,6 +152,13 @@ def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: 
         raise ConfigError(
             f"{role}: model {spec.name!r} rejected options {spec.options} ({first_line(err)}); "
             "fix the option values"
+        ) from None
+    except (RuntimeError, MemoryError, OverflowError) as err:  # sizes beyond memory or int64
+        if not (isinstance(err, OverflowError) or is_allocation_failure(err)):
+            raise
+        raise ConfigError(
+            f"{role}.options {spec.options} need more memory than this machine has "
+            f"({first_line(err)}); use smaller sizes (channels, hidden, image_size) for {spec.name!r}"
         ) from None
     if spec.weights:
         load_weights(model, spec.weights, role)
@@ -314,6 +321,13 @@ def check_device(device: str) -> None:
         raise ConfigError(
             f"train.device is {device!r} but no CUDA GPU is visible; use train.device=auto or cpu"
         )
+    try:  # a device type this PyTorch build or machine lacks (mps off Apple, cuda:7 of 1 GPU, xpu)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ConfigError(
+            f"train.device {device!r} is not available here ({first_line(err)}); "
+            "use train.device=auto or cpu"
+        ) from None
 
 
 def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwargs: Any) -> Trainer:

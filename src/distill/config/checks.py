@@ -10,7 +10,7 @@ from torch import nn
 
 from distill.config.schema import Recipe
 from distill.distiller import Distiller
-from distill.errors import DistillError
+from distill.errors import DistillError, is_allocation_failure
 
 
 def first_line(err: BaseException) -> str:
@@ -53,8 +53,13 @@ def _run(role: str, name: str, inputs: Any, forward: Any) -> dict[str, torch.Ten
         return forward()
     except DistillError as err:
         raise DistillError(f"{role}: {err}") from None
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+    except (RuntimeError, ValueError, TypeError, IndexError, MemoryError, OverflowError) as err:
         shape = list(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        if is_allocation_failure(err):
+            raise DistillError(
+                f"{role} {name!r} needs more memory than this machine has for two samples {shape} "
+                f"({first_line(err)}); use smaller model options or images"
+            ) from None
         raise DistillError(
             f"{role} {name!r} cannot run on the data's inputs {shape} ({first_line(err)}); "
             "check the model's options (image_size, in_channels) against the data"
