@@ -7,8 +7,8 @@
 * a model yaml file of your own: ``yolo:path/to/model.yaml``;
 * an Ultralytics checkpoint: ``yolo:path/to/best.pt`` (Ultralytics' own pickle format, read with
   ``torch.load(weights_only=True)`` and an allow-list of model and layer classes, so a file that would
-  run code is refused: :func:`checkpoint_classes`). Official names such as ``yolo11n.pt`` need the file
-  itself: distill downloads nothing.
+  run code is refused: :func:`checkpoint_classes`). Official names such as ``yolo11n.pt`` are read from
+  Ultralytics' weights folder; distill downloads nothing.
 
 The class count comes from the data. A checkpoint trained on other classes keeps every weight whose shape
 still fits (backbone, neck, box branch) and gets a new class branch, as Ultralytics' own fine-tuning does.
@@ -150,6 +150,10 @@ def _from_checkpoint(source: str, num_classes: int, in_channels: int) -> nn.Modu
     from distill.safe_load import torch_load
 
     path = Path(source).expanduser()
+    if not path.is_file() and not path.parent.name:  # an official name: Ultralytics' weights folder
+        from ultralytics.utils import SETTINGS
+
+        path = Path(SETTINGS.get("weights_dir", ".")) / path.name
     if not path.is_file():
         raise DistillError(
             f"yolo:{source}: checkpoint not found; give the path of an Ultralytics .pt file, or a "
