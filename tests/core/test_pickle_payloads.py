@@ -4,7 +4,8 @@ Each case writes a file whose unpickling would create a marker file, names it in
 ``distill train``: the marker must never appear, and the command must end with exit 2 and one line
 saying the file needs arbitrary unpickling (not that it is corrupt). Paths: teacher/student
 ``weights:`` (.pt/.pth/.bin), ``yolo:<checkpoint>.pt`` (also a checkpoint that calls a model class
-with its own arguments), ``hf:<folder>`` with a pickled ``pytorch_model.bin``, and an Ultralytics
+with its own arguments), ``hf:<folder>`` with a pickled ``pytorch_model.bin``, a pretrained
+``torchvision:`` model whose weights file in torch.hub's cache was replaced, and an Ultralytics
 label cache (``labels/<split>.cache``, which Ultralytics reads with ``np.load(allow_pickle=True)``).
 """
 
@@ -138,7 +139,20 @@ def label_cache(tmp: Path, marker: Path, how: str) -> dict[str, Any]:
     return recipe
 
 
+def torchvision_cache(tmp: Path, marker: Path, how: str) -> dict[str, Any]:
+    """A pretrained torchvision model whose weights file sits in torch.hub's cache (TORCH_HOME)."""
+    models = pytest.importorskip("torchvision.models")
+    url = models.get_model_weights("resnet18").DEFAULT.url
+    cache = tmp / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save({"conv1.weight": torch.zeros(1), "x": Payload(marker, how)}, cache / Path(url).name)
+    recipe = tiny_recipe_dict(tmp / "run", data=tensors_data(tmp))
+    recipe["student"] = {"name": "torchvision:resnet18", "options": {"pretrained": True}}
+    return recipe
+
+
 PATHS: dict[str, Callable[[Path, Path, str], dict[str, Any]]] = {
+    "torchvision-pretrained-in-hub-cache": torchvision_cache,
     "teacher-weights-pt": lambda tmp, marker, how: cnn_recipe(tmp, marker, "teacher", ".pt", how),
     "student-weights-pth": lambda tmp, marker, how: cnn_recipe(tmp, marker, "student", ".pth", how),
     "teacher-weights-bin": lambda tmp, marker, how: cnn_recipe(tmp, marker, "teacher", ".bin", how),
@@ -155,6 +169,8 @@ def test_a_pickle_payload_never_runs(path, how, tmp_path, monkeypatch, capsys):
     if path == "yolo-checkpoint-calls-a-model-class" and how == "system":
         pytest.skip("one payload: the constructor call itself")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
     marker = tmp_path / "marker"
     recipe = PATHS[path](tmp_path, marker, how)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
