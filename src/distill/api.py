@@ -40,9 +40,15 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
     Writes nothing: :class:`~distill.train.rundir.RunStart` creates the folder once it can be written.
     """
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
-        (run_dir / "checkpoints").iterdir()
-    )
+    try:  # a name over the file system's limit fails already here (ENAMETOOLONG)
+        has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+            (run_dir / "checkpoints").iterdir()
+        )
+    except OSError as err:
+        raise DistillError(
+            f"cannot create run directory (output, {err.strerror}): {run_dir}; set output=... to "
+            "a shorter, writable folder"
+        ) from None
     if has_checkpoints and not (resume or overwrite):
         raise DistillError(
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "

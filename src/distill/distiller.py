@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, did_you_mean, is_allocation_failure
 from distill.losses.base import contract_of
 from distill.projectors import build_projector
 from distill.schedules import Schedule, weight_at
@@ -196,8 +196,9 @@ class ExampleRunError(DistillError):
     the first line of the model's error; the recipe builder names the model in its message.
     """
 
-    def __init__(self, role: str, inputs: Any, reason: str) -> None:
+    def __init__(self, role: str, inputs: Any, reason: str, allocation: bool = False) -> None:
         self.role, self.inputs, self.reason = role, inputs, reason
+        self.allocation = allocation  # the inputs did not fit in memory (see is_allocation_failure)
         super().__init__(
             f"{role} cannot run on the data's inputs {inputs} ({reason}); "
             "check the model's options (image_size, in_channels) against the data"
@@ -220,10 +221,10 @@ def _forward(role: str, batch: Batch, dry_run: bool, forward: Callable[[], Any])
         raise
     except DistillError as err:
         raise DistillError(f"{role}: {err}") from None
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+    except (RuntimeError, ValueError, TypeError, IndexError, MemoryError, OverflowError) as err:
         x = batch.inputs
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ExampleRunError(role, shape, first_line(err)) from None
+        raise ExampleRunError(role, shape, first_line(err), is_allocation_failure(err)) from None
 
 
 def _call_once(

@@ -50,3 +50,32 @@ class TrainingInterrupted(Exception):
                 f"was; start again with: {self.command}"
             )
         return f"interrupted at step {self.step}; resume with: {self.command} --resume"
+
+
+MAX_MESSAGE = 400  # characters of an error line; longer ones (a path, a state-dict diff) are cut
+_ALLOCATION = (
+    "can't allocate memory",
+    "cannot allocate memory",
+    "out of memory",
+    "storage size calculation overflowed",
+    "overflow when unpacking long",
+)
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` on one line (whitespace runs collapsed), cut to ``limit`` characters with an ellipsis
+    in the middle, so both the start (what failed) and the end (the fix) survive."""
+    line = " ".join(message.split())
+    if len(line) <= limit:
+        return line
+    keep = limit - 5
+    return f"{line[: keep - keep // 3]} ... {line[len(line) - keep // 3 :]}"
+
+
+def is_allocation_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a tensor that does not fit in memory: ``MemoryError``, CUDA/CPU out of
+    memory (``torch.OutOfMemoryError`` is a ``RuntimeError``), or a size whose byte count overflows."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(phrase in text for phrase in _ALLOCATION)

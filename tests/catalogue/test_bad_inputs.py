@@ -693,6 +693,24 @@ CASES = [
     case("unreadable-recipe", "recipe.yaml", "cannot read", "Permission denied",
          prepare=lambda env: env.recipe.chmod(0),
          marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without permission")),
+    # --- numbers and sizes beyond what the machine can hold; devices the build lacks ----------------------
+    case("device-mps-missing", "train.device", "'mps'", "auto or cpu", edits={"train.device": "mps"},
+         marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+    case("channels-beyond-memory", "student", "channels", "memory", "smaller",
+         edits={"student.options.channels": [10**12, 8]}),
+    case("crop-padding-beyond-memory", "data.augment.crop_padding", "memory", "smaller",
+         edits={"data.augment": {"crop_padding": 10**9}}),
+    case("lr-overflows", "train.lr", "1e+300", "less than or equal", edits={"train.lr": 1e300}),
+    case("temperature-tiny", "temperature", "1e-300", edits=with_teacher({"loss": "kd", "options": {"temperature": 1e-300}})),
+    case("temperature-huge", "temperature", "1e+300", edits=with_teacher({"loss": "kd", "options": {"temperature": 1e300}})),
+    case("seed-beyond-64-bits", "train.seed", "less than or equal", edits={"train.seed": 99999999999999999999999}),
+    case("batch-size-beyond-64-bits", "train.batch_size", "less than or equal",
+         edits={"train.batch_size": 99999999999999999999999}),
+    case("output-name-too-long", "output", "too long", "shorter", edits={"output": "$TMP/" + "x" * 300}),
+    case("eval-recipe-no-longer-fits-weights", "saved-run", "recipe.yaml", "do not fit", "channels",
+         argv=("eval", "$SAVED"),
+         prepare=lambda env: (env.saved / "recipe.yaml").write_text(
+             (env.saved / "recipe.yaml").read_text().replace("- 8", "- 16"))),
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from distill.errors import DistillError, TrainingInterrupted
+from distill.errors import DistillError, TrainingInterrupted, one_line
 
 app = typer.Typer(
     name="distill",
@@ -40,8 +40,9 @@ _register_commands()
 
 
 def _error(message: str) -> None:
-    """One line on stderr: ``error: <message>`` (no markup interpretation of the message)."""
-    line = " ".join(message.split())
+    """One line on stderr: ``error: <message>`` (no markup interpretation of the message), at most
+    :data:`~distill.errors.MAX_MESSAGE` characters (a long path or state-dict diff is cut in the middle)."""
+    line = one_line(message)
     err_console.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
 
 

@@ -23,7 +23,7 @@ from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.data.base import ImageDataset, LabelledDataset, TextData, model_inputs
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
 from distill.distiller import Distiller, Term
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, is_allocation_failure
 from distill.losses import build_loss
 from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
@@ -127,19 +127,10 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
                 state = student_tensors(state)
         elif path.suffix in (".pt", ".pth", ".bin"):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - anything that needs unpickling is refused
-                if "Unsupported global" in str(err):
-                    raise DistillError(
-                        f"{role} weights {path} need arbitrary unpickling, which can run code, so distill "
-                        f"refuses them (torch.load(weights_only=True): {first_line(err)}); if you trust "
-                        "the file, re-save model.state_dict() as .safetensors or a plain .pt state dict"
-                    ) from None
-                raise DistillError(
-                    f"{role} weights {path} are corrupt or not a PyTorch file ({first_line(err)}); "
-                    "re-save them with torch.save(model.state_dict(), ...) or as .safetensors"
-                ) from None
+            from distill.safe_load import torch_load
+
+            fix = "re-save model.state_dict() as .safetensors or a plain .pt state dict"
+            state = torch_load(path, f"{role} weights", fix)
             if isinstance(state, dict) and isinstance(
                 state.get("state_dict", state.get("model")), dict
             ):
@@ -176,6 +167,13 @@ def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: 
         raise ConfigError(
             f"{role}: model {spec.name!r} rejected options {spec.options} ({first_line(err)}); "
             "fix the option values"
+        ) from None
+    except (RuntimeError, MemoryError, OverflowError) as err:  # sizes beyond memory or int64
+        if not (isinstance(err, OverflowError) or is_allocation_failure(err)):
+            raise
+        raise ConfigError(
+            f"{role}.options {spec.options} need more memory than this machine has "
+            f"({first_line(err)}); use smaller sizes (channels, hidden, image_size) for {spec.name!r}"
         ) from None
     if spec.weights:
         load_weights(model, spec.weights, role)
@@ -406,6 +404,13 @@ def check_device(device: str) -> None:
         raise ConfigError(
             f"train.device is {device!r} but no CUDA GPU is visible; use train.device=auto or cpu"
         )
+    try:  # a device type this PyTorch build or machine lacks (mps off Apple, cuda:7 of 1 GPU, xpu)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ConfigError(
+            f"train.device {device!r} is not available here ({first_line(err)}); "
+            "use train.device=auto or cpu"
+        ) from None
 
 
 def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwargs: Any) -> Trainer:

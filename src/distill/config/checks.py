@@ -61,6 +61,11 @@ def check_on_example(distiller: Distiller, train: Any, recipe: Recipe) -> None:
         )
     except ExampleRunError as err:
         name = recipe.student.name if err.role == "student" else _teacher_name(recipe)
+        if err.allocation:
+            raise DistillError(
+                f"{err.role} {name!r} needs more memory than this machine has for two samples "
+                f"{err.inputs} ({err.reason}); use smaller model options or images"
+            ) from None
         raise DistillError(
             f"{err.role} {name!r} cannot run on the data's inputs {err.inputs} ({err.reason}); "
             "check the model's options (image_size, in_channels) against the data"

@@ -154,5 +154,12 @@ def build_augment(
                 f"{where}.token_mask: the student's tokenizer has no mask token; set token_mask: 0"
             )
         return TokenMask(spec.token_mask, mask_id, list(tokenizer.all_special_ids))
+    size = getattr(data, "image_size", None)
+    size = max(size) if isinstance(size, (tuple, list)) and size else size
+    if isinstance(size, int) and 0 < size < spec.crop_padding:
+        raise DistillError(
+            f"{where}.crop_padding={spec.crop_padding} pads more than the images are wide ({size} "
+            f"pixels; the padded batch would not fit in memory); use a smaller crop_padding, e.g. {max(1, size // 8)}"
+        )
     augment = BatchAugment(spec.crop_padding, spec.flip)
     return augment if augment.enabled else None

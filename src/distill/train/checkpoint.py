@@ -27,6 +27,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -108,15 +109,27 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return stale
 
 
-def write_error(err: OSError, where: Path, what: str) -> DistillError:
-    """A one-line error for a failed write: disk full, read-only or permission problems named plainly."""
+def write_error(err: OSError | SafetensorError, where: Path, what: str) -> DistillError:
+    """A one-line error for a failed write: disk full, read-only or permission problems named plainly.
+
+    safetensors' own writer raises ``SafetensorError`` (not ``OSError``) with the OS error inside its
+    message (``Os { code: 28, kind: StorageFull, ... }``); its code is read from there.
+    """
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"code: (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    elsewhere = "or set output=... to another folder"
     reason = {
-        errno.ENOSPC: "the disk is full; free space or point the run somewhere else",
-        errno.EDQUOT: "the disk quota is exhausted; free space or point the run somewhere else",
-        errno.EROFS: "the file system is read-only; point the run at a writable directory",
-        errno.EACCES: "permission denied; fix the permissions or point the run somewhere else",
-        errno.EPERM: "permission denied; fix the permissions or point the run somewhere else",
-    }.get(err.errno or -1, f"{err.strerror or err}; check the path or point the run somewhere else")
+        errno.ENOSPC: f"the disk is full; free space {elsewhere}",
+        errno.EDQUOT: f"the disk quota is exhausted; free space {elsewhere}",
+        errno.EROFS: "the file system is read-only; set output=... to a writable folder",
+        errno.EACCES: f"permission denied; fix the permissions {elsewhere}",
+        errno.EPERM: f"permission denied; fix the permissions {elsewhere}",
+    }.get(
+        code or -1,
+        f"{getattr(err, 'strerror', None) or str(err).strip()[:160]}; check the path {elsewhere}",
+    )
     return DistillError(
         f"cannot write {what} in {where}: {reason} (nothing partial was left behind)"
     )
@@ -356,7 +369,7 @@ class CheckpointStore:
                 old = manifest.get("best")
                 manifest["best"], dropped = entry, [old] if old else []
             write_json(self.manifest_path, manifest)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:
             raise write_error(err, self.directory, f"{kind} checkpoint") from None
         in_use = {e["file"] for e in _listed(manifest)}
         for old in dropped:
@@ -466,7 +479,15 @@ def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -
     """Load the student's weights from a run directory's checkpoints (its weight average when the run
     kept one, ``train.ema``: what the run evaluated); returns the JSON state."""
     tensors, state = load_checkpoint(Path(run_dir) / "checkpoints", tag)
-    student.load_state_dict(student_tensors(tensors))
+    try:
+        student.load_state_dict(student_tensors(tensors))
+    except RuntimeError as err:  # e.g. the run's recipe.yaml was edited after training
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])[:160]
+        raise DistillError(
+            f"the {tag!r} weights in {run_dir} do not fit the model built for them ({detail}); the "
+            "model name and options (channels, layers, num_classes) must be those the run was "
+            "trained with (its recipe.yaml): restore them or pick the matching run"
+        ) from None
     return state
 
 
@@ -483,5 +504,5 @@ def save_model(path: Path, model: nn.Module, metadata: dict[str, str] | None = N
             Path(path),
             lambda tmp: save_file(state_tensors(model.state_dict()), tmp, metadata=metadata),
         )
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         raise write_error(err, Path(path).parent, Path(path).name) from None

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
-from distill.errors import DistillError, TrainingInterrupted
+from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.tasks.base import TeacherPredictions
 from distill.train.checkpoint import (
     EMA_PREFIX,
@@ -408,6 +408,17 @@ class Trainer:
                         self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch)
                         or last
                     )
+        except (
+            RuntimeError,
+            MemoryError,
+        ) as err:  # a batch that does not fit; checkpoints are kept
+            if not is_allocation_failure(err):
+                raise
+            raise DistillError(
+                f"training step {self.global_step + 1} needs more memory than this machine has "
+                f"({str(err).strip()[:120]}); use a smaller train.batch_size or eval_batch_size, "
+                "smaller model options or images"
+            ) from None
         finally:
             self._accept_stop = False  # from here on a signal interrupts at once
             logger.close()
