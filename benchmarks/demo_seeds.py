@@ -37,7 +37,9 @@ def parse_variant(text: str) -> dict[str, float]:
     for part in text.split(","):
         key, _, value = part.strip().partition("=")
         if key not in values or not value:
-            raise SystemExit(f"bad variant {text!r}: expected keys T, w, task as in 'T=2,w=1,task=1'")
+            raise SystemExit(
+                f"bad variant {text!r}: expected keys T, w, task as in 'T=2,w=1,task=1'"
+            )
         values[key] = float(value)
     return values
 
@@ -91,7 +93,9 @@ def _pm(xs: list[float], signed: bool = False) -> str:
     return head + (f" ± {s:.2f}" if s == s else "") + (f" (n={len(xs)})" if len(xs) else "")
 
 
-def render(results: list[dict[str, Any]], seeds: list[int], labels: list[str], header: dict[str, str]) -> str:
+def render(
+    results: list[dict[str, Any]], seeds: list[int], labels: list[str], header: dict[str, str]
+) -> str:
     def pct(x: float) -> float:
         return 100.0 * x if x <= 1.0 else x  # top-1 may be a fraction or a percentage
 
@@ -111,7 +115,9 @@ def render(results: list[dict[str, Any]], seeds: list[int], labels: list[str], h
         "every variant uses the same schedule and cost. Variant keys: T = KD temperature, w = KD term weight, "
         "task = cross-entropy weight. Gain = KD seed s minus scratch seed s, mean ± sample std over seeds.",
         "",
-        "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | gain over scratch | seeds with gain > 0 |",
+        "| variant | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean ± std | gain over scratch | seeds with gain > 0 |",
         "|---|" + "---|" * len(seeds) + "---|---|---|",
     ]
     for label in rows:
@@ -121,20 +127,29 @@ def render(results: list[dict[str, Any]], seeds: list[int], labels: list[str], h
         if label == "scratch":
             gain, wins = "–", "–"
         else:
-            diffs = [by[(label, s)] - by[("scratch", s)] for s in seeds if (label, s) in by and ("scratch", s) in by]
+            diffs = [
+                by[(label, s)] - by[("scratch", s)]
+                for s in seeds
+                if (label, s) in by and ("scratch", s) in by
+            ]
             gain = _pm(diffs, signed=True)
             wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else "–"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_pm(got)} | {gain} | {wins} |")
     missing = [(label, s) for label in rows for s in seeds if (label, s) not in by]
     if missing:
-        lines += ["", f"Not run (time budget): {', '.join(f'{name} seed {s}' for name, s in missing)}."]
+        lines += [
+            "",
+            f"Not run (time budget): {', '.join(f'{name} seed {s}' for name, s in missing)}.",
+        ]
     secs = [r["seconds"] for r in results]
     if secs:
         sc = [r["seconds"] for r in results if r["kind"] == "scratch"]
         kd = [r["seconds"] for r in results if r["kind"] == "kd"]
         lines += [
             "",
-            f"Wall time per training (1 thread, 2 in parallel): scratch {statistics.fmean(sc):.0f} s" if sc else "",
+            f"Wall time per training (1 thread, 2 in parallel): scratch {statistics.fmean(sc):.0f} s"
+            if sc
+            else "",
         ]
         if kd:
             lines[-1] += f", KD {statistics.fmean(kd):.0f} s"
@@ -146,11 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=["T=2,w=1,task=1"])
     p.add_argument("--teacher", required=True, help="teacher checkpoint (.safetensors)")
-    p.add_argument("--teacher-acc", default="91.62%", help="teacher's test top-1, for the report header")
-    p.add_argument("--out", default="runs/bench/demo_seeds", help="folder for the run directories and results.jsonl")
+    p.add_argument(
+        "--teacher-acc", default="91.62%", help="teacher's test top-1, for the report header"
+    )
+    p.add_argument(
+        "--out",
+        default="runs/bench/demo_seeds",
+        help="folder for the run directories and results.jsonl",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--write", default=None, help="write the markdown table here")
-    p.add_argument("--table-only", action="store_true", help="only rebuild the table from <out>/results.jsonl")
+    p.add_argument(
+        "--table-only", action="store_true", help="only rebuild the table from <out>/results.jsonl"
+    )
     args = p.parse_args(argv)
 
     variants = [parse_variant(v) for v in args.variants]
@@ -174,7 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict[str, Any]] = []
     if args.table_only:
         if results_path.exists():
-            results = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+            results = [
+                json.loads(line) for line in results_path.read_text().splitlines() if line.strip()
+            ]
     else:
         results_path.write_text("")
         ctx = mp.get_context("spawn")
@@ -184,12 +209,20 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(r)
                 with results_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
-                print(f"[{len(results)}/{len(jobs)}] {r['label']} seed {r['seed']}: top1 {r['top1']:.4f} ({r['seconds']:.0f} s)", flush=True)
+                print(
+                    f"[{len(results)}/{len(jobs)}] {r['label']} seed {r['seed']}: top1 {r['top1']:.4f} ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
 
     import torch
 
     header = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])] if a != "--table-only"),
+        "command": "python "
+        + " ".join(
+            shlex.quote(a)
+            for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+            if a != "--table-only"
+        ),
         "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), {platform.system()}",
         "torch": torch.__version__,
         "teacher": args.teacher,

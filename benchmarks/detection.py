@@ -98,9 +98,10 @@ def teacher_checkpoint(teacher: Path, data: Any) -> Path:
 
 
 def evaluate(model: torch.nn.Module, data: Any) -> dict[str, float]:
+    from distill.config.build import eval_loader
     from distill.tasks.detection import DetectionTask
 
-    return DetectionTask().evaluate(model, data.loader(32))
+    return DetectionTask().evaluate(model, eval_loader(data, 32))
 
 
 def distill_job(

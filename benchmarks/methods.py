@@ -118,11 +118,13 @@ def check_same_training(methods: list[str], common: list[str]) -> dict[str, Any]
 
 def teacher_accuracy(teacher: str, common: list[str]) -> float:
     """Test top-1 (%) of the teacher weights on the benchmark's test split."""
-    from distill.config.build import build
+    from distill.config.build import build, eval_loader
     from distill.config.load import load_recipe
 
     built = build(load_recipe("fashion_mnist/kd", [*common, f"teacher.weights={teacher}"]))
-    return float(built.distiller.task.evaluate(built.teacher, built.test_data.loader(512))["top1"])
+    return float(
+        built.distiller.task.evaluate(built.teacher, eval_loader(built.test_data, 512))["top1"]
+    )
 
 
 def render(
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         from distill.demo import _teacher_run
 
         teacher = str(_teacher_run([], fresh=False, console=Console()) / "model.safetensors")
-    common = ["train.eval_every=1000"]  # evaluate after the last epoch only: the table reports that one
+    common = [
+        "train.eval_every=1000"
+    ]  # evaluate after the last epoch only: the table reports that one
     if args.epochs:
         common.append(f"train.epochs={args.epochs}")
     if args.train_subset:
@@ -272,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         for r in done
         if r.get("top1") is not None and r.get("recipe") == fingerprints.get(r["method"])
     }
-    finished = set(latest)  # a result whose recipe changed since (a recalibrated weight) is run again
+    finished = set(
+        latest
+    )  # a result whose recipe changed since (a recalibrated weight) is run again
 
     jobs: list[dict[str, Any]] = []
     for s in args.seeds:  # seed-major: a cut-short study still has whole seeds

@@ -19,7 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from distill import ClassificationTask, Distiller, KDLoss, Term, TrainConfig, Trainer
+from distill import ClassificationTask, TrainConfig
+from distill.config.build import build_distiller, build_trainer
+from distill.config.schema import DistillSpec, TermSpec
 from distill.data import FashionMNIST
 from distill.models import build_model, count_parameters
 
@@ -46,11 +48,18 @@ def models(seed: int):
 
 def run_distill(data, steps: int, batch_size: int) -> float:
     teacher, student = models(0)
-    distiller = Distiller(student, ClassificationTask(), teacher=teacher,
-                          terms=[Term(KDLoss(T), weight=1.0)], task_weight=1.0)
-    cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=0.05, progress=False,
-                      schedule="constant", device="cpu")
-    trainer = Trainer(distiller, data, None, cfg)
+    kd = DistillSpec(terms=[TermSpec(loss="kd", options={"temperature": T})], task_weight=1.0)
+    distiller = build_distiller(kd, student, teacher, ClassificationTask())
+    cfg = TrainConfig(
+        epochs=1,
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=0.05,
+        progress=False,
+        schedule="constant",
+        device="cpu",
+    )
+    trainer = build_trainer(distiller, data, None, cfg)
     start = time.perf_counter()
     trainer.fit()
     return steps * batch_size / (time.perf_counter() - start)
@@ -61,20 +70,32 @@ def run_plain(data, steps: int, batch_size: int) -> float:
     teacher.requires_grad_(False)
     decay = [p for p in student.parameters() if p.ndim > 1]
     no_decay = [p for p in student.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=0.05, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+    )
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data), generator=g)
     start = time.perf_counter()
     student.train()
     for step in range(steps):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size]
         x, y = data.images[idx], data.labels[idx]
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = student(x)
-        kd = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1),
-                      reduction="batchmean", log_target=True) * T * T
+        kd = (
+            F.kl_div(
+                F.log_softmax(s_logits / T, -1),
+                F.log_softmax(t_logits / T, -1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * T
+            * T
+        )
         loss = F.cross_entropy(s_logits, y) + kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,7 +139,9 @@ def main() -> None:
     print(text)
     if args.write:
         with open(args.write, "w") as f:
-            f.write("# Benchmarks\n\n## KD training throughput: distill vs hand-written PyTorch\n\n")
+            f.write(
+                "# Benchmarks\n\n## KD training throughput: distill vs hand-written PyTorch\n\n"
+            )
             f.write(f"Command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`\n\n")
             f.write(text + "\n\n" + NOTE + "\n")
 

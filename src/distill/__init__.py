@@ -6,12 +6,14 @@ The Python API is the product; the ``distill`` CLI is a thin shell over :mod:`di
 >>> distiller = Distiller(student, ClassificationTask(), teacher=teacher,
 ...                       terms=[Term(KDLoss(temperature=4.0), weight=0.9)], task_weight=0.1)
 >>> Trainer(distiller, train_loader, val_loader, TrainConfig(epochs=10), run_dir="runs/kd").fit()
+>>> run = open_run("runs/kd", "best", teacher=True)   # a finished run: recipe, task, data, student
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from distill.config.run import Run, open_run
 from distill.distiller import Distiller, DistillStep, OnlineTeacher, TeacherSource, Term
 from distill.errors import ConfigError, DistillError
 from distill.losses import LOSSES, FitNetLoss, KDLoss, build_loss
@@ -37,6 +39,7 @@ __all__ = [
     "OnlineTeacher",
     "PROJECTORS",
     "Registry",
+    "Run",
     "SCHEDULES",
     "TASKS",
     "Task",
@@ -45,4 +48,5 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "build_loss",
+    "open_run",
 ]

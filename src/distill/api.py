@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +20,22 @@ from distill.config.load import (
     recipe_to_yaml,
     shipped_recipes,
 )
+from distill.config.resume import check_resume
+from distill.config.run import CHECKPOINTS as CHECKPOINTS  # re-exported: export_run reads it here
+from distill.config.run import Run as Run
+from distill.config.run import open_run
+from distill.config.run import run_recipe as run_recipe
 from distill.config.schema import Recipe
 from distill.data import DATASETS
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, TrainingInterrupted
 from distill.io import write_text
 from distill.losses import LOSSES
 from distill.models import MODELS
 from distill.projectors import PROJECTORS
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
-from distill.train.checkpoint import load_student_weights
 from distill.train.distributed import barrier
-
-CHECKPOINTS = ("best", "last")
+from distill.train.rundir import RunStart
 
 
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -41,21 +49,24 @@ def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ..
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite; make the folder."""
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
-        (run_dir / "checkpoints").iterdir()
-    )
+    """Refuse to train over a run that has checkpoints unless asked to resume or overwrite.
+
+    Writes nothing: :class:`~distill.train.rundir.RunStart` creates the folder once it can be written.
+    """
+    try:  # a name over the file system's limit fails already here (ENAMETOOLONG)
+        has_checkpoints = (run_dir / "checkpoints").is_dir() and any(
+            (run_dir / "checkpoints").iterdir()
+        )
+    except OSError as err:
+        raise DistillError(
+            f"cannot create run directory (output, {err.strerror}): {run_dir}; set output=... to "
+            "a shorter, writable folder"
+        ) from None
     if has_checkpoints and not (resume or overwrite):
         raise DistillError(
             f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, "
             "--overwrite to start over, or set output=... to another folder"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DistillError(
-            f"cannot create run directory {run_dir}: {err.strerror}; set output=... to a writable folder"
-        ) from None
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -85,8 +96,11 @@ def train(
 ) -> dict[str, Any]:
     """Train what ``recipe`` describes; returns the trainer's summary (``best``, ``last``, ``history``).
 
-    An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace it,
-    only once the new run's data, models and teacher weights have loaded).
+    An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace
+    it). The folder is locked for the whole training (another training there is refused), and a replaced
+    run is only moved aside until the new run's first checkpoint: a start that fails or is interrupted
+    before it leaves the folder as it was (see :mod:`distill.train.rundir`). SIGINT/SIGTERM stop at a
+    step boundary with ``last`` saved and raise :class:`~distill.errors.TrainingInterrupted`.
     """
     if resume and overwrite:
         raise DistillError(
@@ -94,45 +108,85 @@ def train(
         )
     recipe = _as_recipe(recipe, overrides)
     run_dir = Path(recipe.run_dir)
-    check_run_dir(run_dir, resume, overwrite)
-    built = build(recipe)
-    trainer = make_trainer(built, run_dir, console=console)
-    trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run is cleared
-    if trainer.dist.is_main:
-        if overwrite and not resume:
-            clear_run_dir(run_dir)
-        write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
-    barrier(trainer.dist)
-    summary = trainer.fit(resume=resume)
+    if resume:  # a run is there and the recipe still describes it, before anything is written
+        check_resume(run_dir, recipe)
+    start = RunStart(run_dir, resume=resume, main=os.environ.get("RANK", "0") == "0")
+    try:
+        with _sigterm_interrupts():
+            summary = _train_locked(recipe, start, overwrite, console)
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        # an earlier run put back by --overwrite is not this run's checkpoint
+        step = _last_step(run_dir) if start.committed or resume else None
+        raise TrainingInterrupted(signum, step) from None
     summary["run_dir"] = str(run_dir)
     return summary
 
 
-def run_recipe(run_dir: str | Path) -> Recipe:
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise DistillError(
-            f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` wrote"
-        )
-    return load_recipe(path)
+def _train_locked(
+    recipe: Recipe, start: RunStart, overwrite: bool, console: Console | None
+) -> dict[str, Any]:
+    """:func:`train` inside the run folder's lock and undoable start."""
+    run_dir, resume = start.run_dir, start.resume
+    with start:
+        for note in start.notes:
+            (console or Console()).print(f"[yellow]note[/]: {note}", soft_wrap=True)
+        check_run_dir(run_dir, resume, overwrite)
+        built = build(recipe)
+        trainer = make_trainer(built, run_dir, console=console)
+        trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run moves
+        if trainer.dist.is_main:
+            start.begin()
+            write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+        barrier(trainer.dist)
+        trainer.after_checkpoint.append(start.commit)
+        return trainer.fit(resume=resume)
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best") -> dict[str, float]:
-    """Evaluate a trained run's student on its recipe's test split (agreement against its teacher, if any)."""
-    if checkpoint not in CHECKPOINTS:
-        raise DistillError(
-            f"unknown checkpoint {checkpoint!r}.{did_you_mean(checkpoint, CHECKPOINTS)} "
-            "Use best or last"
-        )
-    recipe = run_recipe(run_dir)
-    built = build(recipe)
-    load_student_weights(Path(run_dir), built.student, checkpoint)
-    loader = (
-        built.test_data.loader(recipe.train.eval_batch_size)
-        if hasattr(built.test_data, "loader")
-        else built.test_data
-    )
-    return built.distiller.task.evaluate(built.student, loader, built.teacher)
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`TrainingInterrupted` (as Ctrl-C raises KeyboardInterrupt), so a start stopped
+    before the training loop undoes itself too; main thread only, the previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(signum, None)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _last_step(run_dir: Path) -> int | None:
+    """The step of ``run_dir``'s newest ``last`` checkpoint, or None."""
+    from distill.train.checkpoint import CheckpointStore
+
+    try:
+        entries = CheckpointStore(run_dir / "checkpoints").entries("last")
+    except DistillError:
+        return None
+    steps = [e["step"] for e in entries if isinstance(e.get("step"), int)]
+    return max(steps) if steps else None
+
+
+class Metrics(dict[str, float]):
+    """Evaluation metrics by name; ``notes`` says what was left out and why (e.g. agreement without the
+    teacher's weights)."""
+
+    def __init__(self, values: dict[str, float], notes: list[str] | None = None) -> None:
+        super().__init__(values)
+        self.notes = list(notes or [])
+
+
+def evaluate(run_dir: str | Path, checkpoint: str = "best") -> Metrics:
+    """Evaluate a trained run's student on its recipe's test split, with agreement against its teacher when
+    the recipe has one and its weights are still there (otherwise ``notes`` says agreement was left out)."""
+    run = open_run(run_dir, checkpoint, teacher=True)
+    return Metrics(run.task.evaluate(run.student, run.test_loader(), run.teacher), run.notes)
 
 
 def validate(paths: list[str | Path]) -> list[Recipe | None]:

@@ -2,27 +2,31 @@
 
 Trains (or reuses from the cache) a CNN teacher on Fashion-MNIST, trains the same small student from
 scratch and with KD, measures every model the same way and writes ``report.md``, ``report.json`` and a
-plot. The recipes are the shipped ``fashion_mnist/{teacher,scratch,kd}.yaml``; how their settings were
-chosen is in ``docs/demo.md``.
+plot. It is a comparison (:mod:`distill.compare`) of three pipelines, ``teacher``, ``student-scratch`` and
+``student-kd``, of the shipped ``fashion_mnist/kd.yaml`` (``scratch.yaml`` plus the teacher and the KD
+term; the scratch pipeline drops those two), with the teacher of ``fashion_mnist/teacher.yaml``; how
+their settings were chosen is in ``docs/demo.md``.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from distill import api
+from distill import api  # noqa: F401 - the training entry point (tests patch demo.api.train)
 from distill.compare.runs import TINY, cache_dir, cached_run
-from distill.config.build import build, build_data, build_model_spec
-from distill.config.load import load_recipe
 from distill.report import measure, rows_table, write_report
-from distill.tasks.base import TeacherPredictions
-from distill.train.checkpoint import load_student_weights
+
+if TYPE_CHECKING:
+    from distill.compare.context import Context, Produced
 
 __all__ = ["TINY", "cache_dir", "run_demo"]
+
+# the compare pipelines the demo runs, and their row labels
+ROWS = {"teacher": "teacher", "student-scratch": "student (scratch)", "student-kd": "student (KD)"}
 
 
 def _teacher_run(common: list[str], fresh: bool, console: Console) -> Path:
@@ -59,22 +63,19 @@ def run_demo(
             console=console,
         )
     started = time.perf_counter()
-    common = ([f"data.root={data_root}"] if data_root else []) + (TINY if tiny else [])
-    teacher_dir = _teacher_run(common, fresh, console)
-    teacher_weights = f"teacher.weights={teacher_dir / 'model.safetensors'}"
-    runs = {"teacher": teacher_dir}
-    for slug, recipe_name in (
-        ("student-scratch", "fashion_mnist/scratch"),
-        ("student-kd", "fashion_mnist/kd"),
-    ):
-        # the KD student reads the teacher's logits from a cache filled once (same results, about half
-        # the time: the teacher's forward pass is half of each KD step here)
-        extra = [teacher_weights, "distill.cache_teacher=true"] if slug == "student-kd" else []
-        recipe = load_recipe(recipe_name, [*common, *extra, f"output={out / slug}"])
-        console.rule(slug)
-        api.train(recipe, overwrite=True, console=console)
-        runs[slug] = out / slug
-    rows = _measure_runs(runs, [*common, teacher_weights], console)
+    from distill.compare import _kd_recipe
+    from distill.compare.context import Context
+
+    # the KD student reads the teacher's logits from a cache filled once (same results, about half the
+    # time: the teacher's forward pass is half of each KD step here)
+    overrides = [*([f"data.root={data_root}"] if data_root else []), "distill.cache_teacher=true"]
+    kd = _kd_recipe(
+        "fashion_mnist/kd", overrides, out, "fashion_mnist/teacher", tiny, fresh, console
+    )
+    # the students train every time (as `distill train --overwrite`), the teacher comes from the cache
+    ctx = Context(kd, out, console, fresh=True)
+    made = {slug: ctx.get(slug) for slug in ROWS}
+    rows = _measure(ctx, made, console)
     elapsed = time.perf_counter() - started
     notes = (
         "Accuracy is the last epoch's test top-1 (no checkpoint picking on the test set). Agreement: share of "
@@ -90,32 +91,16 @@ def run_demo(
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "elapsed_s": elapsed}
 
 
-def _measure_runs(
-    runs: dict[str, Path], overrides: list[str], console: Console
-) -> list[dict[str, Any]]:
-    """Measure the teacher and each student run (last checkpoint) on the test set, the same way."""
+def _measure(ctx: Context, made: dict[str, Produced], console: Console) -> list[dict[str, Any]]:
+    """Measure the teacher and both students (last checkpoint) on the test set, the same way."""
     console.rule("measuring")
-    kd_recipe = load_recipe("fashion_mnist/kd", overrides)
-    train, test = build_data(kd_recipe)
-    built = build(kd_recipe, data=(train, test))
-    teacher, task = built.teacher, built.distiller.task
-    predictions = TeacherPredictions(teacher)  # each row's agreement, the teacher run once
-    loader = test.loader(kd_recipe.train.eval_batch_size)
-    example = test.images[0]
-    labels = {
-        "teacher": "teacher",
-        "student-scratch": "student (scratch)",
-        "student-kd": "student (KD)",
-    }
+    loader, example = ctx.test_loader(), ctx.test_data.images[0]
     rows = []
-    for slug, run_dir in runs.items():
-        if slug == "teacher":
-            model = teacher
-        else:
-            spec = api.run_recipe(run_dir).student
-            model = build_model_spec(spec, train.num_classes, train.in_channels, "student")
-            load_student_weights(run_dir, model, "last")
-        row = measure(labels[slug], model, task, loader, example, teacher=predictions)
-        row["run_dir"] = str(run_dir)
+    for slug, product in made.items():
+        row = measure(
+            ROWS[slug], product.model, ctx.task, loader, example, teacher=ctx.teacher_predictions
+        )
+        teacher_dir = Path(str(ctx.recipe.teacher.weights)).parent  # type: ignore[union-attr]
+        row["run_dir"] = str(teacher_dir if product.artefact is None else product.artefact.parent)
         rows.append(row)
     return rows

@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, did_you_mean, first_line, is_allocation_failure
+from distill.losses.base import contract_of
 from distill.projectors import build_projector
 from distill.schedules import Schedule, weight_at
 from distill.taps import FeatureTaps
@@ -66,13 +67,21 @@ def _pick(spec: TapSpec, outputs: dict[str, torch.Tensor], taps: FeatureTaps | d
     return one(spec) if isinstance(spec, str) else [one(t) for t in spec]
 
 
-class TeacherSource(Protocol):
-    """Where teacher outputs come from: run the teacher online, or read a cache (later)."""
+class TeacherSource:
+    """Where teacher outputs come from: :class:`OnlineTeacher` runs the teacher, ``CachedTeacher``
+    (``teacher_cache.py``) reads outputs it kept. The trainer calls ``prepare`` once before training
+    and the distiller ``outputs`` every step; neither asks which source it has."""
 
-    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]: ...
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """Get ready to answer for ``train_data`` (a Dataset or DataLoader); ``console`` (rich) reports
+        long work when ``is_main``. Nothing to do for a source that runs the teacher."""
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{tap: tensor}`` for the teacher taps (``@name`` outputs and module names) of ``batch``."""
+        raise NotImplementedError
 
 
-class OnlineTeacher:
+class OnlineTeacher(TeacherSource):
     """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""
 
     def __init__(self, teacher: nn.Module, task: Task) -> None:
@@ -165,12 +174,8 @@ def _term_names(terms: Sequence[Term]) -> list[str]:
     return names
 
 
-def _has_build(loss: nn.Module) -> bool:
-    return callable(getattr(loss, "build", None))
-
-
 def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
-    wanted = getattr(loss, "extra_inputs", ())
+    wanted = contract_of(loss).extra_inputs
     missing = [k for k in wanted if k not in batch.extras]
     if missing:
         raise DistillError(
@@ -182,6 +187,53 @@ def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
             )
         )
     return {k: batch.extras[k] for k in wanted}
+
+
+class ExampleRunError(DistillError):
+    """The student or teacher failed on the example batch of a dry run (:meth:`Distiller.setup`).
+
+    ``role`` is ``student`` or ``teacher``, ``inputs`` the inputs' shape (a list) or type name, ``reason``
+    the first line of the model's error; the recipe builder names the model in its message.
+    """
+
+    def __init__(self, role: str, inputs: Any, reason: str, allocation: bool = False) -> None:
+        self.role, self.inputs, self.reason = role, inputs, reason
+        self.allocation = allocation  # the inputs did not fit in memory (see is_allocation_failure)
+        super().__init__(
+            f"{role} cannot run on the data's inputs {inputs} ({reason}); "
+            "check the model's options (image_size, in_channels) against the data"
+        )
+
+
+def _forward(role: str, batch: Batch, dry_run: bool, forward: Callable[[], Any]) -> Any:
+    """``forward()``; in a dry run a model error becomes one line naming the role (and the inputs' shape)."""
+    if not dry_run:
+        return forward()
+    try:
+        return forward()
+    except ExampleRunError:
+        raise
+    except DistillError as err:
+        raise DistillError(f"{role}: {err}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError, MemoryError, OverflowError) as err:
+        x = batch.inputs
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ExampleRunError(role, shape, first_line(err), is_allocation_failure(err)) from None
+
+
+def _call_once(
+    loss: nn.Module, name: str, projector: nn.Module, s: Any, t: Any, extras: Any
+) -> None:
+    """Call the loss once on the example's tensors, so what it refuses (a YOLO26 head for ``ld``, maps it
+    cannot pair) fails before ``--overwrite`` clears a run, not at the first step."""
+    s = [projector(x) for x in s] if isinstance(s, list) else projector(s)
+    try:
+        loss(s, t, **extras)
+    except DistillError as err:
+        raise DistillError(f"term {name!r}: {err}") from None
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise DistillError(f"term {name!r}: {line}") from None
 
 
 class Distiller(nn.Module):
@@ -206,10 +258,13 @@ class Distiller(nn.Module):
             raise DistillError(
                 "distillation terms need a teacher; pass teacher=... or remove the terms"
             )
+        if not isinstance(task, Task):
+            raise DistillError(
+                f"task {type(task).__name__} does not subclass distill.tasks.Task; derive it from Task "
+                "(its optional hooks then have defaults)"
+            )
         self.task = task
-        bind = getattr(task, "bind", None)
-        if callable(bind):  # a task whose loss is the student's own (detection)
-            bind(student)
+        task.bind(student)  # a task whose loss is the student's own (detection) builds it here
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -221,7 +276,9 @@ class Distiller(nn.Module):
         if teacher is not None:  # check module names now, not an hour into training
             FeatureTaps(teacher, _module_taps(self.teacher_taps))
         FeatureTaps(student, self.student_side.student_taps)
-        self._needs_setup = any(isinstance(t.projector, str) or _has_build(t.loss) for t in terms)
+        self._needs_setup = any(
+            isinstance(t.projector, str) or contract_of(t.loss).builds for t in terms
+        )
 
     @property
     def student(self) -> nn.Module:
@@ -248,58 +305,109 @@ class Distiller(nn.Module):
             self.teacher.eval()  # never leaves eval mode: BN statistics and dropout stay frozen
         return self
 
-    def setup(self, example_batch: Any, **context: Any) -> None:
+    def setup(
+        self,
+        example_batch: Any,
+        dry_run: bool = False,
+        check_outputs: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
+        | None = None,
+        **context: Any,
+    ) -> None:
         """Build named projectors from the feature shapes of one example batch and check term shapes.
 
         Losses with trainable parts sized by the data (embedding heads, connectors, memory banks) define
         ``build(student, teacher, **context)``; it is called here once with the (projected) example
         tensors and ``context`` (the trainer passes ``num_samples``, the training set size), so their
         parameters exist before the optimizer is built and before a checkpoint is loaded.
+
+        With ``dry_run`` nothing is kept (the check the recipe builder runs before anything is written):
+        the student and teacher run in eval mode under a forked RNG, a model that cannot take the inputs
+        raises :class:`ExampleRunError`, projectors are built and dropped, each loss without ``build`` is
+        called once on the example's tensors (with the batch extras it declares), and weights, train/eval
+        modes and the RNG are left as they were. ``check_outputs(student_outputs, teacher_outputs)`` is
+        called between the forward passes and the term checks.
         """
         batch = self.task.split(example_batch)
-        device = next(self._unwrapped.parameters()).device
-        batch = batch.to(device)
         side = self._unwrapped
+        param = next(side.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        batch = batch.to(device)
         was_training = side.training
         side.eval()
         try:
-            with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
-                outputs = self.task.forward(side.student, batch.inputs)
-                teacher_outputs = (
-                    self.source.outputs(batch, self.teacher_taps) if self.source else {}
-                )
-            for i, term in enumerate(side.terms):
-                s = _pick(term.student, outputs, taps, "student")
-                t = _teacher_pick(term.teacher, teacher_outputs)
-                if isinstance(term.projector, str):
-                    one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
-                    side.projectors[i] = build_projector(
-                        term.projector, one_s.shape, one_t.shape
-                    ).to(device)
-                    term.projector = side.projectors[i]
-                elif (
-                    getattr(term.loss, "needs_same_shape", True)
-                    and not isinstance(s, list)
-                    and not isinstance(t, list)
-                    and isinstance(side.projectors[i], nn.Identity)
-                    and s.shape != t.shape
-                ):
-                    raise DistillError(
-                        f"term {side.names[i]!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
-                        f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
-                        "linear for vectors)"
-                    )
-            for i, term in enumerate(side.terms):
-                if _has_build(term.loss):
-                    s = _pick(term.student, outputs, taps, "student")
-                    with torch.no_grad():
-                        p = side.projectors[i]
-                        s = [p(x) for x in s] if isinstance(s, list) else p(s)
-                    term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
-                    term.loss.to(device)
+            with torch.random.fork_rng(devices=[], enabled=dry_run):
+                self._setup_terms(batch, device, dry_run, check_outputs, context)
         finally:
             side.train(was_training)
-        self._needs_setup = False
+        if not dry_run:
+            self._needs_setup = False
+
+    def _example_outputs(
+        self, batch: Batch, dry_run: bool
+    ) -> tuple[dict[str, torch.Tensor], FeatureTaps, dict[str, torch.Tensor]]:
+        """Student outputs, student taps and teacher outputs on ``batch`` (no grad)."""
+        side = self._unwrapped
+        with torch.no_grad(), FeatureTaps(side.student, side.student_taps) as taps:
+            outputs = _forward(
+                "student", batch, dry_run, lambda: self.task.forward(side.student, batch.inputs)
+            )
+        teacher_outputs: dict[str, torch.Tensor] = {}
+        source = self.source
+        if source is not None:
+            with torch.no_grad():
+                teacher_outputs = _forward(
+                    "teacher", batch, dry_run, lambda: source.outputs(batch, self.teacher_taps)
+                )
+        return outputs, taps, teacher_outputs
+
+    def _setup_terms(
+        self,
+        batch: Batch,
+        device: torch.device,
+        dry_run: bool,
+        check_outputs: Callable[..., None] | None,
+        context: dict[str, Any],
+    ) -> None:
+        side = self._unwrapped
+        outputs, taps, teacher_outputs = self._example_outputs(batch, dry_run)
+        if check_outputs is not None:
+            check_outputs(outputs, teacher_outputs)
+        projectors = list(side.projectors)
+        for i, term in enumerate(side.terms):
+            extras = _extras_for(term.loss, batch, side.names[i]) if dry_run else {}
+            s = _pick(term.student, outputs, taps, "student")
+            t = _teacher_pick(term.teacher, teacher_outputs)
+            if isinstance(term.projector, str):
+                one_s, one_t = (s[0], t[0]) if isinstance(s, list) else (s, t)
+                projectors[i] = build_projector(term.projector, one_s.shape, one_t.shape).to(device)
+                if not dry_run:
+                    side.projectors[i] = projectors[i]
+                    term.projector = projectors[i]
+            elif (
+                contract_of(term.loss).needs_same_shape
+                and not isinstance(s, list)
+                and not isinstance(t, list)
+                and isinstance(projectors[i], nn.Identity)
+                and s.shape != t.shape
+            ):
+                raise DistillError(
+                    f"term {side.names[i]!r}: student {term.student!r} has shape {tuple(s.shape)} but teacher "
+                    f"{term.teacher!r} has {tuple(t.shape)}; add a projector (conv1x1 for feature maps, "
+                    "linear for vectors)"
+                )
+            if dry_run and not contract_of(term.loss).builds:
+                with torch.no_grad():
+                    _call_once(term.loss, side.names[i], projectors[i], s, t, extras)
+        if dry_run:  # losses with parts built from data are checked when the real setup builds them
+            return
+        for i, term in enumerate(side.terms):
+            if contract_of(term.loss).builds:
+                s = _pick(term.student, outputs, taps, "student")
+                with torch.no_grad():
+                    p = side.projectors[i]
+                    s = [p(x) for x in s] if isinstance(s, list) else p(s)
+                term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
+                term.loss.to(device)
 
     def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
         if self._needs_setup:

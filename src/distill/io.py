@@ -6,10 +6,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
 
 from distill.errors import DistillError
 
@@ -27,16 +30,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` gives a new file."""
+    try:  # Linux: read it without changing it (os.umask sets it, racing other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(line for line in f if line.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, fsync, rename onto ``path`` and fsync the directory.
 
-    On any failure the temporary file is removed and ``path`` is left as it was.
+    The file gets the mode of any new file (``0o666`` less the umask), not ``mkstemp``'s ``0o600``, so a
+    shared run directory is readable throughout. On any failure the temporary file is removed and
+    ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -66,15 +84,27 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return stale
 
 
-def write_error(err: OSError, where: Path, what: str) -> DistillError:
-    """A one-line error for a failed write: disk full, read-only or permission problems named plainly."""
+def write_error(err: OSError | SafetensorError, where: Path, what: str) -> DistillError:
+    """A one-line error for a failed write: disk full, read-only or permission problems named plainly.
+
+    safetensors' own writer raises ``SafetensorError`` (not ``OSError``) with the OS error inside its
+    message (``Os { code: 28, kind: StorageFull, ... }``); its code is read from there.
+    """
+    code = getattr(err, "errno", None)
+    if code is None:
+        found = re.search(r"code: (\d+)", str(err))
+        code = int(found.group(1)) if found else None
+    elsewhere = "or set output=... to another folder"
     reason = {
-        errno.ENOSPC: "the disk is full; free space or point the run somewhere else",
-        errno.EDQUOT: "the disk quota is exhausted; free space or point the run somewhere else",
-        errno.EROFS: "the file system is read-only; point the run at a writable directory",
-        errno.EACCES: "permission denied; fix the permissions or point the run somewhere else",
-        errno.EPERM: "permission denied; fix the permissions or point the run somewhere else",
-    }.get(err.errno or -1, f"{err.strerror or err}; check the path or point the run somewhere else")
+        errno.ENOSPC: f"the disk is full; free space {elsewhere}",
+        errno.EDQUOT: f"the disk quota is exhausted; free space {elsewhere}",
+        errno.EROFS: "the file system is read-only; set output=... to a writable folder",
+        errno.EACCES: f"permission denied; fix the permissions {elsewhere}",
+        errno.EPERM: f"permission denied; fix the permissions {elsewhere}",
+    }.get(
+        code or -1,
+        f"{getattr(err, 'strerror', None) or str(err).strip()[:160]}; check the path {elsewhere}",
+    )
     return DistillError(
         f"cannot write {what} in {where}: {reason} (nothing partial was left behind)"
     )

@@ -2,8 +2,10 @@
 outputs by sample index (recipe ``distill.cache_teacher: true``).
 
 Valid only when the teacher sees the same input for a sample every epoch: no data augmentation, and terms
-that read the task's outputs (``@logits``), not module features. The recipe schema refuses the other
-cases. A run then costs one teacher pass over the data instead of one per epoch (timings: README).
+that read the task's per-sample outputs (``@logits``), not module features nor per-token outputs whose
+length follows each batch's padding (a task's ``per_token_outputs``, e.g. text ``@hidden_states.N``).
+The recipe schema refuses the other cases (:func:`uncacheable`). A run then costs one teacher pass over
+the data instead of one per epoch.
 
 The :class:`~distill.train.Trainer` fills the cache in ``prepare()``; until then (and for batches without
 an ``index``) the teacher runs online, so a Distiller used on its own is correct, only not faster.
@@ -16,23 +18,44 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from distill.distiller import OnlineTeacher
+from distill.data.base import make_loader
+from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
 
 
-class CachedTeacher:
+def uncacheable(taps: Iterable[str], per_token: Iterable[str] = (), task: str = "") -> str | None:
+    """Why the cache cannot keep ``taps`` (``"..., tap an output ..."``), or None when it can: only the
+    task's per-sample ``@outputs`` are kept, not a module's features nor per-token outputs (``per_token``:
+    the task's ``per_token_outputs``) whose length follows each batch's padding. The recipe schema and
+    :class:`CachedTeacher` both ask this."""
+    taps, per_token = list(taps), set(per_token)
+    module = next((t for t in taps if not t.startswith("@")), None)
+    if module is not None:
+        return (
+            f"keeps the teacher's outputs only, but it taps its module {module!r}; tap an output "
+            "(@logits) or turn cache_teacher off"
+        )
+    token = next((t for t in taps if t[1:].split(".")[0] in per_token), None)
+    if token is not None:
+        return (
+            f"keeps one fixed-shape output per sample, but it taps {token!r}, a per-token output of "
+            f"the {task or 'its'} task whose length follows each batch's padding, so it cannot be cached exactly; tap a per-sample "
+            "output (@logits) or turn cache_teacher off"
+        )
+    return None
+
+
+class CachedTeacher(TeacherSource):
     """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
     the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
 
     def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
-        features = [t for t in taps if not t.startswith("@")]
-        if features:
-            raise DistillError(
-                f"cache_teacher keeps the teacher's outputs only, but a term taps its module "
-                f"{features[0]!r}; tap an output (@logits) or turn cache_teacher off"
-            )
+        reason = uncacheable(taps, task.per_token_outputs, task.name)
+        if reason is not None:
+            raise DistillError(f"cache_teacher {reason}")
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))
         self.cache: dict[str, torch.Tensor] = {}
@@ -41,6 +64,10 @@ class CachedTeacher:
     def filled(self) -> bool:
         return bool(self.cache)
 
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """The trainer's call: fill the cache from the training data (once)."""
+        self.fill_from(train_data, batch_size, console, report=is_main)
+
     def fill_from(
         self, data: Any, batch_size: int, console: Any = None, report: bool = True
     ) -> None:
@@ -48,10 +75,6 @@ class CachedTeacher:
         ``console`` (rich) says so when ``report``."""
         if self.filled:
             return
-        from torch.utils.data import DataLoader
-
-        from distill.train.sampling import make_loader  # here: distill.train imports this module
-
         loader = isinstance(data, DataLoader)
         dataset = data.dataset if loader else data
         batches = data if loader else make_loader(data, batch_size, None)

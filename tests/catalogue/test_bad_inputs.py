@@ -225,6 +225,14 @@ def raw_file(relative: str, content: bytes) -> Callable[[Env], Any]:
     return write
 
 
+def saved_as_this_recipe(env: Env) -> None:
+    """The saved run's recipe.yaml as if this case's recipe had started it (its data and output are in
+    the case's folder), so that a --resume case differs from it only in its overrides."""
+    from distill.config.load import load_recipe, recipe_to_yaml
+
+    (env.saved / "recipe.yaml").write_text(recipe_to_yaml(load_recipe(env.recipe)))
+
+
 def truncated_copy(source: str, target: str) -> Callable[[Env], Any]:
     def write(env: Env) -> None:
         data = (env.tmp / source).read_bytes()
@@ -317,6 +325,18 @@ def text_models(**models: dict[str, Any]) -> Callable[[Env], Any]:
     return write
 
 
+def reviews_row(line: int, row: str) -> Callable[[Env], Any]:
+    """Replace line ``line`` (1-based; the header is line 1) of ``$TMP/reviews/train.csv`` with ``row``."""
+
+    def write(env: Env) -> None:
+        path = env.tmp / "reviews" / "train.csv"
+        lines = path.read_text().splitlines()
+        lines[line - 1] = row
+        path.write_text("\n".join(lines) + "\n")
+
+    return write
+
+
 def text_kd(data_options: dict[str, Any] | None = None, **models: Any) -> dict[str, Any]:
     """A text KD recipe over ``$TMP/reviews``: ``teacher``/``student`` model specs (defaults: the tiny
     BERT in ``$TMP/bert``, a 2-layer student cut from it)."""
@@ -382,6 +402,13 @@ CASES = [
          prepare=text_recipe("- name: x\n- student: cnn\n")),
     case("recipe-not-utf8", "recipe.yaml", "UTF-8",
          prepare=lambda env: env.recipe.write_bytes(b"name: \xff\xfe\n")),
+    case("yaml-duplicate-key", "recipe.yaml", "key 'train' appears twice (lines 3 and 5)", "keep one",
+         prepare=text_recipe("name: x\nstudent: {name: cnn}\ntrain: {epochs: 5}\ndata: {name: tensors}\n"
+                             "train: {epochs: 1}\n")),
+    case("yaml-huge-flow-list", "recipe.yaml", "10000 items", "keep bulk data in a file",
+         prepare=text_recipe("name: x\nstudent: {name: cnn}\ndescription: [" + "1, " * 20000 + "1]\n")),
+    case("cli-override-duplicate-key", "override", "key 'channels' appears twice", "keep one",
+         argv=("train", "$RECIPE", "student.options={channels: [4], channels: [8]}", "--overwrite")),
     case("type-epochs-not-int", "train.epochs", "valid integer", "'ten'", edits={"train.epochs": "ten"}),
     case("type-student-is-string", "student", "'cnn'", edits={"student": "cnn"}),
     case("type-terms-not-list", "distill.terms", "list",
@@ -543,6 +570,10 @@ CASES = [
                                          gzip.compress(idx_bytes(torch.zeros(12, dtype=torch.uint8))[:-3]))),
     case("fashion-mnist-label-out-of-range", "label 12", "10 classes",
          edits=FM, prepare=fashion_mnist(labels=torch.full((12,), 12, dtype=torch.uint8))),
+    case("fashion-mnist-root-missing", "Fashion-MNIST root $TMP/fmnist does not exist", "--ensure --root",
+         "leave root unset", edits=FM),
+    case("fashion-mnist-root-holds-other-files", "$TMP/fmnist lacks", "it holds notes.txt", "leave root unset",
+         edits=FM, prepare=raw_file("fmnist/notes.txt", b"not Fashion-MNIST")),
     case("image-folder-corrupt-image", "broken.png", "fix or delete",
          edits=PICS, prepare=png_folder(("train/cat/broken.png", b"\x89PNG but not really"))),
     case("image-folder-empty-split", "no images found", "expected layout",
@@ -556,6 +587,13 @@ CASES = [
     case("cli-missing-argument", "'recipe'", "distill train --help", argv=("train",)),
     case("cli-resume-and-overwrite", "--resume", "--overwrite", "not both",
          argv=("train", "$RECIPE", "--resume", "--overwrite")),
+    case("resume-changed-architecture", "student.options.channels", "cannot resume", "undo the change",
+         argv=("train", "$RECIPE", "student.options.channels=[4,16]", "--resume"),
+         prepare=saved_as_this_recipe),
+    case("resume-changed-batch-size", "train.batch_size (12 -> 6)", "cannot resume",
+         argv=("train", "$RECIPE", "train.batch_size=6", "--resume"), prepare=saved_as_this_recipe),
+    case("resume-nothing-there", "nothing to resume in $TMP/typo", "output=",
+         argv=("train", "$RECIPE", "output=$TMP/typo", "--resume")),
     case("cli-override-without-equals", "'train.epochs'", "key=value",
          argv=("train", "$RECIPE", "train.epochs", "--overwrite")),
     case("cli-override-bad-value", "train.epochs", "'many'",
@@ -599,6 +637,18 @@ CASES = [
          edits=text_kd({"text_column": "review"}), prepare=text_models(bert={"layers": 3})),
     case("text-label-column-missing", "no column 'stars'", "set label_column",
          edits=text_kd({"label_column": "stars"}), prepare=text_models(bert={"layers": 3})),
+    case("text-cache-teacher-per-token-taps", "distill.cache_teacher", "'@hidden_states.*'", "per-token",
+         "@logits", "turn cache_teacher off",
+         edits={**text_kd(), "distill.cache_teacher": True, "train.group_by_length": True,
+                "distill.terms": [{"loss": "hidden_mse", "student": "@hidden_states.*",
+                                   "teacher": "@hidden_states.*"}]},
+         prepare=text_models(bert={"layers": 3})),
+    case("text-label-empty", "reviews/train.csv:3", "no label in column 'label'", "fill it in or drop the row",
+         edits=text_kd(), prepare=lambda env: [text_models(bert={"layers": 3})(env),
+                                               reviews_row(3, "the film was bad,")(env)]),
+    case("text-label-column-cut-short", "reviews/train.csv:4", "no label in column 'label'",
+         edits=text_kd(), prepare=lambda env: [text_models(bert={"layers": 3})(env),
+                                               reviews_row(4, "the film was good")(env)]),
     case("text-labels-differ-from-teacher-head", "hf:$TMP/bert", "head for 3 labels",
          "the data has 2 classes",
          edits=text_kd(), prepare=text_models(bert={"layers": 3, "num_labels": 3})),
@@ -643,6 +693,24 @@ CASES = [
     case("unreadable-recipe", "recipe.yaml", "cannot read", "Permission denied",
          prepare=lambda env: env.recipe.chmod(0),
          marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without permission")),
+    # --- numbers and sizes beyond what the machine can hold; devices the build lacks ----------------------
+    case("device-mps-missing", "train.device", "'mps'", "auto or cpu", edits={"train.device": "mps"},
+         marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+    case("channels-beyond-memory", "student", "channels", "memory", "smaller",
+         edits={"student.options.channels": [10**12, 8]}),
+    case("crop-padding-beyond-memory", "data.augment.crop_padding", "memory", "smaller",
+         edits={"data.augment": {"crop_padding": 10**9}}),
+    case("lr-overflows", "train.lr", "1e+300", "less than or equal", edits={"train.lr": 1e300}),
+    case("temperature-tiny", "temperature", "1e-300", edits=with_teacher({"loss": "kd", "options": {"temperature": 1e-300}})),
+    case("temperature-huge", "temperature", "1e+300", edits=with_teacher({"loss": "kd", "options": {"temperature": 1e300}})),
+    case("seed-beyond-64-bits", "train.seed", "less than or equal", edits={"train.seed": 99999999999999999999999}),
+    case("batch-size-beyond-64-bits", "train.batch_size", "less than or equal",
+         edits={"train.batch_size": 99999999999999999999999}),
+    case("output-name-too-long", "output", "too long", "shorter", edits={"output": "$TMP/" + "x" * 300}),
+    case("eval-recipe-no-longer-fits-weights", "saved-run", "recipe.yaml", "do not fit", "channels",
+         argv=("eval", "$SAVED"),
+         prepare=lambda env: (env.saved / "recipe.yaml").write_text(
+             (env.saved / "recipe.yaml").read_text().replace("- 8", "- 16"))),
 ]  # fmt: skip
 
 

@@ -134,7 +134,9 @@ def test_teacher_weights_from_distill_checkpoint_file(write_recipe, tmp_path, wi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     kind = "last" if with_optimizer else "best"
-    path = save_checkpoint(tmp_path / "ckpt", kind, nn.ModuleDict({"student": source}), {}, optimizer)
+    path = save_checkpoint(
+        tmp_path / "ckpt", kind, nn.ModuleDict({"student": source}), {}, optimizer
+    )
     built = build(tiny(write_recipe, tmp_path, **kd_terms(str(path))))
     assert_same_weights(built.teacher, source)
 

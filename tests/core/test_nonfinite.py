@@ -103,7 +103,7 @@ def events(run_dir, kind):
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer, distiller = run(tmp_path, student(bad_calls={3}), checkpoint_every=1)
     with pytest.raises(
-        DistillError, match=r"loss became nan at step 2\b.*on_nonfinite=skip.*--resume"
+        DistillError, match=r"loss became nan at step 3\b.*on_nonfinite=skip.*--resume"
     ):
         trainer.fit()
     tensors, state = load_checkpoint(tmp_path / "checkpoints", "last")
@@ -115,7 +115,7 @@ def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_nan_gradients_with_a_finite_loss_are_caught(tmp_path):
     terms = [Term(BadGradientOnCall(call=2), name="mse")]
     trainer, _ = run(tmp_path, student(), terms=terms)
-    with pytest.raises(DistillError, match=r"gradient norm became nan at step 1\b"):
+    with pytest.raises(DistillError, match=r"gradient norm became nan at step 2\b"):
         trainer.fit()
 
 
@@ -125,7 +125,8 @@ def test_skip_counts_steps_and_leaves_weights_and_statistics_finite(tmp_path):
     assert summary["skipped_steps"] == 2 and summary["steps"] == 8
     state = distiller.student.state_dict()
     assert all(torch.isfinite(v.float()).all() for v in state.values())  # BN running stats included
-    assert [e["step"] for e in events(tmp_path, "nonfinite")] == [1, 4]
+    # 1-based like the train records: bad calls 2 and 5 are steps 2 and 5
+    assert [e["step"] for e in events(tmp_path, "nonfinite")] == [2, 5]
     assert events(tmp_path, "train")[-1]["skipped_steps"] == 2
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in events(tmp_path, "train"))
 

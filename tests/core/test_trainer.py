@@ -421,10 +421,11 @@ def test_nan_loss_raises_naming_step(tmp_path):
         run_dir=tmp_path,
         console=quiet(),
     )
-    with pytest.raises(DistillError, match=r"loss became nan at step 2\b") as info:
+    with pytest.raises(DistillError, match=r"loss became nan at step 3\b") as info:
         trainer.fit()
     assert "bad=nan" in str(info.value)
-    # the last good checkpoint survives and holds the two finite steps
+    # step 3 (1-based, as in metrics.jsonl) is the first bad one; the last good checkpoint holds the
+    # two finite steps
     _, state = load_checkpoint(tmp_path / "checkpoints", "last")
     assert state["global_step"] == 2
 

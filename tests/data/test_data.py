@@ -159,13 +159,12 @@ def test_fashion_mnist_from_tiny_folder(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.skipif(
     not (DEBIAN / "t10k-labels-idx1-ubyte.gz").exists(), reason="needs dataset-fashion-mnist"
 )
-def test_fashion_mnist_from_debian(tmp_path: Path) -> None:
-    test = build_dataset(
-        "fashion_mnist", split="test", root=str(tmp_path / "empty"), download=False
-    )
-    train = build_dataset(
-        "fashion_mnist", split="train", root=str(tmp_path / "empty"), download=False
-    )
+def test_fashion_mnist_from_debian(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "DISTILL_DATA", str(tmp_path / "empty")
+    )  # no root: $DISTILL_DATA, then Debian's
+    test = build_dataset("fashion_mnist", split="test", download=False)
+    train = build_dataset("fashion_mnist", split="train", download=False)
     assert (len(train), len(test)) == (60000, 10000)
     assert test.images.shape[1:] == (1, 28, 28) and test.images.dtype == torch.float32
     assert float(test.images.min()) == 0.0 and float(test.images.max()) == 1.0
@@ -180,12 +179,13 @@ def test_fashion_mnist_download_failure_says_how(
 
     monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
     monkeypatch.setattr(urllib.request, "urlopen", fail)
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path))
     with pytest.raises(DistillError, match="apt-get install dataset-fashion-mnist") as info:
-        build_dataset("fashion_mnist", root=str(tmp_path))
-    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
-    assert not any(tmp_path.iterdir())  # no partial files left behind
+        build_dataset("fashion_mnist")
+    assert str(tmp_path / "fashion-mnist") in str(info.value) and "\n" not in str(info.value)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # no partial files left behind
     with pytest.raises(DistillError, match="apt-get"):
-        fm.FashionMNIST(root=str(tmp_path), download=False)
+        fm.FashionMNIST(download=False)
 
 
 def test_fashion_mnist_download_is_atomic_and_used(
@@ -206,11 +206,16 @@ def test_fashion_mnist_download_is_atomic_and_used(
 
     monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    root = tmp_path / "fm"
-    ds = fm.FashionMNIST(split="test", root=str(root))
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
+    root = tmp_path / "data" / "fashion-mnist"
+    ds = fm.FashionMNIST(split="test")
     assert len(ds) == 2 and len(urls) == 4 and all(u.startswith(fm.MIRROR) for u in urls)
     assert sorted(p.name for p in root.iterdir()) == sorted(blobs)  # no temp files left
     assert fm.ensure_fashion_mnist(root) == root and len(urls) == 4  # nothing fetched again
+    assert fm.ensure_fashion_mnist() == root and len(urls) == 4
+    # --ensure --root DIR downloads into a folder named for it (the only download into a given root)
+    assert fm.main(["--ensure", "--root", str(tmp_path / "named")]) == 0 and len(urls) == 8
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == sorted(blobs)
 
 
 # --- image_folder / tensors -------------------------------------------------------------------

@@ -4,8 +4,9 @@ trainable parts trained, zero at identity where the paper defines it, batch-size
 holds, bf16 autocast, and (for losses on token sequences) indifference to what padded positions hold.
 
 Inputs come from the loss's ``inputs`` metadata (see ``distill.losses``); a loss whose inputs fit none of
-the standard shapes defines ``example_inputs(batch_size, generator) -> (student, teacher)``. Losses that
-declare ``boxes``/``box_index`` get a few ground-truth boxes per image (the last image has none).
+the standard shapes overrides ``example_inputs(batch_size, generator) -> (student, teacher)`` (which
+``DistillLoss`` answers with None). Losses that declare ``boxes``/``box_index`` get a few ground-truth
+boxes per image (the last image has none).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from distill.losses import LOSSES, build_loss
+from distill.losses.base import DistillLoss
 
 NAMES = LOSSES.names()
 KINDS = {"logit", "feature", "relation", "contrastive"}
@@ -45,9 +47,10 @@ def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int =
     ``same_shape`` or the loss needs equal shapes."""
     g = torch.Generator().manual_seed(seed)
     cls = LOSSES.get(name)
-    if hasattr(cls, "example_inputs"):
-        return cls.example_inputs(batch, g)
-    same = same_shape or getattr(cls, "needs_same_shape", True)
+    example = cls.example_inputs(batch, g)
+    if example is not None:
+        return example
+    same = same_shape or cls.needs_same_shape
     kind = _meta(name)["inputs"]
 
     def rand(*shape):
@@ -147,6 +150,8 @@ def test_metadata_and_docstring(name):
     assert meta["inputs"] in INPUTS, meta["inputs"]
     assert meta.get("identity") in (None, "zero")
     cls = LOSSES.get(name)
+    assert issubclass(cls, DistillLoss), f"{name}: a shipped loss subclasses DistillLoss"
+    assert cls.builds == (cls.build is not DistillLoss.build)
     doc = sys.modules[cls.__module__].__doc__ or ""
     assert str(meta["year"]) in doc, (
         f"{name}: the module docstring should cite the paper ({meta['year']})"

@@ -17,7 +17,7 @@ from distill.errors import DistillError
 from distill.losses import build_loss
 from distill.losses._boxes import fgd_masks
 from distill.losses.fgd import focal_losses
-from distill.tasks.base import Batch
+from distill.tasks.base import Batch, Task
 
 
 class ReferenceFGD(nn.Module):
@@ -249,7 +249,7 @@ def test_errors():
             build_loss("fgd", **bad)
 
 
-class _NeckTask:
+class _NeckTask(Task):
     """A stand-in detection task: the 'model' returns one neck map; boxes ride in Batch.extras."""
 
     name, primary_metric = "neck", "none"

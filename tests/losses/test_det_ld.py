@@ -19,7 +19,7 @@ from distill.distiller import Distiller, Term
 from distill.errors import DistillError
 from distill.losses import build_loss
 from distill.losses.ld import ld_loss
-from distill.tasks.base import Batch
+from distill.tasks.base import Batch, Task
 
 REG_MAX, ANCHORS = 16, 21
 
@@ -123,7 +123,7 @@ def test_errors():
         build_loss("ld", temperature=0)
 
 
-class _HeadTask:
+class _HeadTask(Task):
     """A stand-in detection task whose 'model' returns box and class logits of a dense head."""
 
     name, primary_metric = "head", "none"

@@ -1,17 +1,19 @@
 """The ``distill`` command: a thin typer shell over :mod:`distill.api`.
 
-User errors print one line to stderr and exit with code 2, without a traceback.
+User errors print one line to stderr and exit with code 2, without a traceback. An interrupted command
+(SIGINT, SIGTERM) prints one line and exits with 130 or 143.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from distill.errors import DistillError
+from distill.errors import DistillError, TrainingInterrupted, one_line
 
 app = typer.Typer(
     name="distill",
@@ -38,8 +40,9 @@ _register_commands()
 
 
 def _error(message: str) -> None:
-    """One line on stderr: ``error: <message>`` (no markup interpretation of the message)."""
-    line = " ".join(message.split())
+    """One line on stderr: ``error: <message>`` (no markup interpretation of the message), at most
+    :data:`~distill.errors.MAX_MESSAGE` characters (a long path or state-dict diff is cut in the middle)."""
+    line = one_line(message)
     err_console.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
 
 
@@ -54,7 +57,12 @@ def _usage_line(err: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
     try:
-        app(args=argv, prog_name="distill", standalone_mode=False)
+        # standalone_mode=False: typer returns the exit code of typer.Exit, and turns Ctrl-C into 130
+        code = app(args=argv, prog_name="distill", standalone_mode=False)
+    except TrainingInterrupted as err:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+            err_console.print(str(err), highlight=False, soft_wrap=True, markup=False)
+        return err.exit_code
     except DistillError as err:
         _error(str(err))
         return 2
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"{type(err).__name__}: {err}")
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted; the last checkpoint is kept (resume with --resume)")
+        err_console.print("interrupted")
         return 130
     except typer.Exit as done:
         return done.exit_code
@@ -77,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         if type(err).__name__ == "Abort":
             return 1
         raise
+    if isinstance(code, int) and code:
+        if code == 130:
+            err_console.print("interrupted")
+        return code
     return 0
 
 

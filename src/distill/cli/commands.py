@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from rich.table import Table
 from distill import api
 from distill import demo as demo_job
 from distill.cli import app
-from distill.errors import DistillError, did_you_mean
+from distill.errors import DistillError, TrainingInterrupted, did_you_mean
 
 console = Console()
 
@@ -35,9 +36,13 @@ def train(
     ] = False,
 ) -> None:
     """Train a student (or a teacher) as a recipe describes."""
-    summary = api.train(
-        recipe, overrides or [], resume=resume, overwrite=overwrite, console=console
-    )
+    try:
+        summary = api.train(
+            recipe, overrides or [], resume=resume, overwrite=overwrite, console=console
+        )
+    except TrainingInterrupted as err:
+        err.command = shlex.join(["distill", "train", recipe, *(overrides or [])])
+        raise
     best = summary.get("best") or {}
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
         return
@@ -60,6 +65,8 @@ def eval_(
     for key, value in metrics.items():
         table.add_row(key, str(int(value)) if float(value).is_integer() else f"{value:.4g}")
     console.print(table)
+    for note in getattr(metrics, "notes", []):
+        console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

@@ -13,9 +13,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from distill.config.build import build, build_data, build_model_spec
+from distill.config.build import (
+    build,
+    build_data,
+    build_teacher,
+    data_shape,
+    eval_loader,
+)
 from distill.config.checks import example_batch
 from distill.config.schema import Recipe
+from distill.data.base import TextData
 from distill.models import count_parameters
 from distill.tasks.base import TeacherPredictions
 
@@ -73,9 +80,7 @@ class Context:
         self.student_params = count_parameters(built.student)
         self.named_inputs = isinstance(self.inputs(self.test_data, 1), Mapping)
         self.example = self.latency_example()
-        self.large_batch = getattr(self.task, "latency_batch", None) or (
-            64 if self.named_inputs else 256
-        )
+        self.large_batch = self.task.latency_batch or (64 if self.named_inputs else 256)
         self._made: dict[str, Produced] = {}
 
     def inputs(self, data: Any, n: int) -> Any:
@@ -87,33 +92,22 @@ class Context:
         ``max_length`` tokens (the longest input the models get), as ``benchmarks/text.py`` times them."""
         data = self.test_data
         first = self.inputs(data, 1)
-        tokenizer, length = getattr(data, "tokenizer", None), getattr(data, "max_length", None)
         if not isinstance(first, Mapping):
             return first[0]
-        if tokenizer is not None and length is not None and getattr(data, "texts", None):
-            encoded = tokenizer(
+        if isinstance(data, TextData) and data.tokenizer is not None and data.texts:
+            encoded = data.tokenizer(
                 data.texts[:1],
                 padding="max_length",
                 truncation=True,
-                max_length=length,
+                max_length=data.max_length,
                 return_tensors="pt",
             )
             labels = torch.zeros(1, dtype=torch.int64)
             first = self.task.split({**encoded, "label": labels, "index": labels}).inputs
         return {k: v[0] for k, v in first.items()}
 
-    def new_student(self, recipe: Recipe) -> nn.Module:
-        """``recipe``'s student architecture (random weights; ``from_teacher``: cut from this teacher)."""
-        if recipe.student.name == "from_teacher":
-            from distill.models.hf import student_from_teacher
-
-            return student_from_teacher(self.teacher, **recipe.student.options)
-        channels = getattr(self.train_data, "in_channels", 3)
-        return build_model_spec(recipe.student, self.train_data.num_classes, channels, "student")
-
     def test_loader(self) -> Any:
-        data = self.test_data
-        return data.loader(self.recipe.train.eval_batch_size) if hasattr(data, "loader") else data
+        return eval_loader(self.test_data, self.recipe.train.eval_batch_size)
 
     def calibration(self, batch_size: int = 64) -> list[Any]:
         """Training inputs for static quantization: ``calibration_samples`` of them, in batches (dicts of
@@ -130,10 +124,10 @@ class Context:
 
     def new_teacher(self) -> nn.Module:
         """A freshly built teacher architecture (random weights), e.g. to load a pruned teacher into."""
-        spec = self.recipe.teacher.model_copy(update={"weights": None})  # type: ignore[union-attr]
-        classes = self.train_data.num_classes
-        channels = getattr(self.train_data, "in_channels", 3)
-        return build_model_spec(spec, classes, channels, "teacher")
+        shape = data_shape(self.recipe, self.train_data)
+        teacher = build_teacher(self.recipe, *shape, weights=False)
+        assert teacher is not None, "compare() checks the recipe has a teacher"
+        return teacher
 
     def get(self, name: str) -> Produced:
         """Pipeline ``name``'s product, made on first request."""

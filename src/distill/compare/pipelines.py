@@ -16,12 +16,10 @@ from torch import nn
 
 from distill.compare.context import Context, Produced
 from distill.compare.runs import recipe_key, record_settings, settings_match, train_or_reuse
-from distill.config.build import build_term, build_weight
 from distill.config.schema import Recipe
 from distill.errors import DistillError
 from distill.models import count_parameters
 from distill.registry import Registry
-from distill.train.checkpoint import load_student_weights
 
 PIPELINES: Registry[Any] = Registry("pipeline")
 
@@ -33,10 +31,11 @@ def _derived(ctx: Context, slug: str, **changes: Any) -> Recipe:
 
 
 def _student_run(ctx: Context, slug: str, recipe: Recipe, label: str) -> Produced:
+    from distill.config.run import open_run
+
     run_dir = train_or_reuse(recipe, ctx.fresh, ctx.console, slug)
-    model = ctx.new_student(recipe)
-    load_student_weights(run_dir, model, "last")
-    return Produced(model.eval(), label, artefact=run_dir / "model.safetensors")
+    run = open_run(run_dir, "last", teacher=ctx.teacher, data=(ctx.train_data, ctx.test_data))
+    return Produced(run.student, label, artefact=run_dir / "model.safetensors")
 
 
 @PIPELINES.register("teacher", about="the teacher as the recipe loads it (float32, PyTorch)")
@@ -86,8 +85,8 @@ def _finetune(
     and the unpruned teacher (``distill``). Saves ``pruned.safetensors`` + ``compare.json``."""
     from distill.api import clear_run_dir
     from distill.compress.prune import load_pruned, make_permanent, save_pruned
-    from distill.distiller import Distiller
-    from distill.train import Trainer
+    from distill.config.build import build_distiller, build_trainer
+    from distill.config.schema import DistillSpec
 
     run_dir = ctx.out / slug
     config = ctx.recipe.train.model_copy(update=ctx.finetune)
@@ -104,22 +103,17 @@ def _finetune(
     ctx.console.rule(slug)
     run_dir.mkdir(parents=True, exist_ok=True)
     clear_run_dir(run_dir)
-    spec = ctx.recipe.distill
-    model.requires_grad_(True).train()  # a copy of the frozen teacher
-    distiller = Distiller(
-        model,
-        ctx.task,
-        teacher=ctx.teacher if distill else None,
-        terms=[build_term(t, f"distill.terms.{i}") for i, t in enumerate(spec.terms)]
-        if distill
-        else [],
-        task_weight=build_weight(spec.task_weight) if distill else 1.0,
+    # the recipe's terms with the unpruned teacher online, or labels alone
+    spec = (
+        ctx.recipe.distill.model_copy(update={"cache_teacher": False}) if distill else DistillSpec()
     )
-    trainer = Trainer(
+    model.requires_grad_(True).train()  # a copy of the frozen teacher
+    distiller = build_distiller(spec, model, ctx.teacher if distill else None, ctx.task)
+    trainer = build_trainer(
         distiller,
         ctx.train_data,
         ctx.test_data,
-        config=config,
+        config,
         run_dir=run_dir,
         augment=ctx.augment,
         console=ctx.console,

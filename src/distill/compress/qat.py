@@ -147,9 +147,8 @@ def qat_distill(
     :class:`~distill.train.config.TrainConfig`) replaces those defaults and is updated with ``epochs`` and
     ``lr``. Returns the trainer's summary (``val_data`` metrics per epoch when given).
     """
-    from distill.distiller import Distiller, Term
-    from distill.losses import build_loss
-    from distill.train import Trainer
+    from distill.config.build import build_distiller, build_trainer
+    from distill.config.schema import DistillSpec, TermSpec
     from distill.train.config import TrainConfig
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
@@ -160,11 +159,10 @@ def qat_distill(
         update={"epochs": epochs, "lr": float(lr), "max_steps": None, "warmup_epochs": 0.0}
     )
     teacher = copy.deepcopy(teacher).eval()
-    kd = Term(build_loss("kd", temperature=temperature), name="kd")
-    distiller = Distiller(
-        qat_student, task, teacher=teacher, terms=[kd], task_weight=float(task_weight)
-    )
-    summary = Trainer(distiller, train_data, val_data, config=config).fit()
+    kd = TermSpec(loss="kd", options={"temperature": temperature}, name="kd")
+    spec = DistillSpec(task_weight=float(task_weight), terms=[kd])
+    distiller = build_distiller(spec, qat_student, teacher, task)
+    summary = build_trainer(distiller, train_data, val_data, config).fit()
     qat_student.cpu().eval()
     return summary
 
@@ -283,18 +281,13 @@ def qat_run(
     Returns what ``qat.json`` holds: ``metrics`` for ``float`` (the run's student), ``fake_quant`` (PyTorch)
     and ``onnx_int8`` (with ``agreement``, the % of test inputs whose top-1 equals the float student's).
     """
-    from distill.export.run import (
-        EXAMPLE_SAMPLES,
-        eval_loader,
-        example_inputs,
-        load_run,
-        rounded_metrics,
-        write_json,
-    )
+    from distill.config.run import open_run
+    from distill.export.run import EXAMPLE_SAMPLES, example_inputs, rounded_metrics, write_json
     from distill.export.runtime import OnnxModule
 
-    student, task, train, test, recipe = load_run(Path(run_dir), checkpoint)
-    test_loader = eval_loader(test, recipe.train.eval_batch_size)
+    run = open_run(run_dir, checkpoint)
+    student, task, train, recipe = run.student, run.task, run.train_data, run.recipe
+    test_loader = run.test_loader()
     example = example_inputs(task, test_loader, EXAMPLE_SAMPLES)
     qat_student = prepare_qat(student, example, keep_float)
     config = recipe.train.model_copy(update={"progress": False, "device": "cpu"})

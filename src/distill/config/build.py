@@ -4,24 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from distill.config.checks import check_on_example, check_taps
-from distill.config.schema import FROM_TEACHER, ModelSpec, Recipe, ScheduleSpec, TermSpec
+from distill.config.schema import (
+    FROM_TEACHER,
+    DistillSpec,
+    ModelSpec,
+    Recipe,
+    ScheduleSpec,
+    TermSpec,
+)
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
+from distill.data.base import ImageDataset, LabelledDataset, TextData, model_inputs
+from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
 from distill.distiller import Distiller, Term
-from distill.errors import ConfigError, DistillError, first_line
+from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
 from distill.models import build_model
 from distill.schedules import SCHEDULES, Schedule, weight_at
-from distill.tasks import build_task
+from distill.tasks import Task, build_task
 from distill.teacher_cache import CachedTeacher
 from distill.train import Trainer
 from distill.train.checkpoint import load_student_weights, student_tensors
+from distill.train.config import TrainConfig
 
 
 @dataclass
@@ -67,12 +77,17 @@ def build_data(recipe: Recipe) -> tuple[Any, Any]:
 
 def check_splits_agree(train: Any, test: Any, name: str) -> None:
     """The test split must have the training split's class count, channels and image size."""
-    for attr, fix in (
-        ("num_classes", "relabel them or store the same num_classes/classes metadata in both"),
-        ("in_channels", "convert both to the same channel count (grayscale or RGB)"),
-        ("image_size", "resize both to the same size"),
-    ):
-        a, b = getattr(train, attr, None), getattr(test, attr, None)
+    checks = []
+    if isinstance(train, LabelledDataset) and isinstance(test, LabelledDataset):
+        fix = "relabel them or store the same num_classes/classes metadata in both"
+        checks.append(("num_classes", train.num_classes, test.num_classes, fix))
+    if isinstance(train, ImageDataset) and isinstance(test, ImageDataset):
+        fix = "convert both to the same channel count (grayscale or RGB)"
+        checks.append(("in_channels", train.in_channels, test.in_channels, fix))
+        checks.append(
+            ("image_size", train.image_size, test.image_size, "resize both to the same size")
+        )
+    for attr, a, b, fix in checks:
         if a is not None and b is not None and a != b:
             show = (lambda v: "x".join(map(str, v))) if attr == "image_size" else str
             raise DistillError(
@@ -112,19 +127,10 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
                 state = student_tensors(state)
         elif path.suffix in (".pt", ".pth", ".bin"):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - anything that needs unpickling is refused
-                if "Unsupported global" in str(err):
-                    raise DistillError(
-                        f"{role} weights {path} need arbitrary unpickling, which can run code, so distill "
-                        f"refuses them (torch.load(weights_only=True): {first_line(err)}); if you trust "
-                        "the file, re-save model.state_dict() as .safetensors or a plain .pt state dict"
-                    ) from None
-                raise DistillError(
-                    f"{role} weights {path} are corrupt or not a PyTorch file ({first_line(err)}); "
-                    "re-save them with torch.save(model.state_dict(), ...) or as .safetensors"
-                ) from None
+            from distill.safe_load import torch_load
+
+            fix = "re-save model.state_dict() as .safetensors or a plain .pt state dict"
+            state = torch_load(path, f"{role} weights", fix)
             if isinstance(state, dict) and isinstance(
                 state.get("state_dict", state.get("model")), dict
             ):
@@ -162,6 +168,13 @@ def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: 
             f"{role}: model {spec.name!r} rejected options {spec.options} ({first_line(err)}); "
             "fix the option values"
         ) from None
+    except (RuntimeError, MemoryError, OverflowError) as err:  # sizes beyond memory or int64
+        if not (isinstance(err, OverflowError) or is_allocation_failure(err)):
+            raise
+        raise ConfigError(
+            f"{role}.options {spec.options} need more memory than this machine has "
+            f"({first_line(err)}); use smaller sizes (channels, hidden, image_size) for {spec.name!r}"
+        ) from None
     if spec.weights:
         load_weights(model, spec.weights, role)
     return model
@@ -187,66 +200,134 @@ def build_term(spec: TermSpec, where: str = "distill.terms") -> Term:
     )
 
 
-def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
-    """Build data, models and the distiller for ``recipe`` (seeded with ``train.seed``)."""
-    torch.manual_seed(recipe.train.seed)
-    train, test = data or build_data(recipe)
-    num_classes = getattr(train, "num_classes", None)
-    in_channels = getattr(train, "in_channels", 3)
+def data_shape(recipe: Recipe, train: Any) -> tuple[int, int]:
+    """``(num_classes, in_channels)`` the models are built for: the training split's (see
+    :func:`~distill.data.base.model_inputs`)."""
+    num_classes, in_channels = model_inputs(train)
     if num_classes is None:
         raise ConfigError(f"dataset {recipe.data.name!r} does not say how many classes it has")
+    return num_classes, in_channels
+
+
+def recipe_task(recipe: Recipe) -> Task:
+    """The recipe's task adapter (``task`` + ``task_options``)."""
+    return build_task(recipe.task, **recipe.task_options)
+
+
+def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
+    """Build data, models and the distiller for ``recipe`` (seeded with ``train.seed``) and check them on
+    two training samples (:func:`~distill.config.checks.check_on_example`): everything ``train`` needs."""
+    torch.manual_seed(recipe.train.seed)
+    train, test = data or build_data(recipe)
+    num_classes, in_channels = data_shape(recipe, train)
     student, teacher = build_models(recipe, num_classes, in_channels)
-    task = build_task(recipe.task, **recipe.task_options)
-    specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(recipe.distill.terms)]
-    for i, spec in enumerate(specs):  # name the term and side of a bad tap
-        check_taps(student, spec.student, f"distill.terms.{i}.student")
-        if teacher is not None:
-            check_taps(teacher, spec.teacher, f"distill.terms.{i}.teacher")
-    if callable(getattr(task, "request", None)):  # outputs that cost extra (attention weights)
-        task.request(
-            tap for spec in specs for side in (spec.student, spec.teacher) for tap in _taps(side)
-        )
+    task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
+    distiller = build_distiller(recipe.distill, student, teacher, task)
+    check_on_example(distiller, train, recipe)
+    augment = build_augment(recipe.data.augment, train)
+    return Built(recipe, train, test, student, teacher, distiller, augment)
+
+
+def build_distiller(
+    spec: DistillSpec,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    task: Task,
+) -> Distiller:
+    """The :class:`Distiller` for a recipe's ``distill:`` section: terms built (``@layer.*`` taps expanded,
+    module taps checked, costly task outputs requested), the teacher online or cached
+    (``cache_teacher``). No data is touched: :func:`build` checks the result on an example batch."""
+    specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(spec.terms)]
+    for i, term in enumerate(specs):  # name the term and side of a bad tap
+        check_taps(student, term.student, f"distill.terms.{i}.student")
+        if teacher is not None:
+            check_taps(teacher, term.teacher, f"distill.terms.{i}.teacher")
+    # outputs that cost extra (attention weights)
+    task.request(tap for t in specs for side in (t.student, t.teacher) for tap in _taps(side))
     terms = [build_term(t, f"distill.terms.{i}") for i, t in enumerate(specs)]
     distiller = Distiller(
         student,
         task,
         teacher=teacher,
         terms=terms,
-        task_weight=build_weight(recipe.distill.task_weight, "distill.task_weight"),
+        task_weight=build_weight(spec.task_weight, "distill.task_weight"),
     )
-    if recipe.distill.cache_teacher and teacher is not None:  # the Trainer fills it (prepare)
+    if spec.cache_teacher and teacher is not None:  # the Trainer fills it (prepare)
         distiller.source = CachedTeacher(teacher, task, distiller.teacher_taps)
-    check_on_example(distiller, train, recipe)
-    augment = build_augment(recipe.data.augment, train)
-    return Built(recipe, train, test, student, teacher, distiller, augment)
+    return distiller
 
 
 def _taps(side: str | list[str]) -> list[str]:
     return [side] if isinstance(side, str) else list(side)
 
 
+TeacherChoice = Literal["load", "skip"] | nn.Module
+
+
 def build_models(
-    recipe: Recipe, num_classes: int, in_channels: int
+    recipe: Recipe,
+    num_classes: int,
+    in_channels: int,
+    teacher: TeacherChoice = "load",
+    student_weights: bool = True,
 ) -> tuple[nn.Module, nn.Module | None]:
-    """Student and teacher; a ``from_teacher`` student is cut from the teacher once its weights are in."""
-    if recipe.student.name != FROM_TEACHER:
-        student = build_model_spec(recipe.student, num_classes, in_channels, "student")
-        teacher = None
-        if recipe.teacher is not None:
-            teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
-        return student, teacher
+    """Student and teacher. ``teacher``: ``"load"`` builds it with its weights, ``"skip"`` leaves it out
+    (``None``), a module is used as given. ``student_weights=False`` leaves out the student's ``weights``
+    (a checkpoint replaces them). A ``from_teacher`` student is cut from the teacher once its weights are in.
+    """
+    if recipe.student.name != FROM_TEACHER:  # the student first: seeded runs draw its weights first
+        student = build_student(recipe, num_classes, in_channels, weights=student_weights)
+        return student, _teacher_for(recipe, num_classes, in_channels, teacher)
+    given = _teacher_for(recipe, num_classes, in_channels, teacher)
+    student = build_student(recipe, num_classes, in_channels, given, weights=student_weights)
+    return student, given
+
+
+def _teacher_for(
+    recipe: Recipe, num_classes: int, in_channels: int, teacher: TeacherChoice
+) -> nn.Module | None:
+    if isinstance(teacher, nn.Module):
+        return teacher
+    if teacher == "skip":
+        return None
+    return build_teacher(recipe, num_classes, in_channels)
+
+
+def build_teacher(
+    recipe: Recipe, num_classes: int, in_channels: int, weights: bool = True
+) -> nn.Module | None:
+    """The recipe's teacher (``None`` without one); ``weights=False``: the architecture alone."""
+    if recipe.teacher is None:
+        return None
+    spec = recipe.teacher if weights else recipe.teacher.model_copy(update={"weights": None})
+    return build_model_spec(spec, num_classes, in_channels, "teacher")
+
+
+def build_student(
+    recipe: Recipe,
+    num_classes: int,
+    in_channels: int,
+    teacher: nn.Module | None = None,
+    weights: bool = True,
+) -> nn.Module:
+    """The recipe's student; ``from_teacher`` cuts it from ``teacher`` (the recipe's teacher architecture
+    when none is given). ``weights=False`` leaves out the student's own ``weights`` file."""
+    spec = recipe.student if weights else recipe.student.model_copy(update={"weights": None})
+    if spec.name != FROM_TEACHER:
+        return build_model_spec(spec, num_classes, in_channels, "student")
     assert recipe.teacher is not None  # the schema requires it
-    teacher = build_model_spec(recipe.teacher, num_classes, in_channels, "teacher")
+    if teacher is None:
+        teacher = build_teacher(recipe, num_classes, in_channels, weights=False)
     from distill.models.hf import student_from_teacher
 
     try:
-        student = student_from_teacher(teacher, **recipe.student.options)
+        student = student_from_teacher(teacher, **spec.options)
     except DistillError as err:
         raise DistillError(f"student: {err}") from None
-    if recipe.student.weights:
-        load_weights(student, recipe.student.weights, "student")
-    return student, teacher
+    if spec.weights:
+        load_weights(student, spec.weights, "student")
+    return student
 
 
 def expand_layer_taps(
@@ -286,13 +367,13 @@ def prepare_text_data(
     recipe: Recipe, data: tuple[Any, Any], student: nn.Module, teacher: nn.Module | None
 ) -> None:
     """Text data takes the student's tokenizer; the teacher must read the same token ids."""
-    if not all(callable(getattr(d, "set_tokenizer", None)) for d in data):
+    if not all(isinstance(d, TextData) for d in data):
         return
     from distill.models.hf import same_vocabulary, tokenizer_of
 
     tokenizer = tokenizer_of(student) or (tokenizer_of(teacher) if teacher is not None else None)
     if tokenizer is None:
-        if any(getattr(d, "tokenizer", None) is None for d in data):
+        if any(d.tokenizer is None for d in data):
             raise ConfigError(
                 f"dataset {recipe.data.name!r} holds text but student {recipe.student.name!r} has no "
                 "tokenizer; use a Hugging Face student (hf:FOLDER or from_teacher)"
@@ -323,17 +404,47 @@ def check_device(device: str) -> None:
         raise ConfigError(
             f"train.device is {device!r} but no CUDA GPU is visible; use train.device=auto or cpu"
         )
+    try:  # a device type this PyTorch build or machine lacks (mps off Apple, cuda:7 of 1 GPU, xpu)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ConfigError(
+            f"train.device {device!r} is not available here ({first_line(err)}); "
+            "use train.device=auto or cpu"
+        ) from None
 
 
 def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwargs: Any) -> Trainer:
+    """The :class:`Trainer` for what :func:`build` made, writing to ``run_dir`` (default: the recipe's)."""
     recipe = built.recipe
-    check_device(recipe.train.device)
-    return Trainer(
+    return build_trainer(
         built.distiller,
         built.train_data,
         built.test_data,
-        config=recipe.train,
+        recipe.train,
         run_dir=run_dir or recipe.run_dir,
         augment=built.augment,
+        **trainer_kwargs,
+    )
+
+
+def build_trainer(
+    distiller: Distiller,
+    train_data: Any,
+    val_data: Any,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    augment: BatchAugment | TokenMask | None = None,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """A :class:`Trainer` for ``distiller`` (``train.device`` checked first); every Trainer distill makes
+    comes from here."""
+    check_device(config.device)
+    return Trainer(
+        distiller,
+        train_data,
+        val_data,
+        config=config,
+        run_dir=run_dir,
+        augment=augment,
         **trainer_kwargs,
     )

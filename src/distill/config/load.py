@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from distill.config.safe_yaml import safe_load, short_repr, to_yaml
+from distill.config.safe_yaml import MAX_CHARS, safe_load, short_repr, to_yaml
 from distill.config.schema import Recipe
 from distill.errors import ConfigError, DistillError, did_you_mean, first_line
 
@@ -68,6 +68,12 @@ def find_recipe(path: str | Path) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     where = show_path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_CHARS:  # before reading: a recipe holds settings, never megabytes
+            raise ConfigError(
+                f"{where}: {size:,} bytes, more than the {MAX_CHARS:,} a recipe may hold; a recipe holds "
+                "settings, so keep bulk data in a file the dataset reads"
+            )
         raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read recipe {where}: {err.strerror}") from None

@@ -242,20 +242,21 @@ class Recipe(Strict):
                 f"distill.cache_teacher needs the same inputs every epoch, but data.augment.{name} "
                 f"({value}) changes them; turn one of the two off"
             )
-        if getattr(_lookup("task", self.task), "augments_in_loader", False):
+        if _lookup("task", self.task).augments_in_loader:
             raise ValueError(
                 f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
                 "teacher sees new inputs every epoch; turn cache_teacher off"
             )
+        from distill.teacher_cache import uncacheable
+
+        per_token = _lookup("task", self.task).per_token_outputs
         for i, term in enumerate(self.distill.terms):
             taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher
-            modules = [t for t in taps if not t.startswith("@")]
-            if modules:
-                raise ValueError(
-                    f"distill.cache_teacher keeps the teacher's outputs only, but "
-                    f"distill.terms.{i}.teacher taps the module {modules[0]!r}; tap an output "
-                    "(@logits) or turn cache_teacher off"
-                )
+            reason = uncacheable(taps, per_token, self.task)
+            if reason is not None:
+                where = f"distill.terms.{i}.teacher taps"
+                reason = reason.replace("it taps its", f"{where} the").replace("it taps", where)
+                raise ValueError(f"distill.cache_teacher {reason}")
 
     @property
     def run_dir(self) -> str:

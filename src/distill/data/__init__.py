@@ -1,7 +1,8 @@
 """Datasets, batched loading and batch augmentation.
 
 Every dataset factory has the signature ``(split="train", root=None, **options) -> Dataset``
-and its datasets expose ``num_classes``, ``in_channels``, ``image_size`` (H, W) and ``classes``.
+and its datasets expose ``num_classes``, ``in_channels``, ``image_size`` (H, W) and ``classes``; what
+distill reads of a dataset is written down as protocols in ``data/base.py``.
 Batches are dicts ``{"image": [B,C,H,W] float32, "label": [B] int64, "index": [B] int64}``.
 """
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from distill.data.base import DistillDataset, TextData
 from distill.errors import DistillError, did_you_mean
 
 
@@ -133,9 +134,8 @@ def build_augment(
     Image options need image data, ``token_mask`` needs text data with a tokenizer that has a mask token;
     asking for the other kind is an error naming the option. None when nothing is switched on.
     """
-    tokenizer = getattr(data, "tokenizer", None)
-    text = callable(getattr(data, "set_tokenizer", None))
-    name = getattr(data, "name", type(data).__name__)
+    text = isinstance(data, TextData)
+    name = data.name if isinstance(data, DistillDataset) else type(data).__name__
     if text and (spec.crop_padding or spec.flip):
         raise DistillError(
             f"{where}: crop_padding/flip augment images but dataset {name!r} holds text; "
@@ -147,11 +147,19 @@ def build_augment(
                 f"{where}.token_mask={spec.token_mask} masks tokens but dataset {name!r} holds no text; "
                 "remove it (images have crop_padding and flip)"
             )
-        mask_id = getattr(tokenizer, "mask_token_id", None)
+        tokenizer = data.tokenizer
+        mask_id = getattr(tokenizer, "mask_token_id", None)  # a transformers tokenizer's
         if mask_id is None:
             raise DistillError(
                 f"{where}.token_mask: the student's tokenizer has no mask token; set token_mask: 0"
             )
         return TokenMask(spec.token_mask, mask_id, list(tokenizer.all_special_ids))
+    size = getattr(data, "image_size", None)
+    size = max(size) if isinstance(size, (tuple, list)) and size else size
+    if isinstance(size, int) and 0 < size < spec.crop_padding:
+        raise DistillError(
+            f"{where}.crop_padding={spec.crop_padding} pads more than the images are wide ({size} "
+            f"pixels; the padded batch would not fit in memory); use a smaller crop_padding, e.g. {max(1, size // 8)}"
+        )
     augment = BatchAugment(spec.crop_padding, spec.flip)
     return augment if augment.enabled else None

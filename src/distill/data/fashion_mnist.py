@@ -1,19 +1,22 @@
 """Fashion-MNIST (Zalando Research, MIT licence): 28x28 grayscale clothing images, 10 classes.
 
-Folder look-up order: ``root`` (or ``$DISTILL_DATA/fashion-mnist``), the Debian package folder
-(``apt-get install dataset-fashion-mnist``), then a download into ``root``
-(default ``./data/fashion-mnist``).
+An explicit ``root`` is used as given: a folder holding the four files, else an error naming it (a
+missing, empty or unrelated folder, a file, a symlink loop) - never silently another copy. Without one the
+look-up order is ``$DISTILL_DATA/fashion-mnist`` (default ``./data/fashion-mnist``), the Debian package
+folder (``apt-get install dataset-fashion-mnist``), then a download into the first.
 
-``python -m distill.data.fashion_mnist --ensure [--root DIR]`` finds or downloads the files and
-prints the folder used.
+``python -m distill.data.fashion_mnist --ensure [--root DIR]`` finds or downloads the files (into a
+missing or empty ``DIR`` when given) and prints the folder used.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import gzip
 import os
+import stat
 import sys
 import tempfile
 import urllib.request
@@ -111,9 +114,51 @@ def _user_root(root: str | os.PathLike[str] | None) -> Path:
     return DEFAULT_ROOT
 
 
+def _root_problem(folder: Path) -> str | None:
+    """What keeps ``folder`` from being a Fashion-MNIST folder ("does not exist", ...), or None."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if folder.is_symlink():
+            return f"is a symlink to a missing path ({os.readlink(folder)})"
+        return "does not exist" if err.errno == errno.ENOENT else f"cannot be read ({err.strerror})"
+    if not stat.S_ISDIR(mode):
+        return "is a file, not a folder"
+    missing = [f"{n}.gz" for pair in FILES.values() for n in pair if _file_in(folder, n) is None]
+    if not missing:
+        return None
+    try:
+        present = sorted(p.name for p in folder.iterdir())
+    except OSError as err:
+        return f"cannot be listed ({err.strerror})"
+    if not present:
+        return "is empty"
+    shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+    return f"lacks {', '.join(missing)} (it holds {shown})"
+
+
+def _explicit_root(root: str | os.PathLike[str]) -> Path:
+    """``root`` as given, when it holds the four files; otherwise an error naming it and the fix."""
+    folder = Path(root).expanduser()
+    problem = _root_problem(folder)
+    if problem is not None:
+        raise DistillError(
+            f"Fashion-MNIST root {folder} {problem}; put the four files there (`python -m "
+            f"distill.data.fashion_mnist --ensure --root {folder}` downloads them) or leave root unset to "
+            f"use $DISTILL_DATA/fashion-mnist, {', '.join(map(str, SYSTEM_DIRS))} or a download"
+        )
+    return folder
+
+
 def find_fashion_mnist(root: str | os.PathLike[str] | None = None) -> Path | None:
-    """The first folder holding all four files: root (or $DISTILL_DATA/fashion-mnist), then Debian's."""
-    for folder in (_user_root(root), *SYSTEM_DIRS):
+    """The folder holding all four files: ``root`` itself when given, else the first of
+    $DISTILL_DATA/fashion-mnist (or ./data/fashion-mnist) and Debian's."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        return folder if _root_problem(folder) is None else None
+    for folder in (_user_root(None), *SYSTEM_DIRS):
         if _complete(folder):
             return folder
     return None
@@ -136,16 +181,8 @@ def _download(url: str, dest: Path) -> None:
             os.unlink(tmp)
 
 
-def ensure_fashion_mnist(root: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
-    """Find the Fashion-MNIST folder, downloading into root if needed; returns the folder."""
-    found = find_fashion_mnist(root)
-    if found is not None:
-        return found
-    target = _user_root(root)
-    if not download:
-        raise DistillError(
-            f"Fashion-MNIST not found in {target} or {', '.join(map(str, SYSTEM_DIRS))}; {_how_to_get(target)}"
-        )
+def download_fashion_mnist(target: Path) -> Path:
+    """Download the files ``target`` lacks into it (created if needed); returns ``target``."""
     for name in _all_names():
         if _file_in(target, name.removesuffix(".gz")) is not None:
             continue
@@ -157,6 +194,22 @@ def ensure_fashion_mnist(root: str | os.PathLike[str] | None = None, download: b
                 f"could not download {MIRROR + name} ({reason}); {_how_to_get(target)}"
             ) from None
     return target
+
+
+def ensure_fashion_mnist(root: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The Fashion-MNIST folder: an explicit ``root`` as given (an error when it lacks the files), else
+    the look-up order of the module docstring, downloading when ``download``."""
+    if root is not None:
+        return _explicit_root(root)
+    found = find_fashion_mnist()
+    if found is not None:
+        return found
+    target = _user_root(None)
+    if not download:
+        raise DistillError(
+            f"Fashion-MNIST not found in {target} or {', '.join(map(str, SYSTEM_DIRS))}; {_how_to_get(target)}"
+        )
+    return download_fashion_mnist(target)
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -202,14 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ensure", action="store_true", help="find or download the files, print the folder"
     )
-    parser.add_argument("--root", default=None, help="folder to look in / download into")
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="folder to look in (--ensure: downloads into it when missing or empty)",
+    )
     args = parser.parse_args(argv)
     if not args.ensure:
         folder = find_fashion_mnist(args.root)
         print(folder if folder is not None else "not found")
         return 0 if folder is not None else 1
     try:
-        print(ensure_fashion_mnist(args.root))
+        problem = _root_problem(Path(args.root).expanduser()) if args.root is not None else None
+        if problem is not None and problem.startswith(("does not exist", "is empty", "lacks")):
+            # a folder named for --ensure: download (the rest of) the files there
+            print(download_fashion_mnist(Path(args.root).expanduser()))
+        else:
+            print(ensure_fashion_mnist(args.root))
     except DistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ import csv
 import json
 import os
 import random
-from collections.abc import Sequence
+import reprlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,28 +155,42 @@ def zip_longest_flat(groups: list[list[int]]) -> list[list[int]]:
 # --- reading files ---------------------------------------------------------------------------
 
 
-def read_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a ``.csv``, ``.tsv`` or ``.jsonl`` file as dicts (column -> value)."""
+def read_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows of a ``.csv``, ``.tsv`` or ``.jsonl`` file as dicts (column -> value), and the line each row
+    ends on (1-based; a CSV header is line 1), for messages that point at a row."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(
             f"text file {path} not found; fix the path (train_file/test_file or root)"
         )
     suffix = path.suffix.lower()
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
     with path.open(encoding="utf-8", newline="") as f:
         if suffix in (".csv", ".tsv"):
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)
+            return rows, lines
         if suffix in (".jsonl", ".json"):
-            rows = []
             for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise DistillError(
-                            f"{path}:{number} is not a JSON object ({err.msg}); write one object per line"
-                        ) from None
-            return rows
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DistillError(
+                        f"{path}:{number} is not a JSON object ({err.msg}); write one object per line"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise DistillError(
+                        f"{path}:{number} is not a JSON object (got {type(row).__name__}); write one "
+                        "object per line"
+                    )
+                rows.append(row)
+                lines.append(number)
+            return rows, lines
     raise DistillError(f"text file {path}: unknown format {suffix!r}; use .csv, .tsv or .jsonl")
 
 
@@ -190,6 +205,23 @@ def _column(rows: list[dict[str, Any]], column: str, option: str, path: Path) ->
     return [row.get(column) for row in rows]
 
 
+def check_labels(values: Sequence[Any], column: str, where: Callable[[int], str]) -> None:
+    """Refuse a missing (absent, null), empty or malformed (not a name or an integer id) label: it would
+    become a class of its own (``''``, ``'None'``) and shift every label. ``where(i)`` names row i
+    (``file:line``)."""
+    for i, value in enumerate(values):
+        at = where(i)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DistillError(
+                f"{at}: no label in column {column!r} (empty or missing); fill it in or drop the row"
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise DistillError(
+                f"{at}: label {reprlib.repr(value)} in column {column!r} is neither a class name nor an "
+                "integer id; write a name (pos) or an id (1)"
+            )
+
+
 def label_classes(values: Sequence[Any]) -> list[str]:
     """Class names for raw labels: ``0..max`` when every label is an integer, else the sorted names."""
     names = [str(v).strip() for v in values]
@@ -198,18 +230,37 @@ def label_classes(values: Sequence[Any]) -> list[str]:
     return sorted(set(names))
 
 
-def encode_labels(values: Sequence[Any], classes: Sequence[str], where: str) -> list[int]:
+def encode_labels(
+    values: Sequence[Any], classes: Sequence[str], where: str | Callable[[int], str]
+) -> list[int]:
+    """Class ids of raw labels; ``where`` names the source (or each row: ``file:line``) in errors."""
     index = {name: i for i, name in enumerate(classes)}
     out = []
-    for value in values:
+    for i, value in enumerate(values):
         key = str(value).strip()
         if key not in index:
+            at = where if isinstance(where, str) else where(i)
             raise DistillError(
-                f"{where}: label {key!r} is not one of the classes {list(classes)}; fix the label or "
+                f"{at}: label {key!r} is not one of the classes {list(classes)}; fix the label or "
                 "list every class in the dataset's classes option"
             )
         out.append(index[key])
     return out
+
+
+def _labelled_rows(
+    path: Path, text_column: str, label_column: str
+) -> tuple[list[Any], list[Any], Callable[[int], str]]:
+    """Texts, checked raw labels and ``where(i)``: ``file:line`` of row i, for messages."""
+    rows, lines = read_rows(path)
+    texts = _column(rows, text_column, "text_column", path)
+    labels = _column(rows, label_column, "label_column", path)
+
+    def where(i: int) -> str:
+        return f"{path}:{lines[i]}"
+
+    check_labels(labels, label_column, where)
+    return texts, labels, where
 
 
 @DATASETS.register(
@@ -228,29 +279,27 @@ def text_file(
     """Texts and labels from ``train_file``/``test_file`` (relative to ``root`` when given).
 
     Labels are class names or integer ids; ``classes`` fixes their order (default: integer ids
-    ``0..max``, or the training file's sorted names, so both splits map names the same way).
+    ``0..max``, or the training file's sorted names, so both splits map names the same way). A row
+    without a label, or with one that is neither a name nor an integer, is an error naming its line.
     """
     check_split(split)
     base = Path(root) if root else Path()
     path = base / (train_file if split == "train" else test_file)
-    rows = read_rows(path)
-    texts = _column(rows, text_column, "text_column", path)
-    labels = _column(rows, label_column, "label_column", path)
+    texts, labels, where = _labelled_rows(path, text_column, label_column)
     if classes is None:
-        train_path = base / train_file
         train_labels = (
             labels
             if split == "train"
-            else _column(read_rows(train_path), label_column, "label_column", train_path)
+            else _labelled_rows(base / train_file, text_column, label_column)[1]
         )
         classes = label_classes(train_labels)
     empty = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if empty is not None:
         raise DistillError(
-            f"{path}: row {empty + 1} has no text in column {text_column!r}; fill or drop it"
+            f"{where(empty)}: no text in column {text_column!r}; fill it in or drop the row"
         )
     return TextDataset(
-        texts, encode_labels(labels, classes, str(path)), classes, path.stem, None, max_length
+        texts, encode_labels(labels, classes, where), classes, path.stem, None, max_length
     )
 
 
@@ -295,6 +344,8 @@ def hf_dataset(
                 f"dataset {path!r} has no column {column!r} (columns: {part.column_names}); set {option}"
             )
     feature = part.features[label_column]
+    if not hasattr(feature, "names"):
+        check_labels(part[label_column], label_column, lambda i: f"dataset {path!r} row {i + 1}")
     classes = list(getattr(feature, "names", None) or label_classes(part[label_column]))
     labels = (
         part[label_column]

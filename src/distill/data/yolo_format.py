@@ -232,11 +232,13 @@ def check_yolo_labels(
     names, summary = data["names"], LabelSummary(split=split)
     counts = [0] * len(names)
     seen: set[Path] = set()
+    caches: set[Path] = set()
     for folder in data[split]:
         for image in _images_in(folder):
             summary.images += 1
             labels = label_path(image)
             seen.add(labels)
+            caches.add(labels.parent.with_suffix(".cache"))
             classes = _check_label_file(labels, len(names)) if labels.is_file() else []
             summary.backgrounds += not classes
             summary.boxes += len(classes)
@@ -247,4 +249,52 @@ def check_yolo_labels(
             if label_dir != folder and label_dir.is_dir():
                 summary.labels_without_image += sorted(set(label_dir.rglob("*.txt")) - seen)
     summary.per_class = dict(zip(names, counts, strict=True))
+    for cache in sorted(caches):
+        check_label_cache(cache)
     return summary
+
+
+# numpy's pickle of Ultralytics' label cache (a dict of lists, strings and arrays) imports only these
+CACHE_GLOBALS = frozenset(
+    f"numpy.{core}.{name}"
+    for core in ("core.multiarray", "_core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {"numpy.ndarray", "numpy.dtype"}
+
+
+def check_label_cache(path: Path) -> None:
+    """Refuse an Ultralytics label cache (``labels/<split>.cache``, which Ultralytics reads with
+    ``np.load``, pickles allowed) whose pickle imports anything but numpy's array rebuilders.
+
+    The file is read, never unpickled: the ``.npy`` header by hand, the pickle by
+    :func:`distill.safe_load.pickle_globals`. A missing cache is fine (Ultralytics writes one).
+    """
+    import ast
+
+    from distill.safe_load import pickle_globals
+
+    fix = f"delete {path} (Ultralytics rebuilds it from the label files)"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+            if magic.startswith(b"PK"):
+                return  # an .npz archive: Ultralytics' .item() fails on it before reading a member
+            if magic[:6] == b"\x93NUMPY":
+                size = int.from_bytes(f.read(2 if magic[6] == 1 else 4), "little")
+                header = ast.literal_eval(f.read(size).decode("latin1"))
+                if "O" not in str(header.get("descr", "")):
+                    return  # plain numbers: no pickle in the file
+            else:
+                f.seek(0)  # np.load with pickles allowed unpickles any other file as a whole
+            imports = pickle_globals(f)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, SyntaxError, AttributeError, IndexError) as err:
+        raise DistillError(f"label cache {path} is unreadable ({err}); {fix}") from None
+    unsafe = None if imports is None else sorted(imports - CACHE_GLOBALS)
+    if unsafe is None or unsafe:
+        what = ", ".join(unsafe) if unsafe else "globals built at load time"
+        raise DistillError(
+            f"label cache {path}: the file needs arbitrary unpickling, which can run code ({what}), "
+            f"so distill refuses it; {fix}"
+        )

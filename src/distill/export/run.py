@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.api import CHECKPOINTS
+from distill.config.build import eval_loader as eval_loader  # export's callers read it here
+from distill.config.run import CHECKPOINTS, open_run
+from distill.data.base import BatchingDataset
 from distill.errors import DistillError, did_you_mean
 from distill.export import exporter
 from distill.export.inputs import Inputs, batch_size, take
@@ -68,8 +70,8 @@ def export_run(
         )
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir / "export"
-    student, task, train, test, recipe = load_run(run_dir, checkpoint)
-    test_loader = eval_loader(test, recipe.train.eval_batch_size)
+    run = open_run(run_dir, checkpoint)
+    student, task, train, test_loader = run.student, run.task, run.train_data, run.test_loader()
     batches = parity_batches(task, test_loader, PARITY_SAMPLES)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
@@ -143,38 +145,7 @@ def _export_all(
 
 def load_student(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:
     """A run's student with its ``best`` or ``last`` weights, in eval mode (the teacher is not needed)."""
-    return load_run(Path(run_dir), checkpoint)[0]
-
-
-def load_run(run_dir: Path, checkpoint: str) -> tuple[nn.Module, Any, Any, Any, Any]:
-    """``(student, task, train, test, recipe)`` of a run, the student with ``checkpoint`` weights in eval mode;
-    the teacher's weights are never loaded (they may have moved since training). A ``from_teacher`` student
-    is cut from the teacher's architecture first; text data gets the student's tokenizer. Shared by export
-    and QAT."""
-    from distill.api import run_recipe
-    from distill.config.build import build_data, build_model_spec, build_models, prepare_text_data
-    from distill.tasks import build_task
-    from distill.train.checkpoint import load_student_weights
-
-    recipe = run_recipe(run_dir)
-    train, test = build_data(recipe)
-    num_classes = getattr(train, "num_classes", None)
-    channels = getattr(train, "in_channels", 3)
-    spec = recipe.student.model_copy(update={"weights": None})  # the checkpoint replaces them
-    if recipe.teacher is not None and recipe.student.name == "from_teacher":
-        teacher = recipe.teacher.model_copy(update={"weights": None})
-        unweighted = recipe.model_copy(update={"student": spec, "teacher": teacher})
-        student = build_models(unweighted, num_classes, channels)[0]
-    else:
-        student = build_model_spec(spec, num_classes, channels, "student")
-    prepare_text_data(recipe, (train, test), student, None)
-    load_student_weights(run_dir, student, checkpoint)
-    return student.eval(), build_task(recipe.task, **recipe.task_options), train, test, recipe
-
-
-def eval_loader(data: Any, batch_size: int) -> Any:
-    """The split's own batched loader when it has one (``TensorDataset``, ``TextDataset``), else ``data``."""
-    return data.loader(batch_size) if hasattr(data, "loader") else data
+    return open_run(run_dir, checkpoint).student
 
 
 def default_int8_mode(inputs: Inputs) -> str:
@@ -213,7 +184,7 @@ def example_inputs(task: Any, loader: Any, n: int) -> Inputs:
 
 def _calibration(task: Any, train: Any, batches: int) -> Iterator[Inputs]:
     """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
-    if hasattr(train, "loader"):
+    if isinstance(train, BatchingDataset):
         loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
     else:
         loader = train

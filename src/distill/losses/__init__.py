@@ -1,6 +1,7 @@
 """Distillation losses: tensor-in, scalar-out ``nn.Module``s, one method per file.
 
-Conventions every loss follows:
+Conventions every loss follows (:class:`~distill.losses.base.DistillLoss`, which each loss subclasses,
+declares the attributes below with their defaults; helpers several losses share are in ``_common.py``):
 
 * ``forward(student, teacher, **extras) -> Tensor`` (a scalar). ``student``/``teacher`` are the tensors
   named by the term's taps (lists of tensors for multi-level methods).
@@ -25,8 +26,10 @@ Every module in this package is imported (and so registered) when the package is
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 
+from distill.errors import ConfigError
 from distill.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -42,4 +45,25 @@ __all__ = ["LOSSES", "KDLoss", "kd_loss", "FitNetLoss", "fitnet_loss", "build_lo
 
 def build_loss(name: str, **kwargs: object):
     """Instantiate a registered loss, checking ``kwargs`` against its constructor."""
+    check_temperatures(name, kwargs)
     return LOSSES.create(name, kwargs)
+
+
+# logits divided by a temperature (and the T² factor) stay finite in float32 inside this range
+TEMPERATURES = (1e-4, 1e4)
+
+
+def check_temperatures(name: str, options: dict[str, object]) -> None:
+    """A positive ``temperature``/``tau`` option outside :data:`TEMPERATURES` (or NaN) is refused here,
+    before it overflows the first step; zero and negative values are left to the loss's own check."""
+    low, high = TEMPERATURES
+    for key, value in options.items():
+        if key not in ("temperature", "tau") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and (
+            math.isnan(value) or value > high or 0 < value < low
+        ):
+            raise ConfigError(
+                f"loss {name!r}: {key}={value!r} is outside [{low:g}, {high:g}], where softened logits "
+                "overflow or vanish; typical values are 1 to 8"
+            )

@@ -86,9 +86,7 @@ def group(name: str) -> str:
     meta = LOSSES.meta(name)
     if meta.get("inputs") in TEXT_INPUTS:
         return "text"
-    if meta.get("inputs") in DETECTION_INPUTS or "boxes" in getattr(
-        LOSSES.get(name), "extra_inputs", ()
-    ):
+    if meta.get("inputs") in DETECTION_INPUTS or "boxes" in LOSSES.get(name).extra_inputs:
         return "detection"
     return meta.get("kind", "logit")
 
@@ -128,7 +126,7 @@ def methods_markdown() -> str:
         for name in members:
             meta, cls = LOSSES.meta(name), LOSSES.get(name)
             doc = inspect.cleandoc(sys.modules[cls.__module__].__doc__ or "").strip()
-            extras = ", ".join(f"`{e}`" for e in getattr(cls, "extra_inputs", ())) or "none"
+            extras = ", ".join(f"`{e}`" for e in cls.extra_inputs) or "none"
             lines += [
                 "",
                 f"### {name}",

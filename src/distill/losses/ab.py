@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from distill.losses import LOSSES
-from distill.losses.at import Maps, level_pairs
+from distill.losses._common import Maps, level_pairs, positive
+from distill.losses.base import DistillLoss
 
 
 def alternative_l2(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -90,17 +91,14 @@ def _connector(c_in: int, c_out: int) -> nn.Module:
     taps="pre-ReLU maps per stage, e.g. student [features.1.0, ...], teacher [features.1.2, ...]",
     weight="1, alone in an initialisation stage (cosine_decay to 0, task weight warming up)",
 )
-class ABLoss(nn.Module):
+class ABLoss(DistillLoss):
     """Activation-boundary transfer on maps ``(B, C, H, W)`` or lists of them (shallow to deep)."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the connectors map student channels to the teacher's
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        if not margin > 0:
-            raise ValueError(f"ab: margin must be > 0, got {margin}; the paper uses 1")
-        self.margin = float(margin)
+        self.margin = positive("ab", "margin", margin, "the paper uses 1")
         self.connectors: nn.ModuleList | None = None
 
     def build(self, student: Maps, teacher: Maps, **context: object) -> None:

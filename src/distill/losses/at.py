@@ -30,43 +30,12 @@ Practical notes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
-
-Maps = torch.Tensor | Sequence[torch.Tensor]
-
-
-def level_pairs(name: str, student: Maps, teacher: Maps) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(student, teacher) pairs of 4-D maps from two tensors or two equally long lists."""
-    s = [student] if isinstance(student, torch.Tensor) else list(student)
-    t = [teacher] if isinstance(teacher, torch.Tensor) else list(teacher)
-    if len(s) != len(t) or not s:
-        raise ValueError(
-            f"{name}: got {len(s)} student and {len(t)} teacher feature maps; give one teacher tap per "
-            "student tap"
-        )
-    for a, b in zip(s, t, strict=True):
-        if a.ndim != 4 or b.ndim != 4 or a.shape[0] != b.shape[0]:
-            raise ValueError(
-                f"{name}: needs feature maps (B, C, H, W) with the same batch size, got student "
-                f"{tuple(a.shape)} and teacher {tuple(b.shape)}; tap convolutional stages"
-            )
-    return list(zip(s, t, strict=True))
-
-
-def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool whichever map is larger to the smaller (H, W), as RepDistiller/mdistiller do."""
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    if tuple(a.shape[2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
+from distill.losses._common import Maps, level_pairs, match_spatial, positive
+from distill.losses.base import DistillLoss
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -96,17 +65,14 @@ def at_loss(student: Maps, teacher: Maps, p: float = 2.0) -> torch.Tensor:
     taps="stage outputs, e.g. [features.1, features.2, features.3] for the cnn zoo model",
     weight="1000 on CIFAR-size maps (RepDistiller/mdistiller, without KD); 1 for the Fashion-MNIST pair",
 )
-class ATLoss(nn.Module):
+class ATLoss(DistillLoss):
     """Attention transfer on feature maps ``(B, C, H, W)`` or lists of them (one per level)."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # channels are averaged away; spatial sizes are pooled to match
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
-        if not p > 0:
-            raise ValueError(f"at: p must be > 0, got {p}; the paper uses p = 2")
-        self.p = float(p)
+        self.p = positive("at", "p", p, "the paper uses p = 2")
 
     def forward(self, student: Maps, teacher: Maps) -> torch.Tensor:
         return at_loss(student, teacher, self.p)

@@ -25,32 +25,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from distill.errors import DistillError
 from distill.losses import LOSSES
-from distill.losses.hidden_mse import Tensors, layer_pairs, token_mask
+from distill.losses._common import Tensors, check_attentions, layer_pairs, token_mask
+from distill.losses.base import DistillLoss
 
 MASKED_SCORE = -1e2  # TinyBERT: entries at or below are the additive padding mask, compared as zero
-
-
-def check_attentions(student: torch.Tensor, teacher: torch.Tensor, name: str) -> None:
-    """Both ``(B, heads, T, T)`` with the same batch, heads and length."""
-    if student.ndim != 4 or teacher.ndim != 4 or student.shape[-1] != student.shape[-2]:
-        raise DistillError(
-            f"{name}: needs attention matrices (B, heads, T, T), got student {tuple(student.shape)} "
-            f"and teacher {tuple(teacher.shape)}; tap @attentions.N"
-        )
-    if student.shape[1] != teacher.shape[1]:
-        raise DistillError(
-            f"{name}: the student has {student.shape[1]} attention heads but the teacher has "
-            f"{teacher.shape[1]}; {name} compares head by head: pick layers with equal head counts"
-        )
-    if student.shape != teacher.shape:
-        raise DistillError(
-            f"{name}: student attentions {tuple(student.shape)} and teacher attentions "
-            f"{tuple(teacher.shape)} differ in batch or length; both models must see the same tokens"
-        )
 
 
 def pair_mask(attention_mask: torch.Tensor | None, attentions: torch.Tensor) -> torch.Tensor | None:
@@ -89,10 +69,10 @@ def attention_mse_loss(
     "@attentions.m against @attentions.g(m)",
     weight="1 (TinyBERT adds attention and hidden-state losses unweighted)",
 )
-class AttentionMSELoss(nn.Module):
+class AttentionMSELoss(DistillLoss):
     """TinyBERT's attention transfer on ``(B, heads, T, T)`` matrices (or lists of them, summed)."""
 
-    extra_inputs: tuple[str, ...] = ("attention_mask",)
+    extra_inputs = ("attention_mask",)
     needs_same_shape = False  # checked in build(): a projector cannot fix unequal head counts
 
     def build(self, student: Tensors, teacher: Tensors, **context: object) -> None:

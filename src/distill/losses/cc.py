@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 KERNELS = ("gaussian", "bilinear")
 
@@ -90,10 +92,9 @@ def cc_loss(
     taps="the penultimate features, e.g. pool for the cnn zoo model",
     weight="about 10 for the paper's kernel form (RepDistiller's 0.02 is for its different formula)",
 )
-class CCLoss(nn.Module):
+class CCLoss(DistillLoss):
     """Correlation congruence between a student embedding ``(B, D_s)`` and teacher features ``(B, D_t)``."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only the (B, B) correlation matrices are compared
 
     def __init__(
@@ -102,8 +103,7 @@ class CCLoss(nn.Module):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"cc: kernel must be one of {KERNELS}, got {kernel!r}")
-        if not gamma > 0:
-            raise ValueError(f"cc: gamma must be > 0, got {gamma}; the paper uses 0.4")
+        positive("cc", "gamma", gamma, "the paper uses 0.4")
         if not isinstance(order, int) or isinstance(order, bool) or order < 1:
             raise ValueError(f"cc: order must be an int >= 1, got {order!r}; the paper uses 2")
         if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 0:

@@ -57,6 +57,8 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
 
@@ -128,11 +130,11 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
     taps="pooled penultimate features of both models (pool for the zoo CNN); maps are flattened",
     weight="0.8 (RepDistiller, mdistiller); CRD+KD adds kd with weight 1",
 )
-class CRDLoss(nn.Module):
+class CRDLoss(DistillLoss):
     """Contrastive representation distillation on ``(B, D_s)`` / ``(B, D_t)`` features (maps are
     flattened). Call :meth:`build` (the distiller does) before the first forward."""
 
-    extra_inputs: tuple[str, ...] = ("index",)
+    extra_inputs = ("index",)
     needs_same_shape = False
 
     def __init__(
@@ -151,10 +153,7 @@ class CRDLoss(nn.Module):
             raise ValueError(
                 f"crd: num_negatives must be an int >= 1, got {num_negatives!r}; the paper uses 16384"
             )
-        if not temperature > 0:
-            raise ValueError(
-                f"crd: temperature must be > 0, got {temperature}; the paper uses 0.07"
-            )
+        positive("crd", "temperature", temperature, "the paper uses 0.07")
         if not 0 <= momentum < 1:
             raise ValueError(f"crd: momentum must be in [0, 1), got {momentum}; the paper uses 0.5")
         self.feat_dim = feat_dim

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 
 def cwd_loss(
@@ -62,18 +63,12 @@ def cwd_loss(
     taps="a late feature stage with a few locations (projector conv1x1 if widths differ), or logit maps",
     weight="3 with tau=4 on segmentation logit maps (paper)",
 )
-class CWDLoss(nn.Module):
+class CWDLoss(DistillLoss):
     """Channel-wise distillation on maps ``(B, C, H, W)`` of equal shape."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, tau: float = 4.0) -> None:
         super().__init__()
-        if not tau > 0:
-            raise ValueError(
-                f"cwd: tau must be > 0, got {tau}; the paper uses 4 (1 to 4 is typical)"
-            )
-        self.tau = float(tau)
+        self.tau = positive("cwd", "tau", tau, "the paper uses 4 (1 to 4 is typical)")
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return cwd_loss(student, teacher, self.tau)

@@ -23,10 +23,11 @@ batch (it is unchanged when the batch is repeated). Use batches much larger than
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
+from distill.losses.base import DistillLoss
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -68,10 +69,8 @@ def dist_loss(
     taps="@logits",
     weight="1 (ImageNet, tau=1); 1-2 with tau=4 on CIFAR-100",
 )
-class DISTLoss(nn.Module):
+class DISTLoss(DistillLoss):
     """Inter- and intra-class Pearson-correlation relation loss on logits ``(B, C)``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -81,10 +80,7 @@ class DISTLoss(nn.Module):
         standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"dist: temperature must be > 0, got {temperature}; the paper uses 1 (ImageNet) or 4"
-            )
+        positive("dist", "temperature", temperature, "the paper uses 1 (ImageNet) or 4")
         if beta < 0 or gamma < 0:
             raise ValueError(
                 f"dist: beta and gamma must be >= 0, got beta={beta}, gamma={gamma}; the paper uses 1"

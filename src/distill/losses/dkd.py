@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
+from distill.losses.base import DistillLoss
 
 _MASKED = -1e9  # a masked logit: exp() underflows to exactly 0 in float32
 
@@ -93,10 +94,10 @@ def dkd_loss(
     taps="@logits",
     weight="1 with a linear_warmup schedule over 20 epochs (CIFAR-100: alpha=1, beta=8, T=4; the Fashion-MNIST pair: beta=2, T=2)",
 )
-class DKDLoss(nn.Module):
+class DKDLoss(DistillLoss):
     """Decoupled KD on logits ``(B, C)``: target-class (TCKD) and non-target-class (NCKD) parts."""
 
-    extra_inputs: tuple[str, ...] = ("labels",)
+    extra_inputs = ("labels",)
 
     def __init__(
         self,
@@ -106,10 +107,7 @@ class DKDLoss(nn.Module):
         standardize: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"dkd: temperature must be > 0, got {temperature}; typical values are 1 to 8"
-            )
+        positive("dkd", "temperature", temperature, "typical values are 1 to 8")
         if alpha < 0 or beta < 0:
             raise ValueError(
                 f"dkd: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}; "

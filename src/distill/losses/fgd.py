@@ -38,6 +38,8 @@ from torch import nn
 from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.losses._boxes import check_boxes, fgd_masks
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 
 def attention(features: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +106,10 @@ class GlobalContext(nn.Module):
     taps="one term per neck level (@p3, @p4, @p5), projector conv1x1 when widths differ",
     weight="1 (alpha..lambda inside; YOLOX: alpha=2e-3, beta=1e-3, gamma=1e-3, lambda_=1e-5)",
 )
-class FGDLoss(nn.Module):
+class FGDLoss(DistillLoss):
     """Focal and global distillation on a neck map ``(B, C, H, W)`` of equal student/teacher shape."""
 
-    extra_inputs: tuple[str, ...] = ("boxes", "box_index")
+    extra_inputs = ("boxes", "box_index")
 
     def __init__(
         self,
@@ -118,8 +120,7 @@ class FGDLoss(nn.Module):
         lambda_: float = 5e-6,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"fgd: temperature must be > 0, got {temperature}; the paper uses 0.5")
+        positive("fgd", "temperature", temperature, "the paper uses 0.5")
         for name, value in (
             ("alpha", alpha),
             ("beta", beta),

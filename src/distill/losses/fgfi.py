@@ -24,11 +24,11 @@ taps is the plain (all-locations) imitation baseline.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
 from distill.losses._boxes import centre_masks, check_boxes
+from distill.losses.base import DistillLoss
 
 
 def fgfi_loss(
@@ -52,10 +52,10 @@ def fgfi_loss(
     taps="one term per neck level (@p3, @p4, @p5) with projector conv3x3 (the paper's adaptation layer)",
     weight="0.01 (paper)",
 )
-class FGFILoss(nn.Module):
+class FGFILoss(DistillLoss):
     """Fine-grained feature imitation on neck maps ``(B, C, H, W)`` of equal shape after the projector."""
 
-    extra_inputs: tuple[str, ...] = ("boxes", "box_index")
+    extra_inputs = ("boxes", "box_index")
 
     def forward(
         self,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def fitnet_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
@@ -37,10 +37,8 @@ def fitnet_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) 
     taps="a middle or last feature stage, with projector conv1x1 (linear for vectors)",
     weight="100 for mean-squared hints on CIFAR (Tian et al. 2020); 1 for the Fashion-MNIST pair",
 )
-class FitNetLoss(nn.Module):
+class FitNetLoss(DistillLoss):
     """Hint loss on features of any shape ``(B, ...)``; shapes must match after the projector."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return fitnet_loss(student, teacher)

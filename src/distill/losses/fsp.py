@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from distill.losses import LOSSES
-from distill.losses.at import match_spatial
+from distill.losses._common import match_spatial
+from distill.losses.base import DistillLoss
 
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -104,10 +105,8 @@ def _connector(c_in: int, c_out: int) -> nn.Module:
     taps="stage outputs, e.g. [features.0, features.1, features.2, features.3] for the cnn zoo model",
     weight="1, alone in a first stage (cosine_decay to 0, task weight warming up)",
 )
-class FSPLoss(nn.Module):
+class FSPLoss(DistillLoss):
     """FSP loss on lists of maps ``[(B, C_k, H_k, W_k)]``; channels must match unless ``connector``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, connector: bool = False) -> None:
         super().__init__()

@@ -40,6 +40,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def _conv(c_in: int, c_out: int, transposed: bool = False) -> list[nn.Module]:
@@ -100,10 +101,9 @@ def factor_transfer_loss(
     taps="the last feature stage before pooling on both sides; no projector",
     weight="200 (RepDistiller, CIFAR-100) with reconstruction_weight ~ 1/weight, without a KD term",
 )
-class FTLoss(nn.Module):
+class FTLoss(DistillLoss):
     """Factor transfer on feature maps ``(B, C, H, W)``; paraphraser and translator built from shapes."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the translator maps the student to the factor shape
 
     def __init__(self, rate: float = 0.5, p: int = 1, reconstruction_weight: float = 1.0) -> None:

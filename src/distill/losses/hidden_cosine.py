@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
-from distill.losses.hidden_mse import Tensors, layer_pairs, real_tokens, token_mask
+from distill.losses._common import Tensors, layer_pairs, real_tokens, token_mask
+from distill.losses.base import DistillLoss
 
 
 def hidden_cosine_loss(
@@ -61,10 +61,10 @@ def hidden_cosine_loss(
     "widths differ",
     weight="1 (DistilBERT: alpha_cos 1 next to alpha_ce 5 and alpha_mlm 2)",
 )
-class HiddenCosineLoss(nn.Module):
+class HiddenCosineLoss(DistillLoss):
     """DistilBERT's cosine loss on token states ``(B, T, D)`` (or lists of them, summed)."""
 
-    extra_inputs: tuple[str, ...] = ("attention_mask",)
+    extra_inputs = ("attention_mask",)
 
     def forward(
         self, student: Tensors, teacher: Tensors, attention_mask: torch.Tensor | None = None

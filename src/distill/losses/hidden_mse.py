@@ -29,46 +29,14 @@ prediction-layer stage on logits (``kd`` at T = 1). Next to a task loss, weight 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
-
-Tensors = torch.Tensor | Sequence[torch.Tensor]
-
-
-def token_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
-    """``attention_mask`` (B, T) (1 real token, 0 padding) as a bool tensor, checked against the
-    inputs' batch size and length; ``None`` (every token real) stays ``None``."""
-    if attention_mask is None:
-        return None
-    if tuple(attention_mask.shape) != (batch, length):
-        raise DistillError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but the tapped tensors have batch "
-            f"{batch} and length {length}; pass the batch's (B, T) mask of the same tokens"
-        )
-    return attention_mask.detach().bool()
-
-
-def layer_pairs(student: Tensors, teacher: Tensors, name: str) -> list[tuple[torch.Tensor, ...]]:
-    """Pair single tensors or equal-length lists of tensors (one per tapped layer)."""
-    s = list(student) if isinstance(student, list | tuple) else [student]
-    t = list(teacher) if isinstance(teacher, list | tuple) else [teacher]
-    if len(s) != len(t):
-        raise DistillError(
-            f"{name}: the term taps {len(s)} student layers but {len(t)} teacher layers; "
-            "map each student layer to one teacher layer"
-        )
-    return list(zip(s, t, strict=True))
-
-
-def real_tokens(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``(B, T, D) -> (N, D)``: the states of the real tokens (all ``B * T`` when ``mask`` is None)."""
-    return states.reshape(-1, states.shape[-1]) if mask is None else states[mask]
+from distill.losses._common import Tensors, layer_pairs, real_tokens, token_mask
+from distill.losses.base import DistillLoss
 
 
 def _check_sequences(student: torch.Tensor, teacher: torch.Tensor, name: str) -> None:
@@ -111,10 +79,10 @@ def hidden_mse_loss(
     "on both sides for the embedding loss",
     weight="1 (TinyBERT adds hidden, embedding and attention losses unweighted)",
 )
-class HiddenMSELoss(nn.Module):
+class HiddenMSELoss(DistillLoss):
     """TinyBERT's hidden-state (or embedding) MSE on token states ``(B, T, D)`` or lists of them."""
 
-    extra_inputs: tuple[str, ...] = ("attention_mask",)
+    extra_inputs = ("attention_mask",)
     needs_same_shape = False  # W_h maps the student's width to the teacher's
 
     def __init__(self) -> None:

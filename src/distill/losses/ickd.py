@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 class Embed(nn.Module):
@@ -113,11 +114,10 @@ def ickd_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) ->
     taps="the last feature stage before pooling, e.g. features.3 for the cnn zoo model",
     weight="2.5 next to cross-entropy 1, without KD (the authors' CIFAR-100 script)",
 )
-class ICKDLoss(nn.Module):
+class ICKDLoss(DistillLoss):
     """Inter-channel correlation between a student map ``(B, C_s, H, W)`` and a teacher map
     ``(B, C_t, H', W')``."""
 
-    extra_inputs: tuple[str, ...] = ()
     # the student is embedded to C_t channels; only (C, C) matrices compared
     needs_same_shape = False
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 EPS = 1e-12  # clamp of the squared distances, as in the reference
 
@@ -117,10 +117,9 @@ def irg_loss(
     taps="[stage, next stage, pooled features, @logits], e.g. features.2, features.3, pool, @logits",
     weight="1 next to cross-entropy, without KD (inner weights 0.1 / 5 / 5, Knowledge-Distillation-Zoo)",
 )
-class IRGLoss(nn.Module):
+class IRGLoss(DistillLoss):
     """Instance relationship graphs over a list of taps ending with the logits."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # edges compare (B, B) matrices; only the vertex tap must match
 
     def __init__(

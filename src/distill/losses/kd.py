@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
 from distill.losses._standardize import standardize as zscore
+from distill.losses.base import DistillLoss
 
 
 def kd_loss(
@@ -60,18 +61,12 @@ def kd_loss(
     taps="@logits",
     weight="1 (T=4 on CIFAR; T=2 for the Fashion-MNIST pair)",
 )
-class KDLoss(nn.Module):
+class KDLoss(DistillLoss):
     """Soft-target distillation on logits ``(B, C)`` (or ``(B, T, C)`` for sequences)."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"kd: temperature must be > 0, got {temperature}; typical values are 1 to 8"
-            )
-        self.temperature = float(temperature)
+        self.temperature = positive("kd", "temperature", temperature, "typical values are 1 to 8")
         self.standardize = bool(standardize)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 YOLO26_HINT = (
     "ld needs box distributions (DFL, reg_max > 1); YOLO26 heads regress boxes directly "
@@ -104,17 +105,13 @@ def check_box_logits(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -
     taps='["@boxes", "@scores"] on both sides (teacher-score weights) or "@boxes" (uniform)',
     weight="uncalibrated: ~1.5, like Ultralytics' DFL gain (paper: 0.25 on a sum over positives, T=10)",
 )
-class LDLoss(nn.Module):
+class LDLoss(DistillLoss):
     """Localization distillation on ``@boxes`` ``(B, 4 * reg_max, A)``, optionally with ``@scores``
     ``(B, num_classes, A)`` to weight anchor points by the teacher's confidence."""
 
-    extra_inputs: tuple[str, ...] = ()
-
     def __init__(self, temperature: float = 10.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"ld: temperature must be > 0, got {temperature}; the paper uses 10")
-        self.temperature = float(temperature)
+        self.temperature = positive("ld", "temperature", temperature, "the paper uses 10")
 
     def forward(
         self,

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 REDUCTIONS = ("mean", "batchmean")
 
@@ -62,10 +62,8 @@ def logit_mse_loss(
     taps="@logits",
     weight="1 alone in place of cross-entropy (Ba & Caruana / Kim et al. 2021); 0.1 next to cross-entropy (KD-Zoo, the Fashion-MNIST pair)",
 )
-class LogitMSELoss(nn.Module):
+class LogitMSELoss(DistillLoss):
     """Mean squared error between student and teacher logits ``(B, C)`` (or ``(B, T, C)``)."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()

@@ -35,6 +35,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 MASKS = ("channel", "spatial")
 
@@ -70,10 +71,9 @@ def mgd_loss(generated: torch.Tensor, teacher_features: torch.Tensor) -> torch.T
     taps="the last feature stage on both sides (same H x W); no projector",
     weight="7e-5 on ImageNet ResNet maps (classification), 2e-5 for detection; no KD term",
 )
-class MGDLoss(nn.Module):
+class MGDLoss(DistillLoss):
     """Masked generative distillation on feature maps ``(B, C, H, W)`` with equal ``H x W``."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the align conv maps C_s to C_t
 
     def __init__(self, mask_ratio: float = 0.15, mask: str = "channel") -> None:

@@ -37,12 +37,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
-from distill.losses.attention_mse import check_attentions
-from distill.losses.hidden_mse import token_mask
+from distill.losses._common import check_attentions, token_mask
+from distill.losses.base import DistillLoss
 
 PROB_FLOOR = 1e-12
 
@@ -124,10 +123,10 @@ def _sequences(tensors: list[torch.Tensor], side: str, length: int) -> None:
     "[...query, ...key, ...value] with relation_heads",
     weight="1 (the paper's objective is L_AT + L_VR)",
 )
-class MiniLMLoss(nn.Module):
+class MiniLMLoss(DistillLoss):
     """MiniLM's attention-distribution + value-relation KL (or MiniLMv2's Q/K/V relations)."""
 
-    extra_inputs: tuple[str, ...] = ("attention_mask",)
+    extra_inputs = ("attention_mask",)
     needs_same_shape = False  # only (T, T) relations are compared
 
     def __init__(self, relation_heads: int | None = None) -> None:

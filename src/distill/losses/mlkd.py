@@ -39,10 +39,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
 from distill.losses._standardize import standardize as zscore
+from distill.losses.base import DistillLoss
 
 
 def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,10 +98,8 @@ def mlkd_loss(
     taps="@logits",
     weight="0.9 next to a task weight of 0.1 (CIFAR-100, batch 64); the Fashion-MNIST pair: 0.2 next to 1, level weights rescaled",
 )
-class MLKDLoss(nn.Module):
+class MLKDLoss(DistillLoss):
     """Multi-level (instance, batch, class) logit alignment at several temperatures; logits ``(B, C)``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 _MASKED = -1e9  # a masked logit: exp() underflows to exactly 0 in float32
 
@@ -70,17 +71,14 @@ def nkd_loss(
     taps="@logits",
     weight="1 (gamma=1.5, T=1 on ImageNet; gamma=3.5, T=3 on CIFAR-100)",
 )
-class NKDLoss(nn.Module):
+class NKDLoss(DistillLoss):
     """Normalized KD on logits ``(B, C)``: soft-weighted target term + normalized non-target KD."""
 
-    extra_inputs: tuple[str, ...] = ("labels",)
+    extra_inputs = ("labels",)
 
     def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"nkd: temperature must be > 0, got {temperature}; the paper uses 1 (ImageNet) to 3"
-            )
+        positive("nkd", "temperature", temperature, "the paper uses 1 (ImageNet) to 3")
         if gamma < 0:
             raise ValueError(f"nkd: gamma must be >= 0, got {gamma}; the paper uses 1.5")
         self.temperature = float(temperature)

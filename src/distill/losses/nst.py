@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
-from distill.losses.at import Maps, level_pairs, match_spatial
+from distill.losses._common import Maps, level_pairs, match_spatial
+from distill.losses.base import DistillLoss
 
 
 def channel_patterns(features: torch.Tensor) -> torch.Tensor:
@@ -76,10 +76,9 @@ def nst_loss(student: Maps, teacher: Maps, degree: int = 2, constant: float = 0.
     taps="stage outputs, e.g. [features.1, features.2, features.3] for the cnn zoo model",
     weight="50 on CIFAR (RepDistiller/mdistiller, without KD); 5 for the Fashion-MNIST pair",
 )
-class NSTLoss(nn.Module):
+class NSTLoss(DistillLoss):
     """Neuron selectivity transfer on feature maps ``(B, C, H, W)`` or lists of them."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # channel counts may differ; spatial sizes are pooled to match
 
     def __init__(self, degree: int = 2, constant: float = 0.0) -> None:

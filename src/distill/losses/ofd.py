@@ -40,6 +40,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def ofd_margin(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -89,10 +90,9 @@ def _connector(c_in: int, c_out: int) -> nn.Sequential:
     taps="pre-ReLU stage features (`<relu>:in` taps), as lists for several stages; no projector",
     weight="1e-3 on CIFAR, 1e-4 on ImageNet (paper), without a KD term",
 )
-class OFDLoss(nn.Module):
+class OFDLoss(DistillLoss):
     """Overhaul feature distillation: connector + margin-clipped partial L2 on one map or a list of maps."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the connector maps C_s to C_t
 
     def __init__(self) -> None:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
-from distill.losses.hidden_mse import Tensors, layer_pairs
+from distill.losses._common import Tensors, layer_pairs
+from distill.losses.base import DistillLoss
 
 
 def _cls(states: torch.Tensor, side: str) -> torch.Tensor:
@@ -69,10 +69,8 @@ def pkd_loss(
     "layer_map uniform) or the teacher's last M-1 (PKD-Last, layer_map last)",
     weight="beta in {10, 100, 500, 1000} (the authors' grid; 100 is a fair start)",
 )
-class PKDLoss(nn.Module):
+class PKDLoss(DistillLoss):
     """Patient KD on the position-0 states of one or several layers (``(B, T, D)`` each)."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, normalize: bool = True) -> None:
         super().__init__()

@@ -24,9 +24,9 @@ Practical notes:
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def neighbour_distribution(features: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -62,10 +62,9 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) ->
     taps="the penultimate features, e.g. pool for the cnn zoo model",
     weight="30000 (RepDistiller/mdistiller at batch 64, without KD); 3000 for the Fashion-MNIST pair",
 )
-class PKTLoss(nn.Module):
+class PKTLoss(DistillLoss):
     """Probabilistic knowledge transfer on embeddings ``(B, D)``; widths may differ."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only the (B, B) neighbour distributions are compared
 
     def __init__(self, eps: float = 1e-7) -> None:

@@ -50,6 +50,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 
 def hcl_loss(
@@ -136,11 +137,10 @@ def _as_maps(features: torch.Tensor | Sequence[torch.Tensor], who: str) -> list[
     taps="every stage output plus the pooled features, shallow to deep, the same count on both sides",
     weight="1 with a linear warm-up over the first 1/12 of training (mdistiller: 20 of 240 epochs)",
 )
-class ReviewKDLoss(nn.Module):
+class ReviewKDLoss(DistillLoss):
     """Knowledge review on lists of student/teacher features (shallow to deep). Call :meth:`build` (the
     distiller does) before the first forward."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False
 
     def __init__(self, mid_channels: int | None = None, levels: Sequence[int] = (4, 2, 1)) -> None:

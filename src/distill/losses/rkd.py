@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -102,10 +103,9 @@ def rkd_loss(
     taps="the penultimate features, e.g. pool for the cnn zoo model",
     weight="1 with inner weights 25 and 50 (RepDistiller/mdistiller, without KD); 0.2 for the Fashion-MNIST pair",
 )
-class RKDLoss(nn.Module):
+class RKDLoss(DistillLoss):
     """Distance- and angle-wise relational distillation on embeddings ``(B, D)``; widths may differ."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only distances and angles within each space are compared
 
     def __init__(
@@ -123,8 +123,7 @@ class RKDLoss(nn.Module):
             raise ValueError(
                 "rkd: distance_weight and angle_weight are both 0; set at least one > 0"
             )
-        if not eps > 0:
-            raise ValueError(f"rkd: eps must be > 0, got {eps}; the authors' code uses 1e-12")
+        positive("rkd", "eps", eps, "the authors' code uses 1e-12")
         if not isinstance(angle_chunk, int) or isinstance(angle_chunk, bool) or angle_chunk < 0:
             raise ValueError(
                 f"rkd: angle_chunk must be an int >= 0 (0 = the whole batch), got {angle_chunk!r}"

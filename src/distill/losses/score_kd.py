@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 
 def score_kd_loss(
@@ -75,17 +76,14 @@ def score_kd_loss(
     taps="@scores on both sides",
     weight="uncalibrated: ~0.5 with teacher_weighted, like Ultralytics' cls gain (PP-YOLOE: 4, beta=2)",
 )
-class ScoreKDLoss(nn.Module):
+class ScoreKDLoss(DistillLoss):
     """Soft-target sigmoid BCE on detection class logits ``(B, num_classes, anchors)``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(
         self, temperature: float = 1.0, beta: float = 0.0, teacher_weighted: bool = False
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"score_kd: temperature must be > 0, got {temperature}; 1 is typical")
+        positive("score_kd", "temperature", temperature, "1 is typical")
         if not beta >= 0:
             raise ValueError(
                 f"score_kd: beta must be >= 0, got {beta}; 0 is plain BCE, 2 the quality-focal form"

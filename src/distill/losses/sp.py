@@ -27,9 +27,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses.base import DistillLoss
 
 Features = torch.Tensor | Sequence[torch.Tensor]
 
@@ -78,10 +78,9 @@ def sp_loss(student: Features, teacher: Features) -> torch.Tensor:
     taps="the last feature stage before pooling, e.g. features.3 for the cnn zoo model",
     weight="3000 (paper / RepDistiller / mdistiller CIFAR-100, used without KD); 300 for the Fashion-MNIST pair",
 )
-class SPLoss(nn.Module):
+class SPLoss(DistillLoss):
     """Similarity preservation on features ``(B, ...)`` (or lists of them); widths may differ."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # only the (B, B) similarity matrices are compared
 
     def forward(self, student: Features, teacher: Features) -> torch.Tensor:

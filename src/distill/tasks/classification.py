@@ -11,7 +11,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch, TeacherPredictions
+from distill.tasks.base import Batch, Task, TeacherPredictions
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -92,11 +92,12 @@ def label_metrics(p: torch.Tensor, y: torch.Tensor, agree: torch.Tensor | None) 
 @TASKS.register(
     "classification", description="class logits, cross-entropy; top-1/top-5/NLL/ECE/agreement"
 )
-class ClassificationTask:
+class ClassificationTask(Task):
     """Batches are ``(x, y[, index])`` tuples or dicts with ``image``/``label``/``index`` keys."""
 
     name = "classification"
     primary_metric = "top1"
+    classifies = True  # @logits: one score per class of the data
 
     def __init__(
         self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label"

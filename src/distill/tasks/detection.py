@@ -30,7 +30,7 @@ from torch import nn
 from distill.errors import DistillError
 from distill.models.yolo import default_args, detect_head
 from distill.tasks import TASKS
-from distill.tasks.base import Batch, TeacherPredictions
+from distill.tasks.base import Batch, Task, TeacherPredictions
 from distill.tasks.detection_eval import validate
 
 TARGET_KEYS = ("batch_idx", "cls", "bboxes")
@@ -46,7 +46,7 @@ def _xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     "detection",
     description="Ultralytics YOLO: the model's own loss; @p3/@p4/@p5, @scores, @boxes; mAP50-95, mAP50",
 )
-class DetectionTask:
+class DetectionTask(Task):
     """YOLO detection. ``conf``/``iou``/``max_det`` are the NMS settings of evaluation (Ultralytics' val defaults)."""
 
     name = "detection"

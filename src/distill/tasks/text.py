@@ -22,7 +22,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch, TeacherPredictions
+from distill.tasks.base import Batch, Task, TeacherPredictions
 from distill.tasks.classification import checked_cross_entropy, collect_predictions, label_metrics
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -43,11 +43,14 @@ def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
     "text_classification",
     description="token ids -> class logits; @hidden_states.N, @attentions.N; top-1, macro-F1, NLL, ECE",
 )
-class TextClassificationTask:
+class TextClassificationTask(Task):
     """Sequence classification; ``output_attentions`` adds ``@attentions.N`` (costs an eager attention)."""
 
     name = "text_classification"
     primary_metric = "top1"
+    classifies = True  # @logits: one score per class of the data
+    # (B, T, ...) outputs: T follows each batch's padding, so distill.cache_teacher cannot keep them
+    per_token_outputs = ("hidden_states", "attentions")
 
     def __init__(self, label_smoothing: float = 0.0, output_attentions: bool = False) -> None:
         ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)

@@ -12,6 +12,13 @@ the manifest (written the same way) name it, and only after that are files that 
 manifest deleted. A crash at any instant therefore leaves a manifest naming complete, verified files.
 Loading checks each file against the manifest's checksum; a corrupt or truncated newest ``last`` is
 reported and the previous one (``keep_last`` are kept) is used instead.
+
+The manifest is checked, not trusted: its structure and every name (a plain ``<kind>-<step>[-<n>]
+.safetensors`` in this folder) are validated, or nothing is done. A file is never re-written: a second
+save at the same step (after an evaluation) gets the next free ``-<n>`` name. A file is deleted only when
+an entry that leaves the manifest vouches for it with a matching checksum, or, for unlisted files (a
+kill's leftovers), only when every listed file verifies. A missing manifest is rebuilt in memory from
+the files' own headers (each holds its JSON state, ``global_step`` included).
 """
 
 from __future__ import annotations
@@ -30,10 +37,9 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.io import atomic_write, remove_stale_temporaries, write_error, write_json
+from distill.train.manifest import FORMAT, KINDS, manifest_problem, parse_name, rebuild
 
 MANIFEST = "manifest.json"
-FORMAT = 1
-KINDS = ("last", "best")
 EMA_PREFIX = "ema."  # the student's weight average (train.ema), beside the raw "model." tensors
 
 
@@ -94,14 +100,22 @@ def model_tensors(
 
 
 # ----------------------------------------------------------------------------------- the store
+def _listed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(manifest["last"]) + ([manifest["best"]] if manifest.get("best") else [])
+
+
 @dataclass
 class Loaded:
-    """A verified checkpoint: tensors (with prefixes), its JSON state, its file, and what was skipped."""
+    """A verified checkpoint: tensors (with prefixes), its JSON state, its file, and what was skipped.
+
+    ``recovered``: there was no manifest; the list was rebuilt from the files' own headers.
+    """
 
     tensors: dict[str, torch.Tensor]
     state: dict[str, Any]
     path: Path
     skipped: list[str] = field(default_factory=list)
+    recovered: bool = False
 
 
 class CheckpointStore:
@@ -112,6 +126,9 @@ class CheckpointStore:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.directory = Path(directory)
         self.keep_last = keep_last
+        # file name -> (size, mtime_ns, sha256): a file this process wrote or checked is read once
+        self._checksums: dict[str, tuple[int, int, str]] = {}
+        self._rebuilt: tuple[list[Any], dict[str, Any] | None] | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -119,24 +136,44 @@ class CheckpointStore:
 
     # ---------------------------------------------------------------- manifest
     def manifest(self) -> dict[str, Any]:
-        """The manifest (``{"format", "last": [...], "best": {...} | None}``); empty if there is none."""
+        """The manifest (``{"format", "last": [...], "best": {...} | None}``), its structure and names
+        validated. Without ``manifest.json`` it is rebuilt from the checkpoint files (``"recovered"``),
+        or read from the first layout (``"legacy"``); empty if there are none."""
         empty: dict[str, Any] = {"format": FORMAT, "last": [], "best": None}
         path = self.manifest_path
         if not path.is_file():
-            return self._legacy() or empty
+            return self._rebuild() or self._legacy() or empty
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DistillError(
-                f"checkpoint manifest {path} is unreadable ({type(err).__name__}); restore it from a "
-                "backup or start the run again with --overwrite"
+                f"checkpoint manifest {path} is unreadable ({type(err).__name__}); delete it to rebuild "
+                "the list from the checkpoint files (--resume does), or start the run again with --overwrite"
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise DistillError(
-                f"checkpoint manifest {path} is not a distill manifest (format {FORMAT}); "
-                "restore it or start the run again with --overwrite"
+                f"checkpoint manifest {path} is not a distill manifest (format {FORMAT}); delete it to "
+                "rebuild the list from the checkpoint files (--resume does), or start the run again "
+                "with --overwrite"
             )
-        return {**empty, **data}
+        problem = manifest_problem(data)
+        if problem:
+            raise DistillError(
+                f"checkpoint manifest {path} is damaged ({problem}); nothing was deleted: delete it to "
+                "rebuild the list from the checkpoint files' own headers (--resume does), or start the "
+                "run again with --overwrite"
+            )
+        return {"format": FORMAT, "last": list(data.get("last", [])), "best": data.get("best")}
+
+    def _rebuild(self) -> dict[str, Any] | None:
+        """The list a lost ``manifest.json`` held, rebuilt from the files (see :func:`rebuild`)."""
+        if not self.directory.is_dir():
+            return None
+        files = sorted(p for p in self.directory.glob("*.safetensors") if parse_name(p.name))
+        listing = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        if self._rebuilt is None or self._rebuilt[0] != listing:
+            self._rebuilt = (listing, rebuild(files, self._checksum))
+        return self._rebuilt[1]
 
     def _legacy(self) -> dict[str, Any] | None:
         """Runs written before the manifest existed: ``<tag>.safetensors`` + ``<tag>.json``."""
@@ -169,6 +206,34 @@ class CheckpointStore:
     def has(self, kind: str) -> bool:
         return bool(self.entries(kind))
 
+    def _checksum(self, path: Path) -> str:
+        stat = path.stat()
+        cached = self._checksums.get(path.name)
+        if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
+            return cached[2]
+        sha = _sha256(path)
+        self._checksums[path.name] = (stat.st_size, stat.st_mtime_ns, sha)
+        return sha
+
+    def _vouched(self, entry: dict[str, Any]) -> bool:
+        """Whether ``entry``'s file is here and matches the checksum the entry records."""
+        path = self.directory / entry["file"]
+        try:
+            return bool(entry.get("sha256")) and self._checksum(path) == entry["sha256"]
+        except OSError:
+            return False
+
+    def _unused_path(self, kind: str, step: int, manifest: dict[str, Any]) -> Path:
+        """``<kind>-<step>.safetensors``, or the first free ``-<n>`` name when that one is listed or on
+        disk: a save never re-writes a file the manifest vouches for, nor one it does not know."""
+        listed = {entry["file"] for entry in _listed(manifest)}
+        n = 0
+        while True:
+            name = f"{kind}-{step:08d}" + (f"-{n}" if n else "") + ".safetensors"
+            if name not in listed and not (self.directory / name).exists():
+                return self.directory / name
+            n += 1
+
     # -------------------------------------------------------------------- save
     def save(
         self,
@@ -188,34 +253,35 @@ class CheckpointStore:
         if optimizer is not None:
             record["optimizer"] = flatten_state(optimizer.state_dict(), "optim", tensors)
         step = int(state.get("global_step", 0))
-        path = self.directory / f"{kind}-{step:08d}.safetensors"
         header = {"distill": json.dumps(record, default=str)}
         try:
             manifest = self.manifest()
             manifest.pop("legacy", None)
+            manifest.pop("recovered", None)
+            path = self._unused_path(kind, step, manifest)
             atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
             entry = {
                 "file": path.name,
-                "sha256": _sha256(path),
+                "sha256": self._checksum(path),
                 "bytes": path.stat().st_size,
                 "step": step,
                 "epoch": state.get("epoch"),
                 "time": round(time.time(), 3),
             }
-            if kind == "last":
-                kept = [entry] + [e for e in manifest["last"] if e["file"] != path.name]
+            if (
+                kind == "last"
+            ):  # an entry whose file is gone or differs leaves the list (its file stays)
+                kept = [entry] + [e for e in manifest["last"] if self._vouched(e)]
                 manifest["last"], dropped = kept[: self.keep_last], kept[self.keep_last :]
             else:
                 old = manifest.get("best")
-                manifest["best"], dropped = entry, [old] if old and old["file"] != path.name else []
+                manifest["best"], dropped = entry, [old] if old else []
             write_json(self.manifest_path, manifest)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:
             raise write_error(err, self.directory, f"{kind} checkpoint") from None
-        in_use = {e["file"] for e in manifest["last"]} | (
-            {manifest["best"]["file"]} if manifest.get("best") else set()
-        )
+        in_use = {e["file"] for e in _listed(manifest)}
         for old in dropped:
-            if old["file"] not in in_use:
+            if old["file"] not in in_use and self._vouched(old):
                 (self.directory / old["file"]).unlink(missing_ok=True)
                 if old.get("legacy_state"):
                     (self.directory / old["legacy_state"]).unlink(missing_ok=True)
@@ -228,7 +294,9 @@ class CheckpointStore:
         With ``fallback`` a missing, corrupt or truncated file is skipped (and listed in
         ``Loaded.skipped``) in favour of the next older one; without it the first problem raises.
         """
-        entries = self.entries(kind)
+        manifest = self.manifest()
+        best = [manifest["best"]] if manifest.get("best") else []
+        entries = list(manifest["last"]) if kind == "last" else best
         if not entries:
             raise DistillError(
                 f"no {kind!r} checkpoint in {self.directory}; train first or pick a run dir with checkpoints"
@@ -243,10 +311,17 @@ class CheckpointStore:
                     raise
                 skipped.append(str(err))
                 continue
-            return Loaded(tensors, state, path, skipped)
+            return Loaded(tensors, state, path, skipped, bool(manifest.get("recovered")))
+        listed = {e["file"] for e in _listed(manifest)}
+        unlisted = [p for p in self.directory.glob(f"{kind}-*.safetensors") if p.name not in listed]
+        fix = (
+            f"{len(unlisted)} {kind!r} file(s) it does not list are here: delete "
+            f"{self.manifest_path} to rebuild the list from them, or start the run again with --overwrite"
+            if unlisted and self.manifest_path.is_file()
+            else "start the run again with --overwrite"
+        )
         raise DistillError(
-            f"every {kind!r} checkpoint in {self.directory} is damaged ({'; '.join(skipped)}); "
-            "start the run again with --overwrite"
+            f"every {kind!r} checkpoint in {self.directory} is damaged ({'; '.join(skipped)}); {fix}"
         )
 
     def _read(
@@ -270,19 +345,23 @@ class CheckpointStore:
         return tensors, state
 
     def cleanup(self) -> list[Path]:
-        """Remove stale temporaries and checkpoint files the manifest does not name (a crash leftover)."""
+        """Remove stale temporaries and the checkpoint files the manifest does not name (a kill's
+        leftovers: older than what it lists, or newer and about to be trained again).
+
+        Unlisted files are removed only when the manifest lists something and every listed file matches
+        its checksum; otherwise they may be the real checkpoints (a damaged manifest) and all stay.
+        """
         removed = remove_stale_temporaries(self.directory)
         if not self.manifest_path.is_file():
             return removed
-        manifest = self.manifest()
-        named = {e["file"] for e in manifest["last"]}
-        if manifest.get("best"):
-            named.add(manifest["best"]["file"])
-        for kind in KINDS:
-            for path in self.directory.glob(f"{kind}-*.safetensors"):
-                if path.name not in named:
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+        listed = _listed(self.manifest())
+        if not listed or not all(self._vouched(entry) for entry in listed):
+            return removed
+        named = {entry["file"] for entry in listed}
+        for path in sorted(self.directory.glob("*.safetensors")):
+            if parse_name(path.name) and path.name not in named and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
         return removed
 
 
@@ -308,7 +387,15 @@ def load_student_weights(run_dir: Path, student: nn.Module, tag: str = "best") -
     """Load the student's weights from a run directory's checkpoints (its weight average when the run
     kept one, ``train.ema``: what the run evaluated); returns the JSON state."""
     tensors, state = load_checkpoint(Path(run_dir) / "checkpoints", tag)
-    student.load_state_dict(student_tensors(tensors))
+    try:
+        student.load_state_dict(student_tensors(tensors))
+    except RuntimeError as err:  # e.g. the run's recipe.yaml was edited after training
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])[:160]
+        raise DistillError(
+            f"the {tag!r} weights in {run_dir} do not fit the model built for them ({detail}); the "
+            "model name and options (channels, layers, num_classes) must be those the run was "
+            "trained with (its recipe.yaml): restore them or pick the matching run"
+        ) from None
     return state
 
 
@@ -325,5 +412,5 @@ def save_model(path: Path, model: nn.Module, metadata: dict[str, str] | None = N
             Path(path),
             lambda tmp: save_file(state_tensors(model.state_dict()), tmp, metadata=metadata),
         )
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         raise write_error(err, Path(path).parent, Path(path).name) from None

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_COUNT = 2**31 - 1  # sizes and counts beyond this overflow index arithmetic long before they fit
+MAX_LR = 1000.0  # larger learning rates overflow float32 in the optimizer's update
+
 
 class TrainConfig(BaseModel):
     """Optimisation, schedule, precision, evaluation and checkpoint settings. Sizes are global (all ranks)."""
@@ -13,21 +16,24 @@ class TrainConfig(BaseModel):
     # lr=.inf would poison every step
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, gt=0, le=MAX_COUNT)
     max_steps: int | None = Field(
         None,
         gt=0,
+        le=MAX_COUNT,
         description="run length in optimizer steps (the LR schedule spans them) if fewer than epochs give",
     )
-    batch_size: int = Field(128, gt=0, description="global batch size, split across ranks")
-    eval_batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(
+        128, gt=0, le=MAX_COUNT, description="global batch size, split across ranks"
+    )
+    eval_batch_size: int = Field(512, gt=0, le=MAX_COUNT)
     group_by_length: bool = Field(
         False,
         description="put items of similar length in the same training batch (text: far less "
         "padding, so faster steps); needs a dataset with lengths()",
     )
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum; AdamW's beta1")
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
@@ -46,6 +52,7 @@ class TrainConfig(BaseModel):
     warmup_bias_lr: float | None = Field(
         None,
         gt=0,
+        le=MAX_LR,
         description="biases start warm-up at this learning rate and fall to the schedule's "
         "(Ultralytics: 0.1)",
     )
@@ -70,7 +77,7 @@ class TrainConfig(BaseModel):
         gt=0,
         description="EMA warm-up in steps: the decay is ema * (1 - exp(-step / ema_tau))",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch, numpy and random")
     deterministic: bool = False
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
     checkpoint_every: int | None = Field(None, gt=0, description="also save 'last' every N steps")

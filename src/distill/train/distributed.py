@@ -65,3 +65,12 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def any_rank(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest of every rank's ``value`` (a stop flag all ranks must agree on); ``value`` alone without DDP."""
+    if not info.enabled:
+        return value
+    flag = torch.tensor([value], device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,22 +66,35 @@ class MetricsLogger:
             self.writer.close()
 
 
-def truncate_metrics(run_dir: Path, step: int) -> int:
-    """Drop ``metrics.jsonl`` lines written after ``step`` (and a torn last line); returns how many.
+def truncate_metrics(run_dir: Path, step: int, eval_steps: Iterable[int] | None = None) -> int:
+    """Drop the ``metrics.jsonl`` lines a run resumed at ``step`` writes again (and a torn last line);
+    returns how many.
 
-    A resumed run repeats the steps after its last checkpoint, so their old lines would be duplicates.
+    ``train`` lines after ``step`` go, ``nonfinite`` lines from ``step`` on (they carry the 0-based
+    index of the step taken) and ``eval`` lines of other steps than ``eval_steps``, the evaluations the
+    checkpoint's history holds (when not given: those after ``step``). ``step`` 0 empties the file.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return 0
+    evaluated = None if eval_steps is None else set(eval_steps)
+
+    def keep(record: dict[str, Any]) -> bool:
+        at = int(record.get("step", 0))
+        if record.get("event") == "nonfinite":
+            return at < step
+        if record.get("event") == "eval" and evaluated is not None:
+            return at in evaluated
+        return at <= step
+
     kept, dropped = [], 0
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
-            keep = isinstance(record, dict) and int(record.get("step", 0)) <= step
+            ok = isinstance(record, dict) and keep(record)
         except (ValueError, TypeError):
-            keep = False
-        if keep:
+            ok = False
+        if ok:
             kept.append(line)
         else:
             dropped += 1

@@ -46,12 +46,17 @@ class NonFiniteGuard:
         self,
         step: Any,
         grad_norm: torch.Tensor,
-        global_step: int,
+        steps_done: int,
         restore: list[tuple[torch.Tensor, torch.Tensor]],
         logger: MetricsLogger | None,
     ) -> None:
-        """Stop, or skip the step: ``restore`` pairs each buffer with its value before the step."""
+        """Stop, or skip the step: ``restore`` pairs each buffer with its value before the step.
+
+        ``steps_done`` counts the steps before this one; messages and the ``nonfinite`` record name the
+        step as ``metrics.jsonl`` does (1-based: the first step is step 1).
+        """
         cfg = self.config
+        global_step = steps_done + 1
         loss, norm = float(step.loss.detach()), float(grad_norm)
         parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"

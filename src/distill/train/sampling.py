@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from distill.data.base import SizedByLength, make_loader
 from distill.errors import DistillError
 from distill.train.distributed import DistInfo
 
@@ -98,29 +99,19 @@ class LengthGroupedSampler(Sampler[int]):
 def item_lengths(data: Dataset | DataLoader) -> Sequence[int]:
     """Per-item lengths for ``train.group_by_length``: the dataset's ``lengths()`` (token counts for
     distill's text datasets), checked to give one per item."""
-    lengths = getattr(data, "lengths", None)
-    if isinstance(data, DataLoader) or not callable(lengths):
+    if isinstance(data, DataLoader) or not isinstance(data, SizedByLength):
         raise DistillError(
             f"train.group_by_length needs a dataset that reports its items' lengths (a lengths() "
             f"method, as distill's text datasets have), got {type(data).__name__}; set "
             "train.group_by_length: false or give the dataset a lengths() method"
         )
-    values = lengths()
+    values = data.lengths()
     if len(values) != len(data):  # type: ignore[arg-type]
         raise DistillError(
             f"{type(data).__name__}.lengths() gave {len(values)} lengths for "
             f"{len(data)} items; it must return one length per item"  # type: ignore[arg-type]
         )
     return values
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, sampler: Sampler[int] | Sequence[int] | None
-) -> DataLoader:
-    """distill's in-memory datasets batch by slicing tensors (their ``loader``); others get a DataLoader."""
-    if hasattr(dataset, "loader"):
-        return dataset.loader(batch_size, sampler=sampler)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
 
 
 def epoch_loader(

@@ -8,6 +8,9 @@ resumed run skips the batches it already saw and continues bit for bit.
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,10 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from distill.distiller import Distiller
-from distill.errors import DistillError
+from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.tasks.base import TeacherPredictions
-from distill.teacher_cache import CachedTeacher
 from distill.train.checkpoint import (
     EMA_PREFIX,
     CheckpointStore,
@@ -35,6 +37,7 @@ from distill.train.checkpoint import (
 from distill.train.config import TrainConfig
 from distill.train.distributed import (
     DistInfo,
+    any_rank,
     barrier,
     broadcast_object,
     init_distributed,
@@ -44,6 +47,7 @@ from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
+from distill.train.rundir import RunLock
 from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -57,6 +61,8 @@ class Trainer:
     ``metrics.jsonl``, ``checkpoints/`` (see :mod:`distill.train.checkpoint`), ``summary.json`` and,
     when training completes, ``model.safetensors`` (the final student as a plain state dict).
     """
+
+    _saved_last: str | None = None  # the state of the newest 'last' checkpoint written or resumed
 
     def __init__(
         self,
@@ -98,6 +104,10 @@ class Trainer:
         self._logger: MetricsLogger | None = None
         self._prepared = False
         self._stop_after: int | None = None
+        self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
+        self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
+        # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
+        self.after_checkpoint: list[Callable[[str], None]] = []
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -158,8 +168,8 @@ class Trainer:
                 data = data.dataset
             context = {"num_samples": len(data)} if hasattr(data, "__len__") else {}
             self.distiller.setup(next(iter(self._train_loader(0))), **context)
-            if isinstance(self.distiller.source, CachedTeacher):  # distill.cache_teacher
-                self.distiller.source.fill_from(
+            if self.distiller.source is not None:  # a cache fills itself here (cache_teacher)
+                self.distiller.source.prepare(
                     self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
                 )
         self._prepared = True
@@ -198,16 +208,35 @@ class Trainer:
     def _save(self, tag: str, with_optimizer: bool) -> None:
         if self.store is None or not self.dist.is_main:
             return
+        state = self._state()
+        signature = json.dumps(state, sort_keys=True, default=str)
+        if tag == "last" and signature == self._saved_last:
+            return  # nothing changed since the newest 'last' (stopped right after a checkpoint)
         optimizer = self.optimizer if with_optimizer else None
         extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
-        self.store.save(tag, self.distiller.trainable(), self._state(), optimizer, extra)
+        # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
+        self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
+        if tag == "last":
+            self._saved_last = signature
+        for hook in self.after_checkpoint:
+            hook(tag)
 
     def _resume(self) -> None:
-        if self.store is None or not self.store.has("last"):
+        if self.store is None:
+            return
+        if not self.store.has("last"):  # stopped before its first checkpoint: the run starts over
+            if self.dist.is_main and self.run_dir is not None:
+                truncate_metrics(self.run_dir, 0, eval_steps=())
             return
         if self.dist.is_main:
             self.store.cleanup()  # temporaries and unlisted files a killed process left behind
         loaded = self.store.load("last")
+        if loaded.recovered and self.dist.is_main:
+            self.console.print(
+                f"[yellow]warning[/]: {self.store.manifest_path} was missing; the list of checkpoints "
+                "was rebuilt from the files' own headers",
+                soft_wrap=True,
+            )
         for problem in loaded.skipped:
             if self.dist.is_main:
                 self.console.print(
@@ -229,8 +258,10 @@ class Trainer:
         self.guard.in_a_row = state.get("skipped_in_a_row", 0)
         if self.ema is not None:
             self._resume_ema(tensors, state)
-        if self.dist.is_main and self.run_dir is not None:
-            truncate_metrics(self.run_dir, self.global_step)  # those steps are about to run again
+        if self.dist.is_main and self.run_dir is not None:  # those steps are about to run again
+            evaluated = [record.get("step") for record in self.history]
+            truncate_metrics(self.run_dir, self.global_step, eval_steps=evaluated)
+        self._saved_last = json.dumps(self._state(), sort_keys=True, default=str)
         if self.dist.is_main:
             self.console.print(
                 f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
@@ -322,7 +353,34 @@ class Trainer:
 
         ``resume`` continues from ``run_dir``'s last checkpoint. ``stop_after`` stops after that global step
         as an interruption would (the schedule is unchanged; ``last`` is saved), for tests and time budgets.
+        ``run_dir`` is locked for the call (:class:`~distill.train.rundir.RunLock`: another training there
+        is refused). SIGINT or SIGTERM (main thread only; every rank agrees under ``torchrun``) stops the
+        loop at the next step boundary, saves ``last`` and raises :class:`~distill.errors.TrainingInterrupted`
+        (a second signal, or one before the loop starts, raises it at once).
         """
+        lock = RunLock(self.run_dir) if self.run_dir is not None and self.dist.is_main else None
+        if lock is not None:
+            lock.acquire()
+        self._stop_signal, self._accept_stop = None, False
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous: dict[int, Any] = {}
+        try:
+            if threading.current_thread() is threading.main_thread():
+                previous = {s: signal.signal(s, self._on_signal) for s in handled}
+            return self._fit(resume, stop_after)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            self._accept_stop = False
+            if lock is not None:
+                lock.release()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None or not self._accept_stop:
+            raise TrainingInterrupted(signum, None)
+        self._stop_signal = signum
+
+    def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
         self._stop_after = stop_after
         self._setup(resume)
@@ -338,6 +396,7 @@ class Trainer:
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
         last: dict[str, float] = self.history[-1] if self.history else {}
+        self._accept_stop = True
         try:
             with progress:
                 bar = progress.add_task("train", total=total, completed=self.global_step, info="")
@@ -346,7 +405,19 @@ class Trainer:
                         self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch)
                         or last
                     )
+        except (
+            RuntimeError,
+            MemoryError,
+        ) as err:  # a batch that does not fit; checkpoints are kept
+            if not is_allocation_failure(err):
+                raise
+            raise DistillError(
+                f"training step {self.global_step + 1} needs more memory than this machine has "
+                f"({str(err).strip()[:120]}); use a smaller train.batch_size or eval_batch_size, "
+                "smaller model options or images"
+            ) from None
         finally:
+            self._accept_stop = False  # from here on a signal interrupts at once
             logger.close()
         summary = {
             "primary_metric": self.task.primary_metric,
@@ -365,6 +436,9 @@ class Trainer:
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
         barrier(self.dist)
+        complete = self.global_step >= total or self.epoch >= cfg.epochs
+        if self._stop_signal is not None and not complete:
+            raise TrainingInterrupted(self._stop_signal, self.global_step)
         return summary
 
     def _run_epoch(
@@ -404,7 +478,10 @@ class Trainer:
                 progress.update(bar, info=format_values(values))
                 sums, seen, count, started = {}, 0, 0, time.perf_counter()
             progress.update(bar, completed=self.global_step)
-            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+            # the run's last step is saved after the final evaluation: saved before it, a kill during
+            # the evaluation would leave a checkpoint that resumes as finished, without it
+            every = cfg.checkpoint_every
+            if every and self.global_step % every == 0 and self.global_step < total:
                 self._save("last", with_optimizer=True)
         epoch_done = self.epoch_step >= steps_per_epoch
         if epoch_done:
@@ -412,18 +489,29 @@ class Trainer:
         finished = self.epoch >= cfg.epochs or self.global_step >= total
         record: dict[str, float] = {}
         if finished or (epoch_done and self.epoch % cfg.eval_every == 0):
-            record = self._evaluate_and_record(logger, progress)
+            # ended mid-epoch (train.max_steps): labelled by progress (1.5), not as the last whole epoch
+            epoch = self.epoch if epoch_done else self.epoch + self.epoch_step / steps_per_epoch
+            record = self._evaluate_and_record(logger, progress, epoch)
         self._save("last", with_optimizer=True)
         return record
 
     def _stopped(self) -> bool:
+        """At a step boundary: stop_after reached, or a signal came (on any rank: all of them stop)."""
+        if self.dist.enabled:
+            self._stop_signal = any_rank(self._stop_signal or 0, self.dist, self.device) or None
+        if self._stop_signal is not None:
+            return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
-    def _evaluate_and_record(self, logger: MetricsLogger, progress) -> dict[str, float]:
+    def _evaluate_and_record(
+        self, logger: MetricsLogger, progress, epoch: float
+    ) -> dict[str, float]:
+        """Evaluate, log an ``eval`` record and keep the best; ``epoch`` is the epochs done (an int after a
+        whole epoch, a fraction such as 1.5 when training ended mid-epoch)."""
         metrics = self.evaluate()
         if not metrics:
             return {}
-        record = {"epoch": self.epoch, "step": self.global_step, **metrics}
+        record = {"epoch": epoch, "step": self.global_step, **metrics}
         self.history.append(record)
         logger.log("eval", record)
         key = self.task.primary_metric
@@ -432,5 +520,10 @@ class Trainer:
             self._save("best", with_optimizer=False)
         if self.dist.is_main:
             shown = {k: v for k, v in metrics.items() if k != "samples"}
-            progress.console.print(f"epoch {self.epoch}: {format_values(shown)}")
+            label = (
+                f"epoch {epoch}"
+                if isinstance(epoch, int)
+                else f"epoch {epoch:.2f} (step {self.global_step}, partial)"
+            )
+            progress.console.print(f"{label}: {format_values(shown)}")
         return record

@@ -1,0 +1,100 @@
+"""What distill reads of a dataset, written down as protocols, and the rules that read them.
+
+Any ``torch.utils.data.Dataset`` of batches the task can ``split`` trains; these protocols name what
+distill uses when a dataset has more, one protocol per rule, checked with ``isinstance`` (so a plugin's
+dataset needs only the part a rule reads):
+
+* :class:`BatchingDataset`: batches itself (``loader``): in-memory gathers, tokenising collates,
+  Ultralytics' collate. :func:`make_loader` and :func:`eval_loader` use it.
+* :class:`SizedByLength`: reports per-item lengths (``lengths()``) for ``train.group_by_length``.
+* :class:`LabelledDataset`: says how many classes it has (``num_classes``), which sizes the models'
+  heads and the class-count checks.
+* :class:`ImageDataset`: images ``(B, in_channels, *image_size)``; models are built for its channels
+  (3 otherwise), and the two splits must agree.
+* :class:`TextData`: the text extension: raw ``texts`` tokenised by the student's tokenizer, which the
+  recipe build hands over with ``set_tokenizer`` (``tokenizer`` is None until then).
+* :class:`DistillDataset`: what distill's own datasets (tensors, Fashion-MNIST, folders, text,
+  detection) all provide: the above but lengths/text, plus ``name``, ``len`` and a seeded ``subset``
+  (``data.train_subset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Order = Sampler[int] | Sequence[int] | None
+
+
+@runtime_checkable
+class BatchingDataset(Protocol):
+    """A dataset that makes its own batches, in ``sampler``'s order (its index order when None)."""
+
+    def loader(self, batch_size: int, sampler: Order = None) -> Iterable[Any]: ...
+
+
+@runtime_checkable
+class SizedByLength(Protocol):
+    """A dataset that reports one length per item (token counts for text)."""
+
+    def lengths(self) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class LabelledDataset(Protocol):
+    """A dataset of ``num_classes`` classes (labels ``0 .. num_classes - 1``)."""
+
+    num_classes: int
+
+
+@runtime_checkable
+class ImageDataset(Protocol):
+    """Images ``(B, in_channels, H, W)``, ``image_size = (H, W)``."""
+
+    in_channels: int
+    image_size: tuple[int, int]
+
+
+@runtime_checkable
+class TextData(Protocol):
+    """Raw texts tokenised with the student's tokenizer (``set_tokenizer``, before the first batch)."""
+
+    texts: list[str]
+    tokenizer: Any
+    max_length: int
+
+    def set_tokenizer(self, tokenizer: Any, max_length: int | None = None) -> Any: ...
+
+
+@runtime_checkable
+class DistillDataset(BatchingDataset, LabelledDataset, Protocol):
+    """distill's own datasets: named, sized, batching, labelled, cut to a seeded subset."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def subset(self, n: int, seed: int = 0) -> DistillDataset: ...
+
+
+def model_inputs(data: Any) -> tuple[int | None, int]:
+    """``(num_classes, in_channels)`` a model for ``data`` is built with: its class count (None when it
+    does not say) and its channels (3 unless it is an :class:`ImageDataset` that says otherwise)."""
+    num_classes = data.num_classes if isinstance(data, LabelledDataset) else None
+    return num_classes, data.in_channels if isinstance(data, ImageDataset) else 3
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Order) -> Iterable[Any]:
+    """A dataset that batches itself does (:class:`BatchingDataset`); others get a DataLoader."""
+    if isinstance(dataset, BatchingDataset):
+        return dataset.loader(batch_size, sampler=sampler)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
+
+
+def eval_loader(data: Any, batch_size: int) -> Iterable[Any]:
+    """Batches of ``data`` in order, for evaluation: a ready DataLoader as given, else
+    :func:`make_loader` (the dataset's own loader, else a DataLoader). Every evaluation and example
+    batch distill takes from a dataset comes from here."""
+    return data if isinstance(data, DataLoader) else make_loader(data, batch_size, None)
