@@ -173,6 +173,16 @@ def has_last_checkpoint(run_dir: Path) -> bool:
 
 def check_writable(run_dir: Path) -> None:
     """Fail before anything is written or moved when ``run_dir`` (or a folder it needs) cannot be written."""
+    try:
+        _check_writable(run_dir)
+    except OSError as err:  # e.g. a name over the file system's limit (ENAMETOOLONG)
+        raise DistillError(
+            f"cannot create run directory (output, {err.strerror or err}): {run_dir}; set output=... "
+            "to a shorter, writable folder"
+        ) from None
+
+
+def _check_writable(run_dir: Path) -> None:
     existing = run_dir
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
