@@ -32,6 +32,8 @@ RESUMABLE_KEYS = frozenset(
         "train.keep_checkpoints",
     }
 )
+# sections read after training (export, QAT, compare): they never reach the run itself
+RESUMABLE_SECTIONS = ("export.", "qat.", "compare.")
 SHOWN = 3  # changed keys named in the error (the rest are counted)
 
 
@@ -62,7 +64,9 @@ def check_resume(run_dir: str | Path, recipe: Recipe) -> None:
     changed = [
         key
         for key in dict.fromkeys([*old, *new])
-        if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key not in RESUMABLE_KEYS
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        and key not in RESUMABLE_KEYS
+        and not key.startswith(RESUMABLE_SECTIONS)
     ]
     if changed:
         shown = ", ".join(
