@@ -196,3 +196,24 @@ def test_compare_without_flags_follows_the_recipe(tmp_path, capsys):
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert [r["pipeline"] for r in report["rows"]] == ["teacher"]
     assert not (tmp_path / "runs" / "compare").exists()
+
+
+def test_compare_reuses_runs_whatever_the_after_training_sections(tmp_path):
+    """A comparison's trained runs (and cached teachers) are reused when only export:, qat: or compare:
+    changed: those settings never reach the training."""
+    from distill.compare.runs import recipe_key, same_recipe
+
+    recipe = load_recipe("fashion_mnist/teacher", [f"output={tmp_path / 'run'}"])
+    other = load_recipe(
+        "fashion_mnist/teacher",
+        [
+            f"output={tmp_path / 'run'}",
+            "compare.latency_repeats=5",
+            "export.int8=true",
+            "qat.epochs=2",
+        ],
+    )
+    (tmp_path / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    assert same_recipe(tmp_path, other) and recipe_key(other) == recipe_key(recipe)
+    retrained = load_recipe("fashion_mnist/teacher", ["train.lr=0.5"])
+    assert not same_recipe(tmp_path, retrained) and recipe_key(retrained) != recipe_key(recipe)

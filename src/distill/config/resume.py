@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.load import load_recipe
-from distill.config.schema import Recipe
+from distill.config.schema import AFTER_TRAINING, Recipe
 from distill.errors import DistillError
 from distill.train.checkpoint import MANIFEST
 
@@ -32,8 +32,7 @@ RESUMABLE_KEYS = frozenset(
         "train.keep_checkpoints",
     }
 )
-# sections read after training (export, QAT, compare): they never reach the run itself
-RESUMABLE_SECTIONS = ("export.", "qat.", "compare.")
+RESUMABLE_SECTIONS = tuple(f"{name}." for name in AFTER_TRAINING)  # export:, qat:, compare:
 SHOWN = 3  # changed keys named in the error (the rest are counted)
 
 

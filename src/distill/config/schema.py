@@ -189,6 +189,8 @@ class DistillSpec(Strict):
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
+# recipe sections read after training (distill export, QAT, distill compare): they never change a run
+AFTER_TRAINING = ("export", "qat", "compare")
 
 
 def override(spec: SpecT, given: Mapping[str, Any]) -> SpecT:
