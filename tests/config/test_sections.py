@@ -195,6 +195,7 @@ def test_compare_without_flags_follows_the_recipe(tmp_path, capsys):
     assert code == 0, err
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert [r["pipeline"] for r in report["rows"]] == ["teacher"]
+    assert report["settings"]["latency_repeats"] == 2 and report["settings"]["out"] == "cmp"
     assert not (tmp_path / "runs" / "compare").exists()
 
 

@@ -132,7 +132,8 @@ def compare(
     are made first, then measured one after the other, so the latency runs are not disturbed by training.
     Latency is timed ``latency_repeats`` (50) times at batch 1 and 256 (text: 64, every sequence
     ``max_length`` tokens). Returns the report payload
-    (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``).
+    (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``);
+    ``report.json`` also holds the ``settings`` used (the section, with the pipelines that ran).
     """
     console = console or Console()
     names = parse_pipelines(pipelines) if pipelines is not None else None  # typos fail first
@@ -184,6 +185,7 @@ def compare(
         console,
         ctx.large_batch,
         ctx.task.primary_metric,
+        spec.model_copy(update={"pipelines": names}).model_dump(mode="json"),
     )
 
 
@@ -332,6 +334,7 @@ def _write(
     console: Console,
     large_batch: int = 256,
     primary: str = "top1",
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     agreement = any(r.get("agreement") is not None for r in rows)
     notes = (
@@ -370,6 +373,7 @@ def _write(
         overrides=list(overrides),
         elapsed_s=round(elapsed, 1),
         tiny=tiny,
+        **({"settings": settings} if settings is not None else {}),
     )
     console.print(rows_table(rows, f"distill compare: {recipe}", COMPARE_CONSOLE_COLUMNS))
     console.print(
