@@ -424,6 +424,14 @@ CASES = [
          edits=with_teacher({"loss": "kd", "wieght": 0.5})),
     case("missing-student", "student", "Field required", edits={"student": DROP}),
     case("bad-run-name", "name", "pattern", edits={"name": "my run/1"}),
+    # --- export:, qat: and compare: sections (settings of the commands run after training) ---------
+    case("unknown-export-key", "export.int8_mod", "Did you mean 'int8_mode'",
+         edits={"export.int8_mod": "static"}, argv=("validate", "$RECIPE")),
+    case("bad-export-int8-mode", "export.int8_mode", "'static' or 'dynamic'", "'fast'",
+         edits={"export.int8_mode": "fast"}, argv=("validate", "$RECIPE")),
+    case("bad-qat-epochs", "qat.epochs", "greater than or equal to 1", edits={"qat.epochs": 0}),
+    case("unknown-compare-finetune-key", "compare.finetune", "'lrr'", "Did you mean 'lr'",
+         edits={"compare.finetune": {"lrr": 0.01}}, argv=("validate", "$RECIPE")),
     # --- losses, models, datasets, tasks, projectors, schedules: unknown names and bad options -------
     case("unknown-loss", "'kdd'", "Did you mean 'kd'", edits=with_teacher({"loss": "kdd"})),
     case("unknown-loss-option", "'temprature'", "Did you mean 'temperature'",

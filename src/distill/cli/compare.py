@@ -21,29 +21,37 @@ def compare_(
     pipelines: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated pipeline names (default: the task's default ones; see --list)"
+            help="comma-separated pipeline names (default: the recipe's compare.pipelines, else the "
+            "task's default ones; see --list)"
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="where the runs and the report go")] = Path(
-        "runs/compare"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="where the runs and the report go (default: compare.out, runs/compare)"),
+    ] = None,
     teacher_recipe: Annotated[
         str | None,
         typer.Option(
-            help="train (once, cached) the teacher with this recipe, e.g. fashion_mnist/teacher"
+            help="train (once, cached) the teacher with this recipe, e.g. fashion_mnist/teacher "
+            "(default: compare.teacher_recipe)"
         ),
     ] = None,
-    tiny: Annotated[bool, typer.Option(help="a seconds-long smoke run on a data subset")] = False,
+    tiny: Annotated[
+        bool | None,
+        typer.Option(help="a seconds-long smoke run on a data subset (default: compare.tiny, off)"),
+    ] = None,
     fresh: Annotated[bool, typer.Option(help="retrain everything, even finished runs")] = False,
     latency_repeats: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="timed forward passes per latency cell (after as many warm-up ones, <= 10)"
+            help="timed forward passes per latency cell (after as many warm-up ones, <= 10; "
+            "default: compare.latency_repeats, 50)"
         ),
-    ] = 50,
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
-    """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way."""
+    """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way.
+    Settings come from the recipe's compare: section; a flag given here overrides its setting."""
     if list_:
         for name in PIPELINES.names():
             marks = ["default"] if name in DEFAULT_PIPELINES else []

@@ -21,44 +21,65 @@ console = Console()
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a folder written by `distill train`")],
-    format: Annotated[str, typer.Option("--format", help="export format: onnx")] = "onnx",
+    format: Annotated[
+        str | None, typer.Option("--format", help="export format: onnx (recipe: export.format)")
+    ] = None,
     int8: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--int8",
-            help="also write an int8 model (static, calibrated on training data; text: dynamic)",
+            "--int8/--no-int8",
+            help="also write an int8 model (static, calibrated on training data; text: dynamic); "
+            "default: the recipe's export.int8, off",
         ),
-    ] = False,
+    ] = None,
     int8_mode: Annotated[
         str | None,
         typer.Option(
             "--int8-mode",
-            help="static or dynamic (default: dynamic for text models, static otherwise)",
+            help="static or dynamic (default: the recipe's export.int8_mode, else dynamic for text "
+            "models, static otherwise)",
         ),
+    ] = None,
+    opset: Annotated[
+        int | None,
+        typer.Option(help="ONNX opset (default: the recipe's export.opset, else the exporter's)"),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="output folder (default: RUN_DIR/export)")
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="best or last (default: the recipe's export.checkpoint, best)"),
+    ] = None,
     qat_epochs: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--qat-epochs",
             help="also write an int8 model fine-tuned this many epochs with quantization-aware "
-            "training and KD from the float student (0: off)",
+            "training and KD from the float student (0: off; default: qat.epochs when the recipe "
+            "has export.qat: true, else off)",
         ),
-    ] = 0,
+    ] = None,
 ) -> None:
     """Export a trained student to ONNX (dynamic batch; text: and sequence length), check it against
-    PyTorch and evaluate it."""
-    if qat_epochs < 0:
+    PyTorch and evaluate it. Settings come from the run's recipe (export: and qat: sections); a flag
+    given here overrides its setting."""
+    if qat_epochs is not None and qat_epochs < 0:
         raise DistillError(f"--qat-epochs must be >= 0, got {qat_epochs}; 1 is usually enough")
     result = export_run(
-        run_dir, format=format, int8=int8, out=out, checkpoint=checkpoint, int8_mode=int8_mode
+        run_dir,
+        format=format,
+        int8=int8,
+        out=out,
+        checkpoint=checkpoint,
+        int8_mode=int8_mode,
+        opset=opset,
     )
-    if qat_epochs:
+    checkpoint = result["checkpoint"]
+    with_qat = result["settings"]["qat"] if qat_epochs is None else qat_epochs > 0
+    if with_qat:
         folder = Path(result["report"]).parent
-        qat = qat_run(run_dir, out=folder, epochs=qat_epochs, checkpoint=checkpoint)
+        qat = qat_run(run_dir, out=folder, epochs=qat_epochs or None, checkpoint=checkpoint)
         result["files"]["qat int8"] = {
             "path": qat["file"],
             "size_bytes": qat["size_bytes"],

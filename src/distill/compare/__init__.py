@@ -27,6 +27,7 @@ from distill.compare.pipelines import (
 )
 from distill.compare.runs import TINY, cache_dir, cached_run
 from distill.config.load import load_recipe
+from distill.config.schema import CompareSpec, override
 from distill.errors import DistillError
 from distill.export import ParityError
 from distill.models import count_parameters
@@ -104,35 +105,92 @@ def _kd_recipe(
 def compare(
     recipe: str | Path,
     pipelines: str | Sequence[str] | None = None,
-    out: str | Path = "runs/compare",
+    out: str | Path | None = None,
     overrides: Sequence[str] = (),
     teacher_recipe: str | Path | None = None,
-    tiny: bool = False,
+    tiny: bool | None = None,
     fresh: bool = False,
     prune_ratio: float | None = None,
     sparsity: float | None = None,
     finetune: dict[str, Any] | None = None,
-    calibration_samples: int = 512,
-    latency_repeats: int = 50,
+    calibration_samples: int | None = None,
+    latency_repeats: int | None = None,
     console: Console | None = None,
+    settings: CompareSpec | None = None,
 ) -> dict[str, Any]:
     """Run ``pipelines`` (default: :func:`default_pipelines` of the recipe's task) from the KD ``recipe``;
-    write the reports.
+    write the reports to ``out`` (default ``runs/compare``).
 
+    The settings are the recipe's ``compare:`` section (after ``overrides``; or ``settings``, which
+    replaces it), each keyword argument given (not ``None``) overriding its field.
     ``teacher_recipe`` trains the teacher (once, cached like the demo's) when the recipe's teacher weights
     do not exist yet. Pruned teachers get the student's parameter count unless ``prune_ratio`` (share of
     channels removed) or ``sparsity`` (share of weights zeroed) is given, and are fine-tuned with the
     recipe's ``train`` settings updated by ``finetune`` (e.g. ``{"lr": 0.02}``). Static int8 models are
-    calibrated on ``calibration_samples`` training inputs (text models get dynamic int8). Pipelines that
-    do not apply to the models (channel pruning of a transformer) give ``skipped`` rows. All models are
-    made first, then measured one after the other, so the latency runs are not disturbed by training.
-    Latency is timed at batch 1 and 256 (text: 64, every sequence ``max_length`` tokens). Returns the
-    report payload
-    (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``).
+    calibrated on ``calibration_samples`` (512) training inputs (text models get dynamic int8). Pipelines
+    that do not apply to the models (channel pruning of a transformer) give ``skipped`` rows. All models
+    are made first, then measured one after the other, so the latency runs are not disturbed by training.
+    Latency is timed ``latency_repeats`` (50) times at batch 1 and 256 (text: 64, every sequence
+    ``max_length`` tokens). Returns the report payload
+    (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``);
+    ``report.json`` also holds the ``settings`` used (the section, with the pipelines that ran).
     """
     console = console or Console()
     names = parse_pipelines(pipelines) if pipelines is not None else None  # typos fail first
-    if (
+    _check_repeats(latency_repeats)
+    overrides = list(overrides)
+    given = {
+        "pipelines": names,
+        "out": str(out) if out is not None else None,
+        "teacher_recipe": str(teacher_recipe) if teacher_recipe is not None else None,
+        "tiny": tiny,
+        "prune_ratio": prune_ratio,
+        "sparsity": sparsity,
+        "finetune": finetune,
+        "calibration_samples": calibration_samples,
+        "latency_repeats": latency_repeats,
+    }
+    if settings is None:
+        settings = load_recipe(recipe, overrides).compare
+    spec = override(settings, given)
+    if names is None and spec.pipelines is not None:
+        names = parse_pipelines(spec.pipelines)
+    _check_repeats(spec.latency_repeats)
+    out, tiny = Path(spec.out), spec.tiny
+    started = time.perf_counter()
+    kd = _kd_recipe(recipe, overrides, out, spec.teacher_recipe, tiny, fresh, console)
+    names = names or list(default_pipelines(kd.task))
+    ctx = Context(
+        kd,
+        out,
+        console,
+        fresh,
+        spec.prune_ratio,
+        spec.sparsity,
+        spec.calibration_samples,
+        spec.finetune,
+    )
+    made = {name: _make(ctx, name) for name in names}
+    console.rule("measuring")
+    rows = [_measure(ctx, name, product, spec.latency_repeats) for name, product in made.items()]
+    elapsed = time.perf_counter() - started
+    applied = [*overrides, *(TINY if tiny else [])]
+    return _write(
+        out,
+        rows,
+        recipe,
+        applied,
+        tiny,
+        elapsed,
+        console,
+        ctx.large_batch,
+        ctx.task.primary_metric,
+        spec.model_copy(update={"pipelines": names}).model_dump(mode="json"),
+    )
+
+
+def _check_repeats(latency_repeats: Any) -> None:
+    if latency_repeats is not None and (
         isinstance(latency_repeats, bool)
         or not isinstance(latency_repeats, int)
         or latency_repeats < 1
@@ -140,28 +198,6 @@ def compare(
         raise DistillError(
             f"latency_repeats must be an int >= 1, got {latency_repeats!r}; e.g. 50 (5 for a quick look)"
         )
-    out = Path(out)
-    started = time.perf_counter()
-    overrides = list(overrides)
-    kd = _kd_recipe(recipe, overrides, out, teacher_recipe, tiny, fresh, console)
-    names = names or list(default_pipelines(kd.task))
-    ctx = Context(kd, out, console, fresh, prune_ratio, sparsity, calibration_samples, finetune)
-    made = {name: _make(ctx, name) for name in names}
-    console.rule("measuring")
-    rows = [_measure(ctx, name, product, latency_repeats) for name, product in made.items()]
-    elapsed = time.perf_counter() - started
-    settings = [*overrides, *(TINY if tiny else [])]
-    return _write(
-        out,
-        rows,
-        recipe,
-        settings,
-        tiny,
-        elapsed,
-        console,
-        ctx.large_batch,
-        ctx.task.primary_metric,
-    )
 
 
 def _make(ctx: Context, name: str) -> Produced | str:
@@ -298,6 +334,7 @@ def _write(
     console: Console,
     large_batch: int = 256,
     primary: str = "top1",
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     agreement = any(r.get("agreement") is not None for r in rows)
     notes = (
@@ -336,6 +373,7 @@ def _write(
         overrides=list(overrides),
         elapsed_s=round(elapsed, 1),
         tiny=tiny,
+        **({"settings": settings} if settings is not None else {}),
     )
     console.print(rows_table(rows, f"distill compare: {recipe}", COMPARE_CONSOLE_COLUMNS))
     console.print(

@@ -216,8 +216,8 @@ for _source in ("teacher", "student-kd", "pruned-kd"):
 
 @PIPELINES.register(
     "student-kd-qat",
-    about="the KD student after quantization-aware training (1 epoch, KD from the float student), "
-    "int8 ONNX run by onnxruntime",
+    about="the KD student after quantization-aware training (qat: section, default 1 epoch, KD from "
+    "the float student), int8 ONNX run by onnxruntime",
     one_tensor_input="quantization-aware training (torch FX) covers Conv/Linear/BatchNorm models with "
     "one input tensor, not transformers (LayerNorm, embeddings, attention)",
 )
@@ -225,10 +225,16 @@ def student_kd_qat(ctx: Context) -> Produced:
     made = ctx.get("student-kd")
     weights = made.artefact  # <out>/student-kd/model.safetensors
     folder = ctx.out / "student-kd-qat"
-    settings = {"student": hashlib.sha256(weights.read_bytes()).hexdigest(), "epochs": 1}
+    # the recipe's qat: section; fields left at their defaults are not recorded (earlier caches match)
+    qat = ctx.recipe.qat
+    settings = {
+        "student": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "epochs": qat.epochs,
+        **qat.model_dump(mode="json", exclude_defaults=True, exclude={"epochs"}),
+    }
     if ctx.fresh or not settings_match(folder, settings, QAT_FILE):
         ctx.console.rule("student-kd-qat")
-        qat_run(weights.parent, out=folder, epochs=1, checkpoint="last")
+        qat_run(weights.parent, out=folder, checkpoint="last", settings=qat)
         record_settings(folder, settings)
     else:
         ctx.console.print(f"[green]student-kd-qat[/]: reusing {folder}", soft_wrap=True)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from distill import api
 from distill.config.load import load_recipe
-from distill.config.schema import Recipe
+from distill.config.schema import AFTER_TRAINING, Recipe
 from distill.errors import DistillError
 from distill.io import write_json
 
@@ -28,15 +28,17 @@ def cache_dir() -> Path:
 
 def recipe_key(recipe: Recipe) -> str:
     """12 hex digits naming what ``recipe`` trains: a hash of its settings that differ from their defaults
-    (the output folder aside), so a distill release that adds a setting keeps every key."""
+    (the output folder and the sections read after training aside), so a distill release that adds a
+    setting keeps every key."""
     meaning = recipe.model_copy(update={"output": None}).model_dump(
-        mode="json", exclude_defaults=True
+        mode="json", exclude_defaults=True, exclude=set(AFTER_TRAINING)
     )
     return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def same_recipe(run_dir: Path, recipe: Recipe) -> bool:
-    """``run_dir/recipe.yaml`` loads back to ``recipe`` (the output folder aside).
+    """``run_dir/recipe.yaml`` loads back to ``recipe`` (the output folder and the ``export:``, ``qat:`` and
+    ``compare:`` sections aside).
 
     Compared as recipes, not as text: a run saved by an older distill matches when the settings it lacks
     take their defaults; one saved when a default was different does not (its file holds the old value).
@@ -48,7 +50,8 @@ def same_recipe(run_dir: Path, recipe: Recipe) -> bool:
         loaded = load_recipe(str(saved))
     except DistillError:  # written by a distill that had settings this one lacks: not the same
         return False
-    return loaded.model_copy(update={"output": recipe.output}) == recipe
+    after = {name: getattr(recipe, name) for name in AFTER_TRAINING}  # not what the run trained
+    return loaded.model_copy(update={"output": recipe.output, **after}) == recipe
 
 
 def cached_run(

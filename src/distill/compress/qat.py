@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from distill.config.build import build_distiller, build_trainer
-from distill.config.run import open_run
-from distill.config.schema import DistillSpec, TermSpec
+from distill.config.run import open_run, run_recipe
+from distill.config.schema import DistillSpec, QatSpec, TermSpec, override
 from distill.errors import DistillError, did_you_mean, first_line
 from distill.export._deps import require
 from distill.export.exporter import _failing_module, export_onnx
@@ -266,20 +266,28 @@ def _replace(field: Any, items: list[Any]) -> None:
 def qat_run(
     run_dir: str | Path,
     out: str | Path | None = None,
-    epochs: int = 1,
+    epochs: int | None = None,
     lr: float | None = None,
-    temperature: float = 4.0,
-    keep_float: KeepFloat = "first_last",
-    checkpoint: str = "best",
+    temperature: float | None = None,
+    keep_float: KeepFloat | None = None,
+    checkpoint: str | None = None,
+    settings: QatSpec | None = None,
 ) -> dict[str, Any]:
     """QAT for a trained run: fake-quantize its student, fine-tune it with KD from the float student for
     ``epochs`` on the recipe's data (``lr`` default: a tenth of the recipe's), export
     ``student.qat.int8.onnx`` to ``out`` (default ``RUN_DIR/qat``) and evaluate it on the test split.
 
-    Returns what ``qat.json`` holds: ``metrics`` for ``float`` (the run's student), ``fake_quant`` (PyTorch)
-    and ``onnx_int8`` (with ``agreement``, the % of test inputs whose top-1 equals the float student's).
+    The settings are the run's recipe's ``qat:`` section (or ``settings``, which replaces it), each keyword
+    argument given (not ``None``) overriding its field; ``checkpoint`` defaults to the recipe's
+    ``export.checkpoint``. Returns what ``qat.json`` holds: ``metrics`` for ``float`` (the run's student),
+    ``fake_quant`` (PyTorch) and ``onnx_int8`` (with ``agreement``, the % of test inputs whose top-1 equals
+    the float student's).
     """
-    run = open_run(run_dir, checkpoint)
+    saved = run_recipe(run_dir)
+    given = {"epochs": epochs, "lr": lr, "temperature": temperature, "keep_float": keep_float}
+    spec = override(settings if settings is not None else saved.qat, given)
+    epochs, lr, temperature, keep_float = spec.epochs, spec.lr, spec.temperature, spec.keep_float
+    run = open_run(run_dir, checkpoint if checkpoint is not None else saved.export.checkpoint)
     student, task, train, recipe = run.student, run.task, run.train_data, run.recipe
     test_loader = run.test_loader()
     example = example_inputs(task, test_loader, EXAMPLE_SAMPLES)

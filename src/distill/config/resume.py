@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config.load import load_recipe
-from distill.config.schema import Recipe
+from distill.config.schema import AFTER_TRAINING, Recipe
 from distill.errors import DistillError
 from distill.train.checkpoint import MANIFEST
 
@@ -32,6 +32,7 @@ RESUMABLE_KEYS = frozenset(
         "train.keep_checkpoints",
     }
 )
+RESUMABLE_SECTIONS = tuple(f"{name}." for name in AFTER_TRAINING)  # export:, qat:, compare:
 SHOWN = 3  # changed keys named in the error (the rest are counted)
 
 
@@ -62,7 +63,9 @@ def check_resume(run_dir: str | Path, recipe: Recipe) -> None:
     changed = [
         key
         for key in dict.fromkeys([*old, *new])
-        if old.get(key, _ABSENT) != new.get(key, _ABSENT) and key not in RESUMABLE_KEYS
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        and key not in RESUMABLE_KEYS
+        and not key.startswith(RESUMABLE_SECTIONS)
     ]
     if changed:
         shown = ", ".join(

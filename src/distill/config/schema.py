@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from distill.data import DATASETS
+from distill.errors import did_you_mean
 from distill.losses import LOSSES
 from distill.models import MODELS
 from distill.models.hf import student_from_teacher
@@ -187,8 +189,103 @@ class DistillSpec(Strict):
         return _weight(value)
 
 
+SpecT = TypeVar("SpecT", bound=BaseModel)
+# recipe sections read after training (distill export, QAT, distill compare): they never change a run
+AFTER_TRAINING = ("export", "qat", "compare")
+
+
+def override(spec: SpecT, given: Mapping[str, Any]) -> SpecT:
+    """``spec`` with the fields in ``given`` that are not ``None`` replaced: a keyword argument (a flag
+    given on the command line) wins over the recipe's section. Not validated again: the callers check
+    what they take."""
+    return spec.model_copy(update={k: v for k, v in given.items() if v is not None})
+
+
+class ExportSpec(Strict):
+    """``distill export`` settings (:func:`distill.export.export_run`); its flags override them."""
+
+    format: Literal["onnx"] = Field("onnx", description="export format")
+    opset: int | None = Field(
+        None, description="ONNX opset (default: the exporter's own; others are converted)"
+    )
+    int8: bool = Field(False, description="also write an int8 model, student.int8.onnx")
+    int8_mode: Literal["static", "dynamic"] | None = Field(
+        None,
+        description="static (calibrated on training batches) or dynamic (activation ranges per batch); "
+        "default: dynamic for models with named inputs (text), static otherwise",
+    )
+    calibration_batches: int = Field(
+        8, ge=1, description="static int8: training batches of 64 inputs it is calibrated on"
+    )
+    keep_first_last_float: bool | None = Field(
+        None,
+        description="int8: keep the first and last compute layers in float (default: yes for one "
+        "tensor input, no for named inputs)",
+    )
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="which checkpoint is exported (and fine-tuned by QAT)"
+    )
+    qat: bool = Field(
+        False, description="also write a QAT int8 model, student.qat.int8.onnx (settings: qat:)"
+    )
+
+
+class QatSpec(Strict):
+    """Quantization-aware training settings (:func:`distill.compress.qat.qat_run`)."""
+
+    epochs: int = Field(1, ge=1, description="fine-tuning epochs with fake quantization")
+    lr: float | None = Field(None, gt=0, description="learning rate (default: train.lr / 10)")
+    temperature: float = Field(4.0, gt=0, description="kd temperature against the float student")
+    keep_float: Literal["first_last"] | list[str] = Field(
+        "first_last",
+        description="module names left in float, or first_last (the first and last Conv/Linear)",
+    )
+
+
+class CompareSpec(Strict):
+    """``distill compare`` settings (:func:`distill.compare.compare`); its flags override them."""
+
+    pipelines: list[str] | None = Field(
+        None, description="pipeline names (`distill compare --list`; default: the task's defaults)"
+    )
+    out: str = Field("runs/compare", description="where the runs and the report go")
+    teacher_recipe: str | None = Field(
+        None,
+        description="train (once, cached) the teacher with this recipe, e.g. fashion_mnist/teacher",
+    )
+    tiny: bool = Field(False, description="a seconds-long smoke run on a data subset")
+    latency_repeats: int = Field(
+        50, ge=1, description="timed forward passes per latency cell (after warm-up ones)"
+    )
+    prune_ratio: float | None = Field(
+        None, ge=0, lt=1, description="share of channels pruned (default: to the student's size)"
+    )
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="share of weights zeroed (default: to the student's size)"
+    )
+    finetune: dict[str, Any] = Field(
+        default_factory=dict, description="train settings changed for fine-tuning pruned teachers"
+    )
+    calibration_samples: int = Field(
+        512, ge=1, description="training inputs static int8 models are calibrated on"
+    )
+
+    @field_validator("finetune")
+    @classmethod
+    def _train_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fields = list(TrainConfig.model_fields)
+        for key in value:
+            if key not in fields:
+                raise ValueError(
+                    f"finetune: {key!r} is not a train setting.{did_you_mean(str(key), fields)} "
+                    f"Allowed: {', '.join(fields)}"
+                )
+        return value
+
+
 class Recipe(Strict):
-    """A whole run: data, models, distillation terms and training settings."""
+    """A whole run: data, models, distillation terms and training settings, and how the run is
+    exported, quantized and compared."""
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]+$", description="run name; outputs go to runs/<name> by default"
@@ -205,6 +302,15 @@ class Recipe(Strict):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: str | None = Field(None, description="run directory (default: runs/<name>)")
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="distill export settings (flags override them)"
+    )
+    qat: QatSpec = Field(
+        default_factory=QatSpec, description="quantization-aware training settings"
+    )
+    compare: CompareSpec = Field(
+        default_factory=CompareSpec, description="distill compare settings (flags override them)"
+    )
 
     @field_validator("task")
     @classmethod

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from distill.config.build import eval_loader as eval_loader  # export's callers read it here
-from distill.config.run import CHECKPOINTS, open_run
+from distill.config.run import CHECKPOINTS, open_run, run_recipe
+from distill.config.schema import ExportSpec, override
 from distill.data.base import BatchingDataset
 from distill.errors import DistillError, did_you_mean
 from distill.export import exporter
@@ -31,15 +32,22 @@ PARITY_SAMPLES = 256  # test inputs the fp32 file is checked on
 
 def export_run(
     run_dir: str | Path,
-    format: str = "onnx",
-    int8: bool = False,
+    format: str | None = None,
+    int8: bool | None = None,
     out: str | Path | None = None,
-    calibration_batches: int = 8,
-    checkpoint: str = "best",
+    calibration_batches: int | None = None,
+    checkpoint: str | None = None,
     keep_first_last_float: bool | None = None,
     int8_mode: str | None = None,
+    opset: int | None = None,
+    settings: ExportSpec | None = None,
 ) -> dict[str, Any]:
     """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
+
+    The settings are the run's recipe's ``export:`` section (or ``settings``, which replaces it); each
+    keyword argument given (not ``None``) overrides its field. The defaults are :class:`ExportSpec`'s:
+    onnx, no int8, 8 calibration batches, the ``best`` checkpoint. The settings used are in the result's
+    ``settings``.
 
     Writes ``student.onnx`` (dynamic batch, and sequence length for text; parity-checked against PyTorch on
     up to 256 test inputs, batch by batch) and, with ``int8``, ``student.int8.onnx``. ``int8_mode``
@@ -52,23 +60,20 @@ def export_run(
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
     """
-    if format not in EXPORT_FORMATS:
-        raise DistillError(
-            f"unknown export format {format!r}.{did_you_mean(str(format), EXPORT_FORMATS)} "
-            f"Supported: {', '.join(EXPORT_FORMATS)}"
-        )
-    if checkpoint not in CHECKPOINTS:
-        raise DistillError(
-            f"unknown checkpoint {checkpoint!r}.{did_you_mean(checkpoint, CHECKPOINTS)} Use best or last"
-        )
-    if not isinstance(calibration_batches, int) or calibration_batches < 1:
-        raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
-    if int8_mode is not None and int8_mode not in INT8_MODES:
-        raise DistillError(
-            f"unknown int8 mode {int8_mode!r}.{did_you_mean(str(int8_mode), INT8_MODES)} "
-            "Use static or dynamic (or leave it unset for the default)"
-        )
     run_dir = Path(run_dir)
+    given = {
+        "format": format,
+        "int8": int8,
+        "calibration_batches": calibration_batches,
+        "checkpoint": checkpoint,
+        "keep_first_last_float": keep_first_last_float,
+        "int8_mode": int8_mode,
+        "opset": opset,
+    }
+    _check_settings(given)  # a bad argument fails before the run is read
+    spec = override(settings if settings is not None else run_recipe(run_dir).export, given)
+    _check_settings(spec.model_dump())
+    int8, checkpoint = spec.int8, spec.checkpoint
     out_dir = Path(out) if out is not None else run_dir / "export"
     run = open_run(run_dir, checkpoint)
     student, task, train, test_loader = run.student, run.task, run.train_data, run.test_loader()
@@ -77,16 +82,28 @@ def export_run(
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         int8_options = {
-            "calibration_batches": calibration_batches,
-            "keep": keep_first_last_float
-            if keep_first_last_float is not None
+            "calibration_batches": spec.calibration_batches,
+            "keep": spec.keep_first_last_float
+            if spec.keep_first_last_float is not None
             else not isinstance(batches[0], Mapping),
-            "mode": int8_mode or default_int8_mode(batches[0]),
+            "mode": spec.int8_mode or default_int8_mode(batches[0]),
         }
         result = _export_all(
-            student, task, train, test_loader, batches, staging, int8_options if int8 else None
+            student,
+            task,
+            train,
+            test_loader,
+            batches,
+            staging,
+            int8_options if int8 else None,
+            spec.opset,
         )
-        result.update(run_dir=str(run_dir), checkpoint=checkpoint, format=format)
+        result.update(
+            run_dir=str(run_dir),
+            checkpoint=checkpoint,
+            format=spec.format,
+            settings=spec.model_dump(mode="json"),
+        )
         write_json(staging / REPORT_NAME, _relative(result, staging))
         _swap_in(staging, out_dir)
     finally:
@@ -98,6 +115,31 @@ def export_run(
     return result
 
 
+def _check_settings(values: Mapping[str, Any]) -> None:
+    """One line for a bad export setting; ``None`` values are not given and not checked."""
+    format, checkpoint = values.get("format"), values.get("checkpoint")
+    calibration_batches, int8_mode = values.get("calibration_batches"), values.get("int8_mode")
+    if format is not None and format not in EXPORT_FORMATS:
+        raise DistillError(
+            f"unknown export format {format!r}.{did_you_mean(str(format), EXPORT_FORMATS)} "
+            f"Supported: {', '.join(EXPORT_FORMATS)}"
+        )
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
+        raise DistillError(
+            f"unknown checkpoint {checkpoint!r}.{did_you_mean(str(checkpoint), CHECKPOINTS)} "
+            "Use best or last"
+        )
+    if calibration_batches is not None and (
+        not isinstance(calibration_batches, int) or calibration_batches < 1
+    ):
+        raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+    if int8_mode is not None and int8_mode not in INT8_MODES:
+        raise DistillError(
+            f"unknown int8 mode {int8_mode!r}.{did_you_mean(str(int8_mode), INT8_MODES)} "
+            "Use static or dynamic (or leave it unset for the default)"
+        )
+
+
 def _export_all(
     student: nn.Module,
     task: Any,
@@ -106,10 +148,11 @@ def _export_all(
     batches: list[Inputs],
     staging: Path,
     int8: dict[str, Any] | None,
+    opset: int | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     fp32 = exporter.export_onnx(
-        student, take(batches[0], EXAMPLE_SAMPLES), staging / FP32_NAME, check=False
+        student, take(batches[0], EXAMPLE_SAMPLES), staging / FP32_NAME, opset=opset, check=False
     )
     parity = merge_reports([check_parity(student, fp32, b) for b in batches])
     if not parity.ok:
