@@ -34,6 +34,7 @@ from distill.models import MODELS
 from distill.projectors import PROJECTORS
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
+from distill.train.checkpoint import CheckpointStore
 from distill.train.distributed import barrier
 from distill.train.rundir import RunStart
 
@@ -163,8 +164,6 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _last_step(run_dir: Path) -> int | None:
     """The step of ``run_dir``'s newest ``last`` checkpoint, or None."""
-    from distill.train.checkpoint import CheckpointStore
-
     try:
         entries = CheckpointStore(run_dir / "checkpoints").entries("last")
     except DistillError:

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
-from distill import api  # noqa: F401 - the training entry point (tests patch demo.api.train)
+from distill import (
+    api,  # noqa: F401 - the training entry point (tests patch demo.api.train)
+    compare,  # compare.compare is looked up per call (tests replace it)
+)
+from distill.compare.context import Context, Produced
 from distill.compare.runs import TINY, cache_dir, cached_run
 from distill.report import measure, rows_table, write_report
-
-if TYPE_CHECKING:
-    from distill.compare.context import Context, Produced
 
 __all__ = ["TINY", "cache_dir", "run_demo"]
 
@@ -50,10 +51,8 @@ def run_demo(
     console = console or Console()
     out = Path(out)
     if compress:
-        from distill.compare import compare
-
         data = [f"data.root={data_root}"] if data_root else []
-        return compare(
+        return compare.compare(
             "fashion_mnist/kd",
             out=out,
             overrides=data,
@@ -63,13 +62,10 @@ def run_demo(
             console=console,
         )
     started = time.perf_counter()
-    from distill.compare import _kd_recipe
-    from distill.compare.context import Context
-
     # the KD student reads the teacher's logits from a cache filled once (same results, about half the
     # time: the teacher's forward pass is half of each KD step here)
     overrides = [*([f"data.root={data_root}"] if data_root else []), "distill.cache_teacher=true"]
-    kd = _kd_recipe(
+    kd = compare._kd_recipe(
         "fashion_mnist/kd", overrides, out, "fashion_mnist/teacher", tiny, fresh, console
     )
     # the students train every time (as `distill train --overwrite`), the teacher comes from the cache

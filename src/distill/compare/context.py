@@ -24,7 +24,11 @@ from distill.config.checks import example_batch
 from distill.config.schema import Recipe
 from distill.data.base import TextData
 from distill.models import count_parameters
+from distill.registry import Registry
 from distill.tasks.base import TeacherPredictions
+
+# the pipelines by name, registered by distill.compare.pipelines (which needs Context, so it lives here)
+PIPELINES: Registry[Any] = Registry("pipeline")
 
 
 @dataclass
@@ -62,8 +66,6 @@ class Context:
         calibration_samples: int = 512,
         finetune: dict[str, Any] | None = None,
     ) -> None:
-        from distill.compare import PIPELINES
-
         self.pipelines = PIPELINES
         self.recipe, self.out, self.console, self.fresh = recipe, out, console, fresh
         self.prune_ratio, self.sparsity = prune_ratio, sparsity

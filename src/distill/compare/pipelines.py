@@ -10,18 +10,30 @@ A pipeline registered with ``one_tensor_input="why"`` works only for models taki
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from torch import nn
 
-from distill.compare.context import Context, Produced
+from distill import export  # export.export_onnx is looked up per call (tests replace it)
+from distill.api import clear_run_dir
+from distill.compare.context import PIPELINES, Context, Produced
 from distill.compare.runs import recipe_key, record_settings, settings_match, train_or_reuse
-from distill.config.schema import Recipe
-from distill.errors import DistillError
+from distill.compress.prune import (
+    channel_prune,
+    load_pruned,
+    magnitude_prune,
+    make_permanent,
+    save_pruned,
+)
+from distill.compress.qat import QAT_FILE, qat_run
+from distill.config.build import build_distiller, build_trainer
+from distill.config.run import open_run
+from distill.config.schema import DistillSpec, Recipe
+from distill.export.quantize import quantize_onnx
+from distill.export.run import default_int8_mode
+from distill.export.runtime import OnnxModule
 from distill.models import count_parameters
-from distill.registry import Registry
-
-PIPELINES: Registry[Any] = Registry("pipeline")
 
 
 def _derived(ctx: Context, slug: str, **changes: Any) -> Recipe:
@@ -31,8 +43,6 @@ def _derived(ctx: Context, slug: str, **changes: Any) -> Recipe:
 
 
 def _student_run(ctx: Context, slug: str, recipe: Recipe, label: str) -> Produced:
-    from distill.config.run import open_run
-
     run_dir = train_or_reuse(recipe, ctx.fresh, ctx.console, slug)
     run = open_run(run_dir, "last", teacher=ctx.teacher, data=(ctx.train_data, ctx.test_data))
     return Produced(run.student, label, artefact=run_dir / "model.safetensors")
@@ -65,8 +75,6 @@ NOT_CHANNEL_PRUNABLE = (
 
 def _fraction_for_student_size(ctx: Context) -> float:
     """The smallest channel-pruning ratio (to 1/256) that leaves the teacher no bigger than the student."""
-    from distill.compress.prune import channel_prune
-
     example = ctx.inputs(ctx.train_data, 2)
     low, high = 0.0, 0.99
     while high - low > 1 / 256:
@@ -83,11 +91,6 @@ def _finetune(
 ) -> nn.Module:
     """Fine-tune ``model`` with the recipe's training settings: on labels, or with the recipe's KD terms
     and the unpruned teacher (``distill``). Saves ``pruned.safetensors`` + ``compare.json``."""
-    from distill.api import clear_run_dir
-    from distill.compress.prune import load_pruned, make_permanent, save_pruned
-    from distill.config.build import build_distiller, build_trainer
-    from distill.config.schema import DistillSpec
-
     run_dir = ctx.out / slug
     config = ctx.recipe.train.model_copy(update=ctx.finetune)
     # the recipe with the fine-tuning settings, by meaning (recipe_key): a setting a newer distill adds
@@ -127,8 +130,6 @@ def _finetune(
 
 
 def _channel_pruned(ctx: Context, slug: str, distill: bool, label: str) -> Produced:
-    from distill.compress.prune import channel_prune
-
     ratio = ctx.prune_ratio if ctx.prune_ratio is not None else _fraction_for_student_size(ctx)
     pruned = channel_prune(ctx.teacher, ctx.inputs(ctx.train_data, 2), ratio)
     model = _finetune(ctx, slug, pruned, distill, {"channel_ratio": ratio})
@@ -158,8 +159,6 @@ def pruned_kd(ctx: Context) -> Produced:
     about="teacher magnitude-pruned (unstructured) to the student's nonzero count, fine-tuned with masks",
 )
 def teacher_sparse(ctx: Context) -> Produced:
-    from distill.compress.prune import magnitude_prune
-
     total = count_parameters(ctx.teacher)
     amount = ctx.sparsity if ctx.sparsity is not None else round(1 - ctx.student_params / total, 4)
     masked = magnitude_prune(ctx.teacher, amount, permanent=False)
@@ -173,20 +172,11 @@ def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
     (made once, ``<out>/<source>-onnx/model.onnx``): static with the first and last layers in float for
     one input tensor, dynamic with every layer int8 for named inputs
     (:func:`~distill.export.run.default_int8_mode`)."""
-    try:
-        from distill.export import OnnxModule, export_onnx
-    except ImportError as err:
-        raise DistillError(
-            f"pipeline {slug!r} needs ONNX export ({err}): pip install 'distill[export]'"
-        ) from None
     made = ctx.get(source)
     folder = ctx.out / slug
     folder.mkdir(parents=True, exist_ok=True)
     example = ctx.inputs(ctx.test_data, 2)
     if int8:
-        from distill.export.quantize import quantize_onnx
-        from distill.export.run import default_int8_mode
-
         float_path = ctx.get(f"{source}-onnx").artefact
         assert float_path is not None, "ONNX pipelines record their file"
         mode = default_int8_mode(example)
@@ -200,7 +190,7 @@ def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
             keep_float=keep,
         )
     else:
-        path = export_onnx(made.model.eval(), example, folder / "model.onnx")
+        path = export.export_onnx(made.model.eval(), example, folder / "model.onnx")
     label = f"{made.name}, {'int8 ' if int8 else ''}ONNX"
     return Produced(
         OnnxModule(path),
@@ -232,11 +222,6 @@ for _source in ("teacher", "student-kd", "pruned-kd"):
     "one input tensor, not transformers (LayerNorm, embeddings, attention)",
 )
 def student_kd_qat(ctx: Context) -> Produced:
-    import hashlib
-
-    from distill.compress.qat import QAT_FILE, qat_run
-    from distill.export import OnnxModule
-
     made = ctx.get("student-kd")
     weights = made.artefact  # <out>/student-kd/model.safetensors
     folder = ctx.out / "student-kd-qat"

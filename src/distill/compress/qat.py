@@ -28,9 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.config.run import run_recipe
-from distill.config.schema import QatSpec, override
+from distill.config.build import build_distiller, build_trainer
+from distill.config.run import open_run, run_recipe
+from distill.config.schema import DistillSpec, QatSpec, TermSpec, override
 from distill.errors import DistillError, did_you_mean, first_line
+from distill.export._deps import require
+from distill.export.exporter import _failing_module, export_onnx
+from distill.export.run import EXAMPLE_SAMPLES, example_inputs, rounded_metrics
+from distill.export.runtime import OnnxModule, ParityError, check_parity
+from distill.io import write_json
+from distill.train.config import TrainConfig
 
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 FOLDED_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # folded into the preceding conv
@@ -98,8 +105,6 @@ def _compute_layers(model: nn.Module) -> list[str]:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as err:  # noqa: BLE001 - tracing errors are plain exceptions
-        from distill.export.exporter import _failing_module
-
         where = _failing_module(model, err)
         raise DistillError(
             f"QAT cannot trace {f'module {where!r}' if where else 'the model'} with torch.fx "
@@ -149,10 +154,6 @@ def qat_distill(
     :class:`~distill.train.config.TrainConfig`) replaces those defaults and is updated with ``epochs`` and
     ``lr``. Returns the trainer's summary (``val_data`` metrics per epoch when given).
     """
-    from distill.config.build import build_distiller, build_trainer
-    from distill.config.schema import DistillSpec, TermSpec
-    from distill.train.config import TrainConfig
-
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise DistillError(f"QAT epochs must be an int >= 1, got {epochs!r}")
     if not isinstance(lr, (int, float)) or not lr > 0:
@@ -191,9 +192,6 @@ def export_qat_onnx(
     activation at a rounding boundary can land one step (1/255 of its range) away and that propagates
     (measured: 1-6% of the largest logit on small CNNs, top-1 unchanged).
     """
-    from distill.export.exporter import export_onnx
-    from distill.export.runtime import ParityError, check_parity
-
     reference = to_reference(qat_model)
     path = export_onnx(reference, example, path, check=False)
     store_int8_weights(path)
@@ -215,8 +213,6 @@ def store_int8_weights(path: str | Path) -> int:
     The exporter keeps the float weights and quantizes them on every run; onnxruntime folds that at load
     time anyway, so outputs do not change, but the file shrinks to int8 size.
     """
-    from distill.export._deps import require
-
     onnx = require("onnx")
     helper = onnx.numpy_helper
     model = onnx.load(str(path))
@@ -287,10 +283,6 @@ def qat_run(
     ``fake_quant`` (PyTorch) and ``onnx_int8`` (with ``agreement``, the % of test inputs whose top-1 equals
     the float student's).
     """
-    from distill.config.run import open_run
-    from distill.export.run import EXAMPLE_SAMPLES, example_inputs, rounded_metrics, write_json
-    from distill.export.runtime import OnnxModule
-
     saved = run_recipe(run_dir)
     given = {"epochs": epochs, "lr": lr, "temperature": temperature, "keep_float": keep_float}
     spec = override(settings if settings is not None else saved.qat, given)

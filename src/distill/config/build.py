@@ -26,6 +26,14 @@ from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
 from distill.models import build_model
+from distill.models.hf import (
+    layer_map,
+    num_layers,
+    same_vocabulary,
+    student_from_teacher,
+    tokenizer_of,
+)
+from distill.safe_load import torch_load
 from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import Task, build_task
 from distill.teacher_cache import CachedTeacher
@@ -127,8 +135,6 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             if any(k.startswith("model.student.") for k in state):  # a distill checkpoint file
                 state = student_tensors(state)
         elif path.suffix in (".pt", ".pth", ".bin"):
-            from distill.safe_load import torch_load
-
             fix = "re-save model.state_dict() as .safetensors or a plain .pt state dict"
             state = torch_load(path, f"{role} weights", fix)
             if isinstance(state, dict) and isinstance(
@@ -319,8 +325,6 @@ def build_student(
     assert recipe.teacher is not None  # the schema requires it
     if teacher is None:
         teacher = build_teacher(recipe, num_classes, in_channels, weights=False)
-    from distill.models.hf import student_from_teacher
-
     try:
         student = student_from_teacher(teacher, **spec.options)
     except DistillError as err:
@@ -339,8 +343,6 @@ def expand_layer_taps(
     """
     if not (isinstance(spec.student, str) and spec.student.endswith("*")) or teacher is None:
         return spec
-    from distill.models.hf import layer_map, num_layers
-
     where = f"distill.terms.{index}"
     try:
         s_layers, t_layers = num_layers(student), num_layers(teacher)
@@ -369,8 +371,6 @@ def prepare_text_data(
     """Text data takes the student's tokenizer; the teacher must read the same token ids."""
     if not all(isinstance(d, TextData) for d in data):
         return
-    from distill.models.hf import same_vocabulary, tokenizer_of
-
     tokenizer = tokenizer_of(student) or (tokenizer_of(teacher) if teacher is not None else None)
     if tokenizer is None:
         if any(d.tokenizer is None for d in data):

@@ -18,6 +18,7 @@ from distill.projectors import PROJECTORS
 from distill.registry import Registry, UnknownNameError, check_kwargs
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
+from distill.teacher_cache import uncacheable
 from distill.train.config import TrainConfig
 
 
@@ -353,8 +354,6 @@ class Recipe(Strict):
                 f"distill.cache_teacher: the {self.task} task's loader augments its inputs, so the "
                 "teacher sees new inputs every epoch; turn cache_teacher off"
             )
-        from distill.teacher_cache import uncacheable
-
         per_token = _lookup("task", self.task).per_token_outputs
         for i, term in enumerate(self.distill.terms):
             taps = [term.teacher] if isinstance(term.teacher, str) else term.teacher

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from distill.errors import DistillError, did_you_mean
+from distill.safe_load import pickle_globals
 
 IMAGE_SUFFIXES = frozenset(
     {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
@@ -270,8 +271,6 @@ def check_label_cache(path: Path) -> None:
     :func:`distill.safe_load.pickle_globals`. A missing cache is fine (Ultralytics writes one).
     """
     import ast
-
-    from distill.safe_load import pickle_globals
 
     fix = f"delete {path} (Ultralytics rebuilds it from the label files)"
     try:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import DistillError
+from distill.losses._standardize import standardize as zscore
 
 Maps = torch.Tensor | Sequence[torch.Tensor]
 
@@ -31,6 +32,17 @@ def level_pairs(name: str, student: Maps, teacher: Maps) -> list[tuple[torch.Ten
                 f"{tuple(a.shape)} and teacher {tuple(b.shape)}; tap convolutional stages"
             )
     return list(zip(s, t, strict=True))
+
+
+def flat_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, standardize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(..., C)`` as float32 rows ``(N, C)``, the teacher's detached; ``standardize`` z-scores
+    each row (:func:`distill.losses._standardize.standardize`)."""
+    num_classes = student_logits.shape[-1]
+    s = student_logits.reshape(-1, num_classes).float()
+    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    return (zscore(s), zscore(t)) if standardize else (s, t)
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 
 from distill.losses import LOSSES
-from distill.losses._common import positive
-from distill.losses._standardize import standardize as zscore
+from distill.losses._common import flat_logits, positive
 from distill.losses.base import DistillLoss
 
 
@@ -46,11 +45,7 @@ def dist_loss(
     standardize: bool = False,
 ) -> torch.Tensor:
     """``tau^2 * (beta * inter + gamma * intra)`` for logits ``(B, C)`` (``(..., C)`` is flattened)."""
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
-    if standardize:
-        s, t = zscore(s), zscore(t)
+    s, t = flat_logits(student_logits, teacher_logits, standardize)
     y_s = (s / temperature).softmax(dim=1)
     y_t = (t / temperature).softmax(dim=1)
     inter = 1 - pearson_rows(y_s, y_t).mean()

@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import positive
-from distill.losses._standardize import standardize as zscore
+from distill.losses._common import flat_logits, positive
 from distill.losses.base import DistillLoss
 
 _MASKED = -1e9  # a masked logit: exp() underflows to exactly 0 in float32
@@ -61,13 +60,9 @@ def dkd_loss(
     standardize: bool = False,
 ) -> torch.Tensor:
     """``alpha * TCKD + beta * NCKD`` for logits ``(..., C)`` and integer labels ``(...)``."""
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
-    if standardize:
-        s, t = zscore(s), zscore(t)
+    s, t = flat_logits(student_logits, teacher_logits, standardize)
     s, t = s / temperature, t / temperature
-    gt_mask = F.one_hot(labels.reshape(-1).long(), num_classes).bool()
+    gt_mask = F.one_hot(labels.reshape(-1).long(), s.shape[-1]).bool()
     tckd = F.kl_div(
         _binary_log_probs(s, gt_mask),
         _binary_log_probs(t, gt_mask),

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import positive
-from distill.losses._standardize import standardize as zscore
+from distill.losses._common import flat_logits, positive
 from distill.losses.base import DistillLoss
 
 
@@ -39,11 +38,8 @@ def kd_loss(
 
     ``standardize`` z-scores each logit vector first (Sun et al. 2024).
     """
-    if standardize:
-        student_logits, teacher_logits = zscore(student_logits), zscore(teacher_logits.detach())
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float() / temperature
-    t = teacher_logits.detach().reshape(-1, num_classes).float() / temperature
+    s, t = flat_logits(student_logits, teacher_logits, standardize)
+    s, t = s / temperature, t / temperature
     kl = F.kl_div(
         F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True
     )

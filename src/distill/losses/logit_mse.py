@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import flat_logits
 from distill.losses.base import DistillLoss
 
 REDUCTIONS = ("mean", "batchmean")
@@ -44,11 +45,9 @@ def logit_mse_loss(
             f"logit_mse: student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ; both models must predict the same classes"
         )
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = flat_logits(student_logits, teacher_logits)
     loss = F.mse_loss(s, t)
-    return loss * num_classes if reduction == "batchmean" else loss
+    return loss * s.shape[-1] if reduction == "batchmean" else loss
 
 
 @LOSSES.register(

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
+from distill.losses._common import flat_logits
 from distill.losses._standardize import standardize as zscore
 from distill.losses.base import DistillLoss
 
@@ -61,9 +62,7 @@ def mlkd_loss(
     standardize: bool = False,
 ) -> torch.Tensor:
     """Instance-, batch- and class-level alignment summed over ``temperatures``; logits ``(B, C)``."""
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = flat_logits(student_logits, teacher_logits)
     s_ins, t_ins = (zscore(s), zscore(t)) if standardize else (s, t)
     batch = s.shape[0]
     total = s.new_zeros(())
@@ -82,7 +81,7 @@ def mlkd_loss(
             total = total + batch_weight * diff.pow(2).sum() / batch
         if class_weight:
             diff = _gram(p_s.t(), p_s) - _gram(p_t.t(), p_t)
-            total = total + class_weight * diff.pow(2).sum() / num_classes
+            total = total + class_weight * diff.pow(2).sum() / s.shape[-1]
     return total
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import positive
+from distill.losses._common import flat_logits, positive
 from distill.losses.base import DistillLoss
 
 _MASKED = -1e9  # a masked logit: exp() underflows to exactly 0 in float32
@@ -41,16 +41,14 @@ def nkd_loss(
     gamma: float = 1.5,
 ) -> torch.Tensor:
     """NKD for logits ``(..., C)`` and labels ``(...)`` (or one-hot/soft labels ``(..., C)``)."""
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = flat_logits(student_logits, teacher_logits)
     if labels.shape == student_logits.shape:  # one-hot or soft labels: the arg-max class
         labels = labels.argmax(dim=-1)
     target = labels.reshape(-1, 1).long()
     log_s_y = F.log_softmax(s, dim=1).gather(1, target)
     t_y = F.softmax(t, dim=1).gather(1, target)
     loss_target = -(t_y * log_s_y).mean()
-    gt_mask = F.one_hot(target.squeeze(1), num_classes).bool()
+    gt_mask = F.one_hot(target.squeeze(1), s.shape[-1]).bool()
     log_s_non = F.log_softmax(s.masked_fill(gt_mask, _MASKED) / temperature, dim=1)
     t_non = F.softmax(t.masked_fill(gt_mask, _MASKED) / temperature, dim=1)
     loss_non = -(t_non * log_s_non).sum(dim=1).mean()

@@ -19,11 +19,13 @@ adds the paper's sample-adaptive weight.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import check_temperature
+from distill.losses._common import check_temperature, flat_logits
 from distill.losses.base import DistillLoss
 
 
@@ -34,9 +36,7 @@ def ttm_terms(
 
     Logits ``(..., C)`` are flattened to ``(N, C)``; both results are ``(N,)``, float32.
     """
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = flat_logits(student_logits, teacher_logits)
     log_p_s = F.log_softmax(s, dim=-1)
     log_q_t = F.log_softmax(t / temperature, dim=-1)  # the power-transformed teacher
     kl = F.kl_div(log_p_s, log_q_t, reduction="none", log_target=True).sum(dim=-1)
@@ -52,23 +52,31 @@ def ttm_loss(
     return kl.mean()
 
 
+# the catalogue entries TTM and WTTM (wttm.py) share: one paper, the same inputs and taps
+TTM_ABOUT: dict[str, Any] = {
+    "paper": "Zheng & Yang, Knowledge Distillation Based on Transformed Teacher Matching",
+    "year": 2024,
+    "kind": "logit",
+    "consumes": "logits",
+    "inputs": "logits",
+    "identity": None,
+    "taps": "@logits",
+}
+
+
 @LOSSES.register(
     "ttm",
-    paper="Zheng & Yang, Knowledge Distillation Based on Transformed Teacher Matching",
-    year=2024,
-    kind="logit",
-    consumes="logits",
-    inputs="logits",
-    identity=None,
-    taps="@logits",
+    **TTM_ABOUT,
     weight="tuned per pair, often 10-50 (no T^2 factor); e.g. 45 with T=10 on CIFAR-100",
 )
 class TTMLoss(DistillLoss):
     """Transformed teacher matching on logits ``(B, C)``: teacher at temperature T, student at 1."""
 
+    loss_name: ClassVar[str] = "ttm"  # in option errors
+
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
-        self.temperature = check_temperature("ttm", temperature)
+        self.temperature = check_temperature(self.loss_name, temperature)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return ttm_loss(student, teacher, self.temperature)

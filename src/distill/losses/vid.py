@@ -35,7 +35,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.losses import LOSSES
-from distill.losses._common import positive
+from distill.losses._common import match_spatial, positive
 from distill.losses.base import DistillLoss
 
 
@@ -58,16 +58,6 @@ def _as_maps(x: torch.Tensor) -> torch.Tensor:
             f"vid: needs maps (B, C, H, W) or vectors (B, D), got shape {tuple(x.shape)}"
         )
     return x
-
-
-def _match_size(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average-pool the larger map to the smaller one's ``H x W`` (RepDistiller's rule)."""
-    size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
-    if tuple(s.shape[2:]) != size:
-        s = F.adaptive_avg_pool2d(s, size)
-    if tuple(t.shape[2:]) != size:
-        t = F.adaptive_avg_pool2d(t, size)
-    return s, t
 
 
 def _levels(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -155,7 +145,7 @@ class VIDLoss(DistillLoss):
         for s, t, regressor, variance in zip(
             students, teachers, self.regressors, self.variances(), strict=True
         ):
-            s, t = _match_size(s, t.detach())
+            s, t = match_spatial(s, t.detach())
             total = total + vid_nll(regressor(s), t, variance)
         return total
 

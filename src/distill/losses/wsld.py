@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import LOSSES
-from distill.losses._common import positive
+from distill.losses._common import flat_logits, positive
 from distill.losses.base import DistillLoss
 
 EPS = 1e-7  # the authors' guard against a teacher with zero cross-entropy
@@ -55,9 +55,7 @@ def wsld_loss(
     temperature: float = 2.0,
 ) -> torch.Tensor:
     """Weighted soft-label cross-entropy, times T^2; logits ``(..., C)``, integer labels ``(...)``."""
-    num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = flat_logits(student_logits, teacher_logits)
     labels = labels.reshape(-1).long()
     soft_ce = -(F.softmax(t / temperature, dim=-1) * F.log_softmax(s / temperature, dim=-1)).sum(-1)
     weights = wsld_weights(s, t, labels)

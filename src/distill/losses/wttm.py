@@ -19,12 +19,12 @@ which does not underflow for very confident teachers.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from distill.losses import LOSSES
-from distill.losses._common import check_temperature
-from distill.losses.base import DistillLoss
-from distill.losses.ttm import ttm_terms
+from distill.losses.ttm import TTM_ABOUT, TTMLoss, ttm_terms
 
 
 def wttm_loss(
@@ -37,24 +37,13 @@ def wttm_loss(
 
 @LOSSES.register(
     "wttm",
-    paper="Zheng & Yang, Knowledge Distillation Based on Transformed Teacher Matching",
-    year=2024,
-    kind="logit",
-    consumes="logits",
-    inputs="logits",
-    identity=None,
-    taps="@logits",
+    **TTM_ABOUT,
     weight="tuned per pair (no T^2 factor); e.g. 4 with T=5 next to CRD on CIFAR-100",
 )
-class WTTMLoss(DistillLoss):
-    """Weighted transformed teacher matching on logits ``(B, C)``."""
+class WTTMLoss(TTMLoss):
+    """Weighted transformed teacher matching on logits ``(B, C)`` (TTM's options and checks)."""
 
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        self.temperature = check_temperature("wttm", temperature)
+    loss_name: ClassVar[str] = "wttm"
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return wttm_loss(student, teacher, self.temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"

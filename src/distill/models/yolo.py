@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.safe_load import bare_classes, torch_load
 
 YOLO_EXTRA_HINT = "pip install 'distill[yolo]' (Ultralytics, AGPL-3.0)"
 
@@ -118,8 +119,6 @@ def checkpoint_classes() -> list[Any]:
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import IterableSimpleNamespace
 
-    from distill.safe_load import bare_classes
-
     layers = {DetectionModel}
     for namespace in (vars(torch.nn), vars(ultralytics_modules)):
         layers |= {
@@ -146,8 +145,6 @@ def _from_checkpoint(source: str, num_classes: int, in_channels: int) -> nn.Modu
     """An Ultralytics checkpoint read with ``torch.load(weights_only=True)`` and
     :func:`checkpoint_classes`: a file that needs anything else is refused, never unpickled."""
     from ultralytics.nn.tasks import DetectionModel
-
-    from distill.safe_load import torch_load
 
     path = Path(source).expanduser()
     if not path.is_file() and not path.parent.name:  # an official name: Ultralytics' weights folder

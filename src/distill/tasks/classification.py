@@ -89,26 +89,82 @@ def label_metrics(p: torch.Tensor, y: torch.Tensor, agree: torch.Tensor | None) 
     return metrics
 
 
+def checked_label_smoothing(task: str, value: Any) -> float:
+    """``value`` as a float in [0, 1], else a DistillError naming ``task``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and 0.0 <= value <= 1.0):
+        raise DistillError(
+            f"{task}: label_smoothing must be in [0, 1], got {value!r}; use e.g. 0.1 (0 turns it off)"
+        )
+    return float(value)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """A model's class logits: its output tensor, ``out["logits"]`` (Hugging Face style) or ``out[0]``."""
+    if isinstance(out, Mapping):
+        return out["logits"]
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+class ClassLogitsTask(Task):
+    """What the class-logit tasks share: cross-entropy on ``@logits`` with ``label_smoothing`` (a label
+    out of the model's range names ``label_fix``), batch accuracy, and :meth:`evaluate`'s label metrics
+    (:func:`label_metrics`) over :meth:`eval_logits`, with the task's :meth:`more_metrics` after top-1."""
+
+    primary_metric = "top1"
+    classifies = True  # @logits: one score per class of the data
+    label_smoothing: float = 0.0
+    label_fix: str = ""
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return checked_cross_entropy(
+            outputs["logits"], batch.targets, self.label_smoothing, self.label_fix
+        )
+
+    def batch_metrics(
+        self, outputs: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
+
+    def eval_logits(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The logits evaluation reads (the training outputs' ``logits`` unless a task skips extras)."""
+        return self.forward(model, inputs)["logits"]
+
+    def more_metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """The task's metrics besides :func:`label_metrics`, from probabilities ``(N, C)`` and labels."""
+        return {}
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        teacher: nn.Module | TeacherPredictions | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, float]:
+        p, y, agree = collect_predictions(self, self.eval_logits, model, loader, teacher, device)
+        metrics = label_metrics(p, y, agree)
+        return {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
+
+
 @TASKS.register(
     "classification", description="class logits, cross-entropy; top-1/top-5/NLL/ECE/agreement"
 )
-class ClassificationTask(Task):
-    """Batches are ``(x, y[, index])`` tuples or dicts with ``image``/``label``/``index`` keys."""
+class ClassificationTask(ClassLogitsTask):
+    """Batches are ``(x, y[, index])`` tuples or dicts with ``image``/``label``/``index`` keys.
+
+    Evaluation: top-1/top-5 accuracy (%), NLL (nats), ECE (%), and agreement with the teacher
+    (% same argmax)."""
 
     name = "classification"
-    primary_metric = "top1"
-    classifies = True  # @logits: one score per class of the data
+    label_fix = "set num_classes to match the data"
 
     def __init__(
         self, label_smoothing: float = 0.0, input_key: str = "image", label_key: str = "label"
     ) -> None:
-        ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
-        if not (ok and 0.0 <= label_smoothing <= 1.0):
-            raise DistillError(
-                f"classification: label_smoothing must be in [0, 1], got {label_smoothing!r}; "
-                "use e.g. 0.1 (0 turns it off)"
-            )
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = checked_label_smoothing("classification", label_smoothing)
         self.input_key = input_key
         self.label_key = label_key
 
@@ -133,39 +189,10 @@ class ClassificationTask(Task):
         return Batch(inputs=x, targets=y, extras=extras)
 
     def forward(self, model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model(inputs)
-        if isinstance(out, Mapping):  # e.g. Hugging Face style outputs
-            out = out["logits"]
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        return {"logits": out}
+        return {"logits": logits_of(model(inputs))}
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        return checked_cross_entropy(
-            outputs["logits"],
-            batch.targets,
-            self.label_smoothing,
-            "set num_classes to match the data",
-        )
-
-    def batch_metrics(
-        self, outputs: dict[str, torch.Tensor], batch: Batch
-    ) -> dict[str, torch.Tensor]:
-        return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
-
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: Iterable[Any],
-        teacher: nn.Module | TeacherPredictions | None = None,
-        device: torch.device | str = "cpu",
-    ) -> dict[str, float]:
-        """Top-1/top-5 accuracy (%), NLL (nats), ECE (%), and agreement with ``teacher`` (% same argmax)."""
-        p, y, agree = collect_predictions(
-            self, lambda m, x: self.forward(m, x)["logits"], model, loader, teacher, device
-        )
-        k = min(5, p.shape[1])
-        topk = 100.0 * p.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item()
-        metrics = label_metrics(p, y, agree)
-        return {"top1": metrics.pop("top1"), f"top{k}": topk, **metrics}
+    def more_metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Top-5 accuracy (%) (top-C with fewer than 5 classes)."""
+        k = min(5, probs.shape[1])
+        topk = probs.topk(k, 1).indices.eq(labels[:, None]).any(1).float().mean().item()
+        return {f"top{k}": 100.0 * topk}

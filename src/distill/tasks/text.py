@@ -22,8 +22,8 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.tasks import TASKS
-from distill.tasks.base import Batch, Task, TeacherPredictions
-from distill.tasks.classification import checked_cross_entropy, collect_predictions, label_metrics
+from distill.tasks.base import Batch
+from distill.tasks.classification import ClassLogitsTask, checked_label_smoothing, logits_of
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -43,23 +43,19 @@ def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
     "text_classification",
     description="token ids -> class logits; @hidden_states.N, @attentions.N; top-1, macro-F1, NLL, ECE",
 )
-class TextClassificationTask(Task):
-    """Sequence classification; ``output_attentions`` adds ``@attentions.N`` (costs an eager attention)."""
+class TextClassificationTask(ClassLogitsTask):
+    """Sequence classification; ``output_attentions`` adds ``@attentions.N`` (costs an eager attention).
+
+    Evaluation: top-1 accuracy (%), macro-F1 (%), NLL (nats), ECE (%), agreement with the teacher
+    (% same argmax)."""
 
     name = "text_classification"
-    primary_metric = "top1"
-    classifies = True  # @logits: one score per class of the data
+    label_fix = "build the model's head from the data's classes"
     # (B, T, ...) outputs: T follows each batch's padding, so distill.cache_teacher cannot keep them
     per_token_outputs = ("hidden_states", "attentions")
 
     def __init__(self, label_smoothing: float = 0.0, output_attentions: bool = False) -> None:
-        ok = isinstance(label_smoothing, (int, float)) and not isinstance(label_smoothing, bool)
-        if not (ok and 0.0 <= label_smoothing <= 1.0):
-            raise DistillError(
-                f"text_classification: label_smoothing must be in [0, 1], got {label_smoothing!r}; "
-                "use e.g. 0.1 (0 turns it off)"
-            )
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = checked_label_smoothing("text_classification", label_smoothing)
         self.output_attentions = bool(output_attentions)
 
     def request(self, taps: Iterable[str]) -> None:
@@ -104,43 +100,13 @@ class TextClassificationTask(Task):
             for i, a in enumerate(out.attentions or ()):
                 named[f"attentions.{i}"] = a
             return named
-        out = model(**kwargs)  # any nn.Module taking input_ids=..., attention_mask=...
-        if isinstance(out, Mapping):
-            out = out["logits"]
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        return {"logits": out}
+        # any nn.Module taking input_ids=..., attention_mask=...
+        return {"logits": logits_of(model(**kwargs))}
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        return checked_cross_entropy(
-            outputs["logits"],
-            batch.targets,
-            self.label_smoothing,
-            "build the model's head from the data's classes",
-        )
+    def eval_logits(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The logits alone: no hidden states or attentions at evaluation."""
+        return self._run(model, inputs, features=False)["logits"]
 
-    def batch_metrics(
-        self, outputs: dict[str, torch.Tensor], batch: Batch
-    ) -> dict[str, torch.Tensor]:
-        return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
-
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        loader: Iterable[Any],
-        teacher: nn.Module | TeacherPredictions | None = None,
-        device: torch.device | str = "cpu",
-    ) -> dict[str, float]:
-        """Top-1 accuracy (%), macro-F1 (%), NLL (nats), ECE (%), agreement with ``teacher`` (% same argmax)."""
-        p, y, agree = collect_predictions(
-            self,
-            lambda m, x: self._run(m, x, features=False)["logits"],
-            model,
-            loader,
-            teacher,
-            device,
-        )
-        f1 = 100.0 * macro_f1(p.argmax(1), y, p.shape[1])
-        metrics = label_metrics(p, y, agree)
-        return {"top1": metrics.pop("top1"), "macro_f1": f1, **metrics}
+    def more_metrics(self, probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Macro-F1 (%)."""
+        return {"macro_f1": 100.0 * macro_f1(probs.argmax(1), labels, probs.shape[1])}

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from distill.errors import DistillError
+from distill.train.checkpoint import CheckpointStore
 
 LOCK_NAME = ".lock"
 BACKUP_NAME = ".overwrite-backup"
@@ -163,8 +164,6 @@ def _remove(path: Path) -> None:
 
 
 def has_last_checkpoint(run_dir: Path) -> bool:
-    from distill.train.checkpoint import CheckpointStore
-
     try:
         return CheckpointStore(run_dir / "checkpoints").has("last")
     except DistillError:  # a damaged manifest: there is no usable checkpoint
