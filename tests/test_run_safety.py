@@ -358,7 +358,8 @@ def test_a_signal_during_the_build_of_an_overwrite_keeps_the_old_run(
 
     def build_then_signal(*args, **kwargs):
         built = build(*args, **kwargs)
-        os.kill(os.getpid(), signum)
+        # delivered to this (the main) thread before raise_signal returns: no race with other threads
+        signal.raise_signal(signum)
         return built
 
     monkeypatch.setattr(distill.api, "build", build_then_signal)
