@@ -129,3 +129,12 @@ def test_a_zero_weighted_task_loss_trains_under_ddp(ranks, name):
     for result in ranks:
         assert "error" not in result[name], result[name]["error"]
         assert result[name]["steps"] == 4
+
+
+def test_loss_buffers_are_not_overwritten_by_rank_0(ranks):
+    """A loss's buffer is the loss's business (CRD gathers its banks itself): DDP must not broadcast it."""
+    for result in ranks:
+        r = result["buffers"]
+        assert "error" not in r, r["error"]
+        assert r["seen"] == pytest.approx(r["own"], rel=1e-5), r["rank"]
+    assert ranks[0]["buffers"]["seen"] != pytest.approx(ranks[1]["buffers"]["seen"], rel=1e-3)

@@ -151,7 +151,11 @@ class Trainer:
             self._resume()
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.distiller.parallelize(lambda m: DistributedDataParallel(m, device_ids=ids))
+            # no buffer broadcast: loss buffers are the loss's own (CRD gathers its banks over ranks),
+            # and rank 0's BN statistics, the ones evaluated and saved, are the same either way
+            self.distiller.parallelize(
+                lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
+            )
 
     def prepare(self) -> None:
         """Build projectors and loss parts from one example batch and check tap shapes (once).
