@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +139,24 @@ def test_loss_buffers_are_not_overwritten_by_rank_0(ranks):
         assert "error" not in r, r["error"]
         assert r["seen"] == pytest.approx(r["own"], rel=1e-5), r["rank"]
     assert ranks[0]["buffers"]["seen"] != pytest.approx(ranks[1]["buffers"]["seen"], rel=1e-3)
+
+
+def test_each_rank_draws_its_own_random_numbers(ranks):
+    """Dropout masks, CRD negatives and MGD masks come from the global RNG: two ranks must not repeat each
+    other's draws, and rank 0 keeps the single-process seed of each step (seed * 1_000_003 + step)."""
+    draws = [result["buffers"]["draws"] for result in ranks]
+    assert len(draws[0]) == len(draws[1]) == 4
+    assert all(a != b for a, b in zip(*draws, strict=True)), draws
+    for step, value in enumerate(draws[0]):
+        torch.manual_seed(3 * 1_000_003 + step)
+        assert value == torch.rand(()).item(), step
+
+
+def test_step_seeds_fit_torch_for_any_configured_seed():
+    """``train.seed`` goes up to 2**63 - 1; ``seed * 1_000_003`` alone overflowed ``torch.manual_seed``."""
+    from distill.train.trainer import step_seed
+
+    for rank in (0, 1, 7):
+        torch.manual_seed(step_seed(2**63 - 1, 10, rank))
+    assert step_seed(3, 5) == 3 * 1_000_003 + 5
+    assert len({step_seed(3, s, r) for s in range(50) for r in range(4)}) == 200

@@ -1,7 +1,8 @@
 """The training loop: read it top to bottom.
 
 Every step is a pure function of (weights, optimizer state, global step): the data order comes from a
-seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number. That is
+seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number and the
+rank (:func:`step_seed`; rank 0 draws what a single process draws). That is
 what makes resume exact: the last checkpoint holds weights, optimizer state and step counters, and a
 resumed run skips the batches it already saw and continues bit for bit.
 """
@@ -51,6 +52,15 @@ from distill.train.rundir import RunLock
 from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, ~2**63: rank r's seeds never meet rank 0's of another step
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The global RNG's seed for ``step`` on ``rank``: ``seed * 1_000_003 + step`` on rank 0 (one process
+    draws as it always did), offset per rank so that ranks do not repeat each other's dropout masks and
+    negatives; taken modulo 2**64, the range ``torch.manual_seed`` accepts."""
+    return (seed * 1_000_003 + step + rank * RANK_STRIDE) % 2**64
 
 
 class Trainer:
@@ -300,8 +310,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
         cfg = self.config
-        # dropout etc.: a function of the step
-        torch.manual_seed(cfg.seed * 1_000_003 + self.global_step)
+        # dropout, CRD negatives, MGD masks: a function of the step and the rank
+        torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
         batch = self.task.split(raw).to(self.device)
         if self.augment is not None:
             g = torch.Generator().manual_seed(
