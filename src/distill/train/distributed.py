@@ -57,11 +57,26 @@ def pick_device(device: str, info: DistInfo) -> torch.device:
     its local rank, whatever ``cuda:N`` says (choose the GPUs with ``CUDA_VISIBLE_DEVICES``): ``cuda:N``
     would put every rank on GPU N."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     chosen = torch.device(device)
     if chosen.type == "cuda" and info.enabled:
         return torch.device("cuda", info.local_rank)
     return chosen
+
+
+def _mps_available() -> bool:
+    """Apple's GPU (``train.device: auto`` takes it when there is no CUDA GPU)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def describe_device(requested: str, device: torch.device, info: DistInfo) -> str:
+    """One line for the log: the device, how ``auto`` chose it, PyTorch's version and the process count."""
+    why = (
+        " (auto: no usable CUDA or MPS GPU)" if requested == "auto" and device.type == "cpu" else ""
+    )
+    processes = f"{info.world_size} process" + ("es" if info.world_size > 1 else "")
+    return f"{device}{why}, torch {torch.__version__}, {processes}"
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:

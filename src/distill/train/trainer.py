@@ -41,6 +41,7 @@ from distill.train.distributed import (
     any_rank,
     barrier,
     broadcast_object,
+    describe_device,
     init_distributed,
     pick_device,
 )
@@ -409,6 +410,10 @@ class Trainer:
             self.run_dir, cfg.tensorboard, enabled=self.dist.is_main
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
+        if cfg.progress and self.dist.is_main:  # a CPU fallback is visible before the first step
+            self.console.print(
+                f"training on {describe_device(cfg.device, self.device, self.dist)}", soft_wrap=True
+            )
         last: dict[str, float] = self.history[-1] if self.history else {}
         self._accept_stop = True
         try:
@@ -440,6 +445,10 @@ class Trainer:
             "history": self.history,
             "steps": self.global_step,
             "skipped_steps": self.skipped_steps,
+            # where it ran: train.device auto may have fallen back to the CPU
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "world_size": self.dist.world_size,
         }
         if self.run_dir is not None and self.dist.is_main:
             try:
