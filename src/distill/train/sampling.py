@@ -21,8 +21,10 @@ from distill.train.distributed import DistInfo
 MEGABATCH = 50  # batches per sorted group, as transformers' LengthGroupedSampler
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool = False, warn_only: bool = False) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels, and
+    with ``warn_only`` an operation that has none warns instead of raising (the trainer's choice on CUDA,
+    where adaptive average pooling's backward, in every shipped CNN, has no deterministic kernel)."""
     import random
 
     import numpy as np
@@ -34,7 +36,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
         torch.backends.cudnn.benchmark = False
 
 

@@ -114,6 +114,7 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg, self.console, self.dist.is_main)  # train.on_nonfinite
         self._logger: MetricsLogger | None = None
         self._prepared = False
+        self._noted_deterministic = False
         self._stop_after: int | None = None
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
         self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
@@ -154,7 +155,7 @@ class Trainer:
             )
         self._check_writable()
         self.prepare()
-        seed_everything(self.config.seed, self.config.deterministic)
+        self._seed()
         self.optimizer = build_optimizer(self.distiller.trainable().named_parameters(), self.config)
         if self.config.ema is not None:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
@@ -168,6 +169,20 @@ class Trainer:
                 lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
             )
 
+    def _seed(self) -> None:
+        """Seed every RNG; ``train.deterministic`` on CUDA only warns where no deterministic kernel exists."""
+        cfg = self.config
+        on_cuda = self.device.type == "cuda"
+        seed_everything(cfg.seed, cfg.deterministic, warn_only=on_cuda)
+        if cfg.deterministic and on_cuda and self.dist.is_main and not self._noted_deterministic:
+            self._noted_deterministic = True
+            self.console.print(
+                "[yellow]note[/]: train.deterministic on CUDA: operations without a deterministic CUDA "
+                "kernel (adaptive average pooling's backward, in every shipped CNN) warn instead of "
+                "failing, and may differ in the last bits from run to run",
+                soft_wrap=True,
+            )
+
     def prepare(self) -> None:
         """Build projectors and loss parts from one example batch and check tap shapes (once).
 
@@ -176,7 +191,7 @@ class Trainer:
         """
         if self._prepared:
             return
-        seed_everything(self.config.seed, self.config.deterministic)
+        self._seed()
         if self.distiller.terms:
             data = self.train_data
             if isinstance(data, DataLoader):
