@@ -129,3 +129,25 @@ def test_a_user_distributed_sampler_is_set_to_each_epoch() -> None:
     wrong = DataLoader(data, sampler=DistributedSampler(data, num_replicas=4, rank=1))
     with pytest.raises(DistillError, match="over 4 processes but torchrun started 2"):
         epoch_loader(wrong, 4, world, 0, 0)
+
+
+def test_the_trainer_refuses_an_unsharded_loader_when_built(monkeypatch) -> None:
+    from rich.console import Console
+    from torch import nn
+
+    from distill.distiller import Distiller
+    from distill.tasks import ClassificationTask
+    from distill.train import TrainConfig, Trainer
+    from distill.train import trainer as trainer_module
+
+    world = DistInfo(rank=0, world_size=2, local_rank=0)
+    monkeypatch.setattr(trainer_module, "init_distributed", lambda device: world)
+    x = torch.randn(8, 4)
+    loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4)
+    with pytest.raises(DistillError, match="SequentialSampler.*pass the Dataset"):
+        Trainer(
+            Distiller(nn.Linear(4, 2), ClassificationTask()),
+            loader,
+            config=TrainConfig(batch_size=4, device="cpu"),
+            console=Console(file=None, quiet=True),
+        )

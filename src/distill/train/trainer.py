@@ -50,7 +50,13 @@ from distill.train.logging import MetricsLogger, format_values, make_progress, t
 from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
 from distill.train.rundir import RunLock
-from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
+from distill.train.sampling import (
+    epoch_loader,
+    item_lengths,
+    make_loader,
+    seed_everything,
+    user_loader,
+)
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -100,6 +106,9 @@ class Trainer:
                 f"use a multiple of {self.dist.world_size}"
             )
         self.local_batch = cfg.batch_size // self.dist.world_size
+        # a DataLoader under torchrun must shard: refused here, not at fit()
+        if isinstance(train_data, DataLoader):
+            user_loader(train_data, self.dist, 0)
         # train.group_by_length: per-item lengths, read once (a text dataset tokenises its texts here)
         self.lengths = item_lengths(train_data) if cfg.group_by_length else None
         self.optimizer: torch.optim.Optimizer | None = None
