@@ -134,6 +134,9 @@ class StudentSide(nn.Module):
         )
         self.names = _term_names(terms)
         self.student_taps = _module_taps([t.student for t in terms])
+        # a task loss weighted 0 is skipped, unless every parameter must take part in every backward
+        # (DDP waits for a gradient of each one; set by Distiller.parallelize)
+        self.zero_weights_in_graph = False
 
     def forward(
         self, batch: Batch, teacher_outputs: dict[str, torch.Tensor], epoch: float
@@ -146,6 +149,10 @@ class StudentSide(nn.Module):
         if w_task:
             parts["task"] = w_task * self.task.loss(outputs, batch)
             total = total + parts["task"]
+        elif (
+            self.zero_weights_in_graph
+        ):  # DDP: the parameters only the task loss reaches get a 0 gradient
+            total = total + 0.0 * self.task.loss(outputs, batch)
         for term, name, loss, projector in zip(
             self.terms, self.names, self.losses, self.projectors, strict=True
         ):
@@ -296,7 +303,13 @@ class Distiller(nn.Module):
         return [p for p in self._unwrapped.parameters() if p.requires_grad]
 
     def parallelize(self, wrap: Any) -> None:
-        """Wrap only the trainable part, e.g. ``distiller.parallelize(lambda m: DDP(m))``."""
+        """Wrap only the trainable part, e.g. ``distiller.parallelize(lambda m: DDP(m))``.
+
+        From then on a task loss weighted 0 (``task_weight`` ramped from 0) is still computed and added
+        times 0, so every parameter the step reaches is the same whatever the weights: DDP fails at the
+        next step when a parameter got no gradient.
+        """
+        self._unwrapped.zero_weights_in_graph = True
         self.student_side = wrap(self._unwrapped)
 
     def train(self, mode: bool = True) -> Distiller:

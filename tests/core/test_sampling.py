@@ -7,7 +7,13 @@ import random
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from distill.errors import DistillError
 from distill.train.distributed import DistInfo
@@ -102,3 +108,46 @@ def test_datasets_without_lengths_are_refused() -> None:
 
     with pytest.raises(DistillError, match=r"gave 2 lengths for 203 items; it must return one"):
         item_lengths(Wrong())
+
+
+def test_a_user_dataloader_under_torchrun_needs_a_distributed_sampler() -> None:
+    """A plain DataLoader would give every rank all the data, silently: refused with the two fixes."""
+    loader = DataLoader(TensorDataset(torch.arange(20)), batch_size=4, shuffle=True)
+    with pytest.raises(DistillError, match="RandomSampler.*pass the Dataset.*DistributedSampler"):
+        epoch_loader(loader, 4, DistInfo(rank=1, world_size=2, local_rank=1), 0, 0)
+    assert epoch_loader(loader, 4, DistInfo(), 0, 0) is loader  # one process: used as given
+
+
+def test_a_user_distributed_sampler_is_set_to_each_epoch() -> None:
+    data = TensorDataset(torch.arange(20))
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, seed=5)
+    loader = DataLoader(data, batch_size=4, sampler=sampler)
+    world = DistInfo(rank=1, world_size=2, local_rank=1)
+    firsts = [[b[0].tolist() for b in epoch_loader(loader, 4, world, 0, e)] for e in (0, 1)]
+    assert sampler.epoch == 1
+    assert firsts[0] != firsts[1]  # a new shuffle each epoch, not epoch 0's order again
+    wrong = DataLoader(data, sampler=DistributedSampler(data, num_replicas=4, rank=1))
+    with pytest.raises(DistillError, match="over 4 processes but torchrun started 2"):
+        epoch_loader(wrong, 4, world, 0, 0)
+
+
+def test_the_trainer_refuses_an_unsharded_loader_when_built(monkeypatch) -> None:
+    from rich.console import Console
+    from torch import nn
+
+    from distill.distiller import Distiller
+    from distill.tasks import ClassificationTask
+    from distill.train import TrainConfig, Trainer
+    from distill.train import trainer as trainer_module
+
+    world = DistInfo(rank=0, world_size=2, local_rank=0)
+    monkeypatch.setattr(trainer_module, "init_distributed", lambda device: world)
+    x = torch.randn(8, 4)
+    loader = DataLoader(TensorDataset(x, (x.sum(1) > 0).long()), batch_size=4)
+    with pytest.raises(DistillError, match="SequentialSampler.*pass the Dataset"):
+        Trainer(
+            Distiller(nn.Linear(4, 2), ClassificationTask()),
+            loader,
+            config=TrainConfig(batch_size=4, device="cpu"),
+            console=Console(file=None, quiet=True),
+        )

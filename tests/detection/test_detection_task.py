@@ -140,3 +140,24 @@ def _head():
         stride = torch.tensor([])
 
     return Head()
+
+
+def test_the_loss_is_built_on_the_device_the_student_is_on_when_used():
+    """Distiller binds the task while the student is still on the CPU; the trainer moves it afterwards.
+    Ultralytics' loss keeps tensors on the device it was built for, so it is built at first use and
+    again after the student moves (a first parameter on 'meta' stands in for a GPU here)."""
+    model = yolo_model("yolov8n.yaml", 3).train()
+    task = DetectionTask()
+    built: list[torch.device] = []
+    make = model.init_criterion
+    model.init_criterion = lambda: built.append(next(model.parameters()).device) or make()
+    task.bind(model)
+    assert built == []  # nothing is built at bind time
+    on_cpu = task.criterion()
+    assert task.criterion() is on_cpu and built == [torch.device("cpu")]  # kept while it stays put
+    name, first = next(model.named_parameters())  # the parameter whose device Ultralytics reads
+    owner, attr = name.rsplit(".", 1)
+    setattr(model.get_submodule(owner), attr, nn.Parameter(torch.empty_like(first, device="meta")))
+    moved = task.criterion()
+    assert built == [torch.device("cpu"), torch.device("meta")]
+    assert moved.device.type == "meta" and moved.proj.device.type == "meta"

@@ -67,15 +67,35 @@ class DetectionTask(Task):
                 f"detection: max_det must be a positive int, got {max_det!r}; use 300"
             )
         self.conf, self.iou, self.max_det = float(conf), float(iou), max_det
+        self._student: nn.Module | None = None
         self._criterion: Any = None
+        self._criterion_device: torch.device | None = None
         self._items: dict[str, torch.Tensor] = {}
 
     def bind(self, student: nn.Module) -> None:
-        """Use ``student``'s own Ultralytics loss as the task loss (the distiller calls this once)."""
+        """Use ``student``'s own Ultralytics loss as the task loss (the distiller calls this once).
+
+        The loss is built at its first use, on the device the student's parameters are on then, and
+        again if the student has moved since: Ultralytics' loss keeps tensors on the device it was built
+        for, and at ``bind`` the student is still on the CPU.
+        """
         detect_head(student)
         if getattr(student, "args", None) is None or isinstance(student.args, dict):
             student.args = default_args()
-        self._criterion = student.init_criterion()
+        self._student, self._criterion, self._criterion_device = student, None, None
+
+    def criterion(self) -> Any:
+        """The student's Ultralytics loss, built for the device its parameters are on now."""
+        if self._student is None:
+            raise DistillError(
+                "the detection task has no loss yet; bind it to the student first (task.bind(student)), "
+                "which Distiller does"
+            )
+        param = next(self._student.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if self._criterion is None or device != self._criterion_device:
+            self._criterion, self._criterion_device = self._student.init_criterion(), device
+        return self._criterion
 
     def split(self, batch: Any) -> Batch:
         if not isinstance(batch, Mapping) or not all(k in batch for k in ("img", *TARGET_KEYS)):
@@ -102,13 +122,9 @@ class DetectionTask(Task):
         return named_outputs(raw, head)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        if self._criterion is None:
-            raise DistillError(
-                "the detection task has no loss yet; bind it to the student first (task.bind(student)), "
-                "which Distiller does"
-            )
+        criterion = self.criterion()
         preds = raw_outputs(outputs)
-        total, items = self._criterion(preds, batch.targets)
+        total, items = criterion(preds, batch.targets)
         self._items = {k: v.detach() for k, v in items.items()}
         return total.sum() / max(len(batch), 1)  # Ultralytics returns the sum times the batch size
 

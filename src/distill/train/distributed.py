@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        chosen = pick_device(device, info)
+        options: dict[str, Any] = {}
+        if chosen.type == "cuda":
+            # this process's GPU, before NCCL starts: otherwise every rank's context lands on GPU 0
+            torch.cuda.set_device(chosen)
+            if "device_id" in inspect.signature(dist.init_process_group).parameters:
+                options["device_id"] = chosen  # binds the group to it (PyTorch >= 2.3)
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo", **options)
         atexit.register(_destroy_group)  # the group distill created is released when Python exits
     return info
 
@@ -46,11 +53,30 @@ def _destroy_group() -> None:
 
 
 def pick_device(device: str, info: DistInfo) -> torch.device:
+    """The device ``train.device`` means for this process. Under ``torchrun`` each rank takes the GPU of
+    its local rank, whatever ``cuda:N`` says (choose the GPUs with ``CUDA_VISIBLE_DEVICES``): ``cuda:N``
+    would put every rank on GPU N."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and info.enabled:
+        device = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and info.enabled:
         return torch.device("cuda", info.local_rank)
-    return torch.device(device)
+    return chosen
+
+
+def _mps_available() -> bool:
+    """Apple's GPU (``train.device: auto`` takes it when there is no CUDA GPU)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def describe_device(requested: str, device: torch.device, info: DistInfo) -> str:
+    """One line for the log: the device, how ``auto`` chose it, PyTorch's version and the process count."""
+    why = (
+        " (auto: no usable CUDA or MPS GPU)" if requested == "auto" and device.type == "cpu" else ""
+    )
+    processes = f"{info.world_size} process" + ("es" if info.world_size > 1 else "")
+    return f"{device}{why}, torch {torch.__version__}, {processes}"
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:

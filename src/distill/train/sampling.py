@@ -21,8 +21,10 @@ from distill.train.distributed import DistInfo
 MEGABATCH = 50  # batches per sorted group, as transformers' LengthGroupedSampler
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool = False, warn_only: bool = False) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` also asks torch for deterministic kernels, and
+    with ``warn_only`` an operation that has none warns instead of raising (the trainer's choice on CUDA,
+    where adaptive average pooling's backward, in every shipped CNN, has no deterministic kernel)."""
     import random
 
     import numpy as np
@@ -34,7 +36,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
         torch.backends.cudnn.benchmark = False
 
 
@@ -125,9 +127,10 @@ def epoch_loader(
 ) -> Iterable[Any]:
     """This rank's batches of ``epoch``, shuffled from ``(seed, epoch)``, the first ``skip_batches`` left
     out; with ``lengths`` (one per item), batches of similar length (:class:`LengthGroupedSampler`). A
-    ready DataLoader is used as given (its order is then the caller's)."""
+    ready DataLoader is used as given (its order is then the caller's); a ``DistributedSampler`` in it is
+    set to ``epoch``, and under ``torchrun`` it must have one (:func:`user_loader`)."""
     if isinstance(data, DataLoader):
-        return data
+        return user_loader(data, dist, epoch)
     shuffled = DistributedSampler(
         data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=False
     )
@@ -138,3 +141,27 @@ def epoch_loader(
     if skip_batches:
         sampler = SkipSampler(sampler, skip_batches * local_batch)
     return make_loader(data, local_batch, sampler)
+
+
+def user_loader(loader: DataLoader, dist: DistInfo, epoch: int) -> DataLoader:
+    """The caller's ``loader`` for ``epoch``: its ``DistributedSampler`` (if any) gets ``set_epoch(epoch)``
+    so each epoch is shuffled anew; under ``torchrun`` a loader without one, or with one for another
+    number of processes, is refused, since every rank would train on the same items."""
+    sampler = loader.sampler
+    if not isinstance(sampler, DistributedSampler):
+        sampler = getattr(loader.batch_sampler, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        if dist.enabled and sampler.num_replicas != dist.world_size:
+            raise DistillError(
+                f"the training DataLoader's DistributedSampler splits the data over {sampler.num_replicas} "
+                f"processes but torchrun started {dist.world_size}; build it with "
+                "DistributedSampler(dataset) inside the run, or pass the Dataset (the trainer shards it)"
+            )
+        sampler.set_epoch(epoch)
+    elif dist.enabled:
+        raise DistillError(
+            f"the training DataLoader has a {type(loader.sampler).__name__}, so under torchrun each of the "
+            f"{dist.world_size} processes would train on all of it; pass the Dataset instead (the trainer "
+            "shards and shuffles it) or build the loader with sampler=DistributedSampler(dataset)"
+        )
+    return loader

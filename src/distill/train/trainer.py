@@ -1,7 +1,8 @@
 """The training loop: read it top to bottom.
 
 Every step is a pure function of (weights, optimizer state, global step): the data order comes from a
-seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number. That is
+seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number and the
+rank (:func:`step_seed`; rank 0 draws what a single process draws). That is
 what makes resume exact: the last checkpoint holds weights, optimizer state and step counters, and a
 resumed run skips the batches it already saw and continues bit for bit.
 """
@@ -40,6 +41,7 @@ from distill.train.distributed import (
     any_rank,
     barrier,
     broadcast_object,
+    describe_device,
     init_distributed,
     pick_device,
 )
@@ -48,9 +50,24 @@ from distill.train.logging import MetricsLogger, format_values, make_progress, t
 from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
 from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
 from distill.train.rundir import RunLock
-from distill.train.sampling import epoch_loader, item_lengths, make_loader, seed_everything
+from distill.train.sampling import (
+    epoch_loader,
+    item_lengths,
+    make_loader,
+    seed_everything,
+    user_loader,
+)
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, ~2**63: rank r's seeds never meet rank 0's of another step
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The global RNG's seed for ``step`` on ``rank``: ``seed * 1_000_003 + step`` on rank 0 (one process
+    draws as it always did), offset per rank so that ranks do not repeat each other's dropout masks and
+    negatives; taken modulo 2**64, the range ``torch.manual_seed`` accepts."""
+    return (seed * 1_000_003 + step + rank * RANK_STRIDE) % 2**64
 
 
 class Trainer:
@@ -89,6 +106,9 @@ class Trainer:
                 f"use a multiple of {self.dist.world_size}"
             )
         self.local_batch = cfg.batch_size // self.dist.world_size
+        # a DataLoader under torchrun must shard: refused here, not at fit()
+        if isinstance(train_data, DataLoader):
+            user_loader(train_data, self.dist, 0)
         # train.group_by_length: per-item lengths, read once (a text dataset tokenises its texts here)
         self.lengths = item_lengths(train_data) if cfg.group_by_length else None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -103,6 +123,7 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg, self.console, self.dist.is_main)  # train.on_nonfinite
         self._logger: MetricsLogger | None = None
         self._prepared = False
+        self._noted_deterministic = False
         self._stop_after: int | None = None
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
         self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
@@ -143,7 +164,7 @@ class Trainer:
             )
         self._check_writable()
         self.prepare()
-        seed_everything(self.config.seed, self.config.deterministic)
+        self._seed()
         self.optimizer = build_optimizer(self.distiller.trainable().named_parameters(), self.config)
         if self.config.ema is not None:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
@@ -151,7 +172,25 @@ class Trainer:
             self._resume()
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.distiller.parallelize(lambda m: DistributedDataParallel(m, device_ids=ids))
+            # no buffer broadcast: loss buffers are the loss's own (CRD gathers its banks over ranks),
+            # and rank 0's BN statistics, the ones evaluated and saved, are the same either way
+            self.distiller.parallelize(
+                lambda m: DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False)
+            )
+
+    def _seed(self) -> None:
+        """Seed every RNG; ``train.deterministic`` on CUDA only warns where no deterministic kernel exists."""
+        cfg = self.config
+        on_cuda = self.device.type == "cuda"
+        seed_everything(cfg.seed, cfg.deterministic, warn_only=on_cuda)
+        if cfg.deterministic and on_cuda and self.dist.is_main and not self._noted_deterministic:
+            self._noted_deterministic = True
+            self.console.print(
+                "[yellow]note[/]: train.deterministic on CUDA: operations without a deterministic CUDA "
+                "kernel (adaptive average pooling's backward, in every shipped CNN) warn instead of "
+                "failing, and may differ in the last bits from run to run",
+                soft_wrap=True,
+            )
 
     def prepare(self) -> None:
         """Build projectors and loss parts from one example batch and check tap shapes (once).
@@ -161,7 +200,7 @@ class Trainer:
         """
         if self._prepared:
             return
-        seed_everything(self.config.seed, self.config.deterministic)
+        self._seed()
         if self.distiller.terms:
             data = self.train_data
             if isinstance(data, DataLoader):
@@ -296,8 +335,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
         cfg = self.config
-        # dropout etc.: a function of the step
-        torch.manual_seed(cfg.seed * 1_000_003 + self.global_step)
+        # dropout, CRD negatives, MGD masks: a function of the step and the rank
+        torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
         batch = self.task.split(raw).to(self.device)
         if self.augment is not None:
             g = torch.Generator().manual_seed(
@@ -395,6 +434,10 @@ class Trainer:
             self.run_dir, cfg.tensorboard, enabled=self.dist.is_main
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
+        if cfg.progress and self.dist.is_main:  # a CPU fallback is visible before the first step
+            self.console.print(
+                f"training on {describe_device(cfg.device, self.device, self.dist)}", soft_wrap=True
+            )
         last: dict[str, float] = self.history[-1] if self.history else {}
         self._accept_stop = True
         try:
@@ -426,6 +469,10 @@ class Trainer:
             "history": self.history,
             "steps": self.global_step,
             "skipped_steps": self.skipped_steps,
+            # where it ran: train.device auto may have fallen back to the CPU
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "world_size": self.dist.world_size,
         }
         if self.run_dir is not None and self.dist.is_main:
             try:
