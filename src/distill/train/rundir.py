@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -71,12 +72,18 @@ def _lock_file(handle: IO[str]) -> bool:
     return True
 
 
-def _holder(path: Path) -> str:
-    try:
-        text = " ".join(path.read_text(encoding="utf-8").split())
-    except OSError:
-        text = ""
-    return text or "another process"
+def _holder(path: Path, wait: float = 2.0) -> str:
+    """Who holds the lock, as its holder wrote it. The holder writes that line just after it takes the
+    lock, so a start refused in between waits up to ``wait`` seconds for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = " ".join(path.read_text(encoding="utf-8").split())
+        except OSError:
+            text = ""
+        if text or time.monotonic() >= deadline:
+            return text or "another process"
+        time.sleep(0.05)
 
 
 def _program() -> str:
