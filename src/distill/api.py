@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from distill.config.build import build, make_trainer
+from distill.config.build import build, make_trainer, resolve_device
 from distill.config.load import (
     BUILTIN_RECIPES,
     load_raw,
@@ -181,11 +181,18 @@ class Metrics(dict[str, float]):
         self.notes = list(notes or [])
 
 
-def evaluate(run_dir: str | Path, checkpoint: str = "best") -> Metrics:
+def evaluate(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Metrics:
     """Evaluate a trained run's student on its recipe's test split, with agreement against its teacher when
-    the recipe has one and its weights are still there (otherwise ``notes`` says agreement was left out)."""
+    the recipe has one and its weights are still there (otherwise ``notes`` says agreement was left out).
+
+    ``device``: where the models run (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, checked like
+    ``train.device``)."""
+    chosen = resolve_device(device, "--device")
     run = open_run(run_dir, checkpoint, teacher=True)
-    return Metrics(run.task.evaluate(run.student, run.test_loader(), run.teacher), run.notes)
+    student = run.student.to(chosen)
+    teacher = run.teacher.to(chosen) if run.teacher is not None else None
+    metrics = run.task.evaluate(student, run.test_loader(), teacher, chosen)
+    return Metrics(metrics, run.notes)
 
 
 def validate(paths: list[str | Path]) -> list[Recipe | None]:

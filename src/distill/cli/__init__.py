@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import metadata
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,9 +22,41 @@ app = typer.Typer(
     help="Knowledge distillation: train small, fast students from large teachers.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion [bash|zsh|fish|powershell]
 )
 err_console = Console(stderr=True)
+
+
+def versions() -> str:
+    """``distill X, torch Y``: distill's version from the installed package's metadata."""
+    import torch
+
+    try:
+        mine = metadata.version("distill")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        mine = "unknown (not installed)"
+    return f"distill {mine}, torch {torch.__version__}"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print distill's and torch's versions and exit",
+        ),
+    ] = False,
+) -> None:
+    """Knowledge distillation: train small, fast students from large teachers."""
 
 
 def _register_commands() -> None:
@@ -74,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as done:
         return done.exit_code
+    except SystemExit as done:  # typer's --show-completion / --install-completion end with sys.exit
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     except Exception as err:  # usage errors and aborts (typer may bundle its own copy of click)
         show, code = getattr(err, "show", None), getattr(err, "exit_code", None)
         if callable(show) and isinstance(code, int):

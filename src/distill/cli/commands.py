@@ -19,6 +19,8 @@ from distill.errors import DistillError, TrainingInterrupted, did_you_mean
 
 console = Console()
 
+DEVICE_HELP = "where the models run: cpu, cuda, cuda:N, mps or auto (the GPU when there is one)"
+
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="key=value overrides, e.g. train.epochs=5")
 ]
@@ -58,9 +60,10 @@ def train(
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a folder written by `distill train`")],
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Evaluate a trained run's student on the test split."""
-    metrics = api.evaluate(run_dir, checkpoint)
+    metrics = api.evaluate(run_dir, checkpoint, device=device)
     table = Table("metric", "value", title=str(run_dir))
     for key, value in metrics.items():
         table.add_row(key, str(int(value)) if float(value).is_integer() else f"{value:.4g}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from distill.cli import app
-from distill.cli.commands import Overrides, console
+from distill.cli.commands import DEVICE_HELP, Overrides, console
 from distill.compare import DEFAULT_PIPELINES, PIPELINES, TASK_DEFAULT_PIPELINES, compare
 
 
@@ -48,6 +48,12 @@ def compare_(
             "default: compare.latency_repeats, 50)"
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help=f"{DEVICE_HELP}; for the accuracy of the torch models (ONNX rows and every latency: CPU)"
+        ),
+    ] = "cpu",
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
     """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way.
@@ -73,4 +79,5 @@ def compare_(
         fresh=fresh,
         latency_repeats=latency_repeats,
         console=console,
+        device=device,
     )

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from distill import report
@@ -26,6 +27,7 @@ from distill.compare.pipelines import (
     skip_reason,
 )
 from distill.compare.runs import TINY, cache_dir, cached_run
+from distill.config.build import resolve_device
 from distill.config.load import load_recipe
 from distill.config.schema import CompareSpec, override
 from distill.errors import DistillError
@@ -117,6 +119,7 @@ def compare(
     latency_repeats: int | None = None,
     console: Console | None = None,
     settings: CompareSpec | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run ``pipelines`` (default: :func:`default_pipelines` of the recipe's task) from the KD ``recipe``;
     write the reports to ``out`` (default ``runs/compare``).
@@ -134,8 +137,11 @@ def compare(
     ``max_length`` tokens). Returns the report payload
     (``rows``: one dict per pipeline, with ``pipeline`` and ``runtime``; ``paths``; ``elapsed_s``);
     ``report.json`` also holds the ``settings`` used (the section, with the pipelines that ran).
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``) is where the torch models' accuracy is
+    measured; ONNX models run on onnxruntime's CPU provider, and latency is always timed on the CPU.
     """
     console = console or Console()
+    measure_on = resolve_device(device, "--device")
     names = parse_pipelines(pipelines) if pipelines is not None else None  # typos fail first
     _check_repeats(latency_repeats)
     overrides = list(overrides)
@@ -172,7 +178,10 @@ def compare(
     )
     made = {name: _make(ctx, name) for name in names}
     console.rule("measuring")
-    rows = [_measure(ctx, name, product, spec.latency_repeats) for name, product in made.items()]
+    rows = [
+        _measure(ctx, name, product, spec.latency_repeats, measure_on)
+        for name, product in made.items()
+    ]
     elapsed = time.perf_counter() - started
     applied = [*overrides, *(TINY if tiny else [])]
     return _write(
@@ -214,7 +223,13 @@ def _make(ctx: Context, name: str) -> Produced | str:
         return f"failed: {err}"
 
 
-def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> dict[str, Any]:
+def _measure(
+    ctx: Context,
+    name: str,
+    product: Produced | str,
+    repeats: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     if isinstance(product, str):
         return {"name": name, "pipeline": name, "runtime": None, "status": product}
     ctx.console.print(f"measuring {product.name}", soft_wrap=True)
@@ -239,6 +254,7 @@ def _measure(ctx: Context, name: str, product: Produced | str, repeats: int) -> 
         size_bytes=size,
         large_batch=ctx.large_batch,
         repeats=repeats,
+        device=device if product.runtime == "torch" else "cpu",  # onnxruntime wrappers: CPU
     )
     extra = {
         k: v

@@ -40,6 +40,7 @@ from distill.teacher_cache import CachedTeacher
 from distill.train import Trainer
 from distill.train.checkpoint import load_student_weights, student_tensors
 from distill.train.config import TrainConfig
+from distill.train.distributed import DistInfo, pick_device
 
 
 @dataclass
@@ -390,27 +391,36 @@ def prepare_text_data(
         d.set_tokenizer(tokenizer)
 
 
-def check_device(device: str) -> None:
-    """``train.device`` names a device torch knows and, for CUDA, one that is there."""
+def check_device(device: str, where: str = "train.device") -> None:
+    """``device`` (``train.device``, or the option named by ``where`` such as ``--device``) names a device
+    torch knows and, for CUDA, one that is there."""
     if device == "auto":
         return
+    # the fix in the setting's own syntax: train.device=cpu, --device cpu
+    use = f"{where}{' ' if where.startswith('-') else '='}"
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):
         raise ConfigError(
-            f"train.device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+            f"{where} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"train.device is {device!r} but no CUDA GPU is visible; use train.device=auto or cpu"
+            f"{where} is {device!r} but no CUDA GPU is visible; use {use}auto or {use}cpu"
         )
     try:  # a device type this PyTorch build or machine lacks (mps off Apple, cuda:7 of 1 GPU, xpu)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, ValueError) as err:
         raise ConfigError(
-            f"train.device {device!r} is not available here ({first_line(err)}); "
-            "use train.device=auto or cpu"
+            f"{where} {device!r} is not available here ({first_line(err)}); "
+            f"use {use}auto or {use}cpu"
         ) from None
+
+
+def resolve_device(device: str, where: str = "--device") -> torch.device:
+    """The device ``device`` names (``auto``: CUDA, else MPS, else the CPU), after :func:`check_device`."""
+    check_device(device, where)
+    return pick_device(device, DistInfo())
 
 
 def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwargs: Any) -> Trainer:

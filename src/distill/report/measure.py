@@ -83,6 +83,30 @@ def latency_row(
     return found
 
 
+def evaluate_on(
+    task: Task,
+    model: nn.Module,
+    test_loader: Iterable[Any],
+    teacher: nn.Module | TeacherPredictions | None,
+    device: torch.device | str,
+) -> dict[str, float]:
+    """``task.evaluate`` with ``model`` (and the teacher) moved to ``device``, and both back on the CPU
+    afterwards, where the latency harness times them."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return task.evaluate(model, test_loader, teacher)
+    frozen = teacher.teacher if isinstance(teacher, TeacherPredictions) else teacher
+    try:
+        model.to(device)
+        if frozen is not None:
+            frozen.to(device)
+        return task.evaluate(model, test_loader, teacher, device)
+    finally:
+        model.cpu()
+        if frozen is not None:
+            frozen.cpu()
+
+
 def measure_row(
     name: str,
     model: nn.Module,
@@ -97,14 +121,16 @@ def measure_row(
     size_bytes: int | None = None,
     large_batch: int = 256,
     repeats: int = 30,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """A comparison row: :func:`measure`'s keys plus ``pipeline``, ``runtime``, ``nonzero_params`` and
     the shared harness's latencies; the model may be any module, e.g. an onnxruntime wrapper.
 
     ``params``/``size_bytes`` default to the module's own (parameter count, safetensors bytes); pass them
-    for wrappers (an ONNX file's size on disk, the source model's parameter count).
+    for wrappers (an ONNX file's size on disk, the source model's parameter count). ``device``: where
+    the task metrics are computed (a torch model only); latency is always timed on the CPU.
     """
-    metrics = task.evaluate(model, test_loader, teacher)
+    metrics = evaluate_on(task, model, test_loader, teacher, device)
     own_params = list(model.parameters())
     nonzero = count_nonzero(model)[0] if own_params else None
     row: dict[str, Any] = {
