@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
+from rich.markup import escape
 
-from distill.config.build import build, make_trainer, resolve_device
+from distill.config.build import build, make_trainer, resolve_device, slow_batchnorm_warning
 from distill.config.load import (
     BUILTIN_RECIPES,
     load_raw,
@@ -30,7 +32,7 @@ from distill.data import DATASETS
 from distill.errors import DistillError, TrainingInterrupted
 from distill.io import write_text
 from distill.losses import LOSSES
-from distill.models import MODELS
+from distill.models import ADAPTER_ROWS, MODELS, build_model
 from distill.projectors import PROJECTORS
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
@@ -135,6 +137,9 @@ def _train_locked(
         check_run_dir(run_dir, resume, overwrite)
         built = build(recipe)
         trainer = make_trainer(built, run_dir, console=console)
+        warning = slow_batchnorm_warning(built)
+        if warning and trainer.dist.is_main:
+            trainer.console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
         trainer.prepare()  # projectors, loss parts and tap shapes: fail here, before an old run moves
         if trainer.dist.is_main:
             start.begin()
@@ -239,4 +244,40 @@ def catalogue(what: str) -> list[dict[str, Any]]:
     keys = list(dict.fromkeys(k for meta in metas.values() for k in meta))
     if what == "losses":  # the rest of the metadata feeds docs/methods.md and the contract tests
         keys = ["paper", "year", "kind", "consumes"]
-    return [{"name": name, **{k: meta.get(k, "") for k in keys}} for name, meta in metas.items()]
+    rows = [{"name": name, **{k: meta.get(k, "") for k in keys}} for name, meta in metas.items()]
+    if what == "models":  # torchvision:, timm:, hf:, yolo:
+        rows += [{"name": row["name"], **{k: row.get(k, "") for k in keys}} for row in ADAPTER_ROWS]
+    return rows
+
+
+def model_modules(
+    name: str, options: dict[str, Any] | None = None, num_classes: int = 10, in_channels: int = 3
+) -> list[dict[str, Any]]:
+    """``distill list taps``: every module of model ``name`` built with ``options`` (random weights, no
+    download: adapters get ``pretrained=False``), as ``{"module", "type", "params"}`` rows in
+    ``named_modules`` order; a module name is what a term's ``student``/``teacher`` tap takes.
+
+    The model is built on the ``meta`` device when its code allows (no memory, no initialisation time),
+    else on the CPU."""
+    options = dict(options or {})
+    if options.get("pretrained"):
+        raise DistillError(
+            f"distill list taps builds {name} with random weights; leave out pretrained=true"
+        )
+    source, sep, _ = name.partition(":")
+    if sep and source in ("torchvision", "timm", "hf"):
+        options["pretrained"] = False
+    try:
+        with torch.device("meta"):
+            model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    except DistillError:
+        raise
+    except Exception:  # noqa: BLE001 - code that needs real tensors while building: build it on the CPU
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    rows = []
+    for path, module in model.named_modules():
+        if path:  # the root is the model itself, not a tap
+            params = sum(p.numel() for p in module.parameters())
+            rows.append({"module": path, "type": type(module).__name__, "params": params})
+    return rows

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -87,18 +88,78 @@ def config(recipe: Annotated[str, typer.Argument()], overrides: Overrides = None
     typer.echo(api.resolve(recipe, overrides or []), nl=False)
 
 
-LISTABLE = ("losses", "models", "datasets", "tasks", "projectors", "schedules", "recipes")
+LISTABLE = ("losses", "models", "datasets", "tasks", "projectors", "schedules", "recipes", "taps")
 
 
 @app.command("list")
-def list_(what: Annotated[str, typer.Argument(help=f"one of: {', '.join(LISTABLE)}")]) -> None:
-    """List registered losses, models, datasets, tasks, projectors, schedules or shipped recipes."""
+def list_(
+    what: Annotated[
+        str,
+        typer.Argument(help=f"one of: {', '.join(LISTABLE)}", autocompletion=lambda: LISTABLE),
+    ],
+    model: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="taps only: a model name and its key=value options (num_classes=, in_channels= "
+            "too), e.g. torchvision:resnet18 or cnn channels=[8,16]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """List registered losses, models, datasets, tasks, projectors, schedules or shipped recipes, or the
+    module names of a model (``distill list taps MODEL``) for a term's student/teacher taps.
+
+    Printed to a terminal: a table; to a pipe or file: tab-separated lines, a header first, never cut."""
     if what not in LISTABLE:
         raise DistillError(
             f"cannot list {what!r}.{did_you_mean(what, LISTABLE)} Choose from {', '.join(LISTABLE)}"
         )
-    table = Table(title=what)
-    for row in api.catalogue(what):
+    if what == "taps":
+        if not model:
+            raise DistillError(
+                "distill list taps needs a model name, e.g. distill list taps torchvision:resnet18"
+            )
+        options = _key_values(model[1:])
+        shape = {k: options.pop(k) for k in ("num_classes", "in_channels") if k in options}
+        rows = api.model_modules(model[0], options, **shape)
+        title = f"modules of {model[0]} (use a name as a tap; task outputs are taps too: @logits)"
+    else:
+        if model:
+            raise DistillError(
+                f"distill list {what} takes no more arguments, got {' '.join(model)!r}; "
+                "only distill list taps MODEL takes a model"
+            )
+        rows, title = api.catalogue(what), what
+    print_rows(rows, title)
+
+
+def _key_values(items: list[str]) -> dict[str, Any]:
+    """``key=value`` words as a dict, each value read as YAML (``channels=[8,16]``, ``pretrained=false``)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DistillError(f"model option {item!r} is not key=value; e.g. channels=[8,16]")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise DistillError(
+                f"model option {item!r}: the value is not valid YAML; quote it, e.g. {key}='...'"
+            ) from None
+    return options
+
+
+def print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    """A rich table on a terminal; elsewhere (a pipe, a file) tab-separated lines with a header, whole:
+    a table drawn for 80 columns would cut and wrap the cells."""
+    if not (console.is_terminal or console.is_jupyter):
+        if rows:
+            typer.echo("\t".join(rows[0]))
+        for row in rows:
+            typer.echo("\t".join(" ".join(str(v).split()) for v in row.values()))
+        return
+    table = Table(title=title)
+    for row in rows:
         if not table.columns:
             for i, key in enumerate(row):
                 table.add_column(key, no_wrap=i == 0)  # names stay whole on narrow terminals

@@ -32,6 +32,35 @@ ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 ADAPTERS = ("torchvision", "timm", "hf", "yolo")
 VISION_EXTRA_HINT = "install the vision extra: pip install 'distill[vision]'"
+TAPS_HINT = "module names for taps: distill list taps NAME [key=value ...]"
+# `distill list models`: one row per adapter, after the registered models
+ADAPTER_ROWS = (
+    {
+        "name": "torchvision:<arch>",
+        "family": "adapter",
+        "description": "torchvision.models.get_model(arch) (vision extra); options: pretrained "
+        "(DEFAULT weights, downloaded), the builder's keyword arguments; archs: "
+        f"torchvision.models.list_models(); {TAPS_HINT}",
+    },
+    {
+        "name": "timm:<arch>",
+        "family": "adapter",
+        "description": "timm.create_model(arch) (vision extra); options: pretrained, timm's keyword "
+        f"arguments (drop_rate, ...); archs: timm.list_models(); {TAPS_HINT}",
+    },
+    {
+        "name": "hf:<folder or hub id>",
+        "family": "adapter",
+        "description": "Hugging Face sequence classifier on token ids (text extra); options: pretrained "
+        f"(default true), config.json entries (hidden_dropout_prob, ...); {TAPS_HINT}",
+    },
+    {
+        "name": "yolo:<yaml or .pt>",
+        "family": "adapter",
+        "description": "Ultralytics YOLO detector for the detection task (detection extra); no "
+        f"options, the scale is in the name (yolov8n.yaml); {TAPS_HINT}",
+    },
+)
 _COMMON_ARGS = ("num_classes", "in_channels")
 
 
@@ -260,6 +289,7 @@ from distill.models import cnn, mlp, mobilenet, resnet_cifar  # noqa: E402, F401
 
 __all__ = [
     "ADAPTERS",
+    "ADAPTER_ROWS",
     "MODELS",
     "ModelFactory",
     "build_model",
