@@ -37,19 +37,23 @@ def test_show_completion_prints_a_script(capsys):
     assert "_DISTILL_COMPLETE" in out and "complete" in out
 
 
-def test_completion_completes_commands(tmp_path):
-    """What the installed shell script asks for: the commands starting with what was typed."""
+@pytest.mark.parametrize(
+    "words, expected", [("distill li", ["list"]), ("distill list ta", ["tasks", "taps"])]
+)
+def test_completion_completes_commands(words, expected):
+    """What the installed shell script asks for: the commands (and what ``list`` lists) starting with
+    what was typed."""
     env = {
         **os.environ,
         "_DISTILL_COMPLETE": "complete_bash",
-        "COMP_WORDS": "distill li",
-        "COMP_CWORD": "1",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
     }
     done = subprocess.run(
         [sys.executable, "-m", "distill"], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["list"]
+    assert done.stdout.split() == expected
 
 
 @pytest.fixture(scope="module")
