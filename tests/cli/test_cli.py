@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
 from distill.cli import commands, main
+from helpers import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
 
 DISTILL = Path(sys.executable).parent / "distill"
 RUNNABLE = shipped_recipes()

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from conftest import tiny_recipe_dict
 from distill.errors import DistillError
+from helpers import tiny_recipe_dict
 
 pytest.importorskip("torch_pruning")
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning")]
