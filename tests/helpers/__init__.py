@@ -48,3 +48,11 @@ def fake_fashion_mnist(n: int, seed: int, size: int = 28):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 1, size, size, generator=g)
     return TensorDataset(images, torch.arange(n) % 10, num_classes=10, name="fake")
+
+
+def count_of(percent: float, n: int) -> int:
+    """The whole number of ``n`` samples that ``percent`` (0-100) stands for; fails when there is none,
+    as when a metric was averaged over batches of unequal size or over the wrong samples."""
+    count = percent * n / 100
+    assert 0 <= round(count) <= n and abs(count - round(count)) < 0.01, (percent, n, count)
+    return round(count)
