@@ -20,29 +20,25 @@ from distill.config.checks import example_batch
 from distill.config.load import load_recipe
 from distill.schedules import LinearWarmup, weight_at
 from distill.train.checkpoint import model_tensors
-from helpers import count_of, fake_fashion_mnist, recipe_id, shipped_recipes
+from helpers import fake_fashion_mnist, recipe_id, shipped_recipes
 
-FM_TRAIN = 32  # fake Fashion-MNIST samples: two steps of 16
+FM_TRAIN = 48  # fake Fashion-MNIST samples: three steps of 16 to an epoch
 
 
 @dataclass(frozen=True)
 class Shrink:
-    """How a recipe of one data family becomes two quick steps."""
+    """How a recipe of one data family becomes an epoch of three quick steps (the test stops after two,
+    before the evaluation, as an interrupted run would)."""
 
     overrides: Callable[[object, Path], list[str]]  # (the recipe as shipped, a folder) -> key=value
-    data: Callable[[], tuple] | None = (
-        None  # (train, test) handed to build(), else the recipe's own
-    )
+    data: Callable[[], tuple] | None = None  # (train, test) for build(), else the recipe's own
     needs: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
-    evaluate: bool = (
-        True  # False: stop after two steps of a longer epoch (the slow evaluation skipped)
-    )
 
 
-def _common(tmp_path: Path, batch: int, max_steps: bool = True) -> list[str]:
+def _common(tmp_path: Path, batch: int) -> list[str]:
     return [f"train.batch_size={batch}", f"train.eval_batch_size={batch}", "train.epochs=1",
-            *(["train.max_steps=2"] if max_steps else []), "train.device=cpu",
-            "train.progress=false", "train.log_every=1", f"output={tmp_path / 'run'}"]  # fmt: skip
+            "train.device=cpu", "train.progress=false", "train.log_every=1",
+            f"output={tmp_path / 'run'}"]  # fmt: skip
 
 
 def _random_teacher(recipe) -> list[str]:
@@ -61,15 +57,15 @@ def _rotten_tomatoes(recipe, tmp_path: Path) -> list[str]:
     else:
         cut = ["student.options={num_hidden_layers: 2}"]
     return [*_random_teacher(recipe), *cut, "data.train_subset=12", "data.test_subset=4",
-            "data.options.max_length=16", *_common(tmp_path, 4, max_steps=False)]  # fmt: skip
+            "data.options.max_length=16", *_common(tmp_path, 4)]  # fmt: skip
 
 
 def _scenes(recipe, tmp_path: Path) -> list[str]:
-    # 8 + 4 coloured squares of 64 px in YOLO layout instead of the generated scenes: 4 steps to an epoch
+    # 8 + 4 coloured squares of 64 px in YOLO layout instead of the generated scenes, 1 to a batch
     squares = _squares(tmp_path.parent / "squares")
     return [*_random_teacher(recipe), "data.name=yolo", f"data.root={squares}",
             "data.options={image_size: 64, hyp: {mosaic: 0.0}}",
-            *_common(tmp_path, 2, max_steps=False)]  # fmt: skip
+            *_common(tmp_path, 1)]  # fmt: skip
 
 
 def _squares(root: Path) -> Path:
@@ -98,8 +94,8 @@ SHRINK = {
     "fashion_mnist": Shrink(
         _fashion_mnist, lambda: (fake_fashion_mnist(FM_TRAIN, 0, 16), fake_fashion_mnist(16, 1, 16))
     ),
-    "rotten_tomatoes": Shrink(_rotten_tomatoes, needs=_needs_minilm, evaluate=False),
-    "scenes": Shrink(_scenes, needs=_needs_ultralytics, evaluate=False),
+    "rotten_tomatoes": Shrink(_rotten_tomatoes, needs=_needs_minilm),
+    "scenes": Shrink(_scenes, needs=_needs_ultralytics),
 }
 
 # recipes whose losses or projectors hold trainable parts (connectors, heads, embeddings, fusions)
@@ -112,8 +108,8 @@ WITH_PARTS = {
 }
 # Fashion-MNIST recipes that train cross-entropy and their method alone (no KD term)
 ALONE = "vid ft ofd cwd mgd at sp cc rkd pkt nst fsp ab dkd dist nkd ttm wttm mlkd logit_mse wsld ickd irg"
-# the largest weighted term on a random teacher at epoch 0: a sane scale
-BOUND = {"fashion_mnist": 1e3, "rotten_tomatoes": 1e3, "scenes": 1e3}
+# per family: the largest weighted term after the two steps, random teacher, epoch 0 (a sane scale)
+BOUND = {"fashion_mnist": 1e3}
 
 
 def _dkd(built: Built, logged: list[dict]) -> None:
@@ -197,11 +193,9 @@ def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory) -> None:
     before = {k: v.clone() for k, v in built.student.state_dict().items()}
 
     trainer = make_trainer(built, run_dir=tmp_path / "run")
-    summary = trainer.fit(stop_after=None if shrink.evaluate else 2)
+    summary = trainer.fit(stop_after=2)
 
     assert trainer.global_step == summary["steps"] == 2
-    if shrink.evaluate:  # the last evaluation: a whole number of the test samples right
-        count_of(summary["last"][summary["primary_metric"]], len(built.test_data))
     side = distiller.trainable()
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "loss" in r]
@@ -236,15 +230,14 @@ def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory) -> None:
     for term in side.terms:  # a loss holds no reference to the student's weights
         assert not any(k.startswith("student.") for k in term.loss.state_dict())
 
-    raw = example_batch(built.train_data, recipe.train.batch_size)
-    with (
-        torch.no_grad()
-    ):  # after training, every weighted term finite, positive and on a sane scale
-        step = distiller(distiller.task.split(raw), epoch=0.0)
-    assert torch.isfinite(step.loss), step.parts
-    for term, key in zip(side.terms, side.names, strict=True):
-        value = float(step.parts[key])
-        assert math.isfinite(value) and value < BOUND[family], (key, step.parts)
-        assert (value > 0) == bool(weight_at(term.weight, 0.0)), (key, step.parts)
+    if family in BOUND:  # after training, every weighted term finite, positive and on a sane scale
+        raw = example_batch(built.train_data, recipe.train.batch_size)
+        with torch.no_grad():
+            step = distiller(distiller.task.split(raw), epoch=0.0)
+        assert torch.isfinite(step.loss), step.parts
+        for term, key in zip(side.terms, side.names, strict=True):
+            value = float(step.parts[key])
+            assert math.isfinite(value) and value < BOUND[family], (key, step.parts)
+            assert (value > 0) == bool(weight_at(term.weight, 0.0)), (key, step.parts)
     if name in CHECKS:
         CHECKS[name](built, steps)
