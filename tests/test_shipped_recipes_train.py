@@ -201,9 +201,8 @@ def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory) -> None:
     steps = [r for r in logged if "loss" in r]
     assert len(steps) == 2, logged  # log_every=1: one record per step, none skipped as non-finite
     for record in steps:
-        at = (
-            record["epoch"] * (record["step"] - 1) / record["step"]
-        )  # the epoch the step trained at
+        # the epoch the step trained at (the record holds the epoch reached after it)
+        at = record["epoch"] * (record["step"] - 1) / record["step"]
         assert "skipped_steps" not in record and math.isfinite(record["loss"]), record
         assert ("task" in record) == bool(weight_at(side.task_weight, at)), record
         assert math.isfinite(record.get("task", 0.0)), record
