@@ -39,8 +39,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import tiny_recipe_dict
 from distill.cli import commands, err_console, main
+from helpers import tiny_recipe_dict
 
 N_TRAIN, N_TEST, NUM_CLASSES, SIZE = 24, 12, 3, 8
 DROP = object()  # an edit value that deletes the key

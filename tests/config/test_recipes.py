@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import recipe_id, shipped_recipes
 from distill import api
 from distill.config.load import apply_override, deep_merge, load_recipe, parse_override
 from distill.config.schema import Recipe, ScheduleSpec
 from distill.errors import ConfigError, DistillError
+from helpers import recipe_id, shipped_recipes
 
 
 def _shipped_params():
