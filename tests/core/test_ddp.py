@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent(
     from rich.console import Console
     from safetensors.torch import save_file
     from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import TensorDataset
 
     from distill.distiller import Distiller, Term
@@ -59,8 +60,13 @@ SCRIPT = textwrap.dedent(
         epochs=2, batch_size=32, lr=0.1, progress=False, deterministic=False, seed=0, device="cpu",
         warmup_epochs=0.5, grad_accum_steps=int(os.environ.get("ACCUM", "1")),
     )
+    no_syncs = []  # grad_accum_steps: DDP skips the all-reduce of all but the last micro-batch
+    plain_no_sync = DistributedDataParallel.no_sync
+    DistributedDataParallel.no_sync = lambda self: no_syncs.append(1) or plain_no_sync(self)
     trainer = Trainer(distiller, train, val, config, run_dir=run_dir, console=Console(file=io.StringIO()))
     summary = trainer.fit()
+    expected = 16 * (config.grad_accum_steps - 1) if trainer.dist.enabled else 0
+    assert len(no_syncs) == expected, (len(no_syncs), expected)
     if trainer.dist.is_main:
         assert summary["steps"] == 16, summary["steps"]
         state = {"final." + k: v.detach().contiguous() for k, v in distiller.student.state_dict().items()}
