@@ -64,7 +64,36 @@ class TrainConfig(BaseModel):
         "(Ultralytics, SGD: 0.8)",
     )
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
-    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="split each optimizer step's batch (batch_size, global) into this many "
+        "micro-batches run one after another, gradients summed: the memory of a smaller batch",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast of the forward pass: bf16, or fp16 with a gradient scaler (weights "
+        "and optimizer stay float32)",
+    )
+    bf16: bool = Field(False, description="the same as precision: bf16 (kept for older recipes)")
+    tf32: bool = Field(
+        False,
+        description="TensorFloat-32 matmuls and convolutions (CUDA only; no effect elsewhere)",
+    )
+    channels_last: bool = Field(
+        False,
+        description="student, teacher and 4-D image batches in channels_last memory format "
+        "(faster convolutions on recent GPUs)",
+    )
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="keep the frozen teacher's weights in this dtype (half the memory); its outputs "
+        "are cast back to float32 before the losses",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the student and the teacher (in place; taps still work)"
+    )
     ema: float | None = Field(
         None,
         gt=0,
@@ -98,8 +127,23 @@ class TrainConfig(BaseModel):
     progress: bool = True
     tensorboard: bool = False
 
+    @property
+    def amp(self) -> Literal["fp32", "bf16", "fp16"]:
+        """The autocast in effect: ``precision``, or bf16 where the older ``bf16: true`` asks for it."""
+        return "bf16" if self.bf16 else self.precision
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.bf16 and self.precision == "fp16":
+            raise ValueError(
+                "bf16: true and precision: fp16 ask for two autocasts; drop bf16 (precision: fp16) or "
+                "set precision: bf16"
+            )
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split into grad_accum_steps="
+                f"{self.grad_accum_steps} micro-batches; use a batch_size that is a multiple of it"
+            )
         if self.schedule == "onecycle" and self.schedule_unit == "epoch":
             raise ValueError(
                 "schedule_unit 'epoch' does not apply to schedule 'onecycle' (a per-step schedule); "

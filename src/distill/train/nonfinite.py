@@ -3,7 +3,9 @@
 ``stop`` raises before the optimizer step, so the weights in memory and the last checkpoint are good.
 ``skip`` drops the step, restores the buffers the forward pass touched (BN statistics, memory banks),
 counts it and stops after ``max_skipped_steps`` in a row. Under DDP the verdict is all-reduced so every
-rank takes the same decision.
+rank takes the same decision. With ``precision: fp16`` a finite loss with inf/NaN gradients is first the
+gradient scaler's business (an overflow: the step is skipped and the scale lowered, see
+:mod:`distill.train.precision`); only when that keeps happening does ``on_nonfinite`` apply.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from distill.train.logging import MetricsLogger, format_values
 FIX = "lower the learning rate or a term weight, or set train.grad_clip"
 
 
-def is_nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> bool:
-    """True when the loss or the gradient norm is NaN/inf on any rank."""
-    bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()
+def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> tuple[bool, bool]:
+    """Whether the loss, and whether the gradient norm, is NaN/inf on any rank: one fused check and the
+    step's one host sync (the step must not be applied before the verdict is known)."""
+    bad = ~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.detach().float()]))
+    flags = bad.float()
     if dist.enabled:  # all ranks take the same decision
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return bool(bad.item())
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    loss_bad, grad_bad = flags.tolist()
+    return bool(loss_bad), bool(grad_bad)
 
 
 class NonFiniteGuard:
