@@ -1,6 +1,10 @@
 """Callbacks: every event in order, stopping on request, and early stopping that survives a resume."""
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,8 @@ from distill.errors import ConfigError, DistillError
 from distill.tasks import ClassificationTask
 from distill.train import TrainConfig, Trainer, load_checkpoint
 from distill.train.callbacks import CALLBACKS, Callback, EarlyStopping
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(autouse=True)
@@ -202,3 +208,48 @@ def test_a_plugin_registers_its_own_callback(tmp_path, monkeypatch):
     )
     trainer.fit()
     assert trainer.callbacks.items[0].steps == 4
+
+
+DDP_SCRIPT = """
+import io, sys
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import TensorDataset
+from distill.distiller import Distiller
+from distill.tasks import ClassificationTask
+from distill.train import TrainConfig, Trainer
+from distill.train.callbacks import Callback
+
+class StopOnRankOne(Callback):
+    def on_step_end(self, trainer, step, metrics):
+        if trainer.dist.rank == 1 and step == 3:
+            trainer.request_stop("rank 1 asked")
+
+torch.set_num_threads(1)
+x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+data = TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
+torch.manual_seed(0)
+student = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, progress=False, device="cpu", seed=0)
+trainer = Trainer(Distiller(student, ClassificationTask()), data, data, cfg, run_dir=sys.argv[1],
+                  console=Console(file=io.StringIO()), callbacks=[StopOnRankOne()])
+summary = trainer.fit()
+print(f"rank {trainer.dist.rank} steps {summary['steps']} stopped {summary.get('stopped')}", flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_a_stop_one_rank_asks_for_stops_every_rank(tmp_path):
+    script = tmp_path / "stop.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         str(script), str(tmp_path / "run")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 steps 3 stopped a callback on another rank asked to stop" in proc.stdout
+    assert "rank 1 steps 3 stopped rank 1 asked" in proc.stdout
