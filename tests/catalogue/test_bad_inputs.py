@@ -722,6 +722,17 @@ CASES = [
     case("batch-size-beyond-64-bits", "train.batch_size", "less than or equal",
          edits={"train.batch_size": 99999999999999999999999}),
     case("output-name-too-long", "output", "too long", "shorter", edits={"output": "$TMP/" + "x" * 300}),
+    # --- optimizer, parameter groups and callbacks ----------------------------------------------------
+    case("optimizer-option-it-ignores", "beta2=0.99", "does not apply", "'sgd'",
+         edits={"train.optimizer": "sgd", "train.beta2": 0.99}),
+    case("param-group-unknown-prefix", "'student.bogus'", "no trainable parameter",
+         edits={"train.param_groups": [{"prefix": "student.bogus", "lr_scale": 0.1}]}),
+    case("param-group-unknown-key", "train.param_groups", "lr",
+         edits={"train.param_groups": [{"prefix": "student", "lr": 0.1}]}),
+    case("callback-unknown", "'early_stoping'", "Did you mean 'early_stopping'",
+         edits={"train.callbacks": [{"name": "early_stoping"}]}),
+    case("callback-bad-patience", "patience 0", ">= 1",
+         edits={"train.callbacks": [{"name": "early_stopping", "options": {"patience": 0}}]}),
     case("eval-recipe-no-longer-fits-weights", "saved-run", "recipe.yaml", "do not fit", "channels",
          argv=("eval", "$SAVED"),
          prepare=lambda env: (env.saved / "recipe.yaml").write_text(

@@ -67,6 +67,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         ("tasks", ["classification"]),
         ("projectors", ["conv1x1", "linear"]),
         ("schedules", ["linear_warmup", "constant"]),
+        ("callbacks", ["early_stopping"]),
         (
             "recipes",
             [

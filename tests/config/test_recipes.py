@@ -323,7 +323,7 @@ BAD_RECIPES = {
     ),
     "zero-lr": (OK + "train: {lr: 0}\n", ["train.lr", "greater than 0"]),
     "zero-subset": (OK + "data: {train_subset: 0}\n", ["data.train_subset", "greater than 0"]),
-    "bad-optimizer": (OK + "train: {optimizer: adam}\n", ["train.optimizer", "'adam'", "adamw"]),
+    "bad-optimizer": (OK + "train: {optimizer: lion}\n", ["train.optimizer", "'lion'", "adamw"]),
     "unknown-loss": (
         WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n",
         ["'kdd'", "Did you mean 'kd'"],

@@ -84,7 +84,16 @@ def config(recipe: Annotated[str, typer.Argument()], overrides: Overrides = None
     typer.echo(api.resolve(recipe, overrides or []), nl=False)
 
 
-LISTABLE = ("losses", "models", "datasets", "tasks", "projectors", "schedules", "recipes")
+LISTABLE = (
+    "losses",
+    "models",
+    "datasets",
+    "tasks",
+    "projectors",
+    "schedules",
+    "callbacks",
+    "recipes",
+)
 
 
 @app.command("list")

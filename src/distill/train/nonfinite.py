@@ -11,6 +11,7 @@ gradient scaler's business (an overflow: the step is skipped and the scale lower
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,6 +43,8 @@ class NonFiniteGuard:
         self.config, self.console, self.is_main = config, console, is_main
         self.skipped = 0  # in all
         self.in_a_row = 0
+        # called with (1-based step, loss, grad norm, action) before the step is stopped or skipped
+        self.listeners: list[Callable[[int, float, float, str], None]] = []
 
     def ok(self) -> None:
         """A finite step: the run of bad ones is over."""
@@ -70,6 +73,8 @@ class NonFiniteGuard:
                 "nonfinite",
                 {"step": global_step, "loss": loss, "grad_norm": norm, "action": cfg.on_nonfinite},
             )
+        for listener in self.listeners:
+            listener(global_step, loss, norm, cfg.on_nonfinite)
         if cfg.on_nonfinite == "stop":
             raise DistillError(
                 f"{what} at step {global_step} ({parts}); {FIX}, or set train.on_nonfinite=skip; "

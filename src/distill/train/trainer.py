@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from distill.distiller import Distiller, DistillStep
 from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.tasks.base import TeacherPredictions
+from distill.train.callbacks import CALLBACKS, Callback, Callbacks
 from distill.train.checkpoint import (
     EMA_PREFIX,
     CheckpointStore,
@@ -50,7 +51,12 @@ from distill.train.distributed import (
 from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 from distill.train.nonfinite import NonFiniteGuard, nonfinite
-from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
+from distill.train.optim import (
+    OptimizerSpec,
+    apply_step_settings,
+    build_optimizer,
+    warmup_steps,
+)
 from distill.train.precision import (
     MAX_SCALER_SKIPS,
     autocast_dtype,
@@ -86,6 +92,11 @@ class Trainer:
     ``torchrun`` exact) or ready DataLoaders (used as given). Artefacts go to ``run_dir``:
     ``metrics.jsonl``, ``checkpoints/`` (see :mod:`distill.train.checkpoint`), ``summary.json`` and,
     when training completes, ``model.safetensors`` (the final student as a plain state dict).
+
+    ``optimizer`` is a function building any ``torch.optim`` optimizer from the trainable ``(name,
+    parameter)`` pairs, or parameter groups (``[{"params": "student.backbone", "lr": 1e-4}]``); either
+    way the schedule scales each group's own rate (see :mod:`distill.train.optim`). ``callbacks`` run at
+    the loop's events after those ``config.callbacks`` names (see :mod:`distill.train.callbacks`).
     """
 
     _saved_last: str | None = None  # the state of the newest 'last' checkpoint written or resumed
@@ -99,8 +110,16 @@ class Trainer:
         run_dir: str | Path | None = None,
         augment: Augment | None = None,
         console: Console | None = None,
+        optimizer: OptimizerSpec = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = cfg = config or TrainConfig()
+        if optimizer is not None and cfg.param_groups:
+            raise DistillError(
+                "parameter groups come from optimizer= or from train.param_groups, not both; "
+                "drop train.param_groups or put those groups in optimizer="
+            )
+        self.optimizer_spec = optimizer
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.console = console or Console()
@@ -142,6 +161,12 @@ class Trainer:
         self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
         # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
         self.after_checkpoint: list[Callable[[str], None]] = []
+        built = [CALLBACKS.create(spec.name, spec.options) for spec in cfg.callbacks]
+        self.callbacks = Callbacks([*built, *callbacks])
+        self.guard.listeners.append(
+            lambda *event: self.callbacks.emit("on_nonfinite", self, *event)
+        )
+        self.stop_reason: str | None = None  # request_stop(): the run ends as finished
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -179,7 +204,9 @@ class Trainer:
         self.prepare()
         prepare_models(self.distiller, self.config, self.device)  # precision and speed switches
         self._seed()
-        self.optimizer = build_optimizer(self.distiller.trainable().named_parameters(), self.config)
+        self.optimizer = build_optimizer(
+            self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
+        )
         if self.config.ema is not None:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
@@ -207,7 +234,8 @@ class Trainer:
             )
 
     def prepare(self) -> None:
-        """Build projectors and loss parts from one example batch and check tap shapes (once).
+        """Build projectors and loss parts from one example batch, check tap shapes and parameter groups
+        (once).
 
         ``fit()`` calls it; calling it earlier surfaces those errors before anything is written
         (``distill train --overwrite`` does, before it clears the earlier run).
@@ -225,6 +253,10 @@ class Trainer:
                 self.distiller.source.prepare(
                     self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
                 )
+        if not callable(self.optimizer_spec):  # parameter groups name real modules (a factory: fit)
+            build_optimizer(
+                self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
+            )
         self._prepared = True
 
     # ------------------------------------------------------------ checkpoints
@@ -258,6 +290,8 @@ class Trainer:
             "scaler_skipped": self.scaler_skipped,
             "scaler_in_a_row": self._scaler_in_a_row,
             "ema_updates": self.ema.updates if self.ema is not None else None,
+            "callbacks": self.callbacks.state(),
+            "stop_reason": self.stop_reason,
             "config": self.config.model_dump(),
         }
 
@@ -271,11 +305,12 @@ class Trainer:
         optimizer = self.optimizer if with_optimizer else None
         extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
         # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
-        self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
+        path = self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
         if tag == "last":
             self._saved_last = signature
         for hook in self.after_checkpoint:
             hook(tag)
+        self.callbacks.emit("on_checkpoint", self, tag, path)
 
     def _resume(self) -> None:
         if self.store is None:
@@ -316,6 +351,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.scaler_skipped = state.get("scaler_skipped", 0)
         self._scaler_in_a_row = state.get("scaler_in_a_row", 0)
+        self.stop_reason = state.get("stop_reason")
+        self.callbacks.load(state.get("callbacks"), self.console if self.dist.is_main else None)
         if self.ema is not None:
             self._resume_ema(tensors, state)
         if self.dist.is_main and self.run_dir is not None:  # those steps are about to run again
@@ -342,6 +379,13 @@ class Trainer:
                 "(train.ema was off); starting one from its weights",
                 soft_wrap=True,
             )
+
+    def request_stop(self, reason: str) -> None:
+        """Stop at the next step boundary (a callback's call): ``last`` is saved and the run ends as
+        finished, with ``reason`` in the summary; a resumed run stays stopped."""
+        if self.stop_reason is None and self.dist.is_main:
+            self.console.print(f"[yellow]stopping[/]: {reason}", soft_wrap=True)
+        self.stop_reason = self.stop_reason or reason
 
     @property
     def skipped_steps(self) -> int:
@@ -483,7 +527,9 @@ class Trainer:
     def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
         self._stop_after = stop_after
+        self.stop_reason = None
         self._setup(resume)
+        self.callbacks.emit("on_fit_start", self)
         # an optimizer step takes grad_accum_steps micro-batches (fewer at the end of an epoch)
         steps_per_epoch = math.ceil(len(self._train_loader(0)) / cfg.grad_accum_steps)
         total = (
@@ -536,16 +582,18 @@ class Trainer:
             "torch": torch.__version__,
             "world_size": self.dist.world_size,
         }
+        if self.stop_reason is not None:
+            summary["stopped"] = self.stop_reason
+        complete = self.global_step >= total or self.epoch >= cfg.epochs or bool(self.stop_reason)
         if self.run_dir is not None and self.dist.is_main:
             try:
                 write_json(self.run_dir / "summary.json", summary)
-                # complete: hand over the student
-                if self.global_step >= total or self.epoch >= cfg.epochs:
+                if complete:  # hand over the student
                     save_model(self.run_dir / "model.safetensors", self.final_student)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
+        self.callbacks.emit("on_fit_end", self, summary)
         barrier(self.dist)
-        complete = self.global_step >= total or self.epoch >= cfg.epochs
         if self._stop_signal is not None and not complete:
             raise TrainingInterrupted(self._stop_signal, self.global_step)
         return summary
@@ -566,6 +614,10 @@ class Trainer:
             metrics, lr, n = self._train_step(raws, total, warmup, steps_per_epoch)
             self.global_step += 1
             self.epoch_step += 1
+            if self.callbacks:
+                self.callbacks.emit(
+                    "on_step_end", self, self.global_step, {**(metrics or {}), "lr": lr}
+                )
             seen = seen + n
             if metrics is not None:  # None: a skipped non-finite step
                 count += 1
@@ -612,7 +664,11 @@ class Trainer:
         """At a step boundary: stop_after reached, or a signal came (on any rank: all of them stop)."""
         if self.dist.enabled:
             self._stop_signal = any_rank(self._stop_signal or 0, self.dist, self.device) or None
-        if self._stop_signal is not None:
+            if self.callbacks:  # a stop one rank's callback asked for stops every rank
+                asked = any_rank(int(self.stop_reason is not None), self.dist, self.device)
+                if asked and self.stop_reason is None:
+                    self.stop_reason = "a callback on another rank asked to stop"
+        if self._stop_signal is not None or self.stop_reason is not None:
             return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
@@ -628,6 +684,7 @@ class Trainer:
         self.history.append(record)
         logger.log("eval", record)
         key = self.task.primary_metric
+        self.callbacks.emit("on_evaluate_end", self, record)
         if not self.best or metrics[key] > self.best[key]:
             self.best = dict(record)
             self._save("best", with_optimizer=False)
