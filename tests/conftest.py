@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped recipes and a tiny, fast Fashion-MNIST recipe written to ``tmp_path``."""
+"""Shared fixtures (the factories they and the tests share are in ``tests/helpers``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "src" / "distill" / "recipes"
 
 
 @pytest.fixture
@@ -20,35 +18,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def shipped_recipes() -> list[Path]:
-    """Every shipped recipe (``_``-prefixed files are include-only fragments by convention)."""
-    return sorted(p for p in RECIPES_DIR.glob("**/*.yaml") if not p.name.startswith("_"))
-
-
-def recipe_id(path: Path) -> str:
-    return str(path.relative_to(RECIPES_DIR).with_suffix(""))
-
-
-def tiny_recipe_dict(output: Path, **extra: object) -> dict:
-    """Fashion-MNIST, 256/128 samples, a 2-stage CNN with 4/8 channels, one epoch: trains in seconds."""
-    recipe = {
-        "name": "tiny",
-        "data": {"name": "fashion_mnist", "train_subset": 256, "test_subset": 128},
-        "student": {"name": "cnn", "options": {"channels": [4, 8]}},
-        "train": {
-            "epochs": 1,
-            "batch_size": 64,
-            "eval_batch_size": 128,
-            "progress": False,
-            "device": "cpu",
-            "log_every": 2,
-        },
-        "output": str(output),
-    }
-    recipe.update(extra)
-    return recipe
 
 
 @pytest.fixture
@@ -64,14 +33,3 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
-
-
-def fake_fashion_mnist(n: int, seed: int, size: int = 28):
-    """``n`` random 1-channel ``size x size`` images with labels 0..9 cycling: Fashion-MNIST's shapes, no data."""
-    import torch
-
-    from distill.data.tensor import TensorDataset
-
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=g)
-    return TensorDataset(images, torch.arange(n) % 10, num_classes=10, name="fake")

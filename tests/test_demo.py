@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from helpers import count_of
+
 ROW_KEYS = {
     "name",
     "accuracy",
@@ -36,13 +38,19 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
     assert rows == result["rows"]
     for row in rows:
         assert ROW_KEYS <= row.keys(), row
-        assert 0.0 <= row["accuracy"] <= 100.0
+        # what the run's own last evaluation measured (the report rounds to 2 decimals): a whole number
+        # of the 512 test images
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        assert row["accuracy"] == pytest.approx(summary["last"]["top1"], abs=0.005)
+        count_of(summary["last"]["top1"], 512)
         assert isinstance(row["params"], int) and row["params"] > 0
         assert row["size_bytes"] > 4 * row["params"] * 0.9  # float32 weights, plus a header
         assert row["latency_ms_b1"] > 0 and row["latency_ms_b256"] > 0
         assert 0.0 <= row["agreement"] <= 100.0
     teacher, scratch, kd = rows
     assert teacher["agreement"] == 100.0
+    kd_summary = json.loads((Path(kd["run_dir"]) / "summary.json").read_text())
+    assert kd["agreement"] == pytest.approx(kd_summary["last"]["agreement"], abs=0.005)
     assert scratch["params"] == kd["params"]  # the same student architecture
     assert teacher["params"] >= 10 * kd["params"]
     assert teacher["size_bytes"] > kd["size_bytes"]

@@ -20,11 +20,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_recipe_dict
 from distill.cli import main
 from distill.errors import DistillError
 from distill.models import build_model
 from distill.train.rundir import BACKUP_NAME, LOCK_NAME, RunLock, RunStart
+from helpers import tiny_recipe_dict
 
 TIMEOUT_S = 120
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -36,6 +36,7 @@ from distill.models import ADAPTER_ROWS, MODELS, build_model
 from distill.projectors import PROJECTORS
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
+from distill.train.callbacks import CALLBACKS
 from distill.train.checkpoint import CheckpointStore
 from distill.train.distributed import barrier
 from distill.train.rundir import RunStart
@@ -239,6 +240,7 @@ def catalogue(what: str) -> list[dict[str, Any]]:
         "tasks": TASKS,
         "projectors": PROJECTORS,
         "schedules": SCHEDULES,
+        "callbacks": CALLBACKS,
     }[what]
     metas = {name: registry.meta(name) for name in registry.names()}
     keys = list(dict.fromkeys(k for meta in metas.values() for k in meta))

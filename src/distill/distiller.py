@@ -87,6 +87,7 @@ class OnlineTeacher(TeacherSource):
     def __init__(self, teacher: nn.Module, task: Task) -> None:
         self.teacher = teacher
         self.task = task
+        self.upcast = False  # a teacher cast to half precision: outputs go to the losses in float32
 
     @torch.no_grad()
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -97,7 +98,20 @@ class OnlineTeacher(TeacherSource):
             named = self.task.forward(self.teacher, batch.inputs)
         result = {"@" + k: v.detach() for k, v in named.items()}
         result.update(captured)
+        if self.upcast:
+            result = {k: _cast_floating(v, torch.float32) for k, v in result.items()}
         return result
+
+
+def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with its floating-point tensors (also inside tuples, lists and dicts) cast to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast_floating(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast_floating(v, dtype) for k, v in value.items()}
+    return value
 
 
 def _teacher_pick(spec: TapSpec, teacher_outputs: dict[str, torch.Tensor]):
@@ -273,6 +287,7 @@ class Distiller(nn.Module):
         self.task = task
         task.bind(student)  # a task whose loss is the student's own (detection) builds it here
         self.teacher = teacher
+        self._teacher_dtype: torch.dtype | None = None  # set by cast_teacher
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -294,6 +309,24 @@ class Distiller(nn.Module):
     @property
     def terms(self) -> list[Term]:
         return self._unwrapped.terms
+
+    def cast_teacher(self, dtype: torch.dtype) -> None:
+        """Keep the frozen teacher's weights in ``dtype`` (bfloat16/float16 halve its memory); its floating
+        inputs are cast to ``dtype`` on the way in, and the online source hands its outputs to the losses
+        in float32. float32 (or no teacher) leaves everything as it is."""
+        if self.teacher is None or dtype == torch.float32:
+            return
+        self.teacher.to(dtype)
+        if self._teacher_dtype is None:  # one input cast, however often called
+            self.teacher.register_forward_pre_hook(self._cast_teacher_inputs, with_kwargs=True)
+        self._teacher_dtype = dtype
+        if isinstance(self.source, OnlineTeacher):
+            self.source.upcast = True
+
+    def _cast_teacher_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        return _cast_floating(args, self._teacher_dtype), _cast_floating(
+            kwargs, self._teacher_dtype
+        )
 
     def trainable(self) -> StudentSide:
         """The unwrapped trainable module (what checkpoints save)."""

@@ -39,8 +39,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import tiny_recipe_dict
 from distill.cli import commands, err_console, main
+from helpers import tiny_recipe_dict
 
 N_TRAIN, N_TEST, NUM_CLASSES, SIZE = 24, 12, 3, 8
 DROP = object()  # an edit value that deletes the key
@@ -499,6 +499,13 @@ CASES = [
     case("group-by-length-on-images", "group_by_length", "got TensorDataset",
          "set train.group_by_length: false", edits={"train.group_by_length": True}),
     case("max-steps-zero", "train.max_steps", "greater than 0", edits={"train.max_steps": 0}),
+    case("grad-accum-does-not-split-batch", "train", "grad_accum_steps=3",
+         "use a batch_size that is a multiple",
+         edits={"train.batch_size": 8, "train.grad_accum_steps": 3}),
+    case("bf16-with-fp16", "train", "bf16: true and precision: fp16", "drop bf16",
+         edits={"train.bf16": True, "train.precision": "fp16"}),
+    case("unknown-precision", "train.precision", "'fp8'", "fp16",
+         edits={"train.precision": "fp8"}),
     case("train-subset-zero", "data.train_subset", "greater than 0", edits={"data.train_subset": 0}),
     case("crop-padding-negative", "crop_padding", "greater than or equal to 0",
          edits={"data.augment": {"crop_padding": -2}}),
@@ -715,6 +722,17 @@ CASES = [
     case("batch-size-beyond-64-bits", "train.batch_size", "less than or equal",
          edits={"train.batch_size": 99999999999999999999999}),
     case("output-name-too-long", "output", "too long", "shorter", edits={"output": "$TMP/" + "x" * 300}),
+    # --- optimizer, parameter groups and callbacks ----------------------------------------------------
+    case("optimizer-option-it-ignores", "beta2=0.99", "does not apply", "'sgd'",
+         edits={"train.optimizer": "sgd", "train.beta2": 0.99}),
+    case("param-group-unknown-prefix", "'student.bogus'", "no trainable parameter",
+         edits={"train.param_groups": [{"prefix": "student.bogus", "lr_scale": 0.1}]}),
+    case("param-group-unknown-key", "train.param_groups", "lr",
+         edits={"train.param_groups": [{"prefix": "student", "lr": 0.1}]}),
+    case("callback-unknown", "'early_stoping'", "Did you mean 'early_stopping'",
+         edits={"train.callbacks": [{"name": "early_stoping"}]}),
+    case("callback-bad-patience", "patience 0", ">= 1",
+         edits={"train.callbacks": [{"name": "early_stopping", "options": {"patience": 0}}]}),
     case("eval-recipe-no-longer-fits-weights", "saved-run", "recipe.yaml", "do not fit", "channels",
          argv=("eval", "$SAVED"),
          prepare=lambda env: (env.saved / "recipe.yaml").write_text(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPES_DIR, recipe_id, shipped_recipes, tiny_recipe_dict
 from distill.cli import commands, main
+from helpers import RECIPES_DIR, count_of, recipe_id, shipped_recipes, tiny_recipe_dict
 
 DISTILL = Path(sys.executable).parent / "distill"
 RUNNABLE = shipped_recipes()
@@ -67,6 +67,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         ("tasks", ["classification"]),
         ("projectors", ["conv1x1", "linear"]),
         ("schedules", ["linear_warmup", "constant"]),
+        ("callbacks", ["early_stopping"]),
         (
             "recipes",
             [
@@ -230,7 +231,8 @@ def test_train_refuse_resume_overwrite_eval(capsys, tmp_path, tiny_yaml):
     )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4  # 256 samples / batch 64, one epoch
-    assert 0.0 <= summary["best"]["top1"] <= 100.0 and summary["best"]["epoch"] == 1
+    assert summary["best"]["epoch"] == 1
+    assert count_of(summary["best"]["top1"], 128) > 128 // 10  # of 128 test images, above chance
     first = snapshot(ckpt)
 
     # again, without --resume/--overwrite: refused before touching anything

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_recipe_dict
 from distill.cli import main
+from helpers import tiny_recipe_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

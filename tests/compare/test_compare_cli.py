@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from conftest import tiny_recipe_dict
 from distill.cli import commands, main
+from helpers import tiny_recipe_dict
 
 TEACHER = {"name": "cnn", "options": {"channels": [8, 16]}}
 

@@ -14,13 +14,13 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from conftest import tiny_recipe_dict
 from distill.compress.qat import export_qat_onnx, prepare_qat, qat_distill, qat_run, to_reference
 from distill.errors import DistillError
 from distill.losses import build_loss
 from distill.models import build_model
 from distill.tasks import build_task
 from distill.train.config import TrainConfig
+from helpers import tiny_recipe_dict
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

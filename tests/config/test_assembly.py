@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import tiny_recipe_dict
 from distill.cli import commands, main
 from distill.errors import DistillError
+from helpers import tiny_recipe_dict
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "distill"
 TEACHER = {"name": "cnn", "options": {"channels": [8, 16]}}

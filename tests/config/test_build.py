@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import tiny_recipe_dict
 from distill.config.build import build, load_weights
 from distill.config.load import load_recipe
 from distill.errors import ConfigError, DistillError
 from distill.models import build_model
 from distill.models.cnn import CNN
 from distill.train.checkpoint import save_checkpoint
+from helpers import tiny_recipe_dict
 
 TEACHER = {"name": "cnn", "options": {"channels": [4, 8]}}
 

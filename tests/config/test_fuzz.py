@@ -26,7 +26,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shipped_recipes, tiny_recipe_dict
 from distill.config.load import (
     apply_override,
     load_raw,
@@ -37,6 +36,7 @@ from distill.config.load import (
 from distill.config.safe_yaml import MAX_DEPTH, safe_load, to_yaml
 from distill.config.schema import Recipe
 from distill.errors import ConfigError
+from helpers import shipped_recipes, tiny_recipe_dict
 
 SCALE = int(os.environ.get("DISTILL_FUZZ_SCALE", "1"))
 # Writes the test inputs only (the loader under test is distill's own): libyaml is 10x faster.

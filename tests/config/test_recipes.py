@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import recipe_id, shipped_recipes
 from distill import api
 from distill.config.load import apply_override, deep_merge, load_recipe, parse_override
 from distill.config.schema import Recipe, ScheduleSpec
 from distill.errors import ConfigError, DistillError
+from helpers import recipe_id, shipped_recipes
 
 
 def _shipped_params():
@@ -323,7 +323,7 @@ BAD_RECIPES = {
     ),
     "zero-lr": (OK + "train: {lr: 0}\n", ["train.lr", "greater than 0"]),
     "zero-subset": (OK + "data: {train_subset: 0}\n", ["data.train_subset", "greater than 0"]),
-    "bad-optimizer": (OK + "train: {optimizer: adam}\n", ["train.optimizer", "'adam'", "adamw"]),
+    "bad-optimizer": (OK + "train: {optimizer: lion}\n", ["train.optimizer", "'lion'", "adamw"]),
     "unknown-loss": (
         WITH_TEACHER + "distill: {terms: [{loss: kdd}]}\n",
         ["'kdd'", "Did you mean 'kd'"],

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_recipe_dict
 from distill import api
 from distill.cli import commands, main
 from distill.config.load import load_recipe, recipe_to_yaml
 from distill.config.resume import check_resume
 from distill.config.schema import CompareSpec, ExportSpec, QatSpec
 from distill.errors import DistillError
+from helpers import tiny_recipe_dict
 
 TEACHER = {"name": "cnn", "options": {"channels": [8, 16]}}
 

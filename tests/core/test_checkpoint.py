@@ -67,7 +67,7 @@ def test_round_trip_restores_model_and_optimizer_bit_exactly(tmp_path, kind):
     )
     assert _equal(model, model2)
     a, b = optimizer.state_dict(), optimizer2.state_dict()
-    assert json.loads(json.dumps(a["param_groups"])) == b["param_groups"]  # tuples became lists
+    assert a["param_groups"] == b["param_groups"]  # tuples (AdamW's betas) come back as tuples
     for i in a["state"]:
         for k in a["state"][i]:
             assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k]))

@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent(
     from rich.console import Console
     from safetensors.torch import save_file
     from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import TensorDataset
 
     from distill.distiller import Distiller, Term
@@ -57,10 +58,15 @@ SCRIPT = textwrap.dedent(
     )
     config = TrainConfig(
         epochs=2, batch_size=32, lr=0.1, progress=False, deterministic=False, seed=0, device="cpu",
-        warmup_epochs=0.5,
+        warmup_epochs=0.5, grad_accum_steps=int(os.environ.get("ACCUM", "1")),
     )
+    no_syncs = []  # grad_accum_steps: DDP skips the all-reduce of all but the last micro-batch
+    plain_no_sync = DistributedDataParallel.no_sync
+    DistributedDataParallel.no_sync = lambda self: no_syncs.append(1) or plain_no_sync(self)
     trainer = Trainer(distiller, train, val, config, run_dir=run_dir, console=Console(file=io.StringIO()))
     summary = trainer.fit()
+    expected = 16 * (config.grad_accum_steps - 1) if trainer.dist.enabled else 0
+    assert len(no_syncs) == expected, (len(no_syncs), expected)
     if trainer.dist.is_main:
         assert summary["steps"] == 16, summary["steps"]
         state = {"final." + k: v.detach().contiguous() for k, v in distiller.student.state_dict().items()}
@@ -69,11 +75,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(args, tmp_path, name):
+def _run(args, tmp_path, name, accum=1):
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", ACCUM=str(accum))
     out = tmp_path / f"{name}.safetensors"
     run_dir = tmp_path / f"run_{name}"
     proc = subprocess.run(
@@ -135,3 +141,23 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         if '"train"' in line
     ]
     assert len(train_lines) == len(single_lines)  # one writer, not two
+
+
+def test_ddp_with_gradient_accumulation_matches_single_process(tmp_path):
+    """Two ranks x two micro-batches (DDP syncs only the last one's backward) = one batch of 32."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    single, _ = _run([str(script)], tmp_path, "single")
+    double, _ = _run(
+        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)],
+        tmp_path,
+        "ddp_accum",
+        accum=2,
+    )
+    a, b = load_file(str(single)), load_file(str(double))
+    finals = [k for k in a if k.startswith("final.")]
+    assert finals and a.keys() == b.keys()
+    for key in finals:
+        assert torch.allclose(a[key], b[key], atol=1e-5), (key, (a[key] - b[key]).abs().max())

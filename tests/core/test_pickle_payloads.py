@@ -22,8 +22,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_recipe_dict
 from distill.cli import main
+from helpers import tiny_recipe_dict
 
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_fashion_mnist
 from distill.data import fashion_mnist as fm
 from distill.data import scenes
 from distill.data.yolo_format import check_yolo_labels, load_data_yaml
 from distill.errors import DistillError
+from helpers import fake_fashion_mnist
 
 SIZE = 64
 SMALL = {"train_images": 6, "val_images": 3, "image_size": SIZE}

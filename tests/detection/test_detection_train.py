@@ -96,39 +96,9 @@ def test_malformed_label_names_the_file(tmp_path: Path, squares) -> None:  # noq
         api.train(Recipe.model_validate(recipe))
 
 
-SCENES = sorted(
-    p.stem for p in (Path(__file__).parents[2] / "src/distill/recipes/scenes").glob("[!_]*.yaml")
-)
-
-
-@pytest.mark.parametrize("name", [n for n in SCENES if n != "teacher"])
-def test_shipped_scenes_recipes_take_a_finite_step(tmp_path: Path, squares, name: str) -> None:  # noqa: F811
-    """Every shipped detection recipe (its taps, projectors, box-aware losses, the YOLO11s teacher) builds
-    and takes one finite step on tiny data, and every term it names shows up in the log."""
-    from distill.config.load import load_recipe
-
-    overrides = ["data.name=yolo", f"data.root={squares}",
-                 "data.options={image_size: 64, hyp: {mosaic: 0.0}}", "train.batch_size=4",
-                 "train.epochs=1", "train.progress=false", "train.device=cpu", "train.log_every=1",
-                 f"output={tmp_path / name}"]  # fmt: skip
-    if name != "scratch":
-        overrides.append("teacher.weights=null")  # a random YOLO11s: the wiring, not the knowledge
-    recipe = load_recipe(f"scenes/{name}", overrides)
-    summary = make_trainer(build(recipe)).fit(stop_after=1)
-    assert summary["steps"] == 1
-    logged = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    step = next(r for r in logged if "loss" in r)
-    names = [t.name or t.loss for t in recipe.distill.terms]
-    assert all(n in step and math.isfinite(step[n]) for n in names), (names, step)
-    assert math.isfinite(step["task"]) and (name == "scratch") == (not names)
-
-
 def test_box_losses_outside_detection_say_where_boxes_come_from(tmp_path: Path) -> None:
     """fgd on a classification recipe fails at build time, naming the detection task, not at step 1."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from conftest import tiny_recipe_dict
+    from helpers import tiny_recipe_dict
 
     recipe = tiny_recipe_dict(tmp_path / "run")
     recipe["teacher"] = {"name": "cnn", "options": {"channels": [4, 8]}}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_recipe_dict
 from distill import api
 from distill.cli import export as export_cli
 from distill.cli import main
 from distill.errors import DistillError
 from distill.export import export_run
+from helpers import tiny_recipe_dict
 
 pytest.importorskip("onnxruntime")
 

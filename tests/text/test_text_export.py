@@ -17,6 +17,7 @@ from distill.cli import main
 from distill.errors import DistillError
 from distill.export import OnnxModule, check_parity, export_onnx
 from distill.tasks import TextClassificationTask
+from helpers import count_of
 
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -112,4 +113,5 @@ def test_distill_export_on_a_text_run(tmp_path, capsys):
     assert fp32["metrics"]["agreement"] == 100.0
     assert int8["mode"] == "dynamic" and int8["calibration_samples"] == 0
     assert int8["float_layers"] == []  # text: every MatMul in int8 by default
-    assert 0 <= int8["metrics"]["top1"] <= 100 and "student.int8.onnx" in out
+    count_of(int8["metrics"]["top1"], 12)  # a whole number of the 12 test texts
+    assert "student.int8.onnx" in out

@@ -88,7 +88,17 @@ def config(recipe: Annotated[str, typer.Argument()], overrides: Overrides = None
     typer.echo(api.resolve(recipe, overrides or []), nl=False)
 
 
-LISTABLE = ("losses", "models", "datasets", "tasks", "projectors", "schedules", "recipes", "taps")
+LISTABLE = (
+    "losses",
+    "models",
+    "datasets",
+    "tasks",
+    "projectors",
+    "schedules",
+    "callbacks",
+    "recipes",
+    "taps",
+)
 
 
 @app.command("list")

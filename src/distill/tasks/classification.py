@@ -29,10 +29,13 @@ def checked_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, fix: str
 ) -> torch.Tensor:
     """Cross-entropy in float32; a label outside the model's ``C`` classes is a DistillError ending in ``fix``."""
-    if targets.numel() and (int(targets.max()) >= logits.shape[-1] or int(targets.min()) < 0):
-        raise DistillError(
-            f"label {int(targets.max())} is out of range for a model with {logits.shape[-1]} classes; {fix}"
-        )
+    if targets.numel():
+        low, high = torch.stack(torch.aminmax(targets)).tolist()  # one host sync, not two
+        if high >= logits.shape[-1] or low < 0:
+            bad = high if high >= logits.shape[-1] else low
+            raise DistillError(
+                f"label {bad} is out of range for a model with {logits.shape[-1]} classes; {fix}"
+            )
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 

@@ -87,9 +87,20 @@ def unflatten_state(state: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def optimizer_state_from_json(state: dict[str, Any]) -> dict[str, Any]:
-    """JSON turned optimizer state keys into strings; the optimizer wants integer parameter ids."""
+    """JSON turned optimizer state keys into strings and tuples into lists; the optimizer wants integer
+    parameter ids, and its group settings back as they were (``betas``, Rprop's ``etas``: tuples)."""
     state = dict(state)
     state["state"] = {int(k): v for k, v in state.get("state", {}).items()}
+    if isinstance(state.get("param_groups"), list):
+        state["param_groups"] = [
+            {
+                k: tuple(v) if isinstance(v, list) and k not in ("params", "param_names") else v
+                for k, v in group.items()
+            }
+            if isinstance(group, dict)
+            else group
+            for group in state["param_groups"]
+        ]
     return state
 
 

@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from distill.registry import UnknownNameError, check_kwargs
+from distill.train.callbacks import CALLBACKS
 
 MAX_COUNT = 2**31 - 1  # sizes and counts beyond this overflow index arithmetic long before they fit
 MAX_LR = 1000.0  # larger learning rates overflow float32 in the optimizer's update
+ADAM_FAMILY = ("adamw", "adam", "nadam", "radam", "adamax")  # momentum is beta1; beta2 applies
+OptimizerName = Literal["sgd", "adamw", "adam", "nadam", "radam", "adamax", "rmsprop", "adagrad"]
+
+
+class ParamGroupSpec(BaseModel):
+    """``{prefix: student.backbone, lr_scale: 0.1}``: the parameters under a module at their own rate."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prefix: str = Field(
+        min_length=1,
+        description="module name the group's parameters are under (student.backbone, projectors)",
+    )
+    lr_scale: float = Field(
+        1.0, gt=0, description="the group's rate is lr times this, all run long"
+    )
+    weight_decay: float | None = Field(
+        None, ge=0, description="the group's weight decay (default: weight_decay)"
+    )
+
+
+class CallbackSpec(BaseModel):
+    """``{name: early_stopping, options: {metric: top1, patience: 3}}``: a registered callback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="registered callback (`distill list callbacks`; plugins add more)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> CallbackSpec:
+        try:
+            cls = CALLBACKS.get(self.name)
+        except UnknownNameError as err:
+            raise ValueError(str(err)) from None
+        check_kwargs(cls, self.options, what=f"callback {self.name!r}")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -32,11 +74,31 @@ class TrainConfig(BaseModel):
         description="put items of similar length in the same training batch (text: far less "
         "padding, so faster steps); needs a dataset with lengths()",
     )
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: OptimizerName = Field(
+        "sgd",
+        description="torch.optim optimizer: sgd, adamw, adam, nadam, radam, adamax, rmsprop, adagrad "
+        "(adam, nadam, radam, adamax: weight decay is L2; adamw: decoupled)",
+    )
     lr: float = Field(0.05, gt=0, le=MAX_LR)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD's momentum; AdamW's beta1")
-    nesterov: bool = True
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="SGD's and RMSprop's momentum; the Adam family's beta1"
+    )
+    nesterov: bool = Field(True, description="SGD only: Nesterov momentum")
+    beta2: float = Field(0.999, ge=0, lt=1, description="the Adam family's beta2")
+    eps: float | None = Field(
+        None, gt=0, description="the optimizer's epsilon (default: torch's for that optimizer)"
+    )
     weight_decay: float = Field(5e-4, ge=0)
+    param_groups: list[ParamGroupSpec] = Field(
+        default_factory=list,
+        description="parameters under a module at their own rate ([{prefix: student.backbone, "
+        "lr_scale: 0.1}]); the schedule scales every group alike",
+    )
+    callbacks: list[CallbackSpec] = Field(
+        default_factory=list,
+        description="called at training events ([{name: early_stopping, options: {metric: top1, "
+        "patience: 3}}])",
+    )
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = Field(
         "step",
@@ -64,7 +126,36 @@ class TrainConfig(BaseModel):
         "(Ultralytics, SGD: 0.8)",
     )
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
-    bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="split each optimizer step's batch (batch_size, global) into this many "
+        "micro-batches run one after another, gradients summed: the memory of a smaller batch",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast of the forward pass: bf16, or fp16 with a gradient scaler (weights "
+        "and optimizer stay float32)",
+    )
+    bf16: bool = Field(False, description="the same as precision: bf16 (kept for older recipes)")
+    tf32: bool = Field(
+        False,
+        description="TensorFloat-32 matmuls and convolutions (CUDA only; no effect elsewhere)",
+    )
+    channels_last: bool = Field(
+        False,
+        description="student, teacher and 4-D image batches in channels_last memory format "
+        "(faster convolutions on recent GPUs)",
+    )
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="keep the frozen teacher's weights in this dtype (half the memory); its outputs "
+        "are cast back to float32 before the losses",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the student and the teacher (in place; taps still work)"
+    )
     ema: float | None = Field(
         None,
         gt=0,
@@ -98,8 +189,54 @@ class TrainConfig(BaseModel):
     progress: bool = True
     tensorboard: bool = False
 
+    @property
+    def amp(self) -> Literal["fp32", "bf16", "fp16"]:
+        """The autocast in effect: ``precision``, or bf16 where the older ``bf16: true`` asks for it."""
+        return "bf16" if self.bf16 else self.precision
+
+    @field_validator("param_groups")
+    @classmethod
+    def _distinct_prefixes(cls, groups: list[ParamGroupSpec]) -> list[ParamGroupSpec]:
+        prefixes = [g.prefix for g in groups]
+        for prefix in prefixes:
+            if prefixes.count(prefix) > 1:
+                raise ValueError(
+                    f"param_groups name prefix {prefix!r} twice; give each module one group"
+                )
+        return groups
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.bf16 and self.precision == "fp16":
+            raise ValueError(
+                "bf16: true and precision: fp16 ask for two autocasts; drop bf16 (precision: fp16) or "
+                "set precision: bf16"
+            )
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split into grad_accum_steps="
+                f"{self.grad_accum_steps} micro-batches; use a batch_size that is a multiple of it"
+            )
+        fields = type(self).model_fields
+        unused = {  # a non-default setting the optimizer would ignore
+            "nesterov": self.optimizer != "sgd",
+            "beta2": self.optimizer not in ADAM_FAMILY,
+            "eps": self.optimizer == "sgd",
+            "momentum": self.optimizer == "adagrad",
+            "warmup_momentum": self.optimizer == "adagrad",
+        }
+        for key, ignored in unused.items():
+            if ignored and getattr(self, key) != fields[key].default:
+                raise ValueError(
+                    f"{key}={getattr(self, key)} does not apply to optimizer {self.optimizer!r}; "
+                    f"drop it or pick an optimizer that uses it"
+                )
+        for group in self.param_groups:
+            if self.lr * group.lr_scale > MAX_LR:
+                raise ValueError(
+                    f"param_groups {group.prefix!r}: lr {self.lr} x lr_scale {group.lr_scale} is over "
+                    f"{MAX_LR}; use a smaller lr_scale"
+                )
         if self.schedule == "onecycle" and self.schedule_unit == "epoch":
             raise ValueError(
                 "schedule_unit 'epoch' does not apply to schedule 'onecycle' (a per-step schedule); "

@@ -3,12 +3,15 @@
 ``stop`` raises before the optimizer step, so the weights in memory and the last checkpoint are good.
 ``skip`` drops the step, restores the buffers the forward pass touched (BN statistics, memory banks),
 counts it and stops after ``max_skipped_steps`` in a row. Under DDP the verdict is all-reduced so every
-rank takes the same decision.
+rank takes the same decision. With ``precision: fp16`` a finite loss with inf/NaN gradients is first the
+gradient scaler's business (an overflow: the step is skipped and the scale lowered, see
+:mod:`distill.train.precision`); only when that keeps happening does ``on_nonfinite`` apply.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,12 +25,15 @@ from distill.train.logging import MetricsLogger, format_values
 FIX = "lower the learning rate or a term weight, or set train.grad_clip"
 
 
-def is_nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> bool:
-    """True when the loss or the gradient norm is NaN/inf on any rank."""
-    bad = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()
+def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> tuple[bool, bool]:
+    """Whether the loss, and whether the gradient norm, is NaN/inf on any rank: one fused check and the
+    step's one host sync (the step must not be applied before the verdict is known)."""
+    bad = ~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.detach().float()]))
+    flags = bad.float()
     if dist.enabled:  # all ranks take the same decision
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return bool(bad.item())
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    loss_bad, grad_bad = flags.tolist()
+    return bool(loss_bad), bool(grad_bad)
 
 
 class NonFiniteGuard:
@@ -37,6 +43,8 @@ class NonFiniteGuard:
         self.config, self.console, self.is_main = config, console, is_main
         self.skipped = 0  # in all
         self.in_a_row = 0
+        # called with (1-based step, loss, grad norm, action) before the step is stopped or skipped
+        self.listeners: list[Callable[[int, float, float, str], None]] = []
 
     def ok(self) -> None:
         """A finite step: the run of bad ones is over."""
@@ -65,6 +73,8 @@ class NonFiniteGuard:
                 "nonfinite",
                 {"step": global_step, "loss": loss, "grad_norm": norm, "action": cfg.on_nonfinite},
             )
+        for listener in self.listeners:
+            listener(global_step, loss, norm, cfg.on_nonfinite)
         if cfg.on_nonfinite == "stop":
             raise DistillError(
                 f"{what} at step {global_step} ({parts}); {FIX}, or set train.on_nonfinite=skip; "

@@ -10,10 +10,12 @@ resumed run skips the batches it already saw and continues bit for bit.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from distill.distiller import Distiller
+from distill.distiller import Distiller, DistillStep
 from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.tasks.base import TeacherPredictions
+from distill.train.callbacks import CALLBACKS, Callback, Callbacks
 from distill.train.checkpoint import (
     EMA_PREFIX,
     CheckpointStore,
@@ -47,8 +50,20 @@ from distill.train.distributed import (
 )
 from distill.train.ema import WeightEMA
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
-from distill.train.nonfinite import NonFiniteGuard, is_nonfinite
-from distill.train.optim import apply_step_settings, build_optimizer, warmup_steps
+from distill.train.nonfinite import NonFiniteGuard, nonfinite
+from distill.train.optim import (
+    OptimizerSpec,
+    apply_step_settings,
+    build_optimizer,
+    warmup_steps,
+)
+from distill.train.precision import (
+    MAX_SCALER_SKIPS,
+    autocast_dtype,
+    channels_last_inputs,
+    make_scaler,
+    prepare_models,
+)
 from distill.train.rundir import RunLock
 from distill.train.sampling import (
     epoch_loader,
@@ -77,6 +92,11 @@ class Trainer:
     ``torchrun`` exact) or ready DataLoaders (used as given). Artefacts go to ``run_dir``:
     ``metrics.jsonl``, ``checkpoints/`` (see :mod:`distill.train.checkpoint`), ``summary.json`` and,
     when training completes, ``model.safetensors`` (the final student as a plain state dict).
+
+    ``optimizer`` is a function building any ``torch.optim`` optimizer from the trainable ``(name,
+    parameter)`` pairs, or parameter groups (``[{"params": "student.backbone", "lr": 1e-4}]``); either
+    way the schedule scales each group's own rate (see :mod:`distill.train.optim`). ``callbacks`` run at
+    the loop's events after those ``config.callbacks`` names (see :mod:`distill.train.callbacks`).
     """
 
     _saved_last: str | None = None  # the state of the newest 'last' checkpoint written or resumed
@@ -90,8 +110,16 @@ class Trainer:
         run_dir: str | Path | None = None,
         augment: Augment | None = None,
         console: Console | None = None,
+        optimizer: OptimizerSpec = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = cfg = config or TrainConfig()
+        if optimizer is not None and cfg.param_groups:
+            raise DistillError(
+                "parameter groups come from optimizer= or from train.param_groups, not both; "
+                "drop train.param_groups or put those groups in optimizer="
+            )
+        self.optimizer_spec = optimizer
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.console = console or Console()
@@ -100,12 +128,13 @@ class Trainer:
         self.task = distiller.task
         self.augment = augment
         self.train_data, self.val_data = train_data, val_data
-        if cfg.batch_size % self.dist.world_size:
+        parts = self.dist.world_size * cfg.grad_accum_steps  # processes x micro-batches per step
+        if cfg.batch_size % parts:
             raise DistillError(
-                f"batch_size {cfg.batch_size} does not split over {self.dist.world_size} processes; "
-                f"use a multiple of {self.dist.world_size}"
+                f"batch_size {cfg.batch_size} does not split over {self.dist.world_size} processes x "
+                f"grad_accum_steps {cfg.grad_accum_steps}; use a multiple of {parts}"
             )
-        self.local_batch = cfg.batch_size // self.dist.world_size
+        self.local_batch = cfg.batch_size // parts  # one micro-batch of one rank
         # a DataLoader under torchrun must shard: refused here, not at fit()
         if isinstance(train_data, DataLoader):
             user_loader(train_data, self.dist, 0)
@@ -121,6 +150,9 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.guard = NonFiniteGuard(cfg, self.console, self.dist.is_main)  # train.on_nonfinite
+        self.scaler = make_scaler(cfg, self.device)  # precision: fp16 (disabled otherwise)
+        self.scaler_skipped = 0  # fp16 steps the scaler skipped (gradient overflow), in all
+        self._scaler_in_a_row = 0
         self._logger: MetricsLogger | None = None
         self._prepared = False
         self._noted_deterministic = False
@@ -129,6 +161,12 @@ class Trainer:
         self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
         # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
         self.after_checkpoint: list[Callable[[str], None]] = []
+        built = [CALLBACKS.create(spec.name, spec.options) for spec in cfg.callbacks]
+        self.callbacks = Callbacks([*built, *callbacks])
+        self.guard.listeners.append(
+            lambda *event: self.callbacks.emit("on_nonfinite", self, *event)
+        )
+        self.stop_reason: str | None = None  # request_stop(): the run ends as finished
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -164,8 +202,11 @@ class Trainer:
             )
         self._check_writable()
         self.prepare()
+        prepare_models(self.distiller, self.config, self.device)  # precision and speed switches
         self._seed()
-        self.optimizer = build_optimizer(self.distiller.trainable().named_parameters(), self.config)
+        self.optimizer = build_optimizer(
+            self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
+        )
         if self.config.ema is not None:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
@@ -193,7 +234,8 @@ class Trainer:
             )
 
     def prepare(self) -> None:
-        """Build projectors and loss parts from one example batch and check tap shapes (once).
+        """Build projectors and loss parts from one example batch, check tap shapes and parameter groups
+        (once).
 
         ``fit()`` calls it; calling it earlier surfaces those errors before anything is written
         (``distill train --overwrite`` does, before it clears the earlier run).
@@ -211,6 +253,10 @@ class Trainer:
                 self.distiller.source.prepare(
                     self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
                 )
+        if not callable(self.optimizer_spec):  # parameter groups name real modules (a factory: fit)
+            build_optimizer(
+                self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
+            )
         self._prepared = True
 
     # ------------------------------------------------------------ checkpoints
@@ -240,7 +286,12 @@ class Trainer:
             "history": self.history,
             "skipped_steps": self.guard.skipped,
             "skipped_in_a_row": self.guard.in_a_row,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "scaler_skipped": self.scaler_skipped,
+            "scaler_in_a_row": self._scaler_in_a_row,
             "ema_updates": self.ema.updates if self.ema is not None else None,
+            "callbacks": self.callbacks.state(),
+            "stop_reason": self.stop_reason,
             "config": self.config.model_dump(),
         }
 
@@ -254,11 +305,12 @@ class Trainer:
         optimizer = self.optimizer if with_optimizer else None
         extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
         # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
-        self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
+        path = self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
         if tag == "last":
             self._saved_last = signature
         for hook in self.after_checkpoint:
             hook(tag)
+        self.callbacks.emit("on_checkpoint", self, tag, path)
 
     def _resume(self) -> None:
         if self.store is None:
@@ -295,6 +347,12 @@ class Trainer:
         )
         self.guard.skipped = state.get("skipped_steps", 0)
         self.guard.in_a_row = state.get("skipped_in_a_row", 0)
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.scaler_skipped = state.get("scaler_skipped", 0)
+        self._scaler_in_a_row = state.get("scaler_in_a_row", 0)
+        self.stop_reason = state.get("stop_reason")
+        self.callbacks.load(state.get("callbacks"), self.console if self.dist.is_main else None)
         if self.ema is not None:
             self._resume_ema(tensors, state)
         if self.dist.is_main and self.run_dir is not None:  # those steps are about to run again
@@ -322,6 +380,13 @@ class Trainer:
                 soft_wrap=True,
             )
 
+    def request_stop(self, reason: str) -> None:
+        """Stop at the next step boundary (a callback's call): ``last`` is saved and the run ends as
+        finished, with ``reason`` in the summary; a resumed run stays stopped."""
+        if self.stop_reason is None and self.dist.is_main:
+            self.console.print(f"[yellow]stopping[/]: {reason}", soft_wrap=True)
+        self.stop_reason = self.stop_reason or reason
+
     @property
     def skipped_steps(self) -> int:
         """Non-finite steps skipped so far (``on_nonfinite: skip``)."""
@@ -333,16 +398,21 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.distiller.student
 
     # ------------------------------------------------------------------ steps
-    def _train_step(self, raw: Any, total_steps: int, warmup: int, steps_per_epoch: int):
+    def _train_step(self, raws: list[Any], total_steps: int, warmup: int, steps_per_epoch: int):
+        """One optimizer step over ``raws``, its micro-batches (``train.grad_accum_steps``, fewer at the
+        end of an epoch): each loss is scaled by 1/len(raws) and the gradients add up, so the update is
+        the one of their concatenation (for models without batch statistics). Returns the step's metrics
+        (None: the step was not applied), the learning rate and the samples seen."""
         cfg = self.config
         # dropout, CRD negatives, MGD masks: a function of the step and the rank
         torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
-        batch = self.task.split(raw).to(self.device)
-        if self.augment is not None:
-            g = torch.Generator().manual_seed(
+        g = (
+            torch.Generator().manual_seed(
                 cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank
             )
-            batch.inputs = self.augment(batch.inputs, g)
+            if self.augment is not None
+            else None
+        )
         lr = apply_step_settings(
             self.optimizer, self.global_step, total_steps, warmup, steps_per_epoch, cfg
         )
@@ -351,10 +421,35 @@ class Trainer:
         saved = (
             [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
         )
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        step.loss.backward()  # every rank runs backward, so DDP's gradient all-reduce stays in step
+        amp, n = autocast_dtype(cfg), len(raws)
+        wrapped = self.distiller.student_side
+        sums: dict[str, torch.Tensor] = {}  # each metric averaged over the micro-batches
+        parts: list[str] = []
+        seen = 0
+        for i, raw in enumerate(raws):
+            batch = self.task.split(raw).to(self.device)
+            if g is not None:
+                batch.inputs = self.augment(batch.inputs, g)
+            if cfg.channels_last:
+                batch.inputs = channels_last_inputs(batch.inputs)
+            # DDP all-reduces the gradients once, after the last micro-batch's backward
+            last = i == n - 1
+            ddp = isinstance(wrapped, DistributedDataParallel)
+            with wrapped.no_sync() if ddp and not last else nullcontext():
+                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                    step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
+                loss = step.loss if n == 1 else step.loss / n
+                # every rank runs backward, so DDP's gradient all-reduce stays in step
+                self.scaler.scale(loss).backward()
+            parts = list(step.parts)
+            micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
+            micro.update(self.task.batch_metrics(step.outputs, batch))
+            for k, v in micro.items():
+                v = v if n == 1 else v / n
+                sums[k] = sums[k] + v if k in sums else v
+            seen += len(batch)
+        self.scaler.unscale_(self.optimizer)  # fp16: clip and check the true gradients
         params = self.distiller.trainable_parameters()
         if cfg.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -362,18 +457,28 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in params if p.grad is not None]
             )
-        if is_nonfinite(step.loss, grad_norm, self.dist):
+        loss_bad, grad_bad = nonfinite(sums["loss"], grad_norm, self.dist)
+        if grad_bad and not loss_bad and self.scaler.is_enabled():
+            self._scaler_in_a_row += 1
+            if self._scaler_in_a_row <= MAX_SCALER_SKIPS:  # an fp16 overflow: skip, lower the scale
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.update()
+                self.scaler_skipped += 1
+                return None, lr, seen
+        if loss_bad or grad_bad:
             self.optimizer.zero_grad(set_to_none=True)
-            self.guard.handle(step, grad_norm, self.global_step, saved, self._logger)
-            return None, lr, len(batch)
+            self.scaler.update()
+            mean = DistillStep(sums["loss"], {k: sums[k] for k in parts}, {})
+            self.guard.handle(mean, grad_norm, self.global_step, saved, self._logger)
+            return None, lr, seen
         self.guard.ok()
-        self.optimizer.step()
+        self._scaler_in_a_row = 0
+        self.optimizer.step()  # the verdict above is the scaler's inf check: no second host sync
+        self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.distiller.student)
-        metrics = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
-        metrics["grad_norm"] = grad_norm.detach()
-        metrics.update(self.task.batch_metrics(step.outputs, batch))
-        return metrics, lr, len(batch)
+        sums["grad_norm"] = grad_norm.detach()
+        return sums, lr, seen
 
     def evaluate(self) -> dict[str, float]:
         """Task metrics of the student on ``val_data`` (rank 0 computes, every rank gets them)."""
@@ -422,8 +527,11 @@ class Trainer:
     def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
         self._stop_after = stop_after
+        self.stop_reason = None
         self._setup(resume)
-        steps_per_epoch = len(self._train_loader(0))
+        self.callbacks.emit("on_fit_start", self)
+        # an optimizer step takes grad_accum_steps micro-batches (fewer at the end of an epoch)
+        steps_per_epoch = math.ceil(len(self._train_loader(0)) / cfg.grad_accum_steps)
         total = (
             cfg.epochs * steps_per_epoch
             if cfg.max_steps is None
@@ -474,16 +582,18 @@ class Trainer:
             "torch": torch.__version__,
             "world_size": self.dist.world_size,
         }
+        if self.stop_reason is not None:
+            summary["stopped"] = self.stop_reason
+        complete = self.global_step >= total or self.epoch >= cfg.epochs or bool(self.stop_reason)
         if self.run_dir is not None and self.dist.is_main:
             try:
                 write_json(self.run_dir / "summary.json", summary)
-                # complete: hand over the student
-                if self.global_step >= total or self.epoch >= cfg.epochs:
+                if complete:  # hand over the student
                     save_model(self.run_dir / "model.safetensors", self.final_student)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
+        self.callbacks.emit("on_fit_end", self, summary)
         barrier(self.dist)
-        complete = self.global_step >= total or self.epoch >= cfg.epochs
         if self._stop_signal is not None and not complete:
             raise TrainingInterrupted(self._stop_signal, self.global_step)
         return summary
@@ -496,12 +606,18 @@ class Trainer:
         self.distiller.train()
         sums: dict[str, torch.Tensor] = {}
         seen, count, started = 0, 0, time.perf_counter()
-        for raw in self._train_loader(self.epoch, self.epoch_step):
+        accum = cfg.grad_accum_steps
+        loader = self._train_loader(self.epoch, self.epoch_step * accum)
+        for raws in _groups(loader, accum):
             if self.global_step >= total or self._stopped():
                 break
-            metrics, lr, n = self._train_step(raw, total, warmup, steps_per_epoch)
+            metrics, lr, n = self._train_step(raws, total, warmup, steps_per_epoch)
             self.global_step += 1
             self.epoch_step += 1
+            if self.callbacks:
+                self.callbacks.emit(
+                    "on_step_end", self, self.global_step, {**(metrics or {}), "lr": lr}
+                )
             seen = seen + n
             if metrics is not None:  # None: a skipped non-finite step
                 count += 1
@@ -511,6 +627,8 @@ class Trainer:
                 values = {k: float(v) / max(count, 1) for k, v in sums.items()}
                 if self.skipped_steps:
                     values["skipped_steps"] = self.skipped_steps
+                if self.scaler_skipped:
+                    values["scaler_skipped_steps"] = self.scaler_skipped
                 rate = seen * self.dist.world_size / (time.perf_counter() - started)
                 logger.log(
                     "train",
@@ -546,7 +664,11 @@ class Trainer:
         """At a step boundary: stop_after reached, or a signal came (on any rank: all of them stop)."""
         if self.dist.enabled:
             self._stop_signal = any_rank(self._stop_signal or 0, self.dist, self.device) or None
-        if self._stop_signal is not None:
+            if self.callbacks:  # a stop one rank's callback asked for stops every rank
+                asked = any_rank(int(self.stop_reason is not None), self.dist, self.device)
+                if asked and self.stop_reason is None:
+                    self.stop_reason = "a callback on another rank asked to stop"
+        if self._stop_signal is not None or self.stop_reason is not None:
             return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
@@ -562,6 +684,7 @@ class Trainer:
         self.history.append(record)
         logger.log("eval", record)
         key = self.task.primary_metric
+        self.callbacks.emit("on_evaluate_end", self, record)
         if not self.best or metrics[key] > self.best[key]:
             self.best = dict(record)
             self._save("best", with_optimizer=False)
@@ -574,3 +697,15 @@ class Trainer:
             )
             progress.console.print(f"{label}: {format_values(shown)}")
         return record
+
+
+def _groups(batches: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """``batches`` in lists of ``size`` (the last one shorter when they do not divide)."""
+    group: list[Any] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
