@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ from distill.config.schema import (
 )
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
-from distill.data.base import ImageDataset, LabelledDataset, TextData, model_inputs
+from distill.data.base import (
+    ImageDataset,
+    LabelledDataset,
+    LoaderOptions,
+    TextData,
+    model_inputs,
+)
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
@@ -83,6 +90,12 @@ def build_data(recipe: Recipe) -> tuple[Any, Any]:
         train = train.subset(min(spec.train_subset, len(train)), seed=recipe.train.seed)
     if spec.test_subset:
         test = test.subset(min(spec.test_subset, len(test)), seed=0)
+    options = LoaderOptions(
+        spec.num_workers, spec.pin_memory, spec.persistent_workers, spec.prefetch_factor
+    )
+    for split in (train, test):
+        with contextlib.suppress(AttributeError):  # read by make_loader (data/base.py)
+            split.loader_options = options
     return train, test
 
 

@@ -19,7 +19,9 @@ from distill.train.checkpoint import MANIFEST
 # Everything else is refused, train.epochs and train.max_steps included: the learning-rate schedule spans
 # the run's total steps (cosine, one-cycle and epoch-wise; the warm-up is capped by it), so a longer or
 # shorter run differs from its first step on. eval_batch_size and eval_every can change the evaluations
-# and so the 'best' checkpoint; device, bf16 and deterministic change the arithmetic.
+# and so the 'best' checkpoint; device, bf16 and deterministic change the arithmetic. The data loader's
+# workers (data.num_workers, pin_memory, persistent_workers, prefetch_factor) only change who decodes
+# the items: the sampler, in the main process, fixes the order.
 RESUMABLE_KEYS = frozenset(
     {
         "name",
@@ -30,6 +32,10 @@ RESUMABLE_KEYS = frozenset(
         "train.tensorboard",
         "train.checkpoint_every",
         "train.keep_checkpoints",
+        "data.num_workers",
+        "data.pin_memory",
+        "data.persistent_workers",
+        "data.prefetch_factor",
     }
 )
 RESUMABLE_SECTIONS = tuple(f"{name}." for name in AFTER_TRAINING)  # export:, qat:, compare:

@@ -125,9 +125,32 @@ class DataSpec(Strict):
         None, gt=0, description="evaluate on only this many test samples"
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="worker processes decoding items for datasets read per item (image_folder with "
+        "lazy: true); in-memory datasets ignore it. The batch order "
+        "does not depend on it, so a run resumes exactly with any value",
+    )
+    pin_memory: bool | None = Field(
+        None,
+        description="page-locked batches for faster GPU copies; default: when CUDA is available",
+    )
+    persistent_workers: bool = Field(
+        False, description="keep the workers alive between passes (needs num_workers > 0)"
+    )
+    prefetch_factor: int | None = Field(
+        None, gt=0, description="batches each worker loads ahead (needs num_workers > 0)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        for key in ("persistent_workers", "prefetch_factor"):
+            if getattr(self, key) and self.num_workers == 0:
+                raise ValueError(
+                    f"data.{key}={getattr(self, key)!r} needs worker processes; set data.num_workers "
+                    f"(e.g. 4) or remove data.{key}"
+                )
         factory = _lookup("dataset", self.name)
         check_kwargs(factory, self.options, what=f"dataset {self.name!r}", skip=("split", "root"))
         return self

@@ -21,8 +21,10 @@ dataset needs only the part a rule reads):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 Order = Sampler[int] | Sequence[int] | None
@@ -86,11 +88,51 @@ def model_inputs(data: Any) -> tuple[int | None, int]:
     return num_classes, data.in_channels if isinstance(data, ImageDataset) else 3
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a DataLoader over a dataset that reads its items one by one (files decoded per item) loads
+    them: ``num_workers`` worker processes (0: in the main process), each holding ``prefetch_factor``
+    batches ahead; ``pin_memory`` (None: when CUDA is available) for faster copies to the GPU;
+    ``persistent_workers`` keeps the workers between passes over one loader. The order of the items
+    is the sampler's, whatever the number of workers (each batch is returned in sampler order).
+
+    The recipe's ``data`` section sets them (``data.num_workers`` ...) on both splits as
+    ``dataset.loader_options``; in-memory datasets that batch by slicing ignore them."""
+
+    num_workers: int = 0
+    pin_memory: bool | None = None
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``torch.utils.data.DataLoader``."""
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        out: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin}
+        if self.num_workers > 0:  # DataLoader refuses these without workers
+            out["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                out["prefetch_factor"] = self.prefetch_factor
+        return out
+
+
+def loader_options(dataset: Any) -> LoaderOptions:
+    """The dataset's ``loader_options`` (set from the recipe), else the defaults (no workers)."""
+    options = getattr(dataset, "loader_options", None)
+    return options if isinstance(options, LoaderOptions) else LoaderOptions()
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Order) -> Iterable[Any]:
-    """A dataset that batches itself does (:class:`BatchingDataset`); others get a DataLoader."""
+    """A dataset that batches itself does (:class:`BatchingDataset`); others get a DataLoader with
+    the dataset's :func:`loader_options` (workers, pinned memory)."""
     if isinstance(dataset, BatchingDataset):
         return dataset.loader(batch_size, sampler=sampler)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        **loader_options(dataset).kwargs(),
+    )
 
 
 def eval_loader(data: Any, batch_size: int) -> Iterable[Any]:

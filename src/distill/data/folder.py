@@ -1,6 +1,8 @@
 """Datasets read from the user's own files into memory.
 
-* ``image_folder``: ``<root>/<split>/<class>/*.png|jpg|jpeg|bmp`` (class = sub-folder name).
+* ``image_folder``: ``<root>/<split>/<class>/*.png|jpg|jpeg|bmp`` (class = sub-folder name); with
+  ``lazy: true`` the files are decoded per item when a batch needs them (:class:`ImageFolderDataset`,
+  by ``data.num_workers`` worker processes), for folders larger than memory.
 * ``tensors``: ``<root>/<split>.safetensors`` with ``images`` [N,C,H,W] (or [N,H,W]) and
   ``labels`` [N]; optional metadata ``classes`` (JSON list of names) or ``num_classes``.
 """
@@ -9,12 +11,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import DATASETS
+from distill.data.base import loader_options
 from distill.data.tensor import SPLITS, TensorDataset, check_split
 from distill.errors import DistillError
 
@@ -57,14 +63,80 @@ def _load_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarra
     return arr[:, :, None] if arr.ndim == 2 else arr  # [H,W,C]
 
 
+class ImageFolderDataset(Dataset):
+    """Image files decoded when an item is read: resized to ``image_size``, scaled to [0, 1].
+
+    Items are ``{"image": float32 [C,H,W], "label": int64, "index": int64}``, the same values
+    ``image_folder`` (eager) holds in memory; :meth:`loader` batches them with a DataLoader whose
+    workers are the dataset's ``loader_options`` (``data.num_workers`` ...). Only the file list is held.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        size: tuple[int, int],
+        grayscale: bool,
+        name: str,
+    ) -> None:
+        self.files, self.classes = list(files), list(classes)
+        self.num_classes, self.image_size = len(self.classes), size
+        self.grayscale, self.name = grayscale, name
+        self.in_channels = 1 if grayscale else 3
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        path, label = self.files[int(i)]
+        image = torch.from_numpy(_load_image(path, self.image_size, self.grayscale).copy())
+        return {
+            "image": image.permute(2, 0, 1).to(torch.float32).div_(255.0),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "index": torch.tensor(int(i), dtype=torch.int64),
+        }
+
+    def loader(
+        self, batch_size: int, sampler: Sampler[int] | Sequence[int] | None = None
+    ) -> DataLoader:
+        """Batches in ``sampler``'s order (index order when None), decoded by the configured workers."""
+        if batch_size <= 0:
+            raise DistillError(f"batch_size must be positive, got {batch_size}; use e.g. 128")
+        return DataLoader(
+            self,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            **loader_options(self).kwargs(),
+        )
+
+    def subset(self, n: int, seed: int = 0) -> ImageFolderDataset:
+        """``n`` files drawn with ``seed`` (kept in folder order)."""
+        if not 0 < n <= len(self):
+            raise DistillError(
+                f"subset size {n} is out of range for dataset {self.name!r} with {len(self)} items; use 1..{len(self)}"
+            )
+        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        files = [self.files[i] for i in sorted(pick.tolist())]
+        out = ImageFolderDataset(files, self.classes, self.image_size, self.grayscale, self.name)
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k == "loader_options"})
+        return out
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return f"ImageFolderDataset({self.name!r}, n={len(self)}, shape=[{self.in_channels},{h},{w}], classes={self.num_classes})"
+
+
 @DATASETS.register("image_folder", kind="files")
 def image_folder(
     split: str = "train",
     root: str | None = None,
     image_size: int | tuple[int, int] = 32,
     grayscale: bool = False,
-) -> TensorDataset:
-    """Images resized to ``image_size`` (int or (H, W)); 1 channel if grayscale else 3 (RGB)."""
+    lazy: bool = False,
+) -> TensorDataset | ImageFolderDataset:
+    """Images resized to ``image_size`` (int or (H, W)); 1 channel if grayscale else 3 (RGB); with
+    ``lazy`` decoded per item (:class:`ImageFolderDataset`) instead of all into memory at once."""
     check_split(split)
     base = _need_root(root, "image_folder", FOLDER_LAYOUT)
     folder = base / split
@@ -85,6 +157,8 @@ def image_folder(
     ]
     if not files:
         raise DistillError(f"no images found under {folder}; expected layout {FOLDER_LAYOUT}")
+    if lazy:
+        return ImageFolderDataset(files, classes, size, grayscale, f"image_folder/{split}")
     arrays = np.stack([_load_image(path, size, grayscale) for path, _ in files])  # [N,H,W,C]
     images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
