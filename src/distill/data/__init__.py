@@ -26,6 +26,7 @@ warnings.filterwarnings(
 )
 
 from distill.data import (  # noqa: E402  (modules register themselves)
+    cifar,
     detection,
     fashion_mnist,
     folder,
@@ -62,6 +63,7 @@ __all__ = [
     "TextDataset",
     "build_dataset",
     "check_split",
+    "cifar",
     "detection",
     "fashion_mnist",
     "folder",
