@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,15 @@ def _class_names(root: Path) -> list[str]:
     return sorted(names)
 
 
+def _to_array(img: Any, size: tuple[int, int], grayscale: bool) -> np.ndarray:
+    """A PIL image as uint8 [H,W,C], converted to L or RGB and resized to ``size`` (bilinear)."""
+    from PIL import Image
+
+    img = img.convert("L" if grayscale else "RGB")
+    arr = np.array(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
 def _load_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -55,43 +65,52 @@ def _load_image(path: Path, size: tuple[int, int], grayscale: bool) -> np.ndarra
     image_open = getattr(patches, "_image_open", Image.open)
     try:
         with image_open(path) as img:
-            img = img.convert("L" if grayscale else "RGB")
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            return _to_array(img, size, grayscale)  # [H,W,C]
     except (OSError, UnidentifiedImageError) as exc:
         raise DistillError(f"cannot read image {path} ({exc}); fix or delete the file") from None
-    return arr[:, :, None] if arr.ndim == 2 else arr  # [H,W,C]
 
 
-class ImageFolderDataset(Dataset):
-    """Image files decoded when an item is read: resized to ``image_size``, scaled to [0, 1].
+def image_size_of(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` (an int or (H, W)) as (H, W), checked."""
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise DistillError(
+            f"image_size must be a positive int or (height, width), got {image_size!r}; use e.g. 32"
+        )
+    return size  # type: ignore[return-value]
 
-    Items are ``{"image": float32 [C,H,W], "label": int64, "index": int64}``, the same values
-    ``image_folder`` (eager) holds in memory; :meth:`loader` batches them with a DataLoader whose
-    workers are the dataset's ``loader_options`` (``data.num_workers`` ...). Only the file list is held.
-    """
 
-    def __init__(
-        self,
-        files: Sequence[tuple[Path, int]],
-        classes: Sequence[str],
-        size: tuple[int, int],
-        grayscale: bool,
-        name: str,
-    ) -> None:
-        self.files, self.classes = list(files), list(classes)
-        self.num_classes, self.image_size = len(self.classes), size
-        self.grayscale, self.name = grayscale, name
-        self.in_channels = 1 if grayscale else 3
+class LazyImages(Dataset):
+    """Images decoded when an item is read (by the DataLoader's workers): resized to ``image_size``,
+    scaled to [0, 1]. Items are ``{"image": float32 [C,H,W], "label": int64, "index": int64}``;
+    :meth:`loader` batches them with the dataset's ``loader_options`` (``data.num_workers`` ...).
+    Subclasses say how item ``i`` is read (:meth:`read`) and cut to a subset (:meth:`take`)."""
 
-    def __len__(self) -> int:
-        return len(self.files)
+    name: str
+    classes: list[str]
+    image_size: tuple[int, int]
+    grayscale: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def read(self, i: int) -> tuple[np.ndarray, int]:
+        """Item ``i``'s uint8 image [H,W,C] (resized) and label."""
+        raise NotImplementedError
+
+    def take(self, indices: list[int]) -> LazyImages:
+        """The items at ``indices``, in that order."""
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        path, label = self.files[int(i)]
-        image = torch.from_numpy(_load_image(path, self.image_size, self.grayscale).copy())
+        array, label = self.read(int(i))
         return {
-            "image": image.permute(2, 0, 1).to(torch.float32).div_(255.0),
+            "image": torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0),
             "label": torch.tensor(label, dtype=torch.int64),
             "index": torch.tensor(int(i), dtype=torch.int64),
         }
@@ -110,21 +129,94 @@ class ImageFolderDataset(Dataset):
             **loader_options(self).kwargs(),
         )
 
-    def subset(self, n: int, seed: int = 0) -> ImageFolderDataset:
-        """``n`` files drawn with ``seed`` (kept in folder order)."""
-        if not 0 < n <= len(self):
+    def subset(self, n: int, seed: int = 0) -> LazyImages:
+        """``n`` items drawn with ``seed`` (kept in dataset order)."""
+        if not 0 < n <= len(self):  # type: ignore[arg-type]
             raise DistillError(
-                f"subset size {n} is out of range for dataset {self.name!r} with {len(self)} items; use 1..{len(self)}"
+                f"subset size {n} is out of range for dataset {self.name!r} with {len(self)} items; "  # type: ignore[arg-type]
+                f"use 1..{len(self)}"  # type: ignore[arg-type]
             )
-        pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        files = [self.files[i] for i in sorted(pick.tolist())]
-        out = ImageFolderDataset(files, self.classes, self.image_size, self.grayscale, self.name)
-        out.__dict__.update({k: v for k, v in self.__dict__.items() if k == "loader_options"})
+        gen = torch.Generator().manual_seed(seed)
+        out = self.take(sorted(torch.randperm(len(self), generator=gen)[:n].tolist()))  # type: ignore[arg-type]
+        if hasattr(self, "loader_options"):
+            out.loader_options = self.loader_options  # type: ignore[attr-defined]
         return out
 
     def __repr__(self) -> str:
         h, w = self.image_size
-        return f"ImageFolderDataset({self.name!r}, n={len(self)}, shape=[{self.in_channels},{h},{w}], classes={self.num_classes})"
+        return (
+            f"{type(self).__name__}({self.name!r}, n={len(self)}, "  # type: ignore[arg-type]
+            f"shape=[{self.in_channels},{h},{w}], classes={self.num_classes})"
+        )
+
+
+class ImageFolderDataset(LazyImages):
+    """``image_folder`` with ``lazy: true``: only the file list is held; each file is decoded to the
+    values the eager ``image_folder`` holds in memory."""
+
+    def __init__(
+        self,
+        files: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        size: tuple[int, int],
+        grayscale: bool,
+        name: str,
+    ) -> None:
+        self.files, self.classes = list(files), list(classes)
+        self.image_size, self.grayscale, self.name = size, grayscale, name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> tuple[np.ndarray, int]:
+        path, label = self.files[i]
+        return _load_image(path, self.image_size, self.grayscale), label
+
+    def take(self, indices: list[int]) -> ImageFolderDataset:
+        files = [self.files[i] for i in indices]
+        return ImageFolderDataset(files, self.classes, self.image_size, self.grayscale, self.name)
+
+
+class HFImageDataset(LazyImages):
+    """Images of a Hugging Face ``datasets.Dataset`` column (``hf_dataset`` with images), decoded
+    per item; ``labels`` are the class ids, one per row."""
+
+    def __init__(
+        self,
+        part: Any,
+        column: str,
+        labels: Sequence[int],
+        classes: Sequence[str],
+        size: tuple[int, int],
+        grayscale: bool,
+        name: str,
+    ) -> None:
+        self.part, self.column, self.labels = part, column, list(labels)
+        self.classes, self.image_size, self.grayscale = list(classes), size, grayscale
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, i: int) -> tuple[np.ndarray, int]:
+        image = self.part[i][self.column]
+        if not hasattr(image, "convert"):
+            raise DistillError(
+                f"column {self.column!r} of dataset {self.name!r} holds {type(image).__name__} at "
+                f"row {i}, not an image; set image_column to a datasets.Image column"
+            )
+        return _to_array(image, self.image_size, self.grayscale), self.labels[i]
+
+    def take(self, indices: list[int]) -> HFImageDataset:
+        return HFImageDataset(
+            self.part.select(indices),
+            self.column,
+            [self.labels[i] for i in indices],
+            self.classes,
+            self.image_size,
+            self.grayscale,
+            self.name,
+        )
 
 
 @DATASETS.register("image_folder", kind="files")
@@ -142,11 +234,7 @@ def image_folder(
     folder = base / split
     if not folder.is_dir():
         raise DistillError(f"image folder {folder} does not exist; expected layout {FOLDER_LAYOUT}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise DistillError(
-            f"image_size must be a positive int or (height, width), got {image_size!r}; use e.g. 32"
-        )
+    size = image_size_of(image_size)
     classes = _class_names(base)
     files = [
         (path, label)

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import DATASETS
+from distill.data.folder import HFImageDataset, image_size_of
 from distill.data.tensor import check_split
 from distill.errors import DistillError
 
@@ -308,8 +309,9 @@ def text_file(
 
 @DATASETS.register(
     "hf_dataset",
-    family="text",
-    description="a Hugging Face `datasets` dataset by name (needs datasets)",
+    family="text, image",
+    description="a Hugging Face `datasets` dataset: a hub name or a save_to_disk folder; text or "
+    "images (needs datasets)",
 )
 def hf_dataset(
     split: str = "train",
@@ -321,24 +323,39 @@ def hf_dataset(
     text_column: str = "text",
     label_column: str = "label",
     max_length: int = 128,
-) -> TextDataset:
-    """``datasets.load_dataset(path, config)[train_split or test_split]``; class names from its features."""
+    image_column: str | None = None,
+    image_size: int | tuple[int, int] = 32,
+    grayscale: bool = False,
+) -> TextDataset | HFImageDataset:
+    """``datasets.load_dataset(path, config)[train_split or test_split]``, or the split of a
+    ``DatasetDict`` saved with ``save_to_disk`` when ``path`` is a folder. Texts (``text_column``), or
+    images when ``image_column`` is set or the text column is absent and a column holds
+    ``datasets.Image`` values: decoded per item and resized to ``image_size``
+    (:class:`~distill.data.folder.LazyImages`, by ``data.num_workers`` workers). Class names come from
+    the label column's ``ClassLabel`` feature, else from its sorted values."""
     try:
         import datasets
     except ImportError:
         raise DistillError(
             f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets, or save the "
-            "data as CSV/JSONL and use text_file"
+            "data as CSV/JSONL and use text_file (images: image_folder)"
         ) from None
     if not path:
-        raise DistillError("hf_dataset needs path=<dataset name on the hub>, e.g. rotten_tomatoes")
-    part = datasets.load_dataset(
-        path,
-        config,
-        split=train_split if check_split(split) == "train" else test_split,
-        cache_dir=root,
-    )
-    for column, option in ((text_column, "text_column"), (label_column, "label_column")):
+        raise DistillError(
+            "hf_dataset needs path=<dataset name on the hub or a save_to_disk folder>, e.g. rotten_tomatoes"
+        )
+    wanted = train_split if check_split(split) == "train" else test_split
+    if Path(path).expanduser().is_dir():
+        part = _from_disk(datasets, Path(path).expanduser(), wanted)
+    else:
+        part = datasets.load_dataset(path, config, split=wanted, cache_dir=root)
+    image_type = getattr(datasets, "Image", None)
+    if image_column is None and text_column not in part.column_names and image_type is not None:
+        image_column = next(
+            (c for c, f in part.features.items() if isinstance(f, image_type)), None
+        )
+    columns = (image_column, "image_column") if image_column else (text_column, "text_column")
+    for column, option in (columns, (label_column, "label_column")):
         if column not in part.column_names:
             raise DistillError(
                 f"dataset {path!r} has no column {column!r} (columns: {part.column_names}); set {option}"
@@ -352,4 +369,25 @@ def hf_dataset(
         if hasattr(feature, "names")
         else encode_labels(part[label_column], classes, path)
     )
+    if image_column:
+        size = image_size_of(image_size)
+        return HFImageDataset(part, image_column, list(labels), classes, size, grayscale, path)
     return TextDataset(part[text_column], labels, classes, path, None, max_length)
+
+
+def _from_disk(datasets: Any, folder: Path, split: str) -> Any:
+    """Split ``split`` of the ``DatasetDict`` saved in ``folder`` (``save_to_disk``)."""
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DistillError(
+            f"hf_dataset path {folder} is not a dataset saved with save_to_disk ({exc}); save a "
+            "DatasetDict there or give a hub name"
+        ) from None
+    if not isinstance(saved, datasets.DatasetDict) or split not in saved:
+        have = list(saved) if isinstance(saved, datasets.DatasetDict) else "one Dataset, no splits"
+        raise DistillError(
+            f"hf_dataset path {folder} has no split {split!r} (it holds {have}); save a DatasetDict "
+            "with train and test splits, or set train_split/test_split"
+        )
+    return saved[split]
