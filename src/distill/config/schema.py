@@ -129,7 +129,7 @@ class DataSpec(Strict):
         0,
         ge=0,
         description="worker processes decoding items for datasets read per item (image_folder with "
-        "lazy: true); in-memory datasets ignore it. The batch order "
+        "lazy: true, hf_dataset images); in-memory datasets ignore it. The batch order "
         "does not depend on it, so a run resumes exactly with any value",
     )
     pin_memory: bool | None = Field(

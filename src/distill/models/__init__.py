@@ -14,6 +14,7 @@ import functools
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 
 from distill.errors import DistillError, did_you_mean
 from distill.models.hf import hf_model
+from distill.models.preprocess import add_input_norm, check_normalize, wants_norm
 from distill.models.yolo import yolo_model
 from distill.registry import Registry
 from distill.safe_load import needs_unpickling, refusal_detail
@@ -39,14 +41,16 @@ ADAPTER_ROWS = (
         "name": "torchvision:<arch>",
         "family": "adapter",
         "description": "torchvision.models.get_model(arch) (vision extra); options: pretrained "
-        "(DEFAULT weights, downloaded), the builder's keyword arguments; archs: "
+        "(DEFAULT weights, downloaded), normalize (auto: the weights' mean/std when pretrained; "
+        "always; none), resize (to the weights' crop size), the builder's keyword arguments; archs: "
         f"torchvision.models.list_models(); {TAPS_HINT}",
     },
     {
         "name": "timm:<arch>",
         "family": "adapter",
-        "description": "timm.create_model(arch) (vision extra); options: pretrained, timm's keyword "
-        f"arguments (drop_rate, ...); archs: timm.list_models(); {TAPS_HINT}",
+        "description": "timm.create_model(arch) (vision extra; arch may be hf-hub:ORG/NAME); options: "
+        "pretrained, normalize (auto: the pretrained config's mean/std when pretrained; always; none), "
+        f"resize, timm's keyword arguments (drop_rate, ...); archs: timm.list_models(); {TAPS_HINT}",
     },
     {
         "name": "hf:<folder or hub id>",
@@ -198,10 +202,19 @@ def _replace_classifier(model: nn.Module, num_classes: int, old_classes: int, na
 
 
 def _torchvision_model(
-    arch: str, num_classes: int, in_channels: int, pretrained: bool = False, **options: Any
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool = False,
+    normalize: str = "auto",
+    resize: bool = False,
+    **options: Any,
 ) -> nn.Module:
-    """``torchvision.models.get_model(arch)``, random init unless ``pretrained`` (DEFAULT weights)."""
+    """``torchvision.models.get_model(arch)``, random init unless ``pretrained`` (DEFAULT weights);
+    ``normalize`` / ``resize``: the DEFAULT weights' ``transforms()`` mean, std and crop size, applied
+    inside the model (:mod:`distill.models.preprocess`)."""
     name = f"torchvision:{arch}"
+    check_normalize(name, normalize, resize)
     _import_vision("torchvision", name)
     tv_models = importlib.import_module("torchvision.models")
     known = tv_models.list_models(module=tv_models)  # classification models only
@@ -233,6 +246,12 @@ def _torchvision_model(
         _replace_classifier(model, num_classes, len(weights.meta["categories"]), name)
     if in_channels != 3:
         _adapt_first_conv(model, in_channels, pretrained, name)
+    if wants_norm(normalize, pretrained):
+        default = tv_models.get_model_weights(arch).DEFAULT  # an enum entry: nothing is downloaded
+        preset = default.transforms()
+        crop = list(preset.crop_size)  # [224] or [H, W]
+        size = (crop[0], crop[-1]) if resize else None
+        add_input_norm(model, preset.mean, preset.std, in_channels, size)
     return model
 
 
@@ -250,23 +269,54 @@ def _weights_only_hub() -> Iterator[None]:
         api.load_state_dict_from_url = original
 
 
+TIMM_HUB = re.compile(r"^hf-hub:[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def timm_hub_id(arch: str) -> str | None:
+    """The Hugging Face hub id of ``hf-hub:ORG/NAME[@REVISION]`` (timm's own prefix), None for a
+    timm architecture name; a malformed ``hf-hub:`` name is an error naming the expected form."""
+    if not arch.startswith("hf-hub:"):
+        return None
+    if not TIMM_HUB.match(arch):
+        raise DistillError(
+            f"timm model {arch!r} is not a hub name; use timm:hf-hub:ORG/NAME (e.g. "
+            "timm:hf-hub:timm/resnet18.a1_in1k), optionally @REVISION"
+        )
+    return arch.removeprefix("hf-hub:")
+
+
 def _timm_model(
-    arch: str, num_classes: int, in_channels: int, pretrained: bool = False, **options: Any
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    pretrained: bool = False,
+    normalize: str = "auto",
+    resize: bool = False,
+    **options: Any,
 ) -> nn.Module:
-    """``timm.create_model(arch, pretrained, num_classes, in_chans)``; timm adapts stem and head."""
+    """``timm.create_model(arch, pretrained, num_classes, in_chans)``; timm adapts stem and head.
+    ``arch`` is a timm architecture or ``hf-hub:ORG/NAME`` (timm reads its config and weights from the
+    hub). ``normalize`` / ``resize``: the model's pretrained config (``resolve_model_data_config``) mean,
+    std and input size, applied inside the model (:mod:`distill.models.preprocess`)."""
     name = f"timm:{arch}"
+    check_normalize(name, normalize, resize)
     timm = _import_vision("timm", name)
-    if not timm.is_model(arch):
+    if timm_hub_id(arch) is None and not timm.is_model(arch):
         raise DistillError(
             f"unknown timm model {arch!r}.{did_you_mean(arch, timm.list_models())} "
-            "See timm.list_models() for the architectures"
+            "See timm.list_models() for the architectures, or use hf-hub:ORG/NAME"
         )
     try:
-        return timm.create_model(
+        model = timm.create_model(
             arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **options
         )
     except TypeError as err:
         raise DistillError(f"model {name!r} rejected options {sorted(options)}: {err}") from err
+    if wants_norm(normalize, pretrained):
+        config = importlib.import_module("timm.data").resolve_model_data_config(model)
+        size = config["input_size"] if resize else None
+        add_input_norm(model, config["mean"], config["std"], in_channels, size)
+    return model
 
 
 def _hf_model(source: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
@@ -293,6 +343,7 @@ __all__ = [
     "MODELS",
     "ModelFactory",
     "build_model",
+    "timm_hub_id",
     "check_dropout",
     "check_option",
     "is_positive_int",
