@@ -5,6 +5,7 @@ workers trains bit for bit as an uninterrupted one (the sampler, not the workers
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,26 @@ def test_lazy_folder_decodes_what_the_eager_one_holds(tmp_path: Path) -> None:
     assert len(lazy.subset(5, seed=1)) == 5
 
 
+def test_persistent_workers_live_across_epochs(tmp_path: Path) -> None:
+    """Each epoch asks for a loader in a new order; the kept loader (and its workers) serves them all,
+    and the order is the one asked for each time, also after a pass left half read."""
+    data = image_folder(root=str(_pictures(tmp_path)), image_size=4, lazy=True)
+    data.loader_options = LoaderOptions(num_workers=2, persistent_workers=True)
+    first = make_loader(data, 4, [3, 1, 4, 0, 5])
+    assert [b["index"].tolist() for b in first] == [[3, 1, 4, 0], [5]]
+    next(iter(first))  # a pass stopped after one batch (a run stopped mid-epoch)
+    workers = first._iterator._workers
+    second = make_loader(data, 4, [9, 8, 7])
+    assert second is first and len(second) == 1
+    assert [b["index"].tolist() for b in second] == [[9, 8, 7]]
+    assert second._iterator._workers == workers  # the same processes
+    assert [b["index"].tolist() for b in make_loader(data, 4, None)][0] == [0, 1, 2, 3]
+    assert make_loader(data, 2, None) is not first  # one kept loader per batch size
+    small = data.subset(3)
+    assert not hasattr(small, "_kept") and small.loader(4) is not first
+    assert "_kept" not in pickle.loads(pickle.dumps(data)).__dict__  # workers get no loaders
+
+
 def _fit(data, run_dir: Path, resume: bool = False, stop_after: int | None = None) -> nn.Module:
     torch.manual_seed(0)
     student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
@@ -101,13 +122,16 @@ def _fit(data, run_dir: Path, resume: bool = False, stop_after: int | None = Non
     return student
 
 
-def test_a_run_with_workers_resumes_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_run_with_workers_resumes_bit_for_bit(tmp_path: Path, persistent: bool) -> None:
     root = _pictures(tmp_path / "pics")
     data = image_folder(root=str(root), image_size=4, lazy=True)
-    data.loader_options = LoaderOptions(num_workers=2)
+    data.loader_options = LoaderOptions(num_workers=2, persistent_workers=persistent)
     full = _fit(data, tmp_path / "full")
     _fit(data, tmp_path / "cut", stop_after=4)  # 3 steps an epoch: stopped inside the second epoch
     resumed = _fit(data, tmp_path / "cut", resume=True)
     no_workers = _fit(image_folder(root=str(root), image_size=4, lazy=True), tmp_path / "plain")
     for model in (resumed, no_workers):
-        assert all(torch.equal(a, b) for a, b in zip(full.parameters(), model.parameters(), strict=True))
+        assert all(
+            torch.equal(a, b) for a, b in zip(full.parameters(), model.parameters(), strict=True)
+        )

@@ -20,7 +20,7 @@ dataset needs only the part a rule reads):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -121,18 +121,47 @@ def loader_options(dataset: Any) -> LoaderOptions:
     return options if isinstance(options, LoaderOptions) else LoaderOptions()
 
 
+class _SwappedSampler(Sampler[int]):
+    """The order of a loader kept between passes: the current pass's sampler (index order when None)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.current: Order = None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.current if self.current is not None else range(len(self.dataset)))
+
+    def __len__(self) -> int:
+        return len(self.current if self.current is not None else self.dataset)  # type: ignore[arg-type]
+
+
+def worker_loader(
+    dataset: Dataset, batch_size: int, sampler: Order, kept: dict[Any, Any] | None = None
+) -> DataLoader:
+    """A DataLoader over ``dataset`` in ``sampler``'s order with its :func:`loader_options`. With
+    ``persistent_workers`` and a ``kept`` dict (the dataset's own, left out when it is pickled), one
+    loader per batch size is kept there and each call only swaps its order, so its workers live from
+    one epoch (one call) to the next instead of being started anew."""
+    options = loader_options(dataset)
+    if kept is None or not (options.persistent_workers and options.num_workers > 0):
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, shuffle=False, **options.kwargs()
+        )
+    key = (batch_size, options)
+    if key not in kept:
+        order = _SwappedSampler(dataset)
+        kept[key] = (order, DataLoader(dataset, batch_size, sampler=order, **options.kwargs()))
+    order, loader = kept[key]
+    order.current = sampler
+    return loader
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Order) -> Iterable[Any]:
     """A dataset that batches itself does (:class:`BatchingDataset`); others get a DataLoader with
-    the dataset's :func:`loader_options` (workers, pinned memory)."""
+    the dataset's :func:`loader_options` (workers, pinned memory; :func:`worker_loader`)."""
     if isinstance(dataset, BatchingDataset):
         return dataset.loader(batch_size, sampler=sampler)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        **loader_options(dataset).kwargs(),
-    )
+    return worker_loader(dataset, batch_size, sampler)
 
 
 def eval_loader(data: Any, batch_size: int) -> Iterable[Any]:

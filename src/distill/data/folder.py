@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.data import DATASETS
-from distill.data.base import loader_options
+from distill.data.base import worker_loader
 from distill.data.tensor import SPLITS, TensorDataset, check_split
 from distill.errors import DistillError
 
@@ -121,13 +121,11 @@ class LazyImages(Dataset):
         """Batches in ``sampler``'s order (index order when None), decoded by the configured workers."""
         if batch_size <= 0:
             raise DistillError(f"batch_size must be positive, got {batch_size}; use e.g. 128")
-        return DataLoader(
-            self,
-            batch_size=batch_size,
-            sampler=sampler,
-            shuffle=False,
-            **loader_options(self).kwargs(),
-        )
+        return worker_loader(self, batch_size, sampler, self.__dict__.setdefault("_kept", {}))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process receives: the dataset without its kept loaders."""
+        return {k: v for k, v in self.__dict__.items() if k != "_kept"}
 
     def subset(self, n: int, seed: int = 0) -> LazyImages:
         """``n`` items drawn with ``seed`` (kept in dataset order)."""
@@ -138,7 +136,7 @@ class LazyImages(Dataset):
             )
         gen = torch.Generator().manual_seed(seed)
         out = self.take(sorted(torch.randperm(len(self), generator=gen)[:n].tolist()))  # type: ignore[arg-type]
-        if hasattr(self, "loader_options"):
+        if hasattr(self, "loader_options"):  # the subset's own loaders: not those of the whole
             out.loader_options = self.loader_options  # type: ignore[attr-defined]
         return out
 
