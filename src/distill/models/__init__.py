@@ -300,8 +300,9 @@ def _timm_model(
     std and input size, applied inside the model (:mod:`distill.models.preprocess`)."""
     name = f"timm:{arch}"
     check_normalize(name, normalize, resize)
+    hub_id = timm_hub_id(arch)  # a malformed hub name is reported before timm is needed
     timm = _import_vision("timm", name)
-    if timm_hub_id(arch) is None and not timm.is_model(arch):
+    if hub_id is None and not timm.is_model(arch):
         raise DistillError(
             f"unknown timm model {arch!r}.{did_you_mean(arch, timm.list_models())} "
             "See timm.list_models() for the architectures, or use hf-hub:ORG/NAME"
