@@ -87,6 +87,15 @@ def test_settings_that_cannot_change_the_result_may_change(capsys, run):
     assert saved["train"]["log_every"] == 1 and saved["description"] == "again"
 
 
+def test_the_loader_workers_may_change(capsys, run):
+    """Workers decode items; the sampler in the main process fixes the order, so resuming with other
+    loader settings gives the same run."""
+    run_dir, recipe = run
+    allowed = ["data.num_workers=1", "data.prefetch_factor=2", "data.pin_memory=false"]
+    assert main(["train", str(recipe), *allowed, "--resume"]) == 0, capsys.readouterr().err
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["num_workers"] == 1
+
+
 def test_nothing_to_resume_where_no_run_exists(capsys, run, tmp_path):
     _, recipe = run
     typo = tmp_path / "rn"
