@@ -141,7 +141,8 @@ def worker_loader(
     """A DataLoader over ``dataset`` in ``sampler``'s order with its :func:`loader_options`. With
     ``persistent_workers`` and a ``kept`` dict (the dataset's own, left out when it is pickled), one
     loader per batch size is kept there and each call only swaps its order, so its workers live from
-    one epoch (one call) to the next instead of being started anew."""
+    one epoch (one call) to the next instead of being started anew. A kept loader serves one pass at
+    a time: a second call of the same batch size restarts it in the new order."""
     options = loader_options(dataset)
     if kept is None or not (options.persistent_workers and options.num_workers > 0):
         return DataLoader(
