@@ -327,7 +327,7 @@ def hf_dataset(
         import datasets
     except ImportError:
         raise DistillError(
-            f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets, or save the "
+            f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets (the hf-datasets extra), or save the "
             "data as CSV/JSONL and use text_file"
         ) from None
     if not path:
