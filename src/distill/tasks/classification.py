@@ -92,6 +92,14 @@ def label_metrics(p: torch.Tensor, y: torch.Tensor, agree: torch.Tensor | None) 
     return metrics
 
 
+def confusion_matrix(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Counts ``(C, C)`` (int64): row = true label, column = top-1 prediction, over probabilities ``p``
+    ``(N, C)`` and labels ``y``; ``C`` grows to cover a label beyond the model's classes."""
+    classes = max(p.shape[1], int(y.max()) + 1 if y.numel() else 0)
+    pairs = y.long() * classes + p.argmax(1)
+    return torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
 def checked_label_smoothing(task: str, value: Any) -> float:
     """``value`` as a float in [0, 1], else a DistillError naming ``task``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -147,9 +155,21 @@ class ClassLogitsTask(Task):
         teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
+        return self.evaluate_with_confusion(model, loader, teacher, device)[0]
+
+    @torch.no_grad()
+    def evaluate_with_confusion(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        teacher: nn.Module | TeacherPredictions | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """:meth:`evaluate`'s metrics and the :func:`confusion_matrix` of the same predictions."""
         p, y, agree = collect_predictions(self, self.eval_logits, model, loader, teacher, device)
         metrics = label_metrics(p, y, agree)
-        return {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
+        metrics = {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
+        return metrics, confusion_matrix(p, y)
 
 
 @TASKS.register(
