@@ -173,7 +173,9 @@ def _write_run_report(
     """``curves.png`` and ``MODEL_CARD.md`` for the finished run; a folder that refuses them is a warning
     (the run itself is saved)."""
     side = trainer.distiller.student_side  # the term labels metrics.jsonl logs (also under DDP)
-    names = list(getattr(side, "names", None) or getattr(getattr(side, "module", None), "names", []))
+    names = list(
+        getattr(side, "names", None) or getattr(getattr(side, "module", None), "names", [])
+    )
     try:
         plot_curves(run_dir, ["loss", "task", *names], trainer.task.primary_metric)
         card = model_card(recipe, summary, data_facts(built.train_data, built.test_data), names)
@@ -236,11 +238,8 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     run = open_run(run_dir, checkpoint, teacher=True)
     student = run.student.to(chosen)
     teacher = run.teacher.to(chosen) if run.teacher is not None else None
-    detailed = getattr(run.task, "evaluate_with_confusion", None)
-    if detailed is not None:
-        values, confusion = detailed(student, run.test_loader(), teacher, chosen)
-    else:
-        values, confusion = run.task.evaluate(student, run.test_loader(), teacher, chosen), None
+    values = run.task.evaluate(student, run.test_loader(), teacher, chosen)
+    confusion = getattr(run.task, "last_confusion", None)  # class-logit tasks keep it
     metrics = Metrics(values, run.notes)
     if confusion is not None:
         metrics.confusion = confusion.tolist()

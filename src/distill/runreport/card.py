@@ -111,11 +111,18 @@ def model_card(
     if summary.get("stopped"):
         lines.append(f"- Stopped early: {summary['stopped']}")
     d = recipe.data
-    lines += ["", "## Data", "", f"- Dataset: `{d.name}`" + (f" (root `{d.root}`)" if d.root else "")]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- Dataset: `{d.name}`" + (f" (root `{d.root}`)" if d.root else ""),
+    ]
     subsets = f"train_subset {d.train_subset or 'all'}, test_subset {d.test_subset or 'all'}"
     sizes = ""
     if "train_samples" in data:
-        sizes = f": {data['train_samples']} training and {data.get('test_samples', '?')} test samples"
+        sizes = (
+            f": {data['train_samples']} training and {data.get('test_samples', '?')} test samples"
+        )
     lines.append(f"- Subsets: {subsets}{sizes}")
     if data.get("classes"):
         lines.append(f"- Labels ({len(data['classes'])}): " + ", ".join(data["classes"]))
@@ -141,22 +148,15 @@ def write_model_card(run_dir: str | Path, card: str) -> Path:
     return path
 
 
-def add_compare_rows(
-    run_dir: str | Path, rows: list[dict[str, Any]], title: str, columns: list[tuple[str, str]]
-) -> Path | None:
-    """Put ``distill compare``'s ``rows`` (``columns``: row key, header) into ``run_dir``'s card under
-    :data:`COMPARE_HEADING`, replacing an earlier comparison's; None (nothing written) without a card."""
+def add_compare_rows(run_dir: str | Path, title: str, table: str) -> Path | None:
+    """Put ``distill compare``'s rows (``table``, Markdown, under the line ``title``) into ``run_dir``'s card
+    under :data:`COMPARE_HEADING`, replacing an earlier comparison's; None (nothing written) without a
+    card."""
     path = Path(run_dir) / "MODEL_CARD.md"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     text = text.split("\n" + COMPARE_HEADING, 1)[0].rstrip("\n") + "\n"
-    lines = ["", COMPARE_HEADING, "", title, ""]
-    lines.append("| " + " | ".join(h for _, h in columns) + " |")
-    lines.append("|" + "---|" * len(columns))
-    for row in rows:
-        cells = [_number(row[k]) if row.get(k) is not None else "-" for k, _ in columns]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    write_text(path, text + "\n".join(lines) + "\n")
+    write_text(path, "\n".join([text, COMPARE_HEADING, "", title, "", table.strip("\n"), ""]))
     return path

@@ -12,9 +12,7 @@ from distill.io import write_json
 def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
     """Accuracy (%) of each true class: the diagonal over the row sums (rows are true labels, columns
     predictions); NaN for a class with no test sample."""
-    return [
-        100.0 * row[i] / sum(row) if sum(row) else math.nan for i, row in enumerate(confusion)
-    ]
+    return [100.0 * row[i] / sum(row) if sum(row) else math.nan for i, row in enumerate(confusion)]
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path) -> Path:

@@ -147,6 +147,8 @@ class ClassLogitsTask(Task):
         """The task's metrics besides :func:`label_metrics`, from probabilities ``(N, C)`` and labels."""
         return {}
 
+    last_confusion: torch.Tensor | None = None  # set by each evaluate: its confusion_matrix
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -155,21 +157,12 @@ class ClassLogitsTask(Task):
         teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
-        return self.evaluate_with_confusion(model, loader, teacher, device)[0]
-
-    @torch.no_grad()
-    def evaluate_with_confusion(
-        self,
-        model: nn.Module,
-        loader: Iterable[Any],
-        teacher: nn.Module | TeacherPredictions | None = None,
-        device: torch.device | str = "cpu",
-    ) -> tuple[dict[str, float], torch.Tensor]:
-        """:meth:`evaluate`'s metrics and the :func:`confusion_matrix` of the same predictions."""
+        """Label metrics; the :func:`confusion_matrix` of the same predictions is kept in
+        :attr:`last_confusion` (``distill eval`` draws it)."""
         p, y, agree = collect_predictions(self, self.eval_logits, model, loader, teacher, device)
         metrics = label_metrics(p, y, agree)
-        metrics = {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
-        return metrics, confusion_matrix(p, y)
+        self.last_confusion = confusion_matrix(p, y)
+        return {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
 
 
 @TASKS.register(
