@@ -60,7 +60,7 @@ def test_a_finished_run_has_curves_and_a_card_that_states_what_it_is(run):
     counts = card_field(card, "Training samples per label").split(", ")
     assert sum(int(c) for c in counts) == 256
     assert card_field(card, "Task loss weight (task_weight)") == "0.5"
-    assert "| kd | `kd` | `{\"temperature\": 3.0}` | 2.0 |" in card
+    assert '| kd | `kd` | `{"temperature": 3.0}` | 2.0 |' in card
     assert card_field(card, "Optimizer").startswith("`adamw`, lr 0.003")
     assert card_field(card, "Training").startswith("1 epochs (4 optimizer steps done)")
     rows = measured_rows(card)
@@ -155,3 +155,20 @@ def test_compare_embeds_the_curves_and_puts_its_rows_in_the_card(tmp_path, monke
     compared = (run / "MODEL_CARD.md").read_text().split("## In `distill compare`", 1)[1]
     assert "this model is the `student-kd` row" in compared
     assert f"| student-kd | torch | {row['accuracy']:.2f} |" in compared
+
+
+def test_a_folder_that_refuses_the_reports_keeps_the_run_and_says_so(tmp_path, monkeypatch, run):
+    from rich.console import Console
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "plot_curves", full)
+    console = Console(record=True, width=200)
+    summary = api.train(Recipe(**tiny_recipe_dict(tmp_path / "r")), console=console)
+    assert summary["best"]["top1"] >= 0 and (tmp_path / "r" / "model.safetensors").exists()
+    assert "could not write curves.png / MODEL_CARD.md" in console.export_text()
+    monkeypatch.setattr(api, "write_eval", full)
+    metrics = api.evaluate(run)
+    assert metrics["samples"] == 128
+    assert any("eval.json/confusion.png not written" in note for note in metrics.notes)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from distill.io import write_json
+from distill.io import atomic_write, write_json
 
 
 def per_class_accuracy(confusion: list[list[int]]) -> list[float]:
@@ -42,7 +42,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
     ax.set_ylabel("true (class accuracy)")
     ax.set_title("confusion matrix (test split)")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))  # whole or not at all
     plt.close(fig)
     return Path(path)
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distill.io import atomic_write
+
 # numbers in a ``train`` record that are not loss terms
 NOT_LOSSES = frozenset(
     {"step", "epoch", "lr", "samples_per_s", "grad_norm", "skipped_steps", "scaler_skipped_steps"}
@@ -89,6 +91,6 @@ def plot_curves(
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(path) if path is not None else Path(run_dir) / "curves.png"
-    fig.savefig(out)
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png"))  # whole or not at all
     plt.close(fig)
     return out
