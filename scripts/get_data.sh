@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Make sure Fashion-MNIST is available: use it where it already is, install the Debian package
-# `dataset-fashion-mnist` where apt is available, otherwise download it from the public mirror.
-# Then the text data (scripts/get_text_data.sh).
+# Make sure Fashion-MNIST is available (all `make demo` needs): use it where it already is, install the
+# Debian package `dataset-fashion-mnist` where apt is available, otherwise download it from the public
+# mirror (each file checked against its pinned SHA-256). The text data and encoder are a separate step:
+# scripts/get_text_data.sh (`make data-text`, which `make test` runs).
 set -euo pipefail
 PYTHON=${PYTHON:-.venv/bin/python}
-export PYTHON
 fashion_mnist() {
     if "$PYTHON" -m distill.data.fashion_mnist >/dev/null 2>&1; then
         echo "Fashion-MNIST: $("$PYTHON" -m distill.data.fashion_mnist)"
@@ -19,8 +19,7 @@ fashion_mnist() {
         fi
         echo "Fashion-MNIST: apt-get failed; downloading instead"
     fi
-    "$PYTHON" -m distill.data.fashion_mnist --ensure
+    folder=$("$PYTHON" -m distill.data.fashion_mnist --ensure)  # an assignment keeps set -e's exit
+    echo "Fashion-MNIST: $folder"
 }
 fashion_mnist
-# Rotten Tomatoes and the MiniLM teacher for the text examples and tests
-bash "$(dirname "$0")/get_text_data.sh"

@@ -6,7 +6,7 @@ The Python API is the product; the ``distill`` CLI is a thin shell over :mod:`di
 >>> distiller = Distiller(student, ClassificationTask(), teacher=teacher,
 ...                       terms=[Term(KDLoss(temperature=4.0), weight=0.9)], task_weight=0.1)
 >>> Trainer(distiller, train_loader, val_loader, TrainConfig(epochs=10), run_dir="runs/kd").fit()
->>> run = open_run("runs/kd", "best", teacher=True)   # a finished run: recipe, task, data, student
+>>> run = open_run("runs/fashion_mnist-kd", "best")  # a run distill.api.train wrote (it keeps recipe.yaml)
 """
 
 from __future__ import annotations

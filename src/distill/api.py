@@ -34,6 +34,16 @@ from distill.io import write_text
 from distill.losses import LOSSES
 from distill.models import ADAPTER_ROWS, MODELS, build_model
 from distill.projectors import PROJECTORS
+from distill.runreport import (
+    CURVES,
+    MODEL_CARD,
+    data_facts,
+    model_card,
+    per_class_accuracy,
+    plot_curves,
+    write_eval,
+    write_model_card,
+)
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
 from distill.train.callbacks import CALLBACKS
@@ -83,6 +93,10 @@ def clear_run_dir(run_dir: Path) -> None:
         "summary.json",
         "tensorboard",
         "model.safetensors",
+        CURVES,
+        MODEL_CARD,
+        "eval.json",
+        "confusion.png",
     ):
         target = run_dir / name
         if target.is_dir():
@@ -147,7 +161,28 @@ def _train_locked(
             write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
         barrier(trainer.dist)
         trainer.after_checkpoint.append(start.commit)
-        return trainer.fit(resume=resume)
+        summary = trainer.fit(resume=resume)
+        if trainer.dist.is_main:
+            _write_run_report(run_dir, recipe, built, summary, trainer, console)
+        return summary
+
+
+def _write_run_report(
+    run_dir: Path, recipe: Recipe, built: Any, summary: dict[str, Any], trainer: Any, console: Any
+) -> None:
+    """``curves.png`` and ``MODEL_CARD.md`` for the finished run; a folder that refuses them is a warning
+    (the run itself is saved)."""
+    side = trainer.distiller.student_side  # the term labels metrics.jsonl logs (also under DDP)
+    names = list(
+        getattr(side, "names", None) or getattr(getattr(side, "module", None), "names", [])
+    )
+    try:
+        plot_curves(run_dir, ["loss", "task", *names], trainer.task.primary_metric)
+        card = model_card(recipe, summary, data_facts(built.train_data, built.test_data), names)
+        write_model_card(run_dir, card)
+    except (OSError, DistillError) as err:
+        message = f"could not write {CURVES} / {MODEL_CARD} into {run_dir}: {err}"
+        (console or Console()).print(f"[yellow]warning[/]: {escape(message)}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -185,6 +220,10 @@ class Metrics(dict[str, float]):
     def __init__(self, values: dict[str, float], notes: list[str] | None = None) -> None:
         super().__init__(values)
         self.notes = list(notes or [])
+        # classification: counts (rows true, columns predicted), class names, accuracy (%) per class
+        self.confusion: list[list[int]] | None = None
+        self.classes: list[str] = []
+        self.per_class: list[float] = []
 
 
 def evaluate(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Metrics:
@@ -192,13 +231,27 @@ def evaluate(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     the recipe has one and its weights are still there (otherwise ``notes`` says agreement was left out).
 
     ``device``: where the models run (``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, checked like
-    ``train.device``)."""
+    ``train.device``). Writes ``eval.json`` into ``run_dir`` and, for class-logit tasks, ``confusion.png``
+    (the metrics' ``confusion``, ``classes`` and ``per_class`` hold the same); a folder that refuses them
+    adds a note."""
     chosen = resolve_device(device, "--device")
     run = open_run(run_dir, checkpoint, teacher=True)
     student = run.student.to(chosen)
     teacher = run.teacher.to(chosen) if run.teacher is not None else None
-    metrics = run.task.evaluate(student, run.test_loader(), teacher, chosen)
-    return Metrics(metrics, run.notes)
+    values = run.task.evaluate(student, run.test_loader(), teacher, chosen)
+    confusion = getattr(run.task, "last_confusion", None)  # class-logit tasks keep it
+    metrics = Metrics(values, run.notes)
+    if confusion is not None:
+        metrics.confusion = confusion.tolist()
+        names = getattr(run.test_data, "classes", None) or []
+        metrics.classes = [str(c) for c in names][: len(metrics.confusion)]
+        metrics.classes += [str(i) for i in range(len(metrics.classes), len(metrics.confusion))]
+        metrics.per_class = per_class_accuracy(metrics.confusion)
+    try:
+        write_eval(run_dir, checkpoint, values, run.notes, metrics.confusion, metrics.classes)
+    except OSError as err:
+        metrics.notes.append(f"eval.json/confusion.png not written ({err.strerror}): {run_dir}")
+    return metrics
 
 
 def validate(paths: list[str | Path]) -> list[Recipe | None]:

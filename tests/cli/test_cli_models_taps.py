@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from cli.test_cli import assert_one_error_line, run_cli
-from conftest import tiny_recipe_dict
 from distill import api
 from distill.config.build import slow_batchnorm_warning
 from distill.config.schema import Recipe
 from distill.models import build_model
 from distill.taps import FeatureTaps
+from helpers import tiny_recipe_dict
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from conftest import tiny_recipe_dict
 from distill.errors import DistillError
 from distill.train.logging import PlainProgress, make_progress
+from helpers import tiny_recipe_dict
 
 STEP_LINE = re.compile(r"^epoch (\d)/2 step (\d+)/8 \(\d+%\) loss=\S+ .*\| \S+ steps/s, elapsed ")
 

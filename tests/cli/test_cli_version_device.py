@@ -13,11 +13,11 @@ import torch
 import yaml
 
 from cli.test_cli import assert_one_error_line, run_cli
-from conftest import tiny_recipe_dict
 from distill import api
 from distill.compare import _measure
 from distill.compare.context import Produced
 from distill.tasks.classification import ClassificationTask
+from helpers import tiny_recipe_dict
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import struct
 import urllib.request
@@ -204,6 +205,13 @@ def test_fashion_mnist_download_is_atomic_and_used(
         urls.append(url)
         return io.BytesIO(blobs[url.rsplit("/", 1)[1]])
 
+    pinned = {
+        n.removesuffix(".gz"): hashlib.sha256(gzip.decompress(b)).hexdigest()
+        for n, b in blobs.items()
+    }
+    monkeypatch.setattr(
+        fm, "SHA256", pinned
+    )  # these small stand-ins are the "published" files here
     monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
@@ -216,6 +224,29 @@ def test_fashion_mnist_download_is_atomic_and_used(
     # --ensure --root DIR downloads into a folder named for it (the only download into a given root)
     assert fm.main(["--ensure", "--root", str(tmp_path / "named")]) == 0 and len(urls) == 8
     assert sorted(p.name for p in (tmp_path / "named").iterdir()) == sorted(blobs)
+
+
+def test_fashion_mnist_download_with_a_wrong_digest_is_refused_and_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_idx(tmp_path / "src.gz", np.zeros((2, 28, 28)))
+    blob = (tmp_path / "src.gz").read_bytes()  # a valid IDX file, but not Fashion-MNIST's data
+    monkeypatch.setattr(fm, "SYSTEM_DIRS", ())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(blob))
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
+    with pytest.raises(DistillError, match="not the published") as info:
+        fm.FashionMNIST(split="test")
+    assert "\n" not in str(info.value) and fm.SHA256["train-images-idx3-ubyte"] in str(info.value)
+    assert not any(p.is_file() for p in (tmp_path / "data").rglob("*"))  # the bad file is gone
+    assert fm.main(["--ensure"]) == 2
+
+
+@pytest.mark.skipif(
+    not (DEBIAN / "t10k-labels-idx1-ubyte.gz").exists(), reason="needs dataset-fashion-mnist"
+)
+def test_pinned_fashion_mnist_digests_match_the_debian_copy() -> None:
+    for name, digest in fm.SHA256.items():
+        assert fm.idx_sha256(DEBIAN / f"{name}.gz") == digest, name
 
 
 # --- image_folder / tensors -------------------------------------------------------------------

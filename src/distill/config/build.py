@@ -464,15 +464,12 @@ def check_device(device: str, where: str = "train.device") -> None:
             f"{where} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"{where} is {device!r} but no CUDA GPU is visible; use {use}auto or cpu"
-        )
+        raise ConfigError(f"{where} is {device!r} but no CUDA GPU is visible; use {use}auto or cpu")
     try:  # a device type this PyTorch build or machine lacks (mps off Apple, cuda:7 of 1 GPU, xpu)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, ValueError) as err:
         raise ConfigError(
-            f"{where} {device!r} is not available here ({first_line(err)}); "
-            f"use {use}auto or cpu"
+            f"{where} {device!r} is not available here ({first_line(err)}); use {use}auto or cpu"
         ) from None
 
 

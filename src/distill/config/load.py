@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from distill.config.plugins import make_importable
 from distill.config.safe_yaml import MAX_CHARS, safe_load, short_repr, to_yaml
 from distill.config.schema import Recipe
 from distill.errors import ConfigError, DistillError, did_you_mean, first_line
@@ -198,8 +200,9 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
     return data
 
 
-def import_plugins(plugins: Any, source: str) -> None:
-    """Import the modules listed under ``plugins:``: the only way a recipe loads user code."""
+def import_plugins(plugins: Any, source: str, folder: str | Path | None = None) -> None:
+    """Import the modules listed under ``plugins:``: the only way a recipe loads user code. They are
+    found on ``sys.path``, in the current directory and in ``folder`` (the recipe's)."""
     if plugins in (None, []):
         return
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
@@ -212,12 +215,13 @@ def import_plugins(plugins: Any, source: str) -> None:
                 f"{source}: plugin {short_repr(module)} is not a module name; "
                 "write dotted Python names like my_pkg.losses"
             )
+        make_importable([os.getcwd(), *([folder] if folder is not None else [])])
         try:
             importlib.import_module(module)
         except ImportError as err:
             raise ConfigError(
                 f"{source}: plugin {short_repr(module)} cannot be imported ({_one_line(str(err))}); "
-                "check PYTHONPATH"
+                "put it in the current directory or the recipe's folder, or add its folder to PYTHONPATH"
             ) from None
 
 
@@ -289,7 +293,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = load_raw(source)
     for text in overrides:
         data = apply_override(data, text)
-    import_plugins(data.get("plugins"), show_path(source))
+    import_plugins(data.get("plugins"), show_path(source), Path(source).resolve().parent)
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:

@@ -56,7 +56,9 @@ def run_recipe(run_dir: str | Path) -> Recipe:
     path = Path(run_dir) / "recipe.yaml"
     if not path.is_file():
         raise DistillError(
-            f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` wrote"
+            f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` "
+            "or distill.train(recipe) wrote (a Trainer built by hand saves weights only: name your model "
+            "as module:function in a Recipe, docs/plugins.md)"
         )
     return load_recipe(path)
 

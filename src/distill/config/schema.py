@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
+from distill.config.plugins import register_import_paths
 from distill.data import DATASETS
 from distill.errors import did_you_mean
 from distill.losses import LOSSES
@@ -73,7 +74,8 @@ LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
 class ModelSpec(Strict):
     name: str = Field(
         description="registry name (`distill list models`), torchvision:NAME / timm:NAME / hf:FOLDER_OR_HUB_ID, "
-        "or from_teacher (a student keeping the teacher's embeddings and some of its layers)"
+        "from_teacher (a student keeping the teacher's embeddings and some of its layers), or "
+        "MODULE:FUNCTION, a factory f(num_classes, in_channels, **options) in a module listed under plugins"
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the model factory"
@@ -92,7 +94,7 @@ class ModelSpec(Strict):
                 )
         if self.name == FROM_TEACHER:
             check_kwargs(student_from_teacher, self.options, what=FROM_TEACHER, skip=("teacher",))
-        elif ":" not in self.name:
+        elif ":" not in self.name or self.name in MODELS:  # a registered name or module:function
             check_kwargs(
                 _lookup("model", self.name),
                 self.options,
@@ -117,7 +119,11 @@ class AugmentSpec(Strict):
 
 
 class DataSpec(Strict):
-    name: str = "fashion_mnist"
+    name: str = Field(
+        "fashion_mnist",
+        description="registry name (`distill list datasets`) or MODULE:FUNCTION, a factory "
+        "f(split, root, **options) in a module listed under plugins",
+    )
     root: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     train_subset: int | None = Field(None, gt=0, description="use only this many training samples")
@@ -315,7 +321,9 @@ class Recipe(Strict):
     )
     description: str = ""
     plugins: list[str] = Field(
-        default_factory=list, description="importable modules that register extra items"
+        default_factory=list,
+        description="modules to import (from sys.path, the current directory or the recipe's folder): "
+        "they register extra items, and model/dataset names MODULE:FUNCTION may use them",
     )
     task: str = "classification"
     task_options: dict[str, Any] = Field(default_factory=dict)
@@ -334,6 +342,13 @@ class Recipe(Strict):
     compare: CompareSpec = Field(
         default_factory=CompareSpec, description="distill compare settings (flags override them)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_names(cls, data: Any) -> Any:
+        """``module:function`` model and dataset names, checked against ``plugins:`` and registered."""
+        register_import_paths(data)
+        return data
 
     @field_validator("task")
     @classmethod

@@ -15,6 +15,7 @@ import argparse
 import errno
 import functools
 import gzip
+import hashlib
 import os
 import stat
 import sys
@@ -43,6 +44,14 @@ CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 DOWNLOAD_TIMEOUT_S = 30.0
+# SHA-256 of each file's decompressed IDX bytes: the mirror's .gz and Debian's re-gzipped copies differ in
+# their gzip framing, not in the data, so a download is checked after decompression.
+SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
 
 # IDX type byte -> big-endian numpy dtype
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -181,8 +190,33 @@ def _download(url: str, dest: Path) -> None:
             os.unlink(tmp)
 
 
+def idx_sha256(path: Path) -> str:
+    """SHA-256 of the IDX bytes in ``path`` (decompressed when it ends in ``.gz``)."""
+    digest = hashlib.sha256()
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DistillError(f"cannot read {path} ({exc}); delete it and fetch it again") from None
+    return digest.hexdigest()
+
+
+def check_digest(path: Path) -> None:
+    """Refuse a Fashion-MNIST file whose data is not the published one (its SHA-256 is pinned)."""
+    expected = SHA256[path.name.removesuffix(".gz")]
+    found = idx_sha256(path)
+    if found != expected:
+        raise DistillError(
+            f"{path} has SHA-256 {found}, not the published {expected}; the download is corrupt or "
+            f"not Fashion-MNIST: delete it and fetch it again, or {_how_to_get(path.parent)}"
+        )
+
+
 def download_fashion_mnist(target: Path) -> Path:
-    """Download the files ``target`` lacks into it (created if needed); returns ``target``."""
+    """Download the files ``target`` lacks into it (created if needed), each checked against its pinned
+    SHA-256 (a mismatch is deleted and refused); returns ``target``."""
     for name in _all_names():
         if _file_in(target, name.removesuffix(".gz")) is not None:
             continue
@@ -193,6 +227,11 @@ def download_fashion_mnist(target: Path) -> Path:
             raise DistillError(
                 f"could not download {MIRROR + name} ({reason}); {_how_to_get(target)}"
             ) from None
+        try:
+            check_digest(target / name)
+        except DistillError:
+            (target / name).unlink()
+            raise
     return target
 
 

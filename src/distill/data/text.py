@@ -337,8 +337,8 @@ def hf_dataset(
         import datasets
     except ImportError:
         raise DistillError(
-            f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets, or save the "
-            "data as CSV/JSONL and use text_file (images: image_folder)"
+            f"dataset hf_dataset ({path!r}) needs the datasets package; pip install datasets (the "
+            "hf-datasets extra), or save the data as CSV/JSONL and use text_file (images: image_folder)"
         ) from None
     if not path:
         raise DistillError(

@@ -103,7 +103,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs
     check_option(is_positive_int(num_classes), name, "num_classes", num_classes, "an int >= 1")
     check_option(is_positive_int(in_channels), name, "in_channels", in_channels, "an int >= 1")
     source, sep, arch = name.partition(":")
-    if sep:
+    if sep and name not in MODELS:  # registered names may hold ':' (a recipe's module:function)
         adapters = {
             "torchvision": _torchvision_model,
             "timm": _timm_model,

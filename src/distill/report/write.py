@@ -133,11 +133,14 @@ def write_report(
     columns: list[Column] | None = None,
     plot_keys: tuple[str, str, str] = ("latency_ms_b1", "params", "name"),
     html: bool = False,
+    images: list[tuple[str, Path]] | None = None,
     **meta: Any,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``accuracy_latency.png`` (and ``report.html``) into ``out_dir``.
 
     ``plot_keys`` are the row keys of the plot's x axis (a latency in ms), its marker size and point labels.
+    ``images`` are ``(caption, PNG path)`` figures (the runs' training curves): linked from ``report.md``
+    and inlined in ``report.html``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +171,10 @@ def write_report(
     ]
     if notes:
         md += [notes, ""]
+    if images:
+        md += ["## Training curves", ""]
+        for caption, image in images:
+            md += [f"![{caption}]({Path(os.path.relpath(image, out)).as_posix()})", ""]
     info = payload["machine"]
     machine = (
         f"Machine: {info['processor']}, {info['cpu_count']} cores, torch {info['torch']} "
@@ -186,6 +193,7 @@ def write_report(
             paths["plot"].read_bytes(),
             notes,
             machine,
+            [(caption, Path(image).read_bytes()) for caption, image in images or []],
         )
         write_text(paths["html"], page)
     return paths

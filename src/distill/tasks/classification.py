@@ -92,6 +92,14 @@ def label_metrics(p: torch.Tensor, y: torch.Tensor, agree: torch.Tensor | None) 
     return metrics
 
 
+def confusion_matrix(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Counts ``(C, C)`` (int64): row = true label, column = top-1 prediction, over probabilities ``p``
+    ``(N, C)`` and labels ``y``; ``C`` grows to cover a label beyond the model's classes."""
+    classes = max(p.shape[1], int(y.max()) + 1 if y.numel() else 0)
+    pairs = y.long() * classes + p.argmax(1)
+    return torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
 def checked_label_smoothing(task: str, value: Any) -> float:
     """``value`` as a float in [0, 1], else a DistillError naming ``task``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -139,6 +147,8 @@ class ClassLogitsTask(Task):
         """The task's metrics besides :func:`label_metrics`, from probabilities ``(N, C)`` and labels."""
         return {}
 
+    last_confusion: torch.Tensor | None = None  # set by each evaluate: its confusion_matrix
+
     @torch.no_grad()
     def evaluate(
         self,
@@ -147,8 +157,11 @@ class ClassLogitsTask(Task):
         teacher: nn.Module | TeacherPredictions | None = None,
         device: torch.device | str = "cpu",
     ) -> dict[str, float]:
+        """Label metrics; the :func:`confusion_matrix` of the same predictions is kept in
+        :attr:`last_confusion` (``distill eval`` draws it)."""
         p, y, agree = collect_predictions(self, self.eval_logits, model, loader, teacher, device)
         metrics = label_metrics(p, y, agree)
+        self.last_confusion = confusion_matrix(p, y)
         return {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}
 
 

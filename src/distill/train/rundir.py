@@ -44,6 +44,10 @@ ARTEFACTS = (
     "tensorboard",
     "model.safetensors",
     "recipe.yaml",
+    "curves.png",
+    "MODEL_CARD.md",
+    "eval.json",
+    "confusion.png",
 )
 
 _HELD: dict[str, list[Any]] = {}  # resolved lock path -> [open file, times taken] in this process
