@@ -173,3 +173,12 @@ def test_mlflow_file_store_run_gets_metrics_params_and_artifacts(tmp_path, monke
     artifacts = Path(client.download_artifacts(found.info.run_id, "", str(tmp_path / "got")))
     assert yaml.safe_load((artifacts / "recipe.yaml").read_text())["train"]["batch_size"] == 64
     assert json.loads((artifacts / "summary.json").read_text())["best"] == summary["best"]
+
+
+def test_resume_may_change_the_loggers(tmp_path):
+    train(tmp_path, "jsonl")
+    recipe = tiny_recipe_dict(tmp_path / "run")
+    recipe["train"]["loggers"] = ["jsonl", {"name": "csv"}]
+    api.train(Recipe.model_validate(recipe), resume=True)  # a change in another key is refused
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert [spec["name"] for spec in saved["train"]["loggers"]] == ["jsonl", "csv"]
