@@ -13,7 +13,10 @@ import pytest
 import yaml
 
 from distill import api
+from distill.config.build import build, make_trainer
 from distill.config.schema import Recipe
+from distill.train.callbacks import Callback
+from distill.train.loggers import LOGGERS, Logger, RunInfo
 from distill.train.logging import MetricsLogger, truncate_metrics
 from helpers import tiny_recipe_dict
 
@@ -109,8 +112,9 @@ def wandb_records(path: Path) -> tuple[dict, list[dict], dict]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
-        if kind == "run":
-            config.update({u.key: json.loads(u.value_json) for u in record.run.config.update})
+        if kind in ("run", "config"):  # the config comes with the run record, or after it
+            updates = (record.run.config if kind == "run" else record.config).update
+            config.update({u.key: json.loads(u.value_json) for u in updates})
         elif kind == "history":
             history.append(
                 {
@@ -129,11 +133,12 @@ def wandb_records(path: Path) -> tuple[dict, list[dict], dict]:
 
 
 def test_wandb_offline_run_gets_metrics_recipe_and_summary(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     summary, run = train(tmp_path, "jsonl", {"name": "wandb", "options": {"project": "kd"}})
+    wandb.teardown()  # the W&B service writes the run file out when it stops
     (path,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     config, history, final = wandb_records(path)
     assert config["train"]["batch_size"] == 64 and config["student"]["name"] == "cnn"  # the recipe
@@ -182,3 +187,45 @@ def test_resume_may_change_the_loggers(tmp_path):
     api.train(Recipe.model_validate(recipe), resume=True)  # a change in another key is refused
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert [spec["name"] for spec in saved["train"]["loggers"]] == ["jsonl", "csv"]
+
+
+class Spy(Logger):
+    """Records what a logger is told."""
+
+    calls: list = []
+
+    def start(self, run: RunInfo) -> None:
+        Spy.calls.append(("start", run.recipe is not None, run.meta["world_size"]))
+
+    def log(self, event: str, values, step: int) -> None:
+        Spy.calls.append(("log", event, step))
+
+    def finish(self, summary) -> None:
+        Spy.calls.append(("finish", None if summary is None else summary["steps"]))
+
+
+class Boom(Callback):
+    def on_step_end(self, trainer, step, metrics) -> None:
+        if step == 3:
+            raise RuntimeError("a bug in a callback")
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_logger_is_finished_with_the_summary_or_none_when_the_run_fails(
+    tmp_path, monkeypatch, fails
+):
+    monkeypatch.setattr(LOGGERS, "_items", {**LOGGERS._items, "spy": Spy})
+    monkeypatch.setattr(Spy, "calls", [])
+    recipe = tiny_recipe_dict(tmp_path)
+    recipe["train"]["loggers"] = ["spy"]
+    built = build(Recipe.model_validate(recipe))
+    trainer = make_trainer(built, tmp_path, callbacks=[Boom()] if fails else [])
+    if fails:
+        with pytest.raises(RuntimeError, match="a bug"):
+            trainer.fit()
+    else:
+        trainer.fit()
+    assert Spy.calls[0] == ("start", True, 1)
+    assert ("log", "train", 2) in Spy.calls
+    assert Spy.calls[-1] == ("finish", None if fails else 4)
+    assert [c[0] for c in Spy.calls].count("finish") == 1
