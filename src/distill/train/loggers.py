@@ -38,7 +38,7 @@ CSV_FIRST = (
 @dataclass
 class RunInfo:
     """What a logger learns at the start: ``recipe`` is the resolved recipe as JSON values (None for a
-    Trainer built by hand), ``meta`` where it runs (``device``, ``world_size``, ``torch``, ``resumed_at``)."""
+    Trainer built by hand), ``meta`` where it runs (``device``, ``world_size``, ``torch``, ``start_step``)."""
 
     run_dir: Path | None
     recipe: dict[str, Any] | None = None

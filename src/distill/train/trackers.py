@@ -120,7 +120,7 @@ class MlflowLogger(Logger):
         except ImportError:
             raise _needs("mlflow", "mlflow") from None
         name = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
-        tags = {f"distill.{k}": str(v) for k, v in run.meta.items()}
+        tags = {f"distill.{k}": str(v) for k, v in run.meta.items() if v is not None}
         try:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             found = self.client.get_experiment_by_name(name)

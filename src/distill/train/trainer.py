@@ -617,7 +617,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "torch": torch.__version__,
-            "resumed_at": self.global_step,
+            "start_step": self.global_step,  # a resumed run starts past 0
         }
 
     def _run_epoch(
