@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from distill import api
 from distill.config.build import build, make_trainer
 from distill.config.schema import Recipe
+from distill.errors import DistillError
 from distill.train.callbacks import Callback
 from distill.train.loggers import LOGGERS, Logger, RunInfo
 from distill.train.logging import MetricsLogger, truncate_metrics
@@ -229,3 +231,10 @@ def test_a_logger_is_finished_with_the_summary_or_none_when_the_run_fails(
     assert ("log", "train", 2) in Spy.calls
     assert Spy.calls[-1] == ("finish", None if fails else 4)
     assert [c[0] for c in Spy.calls].count("finish") == 1
+
+
+@pytest.mark.parametrize("package", ["wandb", "mlflow"])
+def test_a_tracker_without_its_package_says_which_extra_to_install(tmp_path, monkeypatch, package):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if it were not installed
+    with pytest.raises(DistillError, match=rf"pip install 'distill\[{package}\]'"):
+        MetricsLogger(tmp_path, loggers=["jsonl", package])
