@@ -90,6 +90,7 @@ def clear_run_dir(run_dir: Path) -> None:
     for name in (
         "checkpoints",
         "metrics.jsonl",
+        "metrics.csv",
         "summary.json",
         "tensorboard",
         "model.safetensors",

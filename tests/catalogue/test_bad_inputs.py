@@ -741,6 +741,11 @@ CASES = [
          edits={"train.callbacks": [{"name": "early_stoping"}]}),
     case("callback-bad-patience", "patience 0", ">= 1",
          edits={"train.callbacks": [{"name": "early_stopping", "options": {"patience": 0}}]}),
+    # --- experiment tracking (train.loggers) ----------------------------------------------------------
+    case("logger-unknown", "'csvv'", "Did you mean 'csv'", edits={"train.loggers": ["jsonl", "csvv"]}),
+    case("logger-twice", "'csv'", "twice", edits={"train.loggers": ["csv", "csv"]}),
+    case("logger-unknown-option", "'uri'", "Did you mean 'tracking_uri'",
+         edits={"train.loggers": [{"name": "mlflow", "options": {"uri": "file:/tmp/x"}}]}),
     case("eval-recipe-no-longer-fits-weights", "saved-run", "recipe.yaml", "do not fit", "channels",
          argv=("eval", "$SAVED"),
          prepare=lambda env: (env.saved / "recipe.yaml").write_text(

@@ -489,7 +489,7 @@ def make_trainer(built: Built, run_dir: str | Path | None = None, **trainer_kwar
         recipe.train,
         run_dir=run_dir or recipe.run_dir,
         augment=built.augment,
-        **trainer_kwargs,
+        **{"recipe": recipe.model_dump(mode="json"), **trainer_kwargs},
     )
 
 

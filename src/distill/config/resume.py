@@ -13,8 +13,8 @@ from distill.train.checkpoint import MANIFEST
 
 # Recipe keys --resume may change: none reaches the weights, the optimizer state, the data order or the
 # evaluations. The name and description are text; output is where the run lives now (a moved folder);
-# progress, log_every and tensorboard only show or log (a metrics line averages the steps since the
-# previous one, whatever their number); checkpoint_every and keep_checkpoints say when and how many
+# progress, log_every, tensorboard and loggers only show or log (a metrics line averages the steps
+# since the previous one, whatever their number); checkpoint_every and keep_checkpoints say when and how many
 # 'last' files are written, and every step is a function of the saved state, not of when it was saved.
 # Everything else is refused, train.epochs and train.max_steps included: the learning-rate schedule spans
 # the run's total steps (cosine, one-cycle and epoch-wise; the warm-up is capped by it), so a longer or
@@ -30,6 +30,7 @@ RESUMABLE_KEYS = frozenset(
         "train.progress",
         "train.log_every",
         "train.tensorboard",
+        "train.loggers",
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "data.num_workers",
@@ -38,7 +39,8 @@ RESUMABLE_KEYS = frozenset(
         "data.prefetch_factor",
     }
 )
-RESUMABLE_SECTIONS = tuple(f"{name}." for name in AFTER_TRAINING)  # export:, qat:, compare:
+# export:, qat:, compare:, and the loggers (a list of {name, options})
+RESUMABLE_SECTIONS = (*(f"{name}." for name in AFTER_TRAINING), "train.loggers.")
 SHOWN = 3  # changed keys named in the error (the rest are counted)
 
 

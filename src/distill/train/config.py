@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from distill.registry import UnknownNameError, check_kwargs
 from distill.train.callbacks import CALLBACKS
+from distill.train.loggers import DEFAULT_LOGGERS, LOGGERS
 
 MAX_COUNT = 2**31 - 1  # sizes and counts beyond this overflow index arithmetic long before they fit
 MAX_LR = 1000.0  # larger learning rates overflow float32 in the optimizer's update
@@ -49,6 +50,32 @@ class CallbackSpec(BaseModel):
         except UnknownNameError as err:
             raise ValueError(str(err)) from None
         check_kwargs(cls, self.options, what=f"callback {self.name!r}")
+        return self
+
+
+class LoggerSpec(BaseModel):
+    """``{name: wandb, options: {project: kd}}``: a registered logger; a bare name (``csv``) is one
+    without options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="jsonl, csv, tensorboard, wandb, mlflow (`distill.train.loggers`; plugins add more)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _known(self) -> LoggerSpec:
+        try:
+            cls = LOGGERS.get(self.name)
+        except UnknownNameError as err:
+            raise ValueError(str(err)) from None
+        check_kwargs(cls, self.options, what=f"logger {self.name!r}")
         return self
 
 
@@ -187,12 +214,28 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, gt=0, description="write a metrics line every N steps")
     device: str = "auto"
     progress: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = Field(
+        False, description="also log to TensorBoard (as loggers: [..., tensorboard])"
+    )
+    loggers: list[LoggerSpec] = Field(
+        default_factory=lambda: [LoggerSpec(name=n) for n in DEFAULT_LOGGERS],
+        description="where metrics go, rank 0 only: jsonl (metrics.jsonl), csv (metrics.csv), "
+        "tensorboard, wandb, mlflow; an entry with options is {name: wandb, options: {project: kd}}",
+    )
 
     @property
     def amp(self) -> Literal["fp32", "bf16", "fp16"]:
         """The autocast in effect: ``precision``, or bf16 where the older ``bf16: true`` asks for it."""
         return "bf16" if self.bf16 else self.precision
+
+    @field_validator("loggers")
+    @classmethod
+    def _distinct_loggers(cls, loggers: list[LoggerSpec]) -> list[LoggerSpec]:
+        names = [spec.name for spec in loggers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"loggers name {name!r} twice; list each logger once")
+        return loggers
 
     @field_validator("param_groups")
     @classmethod

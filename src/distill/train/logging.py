@@ -1,12 +1,14 @@
-"""Metrics as JSON lines (and TensorBoard on request), plus a rich progress bar (plain lines when the
-output is not a terminal)."""
+"""Metrics to the loggers a run names (JSON lines by default; see :mod:`distill.train.loggers`), plus a
+rich progress bar (plain lines when the output is not a terminal)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,74 +23,94 @@ from rich.progress import (
 )
 
 from distill.errors import DistillError
-from distill.io import write_error, write_text
+from distill.io import write_text
+from distill.train.loggers import DEFAULT_LOGGERS, LOGGERS, Logger, RunInfo
 
 
 class MetricsLogger:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard if asked."""
+    """Hands each record to the loggers ``loggers`` names (:mod:`distill.train.loggers`; ``tensorboard``
+    adds ``tensorboard``); does nothing when not ``enabled`` (ranks other than 0).
+
+    ``recipe`` (the resolved recipe as JSON values) and ``meta`` (where and how the run runs) go to the
+    loggers that record them (W&B, MLflow). :meth:`close` takes the summary, or None for a failed run.
+    """
 
     def __init__(
-        self, run_dir: Path | None, tensorboard: bool = False, enabled: bool = True
+        self,
+        run_dir: Path | None,
+        tensorboard: bool = False,
+        enabled: bool = True,
+        loggers: Sequence[str | tuple[str, Mapping[str, Any]]] = DEFAULT_LOGGERS,
+        recipe: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl" if run_dir and enabled else None
-        self.writer = None
-        if self.path is not None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.path = self.run_dir / "metrics.jsonl" if self.run_dir and enabled else None
+        self.loggers: list[Logger] = []
+        if not enabled:
+            return
+        if self.run_dir is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise DistillError(
                     f"cannot create run directory {run_dir}: {err.strerror}; pick a writable path"
                 ) from None
-        if tensorboard and run_dir and enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise DistillError(
-                    "tensorboard logging needs the tensorboard package: pip install 'distill[tensorboard]'"
-                ) from None
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        specs = [(s, {}) if isinstance(s, str) else (s[0], dict(s[1])) for s in loggers]
+        if tensorboard and "tensorboard" not in [name for name, _ in specs]:
+            specs.append(("tensorboard", {}))
+        run = RunInfo(self.run_dir, dict(recipe) if recipe else None, dict(meta or {}))
+        try:
+            for name, options in specs:
+                logger = LOGGERS.create(name, options)
+                logger.start(run)
+                self.loggers.append(logger)
+        except BaseException:
+            self.close(None)  # the ones already started end their runs
+            raise
 
     def log(self, event: str, values: dict[str, Any]) -> None:
-        """Write ``{"event": event, "time": ..., **values}``; ``values`` should include ``step``."""
-        record = {"event": event, "time": round(time.time(), 3), **values}
+        """Record ``{"event": event, "time": ..., **values}``; ``values`` should include ``step``."""
+        record = {"time": round(time.time(), 3), **values}
         step = int(values.get("step", 0))
-        if self.path is not None:
-            try:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as err:
-                raise write_error(err, self.path.parent, "metrics") from None
-        if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(f"{event}/{key}", value, step)
+        for logger in self.loggers:
+            logger.log(event, record, step)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        """End every logger's run (``summary`` None: the run failed); a second call does nothing."""
+        loggers, self.loggers = self.loggers, []
+        failure: BaseException | None = None
+        for logger in loggers:  # each one ends its run, whatever another one raised
+            try:
+                logger.finish(summary)
+            except BaseException as err:
+                failure = failure or err
+        if failure is not None:
+            raise failure
 
 
 def truncate_metrics(run_dir: Path, step: int, eval_steps: Iterable[int] | None = None) -> int:
     """Drop the ``metrics.jsonl`` lines a run resumed at ``step`` writes again (and a torn last line);
-    returns how many.
+    returns how many. ``metrics.csv`` loses the same rows.
 
     ``train`` lines after ``step`` go, ``nonfinite`` lines from ``step`` on (they carry the 0-based
     index of the step taken) and ``eval`` lines of other steps than ``eval_steps``, the evaluations the
     checkpoint's history holds (when not given: those after ``step``). ``step`` 0 empties the file.
     """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return 0
     evaluated = None if eval_steps is None else set(eval_steps)
 
-    def keep(record: dict[str, Any]) -> bool:
-        at = int(record.get("step", 0))
+    def keep(record: Mapping[str, Any]) -> bool:
+        at = int(record.get("step") or 0)
         if record.get("event") == "nonfinite":
             return at < step
         if record.get("event") == "eval" and evaluated is not None:
             return at in evaluated
         return at <= step
 
+    _truncate_csv(Path(run_dir) / "metrics.csv", keep)
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
     kept, dropped = [], 0
     for line in path.read_text().splitlines():
         try:
@@ -103,6 +125,26 @@ def truncate_metrics(run_dir: Path, step: int, eval_steps: Iterable[int] | None 
     if dropped:
         write_text(path, "".join(k + "\n" for k in kept))
     return dropped
+
+
+def _truncate_csv(path: Path, keep: Callable[[Mapping[str, Any]], bool]) -> None:
+    if not path.is_file():
+        return
+    rows = list(csv.reader(io.StringIO(path.read_text(), newline="")))
+    if not rows:
+        return
+    header, kept = rows[0], [rows[0]]
+    for row in rows[1:]:
+        try:
+            ok = len(row) == len(header) and keep(dict(zip(header, row, strict=True)))
+        except ValueError:
+            ok = False
+        if ok:
+            kept.append(row)
+    if len(kept) < len(rows):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(kept)
+        write_text(path, buffer.getvalue())
 
 
 PLAIN_EVERY_S = 30.0  # seconds between plain progress lines; DISTILL_PROGRESS_SECONDS overrides it

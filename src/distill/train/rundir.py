@@ -40,6 +40,7 @@ RESTORING = ".restoring"
 ARTEFACTS = (
     "checkpoints",
     "metrics.jsonl",
+    "metrics.csv",
     "summary.json",
     "tensorboard",
     "model.safetensors",

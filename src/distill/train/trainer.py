@@ -14,7 +14,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,7 @@ class Trainer:
     parameter)`` pairs, or parameter groups (``[{"params": "student.backbone", "lr": 1e-4}]``); either
     way the schedule scales each group's own rate (see :mod:`distill.train.optim`). ``callbacks`` run at
     the loop's events after those ``config.callbacks`` names (see :mod:`distill.train.callbacks`).
+    ``recipe`` (the resolved recipe as JSON values) goes to the loggers that record it (W&B, MLflow).
     """
 
     _saved_last: str | None = None  # the state of the newest 'last' checkpoint written or resumed
@@ -112,6 +113,7 @@ class Trainer:
         console: Console | None = None,
         optimizer: OptimizerSpec = None,
         callbacks: Sequence[Callback] = (),
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = cfg = config or TrainConfig()
         if optimizer is not None and cfg.param_groups:
@@ -120,6 +122,7 @@ class Trainer:
                 "drop train.param_groups or put those groups in optimizer="
             )
         self.optimizer_spec = optimizer
+        self.recipe = dict(recipe) if recipe is not None else None
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = pick_device(cfg.device, self.dist)
         self.console = console or Console()
@@ -539,7 +542,12 @@ class Trainer:
         )
         warmup = warmup_steps(cfg, steps_per_epoch, total)
         logger = self._logger = MetricsLogger(
-            self.run_dir, cfg.tensorboard, enabled=self.dist.is_main
+            self.run_dir,
+            cfg.tensorboard,
+            enabled=self.dist.is_main,
+            loggers=[(spec.name, spec.options) for spec in cfg.loggers],
+            recipe=self.recipe,
+            meta=self._run_meta(),
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
         if cfg.progress and self.dist.is_main:  # a CPU fallback is visible before the first step
@@ -548,6 +556,7 @@ class Trainer:
             )
         last: dict[str, float] = self.history[-1] if self.history else {}
         self._accept_stop = True
+        looped = False
         try:
             with progress:
                 bar = progress.add_task("train", total=total, completed=self.global_step, info="")
@@ -556,6 +565,7 @@ class Trainer:
                         self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch)
                         or last
                     )
+            looped = True
         except (
             RuntimeError,
             MemoryError,
@@ -569,7 +579,8 @@ class Trainer:
             ) from None
         finally:
             self._accept_stop = False  # from here on a signal interrupts at once
-            logger.close()
+            if not looped:  # the loggers end their runs as failed
+                logger.close(None)
         summary = {
             "primary_metric": self.task.primary_metric,
             "best": self.best,
@@ -592,11 +603,22 @@ class Trainer:
                     save_model(self.run_dir / "model.safetensors", self.final_student)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
+        logger.close(summary)
         self.callbacks.emit("on_fit_end", self, summary)
         barrier(self.dist)
         if self._stop_signal is not None and not complete:
             raise TrainingInterrupted(self._stop_signal, self.global_step)
         return summary
+
+    def _run_meta(self) -> dict[str, Any]:
+        """Where and how this run runs, for the loggers (W&B config ``run``, MLflow tags)."""
+        return {
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "torch": torch.__version__,
+            "start_step": self.global_step,  # a resumed run starts past 0
+        }
 
     def _run_epoch(
         self, progress, bar, logger: MetricsLogger, total: int, warmup: int, steps_per_epoch: int
