@@ -34,6 +34,8 @@ DISTRIBUTION = {
     "transformers": "transformers",
     "datasets": "datasets",
     "ultralytics": "ultralytics",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
 }
 # import name -> the distribution a submodule of another package needs
 SUBMODULE = {"torch.utils.tensorboard": "tensorboard"}
