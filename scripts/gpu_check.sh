@@ -2,7 +2,7 @@
 # One prepared check of distill on an accelerator, short enough for one device session (< 8 min on one
 # GPU): one short epoch each of fashion_mnist/kd, fashion_mnist/crd and scenes/kd (when ultralytics is
 # importable) in bf16 and fp16 with torch.compile and channels_last, a two-process DDP run when more than
-# one GPU is present, and benchmarks/throughput.py on the device. It writes a Markdown summary: the card,
+# one GPU is present (two gloo processes with --device cpu), and benchmarks/throughput.py on the device. It writes a Markdown summary: the card,
 # torch/CUDA versions, and per run its status, wall time, final top-1 (or the task's primary metric) and
 # samples/s. Teachers are random (teacher.weights=null): the check is that each path runs, not accuracy.
 #
@@ -26,6 +26,7 @@ SUMMARY=
 DATA=${DISTILL_DATA:-}
 WHEELS=gpu_wheels
 PYTHON=${PYTHON:-python3}
+RUN_TIMEOUT=${RUN_TIMEOUT:-120}  # seconds one run may take before it is stopped and listed as failed
 usage() { sed -n '9,10p' "$0" | sed 's/^# *//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -69,7 +70,7 @@ if [ "$TINY" = 1 ]; then
     SCENES=(data.options.train_images=16 data.options.val_images=8 train.max_steps=2)
     BENCH=(--steps 2 --repeats 1 --batch-size 64)
 else
-    SIZES=(data.train_subset=20000 data.test_subset=5000 train.batch_size=256)
+    SIZES=(data.train_subset=10000 data.test_subset=2000 train.batch_size=256)
     SCENES=(data.options.train_images=256 data.options.val_images=64)
     BENCH=(--steps 40 --repeats 3 --batch-size 256)
 fi
@@ -85,10 +86,16 @@ COMMON=(teacher.weights=null train.epochs=1 "train.device=$DEVICE" train.progres
 # run NAME COMMAND...: time it, log it, record its status
 run() {
     local name=$1; shift
-    local start end status
+    local start end status rc
     echo "== $name"
     start=$(date +%s%N)
-    if "$@" >"$OUT_DIR/$name.log" 2>&1; then status=ok; else status="failed (exit $?)"; fi
+    timeout "$RUN_TIMEOUT" "$@" >"$OUT_DIR/$name.log" 2>&1
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124) status="failed (over $RUN_TIMEOUT s)" ;;
+        *) status="failed (exit $rc)" ;;
+    esac
     end=$(date +%s%N)
     printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$(awk "BEGIN {printf \"%.1f\", ($end - $start) / 1e9}")" \
         "$OUT_DIR/$name" >>"$RESULTS"
@@ -115,11 +122,12 @@ for precision in "${PRECISIONS[@]}"; do
     fi
 done
 
+# two processes: on two GPUs (NCCL), or on the CPU (gloo) so that this line is tested too
 GPUS=0
 if [ "$DEVICE" = cuda ]; then GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0); fi
-if [ "$GPUS" -gt 1 ]; then
+if [ "$GPUS" -gt 1 ] || [ "$DEVICE" = cpu ]; then
     run fashion_mnist-kd-ddp2 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=2 \
-        -m distill train fashion_mnist/kd "${COMMON[@]}" "${SIZES[@]}" train.precision=bf16 "${FAST[@]}" \
+        -m distill train fashion_mnist/kd "${COMMON[@]}" "${SIZES[@]}" "train.precision=${PRECISIONS[0]}" "${FAST[@]}" \
         "output=$OUT_DIR/fashion_mnist-kd-ddp2" --overwrite
 else
     printf '%s\t%s\t\t\n' fashion_mnist-kd-ddp2 "skipped ($GPUS GPUs; DDP needs 2)" >>"$RESULTS"

@@ -54,7 +54,10 @@ def test_cpu_tiny_run_lists_every_run_ok(tmp_path: Path) -> None:
         assert scenes == "ok", (out / "scenes-kd-bf16.log").read_text()[-2000:]
     else:
         assert scenes.startswith("skipped (ultralytics")
-    assert rows["fashion_mnist-kd-ddp2"][0].startswith("skipped (0 GPUs")
+    status, _, metric, _ = rows["fashion_mnist-kd-ddp2"]  # two gloo processes on the CPU
+    assert status == "ok" and metric.startswith("top1 "), (
+        out / "fashion_mnist-kd-ddp2.log"
+    ).read_text()
     assert rows["throughput"][0] == "ok"
     assert "device cpu" in text  # throughput.py ran with --device cpu and its table is included
     assert "| hand-written PyTorch |" in text
@@ -75,9 +78,9 @@ def test_a_failed_run_fails_the_script_and_shows_in_the_summary(tmp_path: Path) 
     fake = tmp_path / "bin"
     fake.mkdir()
     python = fake / "python3"
-    # `-m distill train` fails; everything else (the summary writer, throughput.py) is the real python
+    # every training run fails; everything else (the summary writer, throughput.py) is the real python
     python.write_text(
-        f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = distill ]; then echo boom >&2; exit 3; fi\n'
+        f'#!/bin/sh\ncase "$1 $2" in "-m distill" | "-m torch.distributed.run") echo boom >&2; exit 3 ;; esac\n'
         f'if [ "$1" = benchmarks/throughput.py ]; then echo skipped; exit 0; fi\n'
         f'exec {sys.executable} "$@"\n'
     )
@@ -92,3 +95,4 @@ def test_a_failed_run_fails_the_script_and_shows_in_the_summary(tmp_path: Path) 
     assert done.returncode == 1, done.stdout + done.stderr
     rows = _rows(out / "gpu_check.md")
     assert rows["fashion_mnist-kd-bf16"][0] == "failed (exit 3)"
+    assert rows["fashion_mnist-kd-ddp2"][0] == "failed (exit 3)"
