@@ -5,7 +5,8 @@ augmentation, no evaluation, no checkpoints): teacher forward under no_grad, stu
 cross-entropy + Hinton KD, backward, SGD step. Runs alternate (distill, plain, distill, plain, ...)
 so that machine noise hits both; the ratio is median(distill samples/s) / median(plain samples/s).
 
-    python benchmarks/throughput.py [--steps 40] [--repeats 5] [--batch-size 256] [--write docs/benchmarks.md]
+    python benchmarks/throughput.py [--steps 40] [--repeats 5] [--batch-size 256] [--device cpu]
+        [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -39,14 +40,20 @@ NOTE = (
 )
 
 
-def models(seed: int):
+def models(seed: int, device: str = "cpu"):
     torch.manual_seed(seed)
-    teacher = build_model("cnn", **TEACHER).eval()
-    student = build_model("cnn", **STUDENT)
+    teacher = build_model("cnn", **TEACHER).eval().to(device)
+    student = build_model("cnn", **STUDENT).to(device)
     return teacher, student
 
 
-def run_distill(data, steps: int, batch_size: int) -> float:
+def _sync(device: str) -> None:
+    """Wait for queued kernels, so that a clock read after it counts them."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_distill(data, steps: int, batch_size: int, device: str = "cpu") -> float:
     teacher, student = models(0)
     kd = DistillSpec(terms=[TermSpec(loss="kd", options={"temperature": T})], task_weight=1.0)
     distiller = build_distiller(kd, student, teacher, ClassificationTask())
@@ -57,16 +64,18 @@ def run_distill(data, steps: int, batch_size: int) -> float:
         lr=0.05,
         progress=False,
         schedule="constant",
-        device="cpu",
+        device=device,
     )
     trainer = build_trainer(distiller, data, None, cfg)
+    _sync(device)
     start = time.perf_counter()
     trainer.fit()
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def run_plain(data, steps: int, batch_size: int) -> float:
-    teacher, student = models(0)
+def run_plain(data, steps: int, batch_size: int, device: str = "cpu") -> float:
+    teacher, student = models(0, device)
     teacher.requires_grad_(False)
     decay = [p for p in student.parameters() if p.ndim > 1]
     no_decay = [p for p in student.parameters() if p.ndim <= 1]
@@ -82,7 +91,7 @@ def run_plain(data, steps: int, batch_size: int) -> float:
     student.train()
     for step in range(steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        x, y = data.images[idx], data.labels[idx]
+        x, y = data.images[idx].to(device), data.labels[idx].to(device)
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = student(x)
@@ -100,6 +109,7 @@ def run_plain(data, steps: int, batch_size: int) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -108,18 +118,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="where both loops run: cpu, cuda, cuda:1")
     parser.add_argument("--write", default=None, help="markdown file to write the result into")
     args = parser.parse_args()
     data = FashionMNIST("train")
-    run_plain(data, 5, args.batch_size)  # warm-up: allocator, kernels
+    run_plain(data, 5, args.batch_size, args.device)  # warm-up: allocator, kernels
     ours, plain = [], []
     for i in range(args.repeats):  # alternate which side goes first
         if i % 2:
-            plain.append(run_plain(data, args.steps, args.batch_size))
-            ours.append(run_distill(data, args.steps, args.batch_size))
+            plain.append(run_plain(data, args.steps, args.batch_size, args.device))
+            ours.append(run_distill(data, args.steps, args.batch_size, args.device))
         else:
-            ours.append(run_distill(data, args.steps, args.batch_size))
-            plain.append(run_plain(data, args.steps, args.batch_size))
+            ours.append(run_distill(data, args.steps, args.batch_size, args.device))
+            plain.append(run_plain(data, args.steps, args.batch_size, args.device))
     ratio = statistics.median(ours) / statistics.median(plain)
     t, s = models(0)
     lines = [
@@ -132,7 +143,7 @@ def main() -> None:
         "",
         f"Teacher cnn{TEACHER} ({count_parameters(t):,} params), student cnn{STUDENT} "
         f"({count_parameters(s):,} params), batch {args.batch_size}, {args.steps} steps x {args.repeats} "
-        f"alternating repeats (order swapped every repeat), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"alternating repeats (order swapped every repeat), {torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}, "
         f"{platform.machine()} {platform.system()}.",
     ]
     text = "\n".join(lines)

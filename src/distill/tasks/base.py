@@ -120,6 +120,10 @@ class Task:
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # under DDP each rank runs predictions() on its slice of the validation set and every rank computes
+    # metrics_of(all ranks' predictions); False: rank 0 runs evaluate() on the whole set alone
+    shards_evaluation: bool = False
+
     def evaluate(
         self,
         model: nn.Module,

@@ -39,6 +39,9 @@ def checked_cross_entropy(
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
+EMPTY_EVAL = "evaluation data is empty; give a non-empty validation/test set"
+
+
 @torch.no_grad()
 def collect_predictions(
     task: Any,
@@ -47,10 +50,12 @@ def collect_predictions(
     loader: Iterable[Any],
     teacher: nn.Module | TeacherPredictions | None,
     device: torch.device | str,
+    allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Softmax probabilities ``(N, C)``, labels ``(N,)`` and, with a teacher, whether its top-1 agrees
     ``(N,)``, over ``loader`` with the models in eval mode (the model's mode is restored after). With
-    :class:`TeacherPredictions` the teacher runs only on batches it has not seen."""
+    :class:`TeacherPredictions` the teacher runs only on batches it has not seen. An empty ``loader``
+    is an error unless ``allow_empty`` (a rank's empty slice): then ``N`` is 0 and agreement None."""
     cache = teacher if isinstance(teacher, TeacherPredictions) else None
     teacher = cache.teacher if cache is not None else teacher
     was_training = model.training
@@ -73,7 +78,9 @@ def collect_predictions(
     finally:
         model.train(was_training)
     if not probs:
-        raise DistillError("evaluation data is empty; give a non-empty validation/test set")
+        if allow_empty:
+            return torch.empty(0, 0), torch.empty(0, dtype=torch.long), None
+        raise DistillError(EMPTY_EVAL)
     if cache is not None:
         cache.top1, cache.targets = teacher_top1, labels
     return torch.cat(probs), torch.cat(labels), (torch.cat(agree) if agree else None)
@@ -159,7 +166,38 @@ class ClassLogitsTask(Task):
     ) -> dict[str, float]:
         """Label metrics; the :func:`confusion_matrix` of the same predictions is kept in
         :attr:`last_confusion` (``distill eval`` draws it)."""
-        p, y, agree = collect_predictions(self, self.eval_logits, model, loader, teacher, device)
+        return self.metrics_of(
+            [self.predictions(model, loader, teacher, device, allow_empty=False)]
+        )
+
+    shards_evaluation = True
+
+    @torch.no_grad()
+    def predictions(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        teacher: nn.Module | TeacherPredictions | None = None,
+        device: torch.device | str = "cpu",
+        allow_empty: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`evaluate`'s first half, one rank's share: :func:`collect_predictions` over ``loader``."""
+        return collect_predictions(
+            self, self.eval_logits, model, loader, teacher, device, allow_empty
+        )
+
+    def metrics_of(
+        self, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+    ) -> dict[str, float]:
+        """:meth:`evaluate`'s second half: the metrics of the concatenated :meth:`predictions` (every
+        rank's slice, in order), the same numbers as over the whole set in one process."""
+        parts = [part for part in parts if len(part[1])]
+        if not parts:
+            raise DistillError(EMPTY_EVAL)
+        p = torch.cat([part[0] for part in parts])
+        y = torch.cat([part[1] for part in parts])
+        agrees = [part[2] for part in parts]
+        agree = None if any(a is None for a in agrees) else torch.cat(agrees)
         metrics = label_metrics(p, y, agree)
         self.last_confusion = confusion_matrix(p, y)
         return {"top1": metrics.pop("top1"), **self.more_metrics(p, y), **metrics}

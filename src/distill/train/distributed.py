@@ -88,6 +88,22 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` without DDP)."""
+    if not info.enabled:
+        return [obj]
+    box: list[Any] = [None] * info.world_size
+    dist.all_gather_object(box, obj)
+    return box
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers of ``module`` (BatchNorm statistics, which DDP leaves per rank)."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

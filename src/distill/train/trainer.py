@@ -43,8 +43,10 @@ from distill.train.distributed import (
     DistInfo,
     any_rank,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     describe_device,
+    gather_objects,
     init_distributed,
     pick_device,
 )
@@ -189,14 +191,24 @@ class Trainer:
             self.lengths,
         )
 
-    def _val_loader(self) -> Iterable[Any] | None:
+    def _val_loader(self, shard: range | None = None) -> Iterable[Any] | None:
+        """Batches of ``val_data`` (or of its indices in ``shard``, one rank's slice)."""
         if self.val_data is None or isinstance(self.val_data, DataLoader):
             return self.val_data
-        order = None  # group_by_length: longest first, so batches pad little (metrics ignore order)
+        order = None if shard is None else list(shard)
+        # group_by_length: longest first, so batches pad little (metrics ignore order)
         if self.config.group_by_length and callable(getattr(self.val_data, "lengths", None)):
             lengths = self.val_data.lengths()
-            order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+            order = sorted(
+                range(len(lengths)) if order is None else order, key=lambda i: -lengths[i]
+            )
         return make_loader(self.val_data, self.config.eval_batch_size, order)
+
+    def _val_shard(self) -> range:
+        """This rank's contiguous slice of ``val_data``'s indices: every sample on exactly one rank, no
+        padding, and the slices in rank order are the set in its order."""
+        n, rank, world = len(self.val_data), self.dist.rank, self.dist.world_size
+        return range(n * rank // world, n * (rank + 1) // world)
 
     def _setup(self, resume: bool) -> None:
         if not resume and self.store is not None and self.store.has("last"):
@@ -484,8 +496,22 @@ class Trainer:
         return sums, lr, seen
 
     def evaluate(self) -> dict[str, float]:
-        """Task metrics of the student on ``val_data`` (rank 0 computes, every rank gets them)."""
+        """Task metrics of the student on ``val_data``, the same on every rank. Under DDP a task that
+        shards evaluation (classification) predicts on each rank's slice and the metrics come from all
+        ranks' predictions; otherwise (or for a DataLoader given by the caller) rank 0 computes them."""
         loader = self._val_loader()
+        if (
+            loader is not None
+            and self.dist.enabled
+            and getattr(self.task, "shards_evaluation", False)
+            and not isinstance(self.val_data, DataLoader)
+        ):
+            shard = self._val_loader(self._val_shard())
+            broadcast_buffers(self.final_student, self.dist)  # rank 0's BN statistics everywhere
+            part = self.task.predictions(
+                self.final_student, shard, self.distiller.teacher, self.device
+            )
+            return self.task.metrics_of(gather_objects(part, self.dist))
         metrics: dict[str, float] = {}
         if loader is not None and self.dist.is_main:
             # a DataLoader given by the caller may shuffle: stored predictions only for our own order
