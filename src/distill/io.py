@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,19 @@ def write_error(err: OSError | SafetensorError, where: Path, what: str) -> Disti
     return DistillError(
         f"cannot write {what} in {where}: {reason} (nothing partial was left behind)"
     )
+
+
+def download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    """Fetch ``url`` to ``dest`` whole: streamed into a temporary file in the same folder, then renamed,
+    so an interrupted download never leaves a partial ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def test_the_download_is_checked_and_extracted(tmp_path, monkeypatch) -> None:
         fetched.append(url)
         return open(archive, "rb")
 
-    monkeypatch.setattr(cifar.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     with pytest.raises(DistillError, match=r"has MD5 [0-9a-f]{32}, not the published"):
         cifar.cifar10("test")
     assert fetched == [cifar.CIFAR10.url]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 from distill.data import DATASETS
 from distill.data.tensor import TensorDataset, check_split
 from distill.errors import DistillError
+from distill.io import download
 
 DOWNLOAD_TIMEOUT_S = 30.0
 IMAGE_BYTES = 3 * 32 * 32
@@ -119,23 +118,13 @@ def fetch(variant: Variant, base: Path) -> None:
     base.mkdir(parents=True, exist_ok=True)
     archive = base / variant.url.rsplit("/", 1)[1]
     if not archive.is_file():
-        fd, tmp = tempfile.mkstemp(dir=base, prefix=f".{archive.name}.", suffix=".part")
         try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                urllib.request.urlopen(variant.url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
-            ):
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-            os.replace(tmp, archive)
+            download(variant.url, archive, DOWNLOAD_TIMEOUT_S)
         except Exception as exc:  # network errors come in many types (URLError, timeout, HTTP...)
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise DistillError(
                 f"could not download {variant.url} ({reason}); download it into {base} yourself"
             ) from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     got = _md5(archive)
     if got != variant.md5:
         raise DistillError(

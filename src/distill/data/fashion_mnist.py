@@ -19,8 +19,6 @@ import hashlib
 import os
 import stat
 import sys
-import tempfile
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from distill.data import DATASETS
 from distill.data.tensor import TensorDataset, check_split
 from distill.errors import DistillError
+from distill.io import download
 
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -174,20 +173,7 @@ def find_fashion_mnist(root: str | os.PathLike[str] | None = None) -> Path | Non
 
 
 def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` to ``dest`` atomically (temp file in the same folder, then rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
-        ):
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    download(url, dest, DOWNLOAD_TIMEOUT_S)
 
 
 def idx_sha256(path: Path) -> str:
