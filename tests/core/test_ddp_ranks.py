@@ -154,7 +154,7 @@ def test_each_rank_draws_its_own_random_numbers(ranks):
 
 def test_step_seeds_fit_torch_for_any_configured_seed():
     """``train.seed`` goes up to 2**63 - 1; ``seed * 1_000_003`` alone overflowed ``torch.manual_seed``."""
-    from distill.train.trainer import step_seed
+    from distill.train.step import step_seed
 
     for rank in (0, 1, 7):
         torch.manual_seed(step_seed(2**63 - 1, 10, rank))

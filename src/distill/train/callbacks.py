@@ -65,7 +65,10 @@ CALLBACKS: Registry[type[Callback]] = Registry("callback")
 
 
 class Callbacks:
-    """The trainer's callbacks: calls an event on each in order, and saves and restores their state."""
+    """The trainer's callbacks: calls an event on each in order, and saves and restores their state.
+
+    ``internal`` are the trainer's own users of the events (logging: :class:`~distill.train.logging.RunLog`):
+    they run first and keep no state in checkpoints."""
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
         for cb in callbacks:
@@ -75,12 +78,13 @@ class Callbacks:
                     "distill.train.callbacks.Callback"
                 )
         self.items = list(callbacks)
+        self.internal: list[Callback] = []
 
     def __bool__(self) -> bool:
         return bool(self.items)
 
     def emit(self, event: str, trainer: Trainer, *args: Any) -> None:
-        for cb in self.items:
+        for cb in [*self.internal, *self.items]:
             getattr(cb, event)(trainer, *args)
 
     def state(self) -> list[dict[str, Any]]:

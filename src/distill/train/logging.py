@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -24,7 +24,11 @@ from rich.progress import (
 
 from distill.errors import DistillError
 from distill.io import write_text
+from distill.train.callbacks import Callback
 from distill.train.loggers import DEFAULT_LOGGERS, LOGGERS, Logger, RunInfo
+
+if TYPE_CHECKING:
+    from distill.train.trainer import Trainer
 
 
 class MetricsLogger:
@@ -273,3 +277,93 @@ def _clock(seconds: float) -> str:
 
 def format_values(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+class RunLog(Callback):
+    """Logging as a user of the trainer's events: each step's metrics, averaged over ``log_every``
+    applied steps, become a ``train`` record and the progress bar's text; each evaluation an ``eval``
+    record and a printed line; each non-finite step a ``nonfinite`` record; the summary ends the
+    loggers' runs. The trainer runs it before the user's callbacks, calls :meth:`start_epoch` and
+    runs the loop inside it (``with``: the progress bar shows; a failure ends the loggers' runs as
+    failed)."""
+
+    def __init__(
+        self,
+        logger: MetricsLogger,
+        progress: Progress | PlainProgress,
+        total: int,
+        steps_per_epoch: int,
+        epochs: int,
+        start_step: int = 0,
+    ) -> None:
+        self.logger, self.progress = logger, progress
+        self.total, self.steps_per_epoch, self.epochs = total, steps_per_epoch, epochs
+        self.start_step = start_step  # a resumed run starts past 0
+        self.bar: Any = None
+        self._reset()
+
+    def __enter__(self) -> RunLog:
+        self.progress.__enter__()
+        self.bar = self.progress.add_task(
+            "train", total=self.total, completed=self.start_step, info=""
+        )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.progress.__exit__(*exc)
+        finally:
+            if exc[0] is not None:  # the loggers end their runs as failed
+                self.logger.close(None)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) starts: averages and the samples/s rate start afresh."""
+        self.progress.update(self.bar, description=f"epoch {epoch + 1}/{self.epochs}")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.seen, self.count, self.started = 0, 0, time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, step: int, metrics: Mapping[str, Any]) -> None:
+        self.seen += trainer.step_samples
+        lr = metrics["lr"]
+        if "loss" in metrics:  # not a skipped non-finite step
+            self.count += 1
+            for k, v in metrics.items():
+                if k != "lr":
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+        if self.count and (step % trainer.config.log_every == 0 or step == self.total):
+            values = {k: float(v) / self.count for k, v in self.sums.items()}
+            if trainer.skipped_steps:
+                values["skipped_steps"] = trainer.skipped_steps
+            if trainer.scaler_skipped:
+                values["scaler_skipped_steps"] = trainer.scaler_skipped
+            rate = self.seen * trainer.dist.world_size / (time.perf_counter() - self.started)
+            epoch = trainer.epoch + trainer.epoch_step / self.steps_per_epoch
+            record = {"step": step, "epoch": epoch, "lr": lr, "samples_per_s": round(rate, 1)}
+            self.logger.log("train", {**record, **values})
+            self.progress.update(self.bar, info=format_values(values))
+            self._reset()
+        self.progress.update(self.bar, completed=step)
+
+    def on_nonfinite(
+        self, trainer: Trainer, step: int, loss: float, grad_norm: float, action: str
+    ) -> None:
+        record = {"step": step, "loss": loss, "grad_norm": grad_norm, "action": action}
+        self.logger.log("nonfinite", record)
+
+    def on_evaluate_end(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
+        self.logger.log("eval", dict(metrics))
+        if trainer.dist.is_main:
+            epoch = metrics["epoch"]
+            shown = {k: v for k, v in metrics.items() if k not in ("epoch", "step", "samples")}
+            label = (
+                f"epoch {epoch}"
+                if isinstance(epoch, int)
+                else f"epoch {epoch:.2f} (step {trainer.global_step}, partial)"
+            )
+            self.progress.console.print(f"{label}: {format_values(shown)}")
+
+    def on_fit_end(self, trainer: Trainer, summary: Mapping[str, Any]) -> None:
+        self.logger.close(summary)

@@ -20,7 +20,7 @@ from rich.console import Console
 from distill.errors import DistillError
 from distill.train.config import TrainConfig
 from distill.train.distributed import DistInfo
-from distill.train.logging import MetricsLogger, format_values
+from distill.train.logging import format_values
 
 FIX = "lower the learning rate or a term weight, or set train.grad_clip"
 
@@ -43,7 +43,8 @@ class NonFiniteGuard:
         self.config, self.console, self.is_main = config, console, is_main
         self.skipped = 0  # in all
         self.in_a_row = 0
-        # called with (1-based step, loss, grad norm, action) before the step is stopped or skipped
+        # called with (1-based step, loss, grad norm, action) before the step is stopped or skipped:
+        # the trainer's callbacks' on_nonfinite, whose logging writes the 'nonfinite' record
         self.listeners: list[Callable[[int, float, float, str], None]] = []
 
     def ok(self) -> None:
@@ -56,7 +57,6 @@ class NonFiniteGuard:
         grad_norm: torch.Tensor,
         steps_done: int,
         restore: list[tuple[torch.Tensor, torch.Tensor]],
-        logger: MetricsLogger | None,
     ) -> None:
         """Stop, or skip the step: ``restore`` pairs each buffer with its value before the step.
 
@@ -68,11 +68,6 @@ class NonFiniteGuard:
         loss, norm = float(step.loss.detach()), float(grad_norm)
         parts = format_values({k: float(v.detach()) for k, v in step.parts.items()})
         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-        if logger is not None:
-            logger.log(
-                "nonfinite",
-                {"step": global_step, "loss": loss, "grad_norm": norm, "action": cfg.on_nonfinite},
-            )
         for listener in self.listeners:
             listener(global_step, loss, norm, cfg.on_nonfinite)
         if cfg.on_nonfinite == "stop":

@@ -1,21 +1,18 @@
 """The training loop: read it top to bottom.
 
-Every step is a pure function of (weights, optimizer state, global step): the data order comes from a
-seeded sampler, and the random state (augmentation, dropout) is re-seeded from the step number and the
-rank (:func:`step_seed`; rank 0 draws what a single process draws). That is
-what makes resume exact: the last checkpoint holds weights, optimizer state and step counters, and a
-resumed run skips the batches it already saw and continues bit for bit.
+:meth:`Trainer.fit` sets up (data order, projectors, optimizer, resume, DDP), then runs epochs of
+optimizer steps (:mod:`distill.train.step`: one step, its seeding, accumulation, clipping and non-finite
+verdict), evaluates, keeps the best and saves ``last`` (:mod:`distill.train.state`: what a checkpoint
+holds and how a resumed run gets it back). Every step is a pure function of (weights, optimizer state,
+global step): the data order comes from a seeded sampler and the random state from the step number, so
+a resumed run skips the batches it already saw and continues bit for bit. Logging is a user of the
+callback events (:class:`~distill.train.logging.RunLog`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,67 +21,40 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from distill.distiller import Distiller, DistillStep
+from distill.distiller import Distiller
 from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
-from distill.io import remove_stale_temporaries, write_error, write_json
-from distill.tasks.base import TeacherPredictions
+from distill.train import state
 from distill.train.callbacks import CALLBACKS, Callback, Callbacks
-from distill.train.checkpoint import (
-    EMA_PREFIX,
-    CheckpointStore,
-    model_tensors,
-    optimizer_state_from_json,
-    save_model,
-    state_tensors,
-    unflatten_state,
-)
+from distill.train.checkpoint import CheckpointStore
 from distill.train.config import TrainConfig
 from distill.train.distributed import (
     DistInfo,
     any_rank,
     barrier,
-    broadcast_buffers,
-    broadcast_object,
     describe_device,
-    gather_objects,
     init_distributed,
     pick_device,
 )
 from distill.train.ema import WeightEMA
-from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
-from distill.train.nonfinite import NonFiniteGuard, nonfinite
+from distill.train.evaluation import Evaluator
+from distill.train.logging import MetricsLogger, RunLog, make_progress
+from distill.train.nonfinite import NonFiniteGuard
 from distill.train.optim import (
     OptimizerSpec,
     apply_step_settings,
     build_optimizer,
     warmup_steps,
 )
-from distill.train.precision import (
-    MAX_SCALER_SKIPS,
-    autocast_dtype,
-    channels_last_inputs,
-    make_scaler,
-    prepare_models,
-)
+from distill.train.precision import prepare_models
 from distill.train.rundir import RunLock
 from distill.train.sampling import (
     epoch_loader,
     item_lengths,
-    make_loader,
     seed_everything,
     user_loader,
 )
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, ~2**63: rank r's seeds never meet rank 0's of another step
-
-
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    """The global RNG's seed for ``step`` on ``rank``: ``seed * 1_000_003 + step`` on rank 0 (one process
-    draws as it always did), offset per rank so that ranks do not repeat each other's dropout masks and
-    negatives; taken modulo 2**64, the range ``torch.manual_seed`` accepts."""
-    return (seed * 1_000_003 + step + rank * RANK_STRIDE) % 2**64
+from distill.train.step import Augment, Metrics, Stepper, batch_groups, out_of_memory
+from distill.train.stopping import StopSignals
 
 
 class Trainer:
@@ -147,23 +117,21 @@ class Trainer:
         self.lengths = item_lengths(train_data) if cfg.group_by_length else None
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
-        teacher = self.distiller.teacher  # frozen: its validation top-1 is worked out once
-        self.teacher_predictions = TeacherPredictions(teacher) if teacher is not None else None
+        teacher = self.distiller.teacher
+        self.evaluator = Evaluator(self.task, val_data, teacher, cfg, self.dist, self.device)
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.guard = NonFiniteGuard(cfg, self.console, self.dist.is_main)  # train.on_nonfinite
-        self.scaler = make_scaler(cfg, self.device)  # precision: fp16 (disabled otherwise)
-        self.scaler_skipped = 0  # fp16 steps the scaler skipped (gradient overflow), in all
-        self._scaler_in_a_row = 0
-        self._logger: MetricsLogger | None = None
+        # one optimizer step; it owns the fp16 gradient scaler
+        self.stepper = Stepper(self.distiller, cfg, self.dist, self.device, self.guard, augment)
+        self.step_samples = 0  # samples this rank saw in the last step
         self._prepared = False
         self._noted_deterministic = False
         self._stop_after: int | None = None
-        self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit()
-        self._accept_stop = False  # the loop runs: a signal stops it at the next step boundary
+        self.signals = StopSignals()  # SIGINT/SIGTERM received during fit()
         # called with the tag ("last", "best") after each checkpoint is saved (rank 0)
         self.after_checkpoint: list[Callable[[str], None]] = []
         built = [CALLBACKS.create(spec.name, spec.options) for spec in cfg.callbacks]
@@ -180,42 +148,21 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up
     def _train_loader(self, epoch: int, skip_batches: int = 0) -> Iterable[Any]:
-        cfg = self.config
+        data, seed = self.train_data, self.config.seed
         return epoch_loader(
-            self.train_data,
-            self.local_batch,
-            self.dist,
-            cfg.seed,
-            epoch,
-            skip_batches,
-            self.lengths,
+            data, self.local_batch, self.dist, seed, epoch, skip_batches, self.lengths
         )
 
-    def _val_loader(self, shard: range | None = None) -> Iterable[Any] | None:
-        """Batches of ``val_data`` (or of its indices in ``shard``, one rank's slice)."""
-        if self.val_data is None or isinstance(self.val_data, DataLoader):
-            return self.val_data
-        order = None if shard is None else list(shard)
-        # group_by_length: longest first, so batches pad little (metrics ignore order)
-        if self.config.group_by_length and callable(getattr(self.val_data, "lengths", None)):
-            lengths = self.val_data.lengths()
-            order = sorted(
-                range(len(lengths)) if order is None else order, key=lambda i: -lengths[i]
-            )
-        return make_loader(self.val_data, self.config.eval_batch_size, order)
-
-    def _val_shard(self) -> range:
-        """This rank's contiguous slice of ``val_data``'s indices: every sample on exactly one rank, no
-        padding, and the slices in rank order are the set in its order."""
-        n, rank, world = len(self.val_data), self.dist.rank, self.dist.world_size
-        return range(n * rank // world, n * (rank + 1) // world)
+    def _val_loader(self) -> Iterable[Any] | None:
+        return self.evaluator.loader()
 
     def _setup(self, resume: bool) -> None:
         if not resume and self.store is not None and self.store.has("last"):
             raise DistillError(
                 f"{self.run_dir} already holds a run; call fit(resume=True) to continue it or use another run_dir"
             )
-        self._check_writable()
+        if self.checkpoint_dir is not None and self.dist.is_main:
+            state.check_writable(self.checkpoint_dir)
         self.prepare()
         prepare_models(self.distiller, self.config, self.device)  # precision and speed switches
         self._seed()
@@ -279,121 +226,16 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir else None
 
-    def _check_writable(self) -> None:
-        """Fail in the first second, not at the first checkpoint, when the run dir cannot be written."""
-        if self.checkpoint_dir is None or not self.dist.is_main:
-            return
-        try:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.checkpoint_dir)
-            probe = self.checkpoint_dir / f".write-probe-{id(self)}.tmp"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as err:
-            raise write_error(err, self.checkpoint_dir, "checkpoints") from None
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "epoch_step": self.epoch_step,
-            "global_step": self.global_step,
-            "best": self.best,
-            "history": self.history,
-            "skipped_steps": self.guard.skipped,
-            "skipped_in_a_row": self.guard.in_a_row,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "scaler_skipped": self.scaler_skipped,
-            "scaler_in_a_row": self._scaler_in_a_row,
-            "ema_updates": self.ema.updates if self.ema is not None else None,
-            "callbacks": self.callbacks.state(),
-            "stop_reason": self.stop_reason,
-            "config": self.config.model_dump(),
-        }
-
     def _save(self, tag: str, with_optimizer: bool) -> None:
-        if self.store is None or not self.dist.is_main:
+        path = state.save(self, tag, with_optimizer)
+        if path is None:
             return
-        state = self._state()
-        signature = json.dumps(state, sort_keys=True, default=str)
-        if tag == "last" and signature == self._saved_last:
-            return  # nothing changed since the newest 'last' (stopped right after a checkpoint)
-        optimizer = self.optimizer if with_optimizer else None
-        extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
-        # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
-        path = self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
-        if tag == "last":
-            self._saved_last = signature
         for hook in self.after_checkpoint:
             hook(tag)
         self.callbacks.emit("on_checkpoint", self, tag, path)
 
     def _resume(self) -> None:
-        if self.store is None:
-            return
-        if not self.store.has("last"):  # stopped before its first checkpoint: the run starts over
-            if self.dist.is_main and self.run_dir is not None:
-                truncate_metrics(self.run_dir, 0, eval_steps=())
-            return
-        if self.dist.is_main:
-            self.store.cleanup()  # temporaries and unlisted files a killed process left behind
-        loaded = self.store.load("last")
-        if loaded.recovered and self.dist.is_main:
-            self.console.print(
-                f"[yellow]warning[/]: {self.store.manifest_path} was missing; the list of checkpoints "
-                "was rebuilt from the files' own headers",
-                soft_wrap=True,
-            )
-        for problem in loaded.skipped:
-            if self.dist.is_main:
-                self.console.print(
-                    f"[yellow]warning[/]: {problem}; using an older checkpoint", soft_wrap=True
-                )
-        tensors, state = loaded.tensors, loaded.state
-        self.distiller.trainable().load_state_dict(model_tensors(tensors))
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(
-                optimizer_state_from_json(unflatten_state(state["optimizer"], tensors))
-            )
-        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"]
-        self.global_step, self.best, self.history = (
-            state["global_step"],
-            state["best"],
-            state["history"],
-        )
-        self.guard.skipped = state.get("skipped_steps", 0)
-        self.guard.in_a_row = state.get("skipped_in_a_row", 0)
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.scaler_skipped = state.get("scaler_skipped", 0)
-        self._scaler_in_a_row = state.get("scaler_in_a_row", 0)
-        self.stop_reason = state.get("stop_reason")
-        self.callbacks.load(state.get("callbacks"), self.console if self.dist.is_main else None)
-        if self.ema is not None:
-            self._resume_ema(tensors, state)
-        if self.dist.is_main and self.run_dir is not None:  # those steps are about to run again
-            evaluated = [record.get("step") for record in self.history]
-            truncate_metrics(self.run_dir, self.global_step, eval_steps=evaluated)
-        self._saved_last = json.dumps(self._state(), sort_keys=True, default=str)
-        if self.dist.is_main:
-            self.console.print(
-                f"[green]resumed[/] from {self.checkpoint_dir} at epoch {self.epoch}, step {self.global_step}"
-            )
-
-    def _resume_ema(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        """The average saved with the checkpoint, or (a run that had no EMA) one started from its weights."""
-        assert self.ema is not None
-        saved = model_tensors(tensors, EMA_PREFIX)
-        if saved:
-            self.ema.module.load_state_dict(saved)
-            self.ema.updates = int(state.get("ema_updates") or 0)
-            return
-        self.ema = WeightEMA(self.distiller.student, self.ema.decay, self.ema.tau)
-        if self.dist.is_main:
-            self.console.print(
-                f"[yellow]warning[/]: the checkpoint in {self.checkpoint_dir} has no weight average "
-                "(train.ema was off); starting one from its weights",
-                soft_wrap=True,
-            )
+        state.resume(self)
 
     def request_stop(self, reason: str) -> None:
         """Stop at the next step boundary (a callback's call): ``last`` is saved and the run ends as
@@ -412,113 +254,37 @@ class Trainer:
         """What is evaluated and handed over: the weight average with ``train.ema``, else the student."""
         return self.ema.module if self.ema is not None else self.distiller.student
 
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        """The fp16 gradient scaler (disabled, it passes everything through)."""
+        return self.stepper.scaler
+
+    @property
+    def scaler_skipped(self) -> int:
+        """fp16 steps the scaler skipped for a gradient overflow, in all."""
+        return self.stepper.scaler_skipped
+
     # ------------------------------------------------------------------ steps
-    def _train_step(self, raws: list[Any], total_steps: int, warmup: int, steps_per_epoch: int):
-        """One optimizer step over ``raws``, its micro-batches (``train.grad_accum_steps``, fewer at the
-        end of an epoch): each loss is scaled by 1/len(raws) and the gradients add up, so the update is
-        the one of their concatenation (for models without batch statistics). Returns the step's metrics
-        (None: the step was not applied), the learning rate and the samples seen."""
+    def _train_step(
+        self, raws: list[Any], total_steps: int, warmup: int, steps_per_epoch: int
+    ) -> tuple[Metrics | None, float]:
+        """One optimizer step over the micro-batches ``raws`` at this step's learning rate: the step's
+        metrics (None: not applied, see :meth:`Stepper.run <distill.train.step.Stepper.run>`) and
+        the learning rate."""
         cfg = self.config
-        # dropout, CRD negatives, MGD masks: a function of the step and the rank
-        torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
-        g = (
-            torch.Generator().manual_seed(
-                cfg.seed * 1_000_003 + self.global_step * 131 + self.dist.rank
-            )
-            if self.augment is not None
-            else None
-        )
         lr = apply_step_settings(
             self.optimizer, self.global_step, total_steps, warmup, steps_per_epoch, cfg
         )
-        side = self.distiller.trainable()
-        # a skipped step must not leave NaN in BN statistics or memory banks either
-        saved = (
-            [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
+        epoch = self.global_step / steps_per_epoch
+        metrics, self.step_samples = self.stepper.run(
+            raws, self.optimizer, self.global_step, epoch, self.ema
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        amp, n = autocast_dtype(cfg), len(raws)
-        wrapped = self.distiller.student_side
-        sums: dict[str, torch.Tensor] = {}  # each metric averaged over the micro-batches
-        parts: list[str] = []
-        seen = 0
-        for i, raw in enumerate(raws):
-            batch = self.task.split(raw).to(self.device)
-            if g is not None:
-                batch.inputs = self.augment(batch.inputs, g)
-            if cfg.channels_last:
-                batch.inputs = channels_last_inputs(batch.inputs)
-            # DDP all-reduces the gradients once, after the last micro-batch's backward
-            last = i == n - 1
-            ddp = isinstance(wrapped, DistributedDataParallel)
-            with wrapped.no_sync() if ddp and not last else nullcontext():
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
-                loss = step.loss if n == 1 else step.loss / n
-                # every rank runs backward, so DDP's gradient all-reduce stays in step
-                self.scaler.scale(loss).backward()
-            parts = list(step.parts)
-            micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
-            micro.update(self.task.batch_metrics(step.outputs, batch))
-            for k, v in micro.items():
-                v = v if n == 1 else v / n
-                sums[k] = sums[k] + v if k in sums else v
-            seen += len(batch)
-        self.scaler.unscale_(self.optimizer)  # fp16: clip and check the true gradients
-        params = self.distiller.trainable_parameters()
-        if cfg.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in params if p.grad is not None]
-            )
-        loss_bad, grad_bad = nonfinite(sums["loss"], grad_norm, self.dist)
-        if grad_bad and not loss_bad and self.scaler.is_enabled():
-            self._scaler_in_a_row += 1
-            if self._scaler_in_a_row <= MAX_SCALER_SKIPS:  # an fp16 overflow: skip, lower the scale
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.update()
-                self.scaler_skipped += 1
-                return None, lr, seen
-        if loss_bad or grad_bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
-            mean = DistillStep(sums["loss"], {k: sums[k] for k in parts}, {})
-            self.guard.handle(mean, grad_norm, self.global_step, saved, self._logger)
-            return None, lr, seen
-        self.guard.ok()
-        self._scaler_in_a_row = 0
-        self.optimizer.step()  # the verdict above is the scaler's inf check: no second host sync
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.distiller.student)
-        sums["grad_norm"] = grad_norm.detach()
-        return sums, lr, seen
+        return metrics, lr
 
     def evaluate(self) -> dict[str, float]:
-        """Task metrics of the student on ``val_data``, the same on every rank. Under DDP a task that
-        shards evaluation (classification) predicts on each rank's slice and the metrics come from all
-        ranks' predictions; otherwise (or for a DataLoader given by the caller) rank 0 computes them."""
-        loader = self._val_loader()
-        if (
-            loader is not None
-            and self.dist.enabled
-            and getattr(self.task, "shards_evaluation", False)
-            and not isinstance(self.val_data, DataLoader)
-        ):
-            shard = self._val_loader(self._val_shard())
-            broadcast_buffers(self.final_student, self.dist)  # rank 0's BN statistics everywhere
-            part = self.task.predictions(
-                self.final_student, shard, self.distiller.teacher, self.device
-            )
-            return self.task.metrics_of(gather_objects(part, self.dist))
-        metrics: dict[str, float] = {}
-        if loader is not None and self.dist.is_main:
-            # a DataLoader given by the caller may shuffle: stored predictions only for our own order
-            ordered = not isinstance(self.val_data, DataLoader)
-            teacher = self.teacher_predictions if ordered else self.distiller.teacher
-            metrics = self.task.evaluate(self.final_student, loader, teacher, self.device)
-        return broadcast_object(metrics, self.dist)
+        """Task metrics of the final student on ``val_data``, the same on every rank (see
+        :class:`~distill.train.evaluation.Evaluator`)."""
+        return self.evaluator.evaluate(self.final_student)
 
     # ------------------------------------------------------------------- loop
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
@@ -534,24 +300,12 @@ class Trainer:
         lock = RunLock(self.run_dir) if self.run_dir is not None and self.dist.is_main else None
         if lock is not None:
             lock.acquire()
-        self._stop_signal, self._accept_stop = None, False
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous: dict[int, Any] = {}
         try:
-            if threading.current_thread() is threading.main_thread():
-                previous = {s: signal.signal(s, self._on_signal) for s in handled}
-            return self._fit(resume, stop_after)
+            with self.signals:
+                return self._fit(resume, stop_after)
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-            self._accept_stop = False
             if lock is not None:
                 lock.release()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None or not self._accept_stop:
-            raise TrainingInterrupted(signum, None)
-        self._stop_signal = signum
 
     def _fit(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
@@ -567,130 +321,63 @@ class Trainer:
             else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         )
         warmup = warmup_steps(cfg, steps_per_epoch, total)
-        logger = self._logger = MetricsLogger(
+        logger = MetricsLogger(
             self.run_dir,
             cfg.tensorboard,
             enabled=self.dist.is_main,
             loggers=[(spec.name, spec.options) for spec in cfg.loggers],
             recipe=self.recipe,
-            meta=self._run_meta(),
+            meta=state.run_meta(self),
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
+        log = RunLog(logger, progress, total, steps_per_epoch, cfg.epochs, self.global_step)
+        self.callbacks.internal = [log]  # logging runs first at every event
         if cfg.progress and self.dist.is_main:  # a CPU fallback is visible before the first step
             self.console.print(
                 f"training on {describe_device(cfg.device, self.device, self.dist)}", soft_wrap=True
             )
         last: dict[str, float] = self.history[-1] if self.history else {}
-        self._accept_stop = True
-        looped = False
+        self.signals.accepting = True
         try:
-            with progress:
-                bar = progress.add_task("train", total=total, completed=self.global_step, info="")
+            with log:
                 while self.epoch < cfg.epochs and self.global_step < total and not self._stopped():
-                    last = (
-                        self._run_epoch(progress, bar, logger, total, warmup, steps_per_epoch)
-                        or last
-                    )
-            looped = True
+                    log.start_epoch(self.epoch)
+                    last = self._run_epoch(total, warmup, steps_per_epoch) or last
         except (
             RuntimeError,
             MemoryError,
         ) as err:  # a batch that does not fit; checkpoints are kept
             if not is_allocation_failure(err):
                 raise
-            raise DistillError(
-                f"training step {self.global_step + 1} needs more memory than this machine has "
-                f"({str(err).strip()[:120]}); use a smaller train.batch_size or eval_batch_size, "
-                "smaller model options or images"
-            ) from None
+            raise out_of_memory(err, self.global_step + 1) from None
         finally:
-            self._accept_stop = False  # from here on a signal interrupts at once
-            if not looped:  # the loggers end their runs as failed
-                logger.close(None)
-        summary = {
-            "primary_metric": self.task.primary_metric,
-            "best": self.best,
-            "last": last,
-            "history": self.history,
-            "steps": self.global_step,
-            "skipped_steps": self.skipped_steps,
-            # where it ran: train.device auto may have fallen back to the CPU
-            "device": str(self.device),
-            "torch": torch.__version__,
-            "world_size": self.dist.world_size,
-        }
-        if self.stop_reason is not None:
-            summary["stopped"] = self.stop_reason
+            self.signals.accepting = False  # from here on a signal interrupts at once
+        summary = state.run_summary(self, last)
         complete = self.global_step >= total or self.epoch >= cfg.epochs or bool(self.stop_reason)
-        if self.run_dir is not None and self.dist.is_main:
-            try:
-                write_json(self.run_dir / "summary.json", summary)
-                if complete:  # hand over the student
-                    save_model(self.run_dir / "model.safetensors", self.final_student)
-            except OSError as err:
-                raise write_error(err, self.run_dir, "summary") from None
-        logger.close(summary)
-        self.callbacks.emit("on_fit_end", self, summary)
+        state.write_outputs(self, summary, complete)
+        self.callbacks.emit("on_fit_end", self, summary)  # logging ends the loggers' runs
         barrier(self.dist)
-        if self._stop_signal is not None and not complete:
-            raise TrainingInterrupted(self._stop_signal, self.global_step)
+        if self.signals.signum is not None and not complete:
+            raise TrainingInterrupted(self.signals.signum, self.global_step)
         return summary
 
-    def _run_meta(self) -> dict[str, Any]:
-        """Where and how this run runs, for the loggers (W&B config ``run``, MLflow tags)."""
-        return {
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-            "torch": torch.__version__,
-            "start_step": self.global_step,  # a resumed run starts past 0
-        }
-
-    def _run_epoch(
-        self, progress, bar, logger: MetricsLogger, total: int, warmup: int, steps_per_epoch: int
-    ):
+    def _run_epoch(self, total: int, warmup: int, steps_per_epoch: int) -> dict[str, float]:
+        """Train the rest of the current epoch (or up to ``total`` steps, or a stop), evaluate when due
+        and save ``last``; returns the evaluation's record (empty when none ran)."""
         cfg = self.config
-        progress.update(bar, description=f"epoch {self.epoch + 1}/{cfg.epochs}")
         self.distiller.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen, count, started = 0, 0, time.perf_counter()
         accum = cfg.grad_accum_steps
         loader = self._train_loader(self.epoch, self.epoch_step * accum)
-        for raws in _groups(loader, accum):
+        for raws in batch_groups(loader, accum):
             if self.global_step >= total or self._stopped():
                 break
-            metrics, lr, n = self._train_step(raws, total, warmup, steps_per_epoch)
+            metrics, lr = self._train_step(raws, total, warmup, steps_per_epoch)
             self.global_step += 1
             self.epoch_step += 1
-            if self.callbacks:
-                self.callbacks.emit(
-                    "on_step_end", self, self.global_step, {**(metrics or {}), "lr": lr}
-                )
-            seen = seen + n
-            if metrics is not None:  # None: a skipped non-finite step
-                count += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            if count and (self.global_step % cfg.log_every == 0 or self.global_step == total):
-                values = {k: float(v) / max(count, 1) for k, v in sums.items()}
-                if self.skipped_steps:
-                    values["skipped_steps"] = self.skipped_steps
-                if self.scaler_skipped:
-                    values["scaler_skipped_steps"] = self.scaler_skipped
-                rate = seen * self.dist.world_size / (time.perf_counter() - started)
-                logger.log(
-                    "train",
-                    {
-                        "step": self.global_step,
-                        "epoch": self.epoch + self.epoch_step / steps_per_epoch,
-                        "lr": lr,
-                        "samples_per_s": round(rate, 1),
-                        **values,
-                    },
-                )
-                progress.update(bar, info=format_values(values))
-                sums, seen, count, started = {}, 0, 0, time.perf_counter()
-            progress.update(bar, completed=self.global_step)
+            # metrics None: a skipped non-finite step
+            self.callbacks.emit(
+                "on_step_end", self, self.global_step, {**(metrics or {}), "lr": lr}
+            )
             # the run's last step is saved after the final evaluation: saved before it, a kill during
             # the evaluation would leave a checkpoint that resumes as finished, without it
             every = cfg.checkpoint_every
@@ -704,56 +391,34 @@ class Trainer:
         if finished or (epoch_done and self.epoch % cfg.eval_every == 0):
             # ended mid-epoch (train.max_steps): labelled by progress (1.5), not as the last whole epoch
             epoch = self.epoch if epoch_done else self.epoch + self.epoch_step / steps_per_epoch
-            record = self._evaluate_and_record(logger, progress, epoch)
+            record = self._evaluate_and_record(epoch)
         self._save("last", with_optimizer=True)
         return record
 
     def _stopped(self) -> bool:
         """At a step boundary: stop_after reached, or a signal came (on any rank: all of them stop)."""
+        self.signals.agree(self.dist, self.device)
         if self.dist.enabled:
-            self._stop_signal = any_rank(self._stop_signal or 0, self.dist, self.device) or None
             if self.callbacks:  # a stop one rank's callback asked for stops every rank
                 asked = any_rank(int(self.stop_reason is not None), self.dist, self.device)
                 if asked and self.stop_reason is None:
                     self.stop_reason = "a callback on another rank asked to stop"
-        if self._stop_signal is not None or self.stop_reason is not None:
+        if self.signals.signum is not None or self.stop_reason is not None:
             return True
         return self._stop_after is not None and self.global_step >= self._stop_after
 
-    def _evaluate_and_record(
-        self, logger: MetricsLogger, progress, epoch: float
-    ) -> dict[str, float]:
-        """Evaluate, log an ``eval`` record and keep the best; ``epoch`` is the epochs done (an int after a
-        whole epoch, a fraction such as 1.5 when training ended mid-epoch)."""
+    def _evaluate_and_record(self, epoch: float) -> dict[str, float]:
+        """Evaluate, record it (logging prints and logs it at ``on_evaluate_end``) and keep the best;
+        ``epoch`` is the epochs done (an int after a whole epoch, a fraction such as 1.5 when training
+        ended mid-epoch)."""
         metrics = self.evaluate()
         if not metrics:
             return {}
         record = {"epoch": epoch, "step": self.global_step, **metrics}
         self.history.append(record)
-        logger.log("eval", record)
-        key = self.task.primary_metric
         self.callbacks.emit("on_evaluate_end", self, record)
+        key = self.task.primary_metric
         if not self.best or metrics[key] > self.best[key]:
             self.best = dict(record)
             self._save("best", with_optimizer=False)
-        if self.dist.is_main:
-            shown = {k: v for k, v in metrics.items() if k != "samples"}
-            label = (
-                f"epoch {epoch}"
-                if isinstance(epoch, int)
-                else f"epoch {epoch:.2f} (step {self.global_step}, partial)"
-            )
-            progress.console.print(f"{label}: {format_values(shown)}")
         return record
-
-
-def _groups(batches: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """``batches`` in lists of ``size`` (the last one shorter when they do not divide)."""
-    group: list[Any] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
