@@ -54,6 +54,16 @@ class Run:
 def run_recipe(run_dir: str | Path) -> Recipe:
     """The recipe a run kept (``RUN_DIR/recipe.yaml``)."""
     path = Path(run_dir) / "recipe.yaml"
+    trained = (Path(run_dir) / "model.safetensors").is_file() or (
+        Path(run_dir) / "checkpoints"
+    ).is_dir()
+    if not path.is_file() and trained:
+        raise DistillError(
+            f"{run_dir} is not a distill run directory the CLI can reopen: a Trainer built in Python "
+            "saves weights but no recipe.yaml, so its model cannot be rebuilt; train it with "
+            "distill.api.train(Recipe(...)) naming your model as module:function (docs/plugins.md), or "
+            f"load {Path(run_dir) / 'model.safetensors'} into a recipe's model with weights:"
+        )
     if not path.is_file():
         raise DistillError(
             f"{run_dir} is not a distill run directory (no recipe.yaml); give the folder `distill train` "
