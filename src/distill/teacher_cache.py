@@ -9,6 +9,10 @@ the data instead of one per epoch.
 
 The :class:`~distill.train.Trainer` fills the cache in ``prepare()``; until then (and for batches without
 an ``index``) the teacher runs online, so a Distiller used on its own is correct, only not faster.
+
+Under ``torchrun`` each rank runs the teacher over its own contiguous slice of the training set (a
+DataLoader given by the caller: over the batches its ``DistributedSampler`` gives that rank); the slices'
+outputs are gathered once, so every rank holds the whole table, checked to cover every sample.
 """
 
 from __future__ import annotations
@@ -71,46 +75,70 @@ class CachedTeacher(TeacherSource):
     def fill_from(
         self, data: Any, batch_size: int, console: Any = None, report: bool = True
     ) -> None:
-        """Fill from a training Dataset (its batches in index order) or DataLoader (as it iterates), once;
-        ``console`` (rich) says so when ``report``."""
+        """Fill from a training Dataset (its batches in index order; under DDP this rank's slice) or
+        DataLoader (as it iterates), once; ``console`` (rich) says so when ``report``."""
         if self.filled:
             return
         loader = isinstance(data, DataLoader)
         dataset = data.dataset if loader else data
-        batches = data if loader else make_loader(data, batch_size, None)
+        rank, world = _rank_and_world()
+        size = len(dataset)
+        shard = (
+            None
+            if loader or world == 1
+            else list(range(size * rank // world, size * (rank + 1) // world))
+        )
+        batches = data if loader else make_loader(data, batch_size, shard)
         if console is not None and report:
-            console.print(f"caching the teacher's outputs for {len(dataset):,} training samples")
-        self.fill(batches, len(dataset))
+            split = f", each of {world} processes its share" if world > 1 else ""
+            console.print(f"caching the teacher's outputs for {size:,} training samples{split}")
+        self.fill(batches, size)
 
     @torch.no_grad()
     def fill(self, batches: Iterable[Any], size: int) -> None:
         """Run the teacher once over ``batches`` (raw batches of the training set, each with an ``index``
-        extra; ``size`` samples in all) and keep the outputs the terms read."""
-        cache: dict[str, torch.Tensor] = {}
-        seen = torch.zeros(size, dtype=torch.bool)
+        extra; ``size`` samples in all) and keep the outputs the terms read. Under DDP each rank passes
+        its own share of the batches; the shares are gathered so that every rank keeps all ``size``."""
+        indices: list[torch.Tensor] = []
+        values: dict[str, list[torch.Tensor]] = {name: [] for name in self.names}
         for raw in batches:
             batch = self.online.task.split(raw)
-            index = _index(batch)
+            indices.append(_index(batch))
             outputs = self.online.outputs(batch.to(_device(self.online.teacher)), self.names)
             for name in self.names:
-                value = outputs[name].detach().cpu()
-                if name not in cache:
-                    cache[name] = value.new_zeros((size, *value.shape[1:]))
-                if value.shape[1:] != cache[name].shape[1:]:
-                    raise DistillError(
-                        f"cache_teacher cannot keep {name}: its shape changes between batches "
-                        f"({tuple(cache[name].shape[1:])} vs {tuple(value.shape[1:])}, e.g. padded "
-                        "text); turn cache_teacher off for this recipe"
-                    )
-                cache[name][index] = value
-            seen[index] = True
+                values[name].append(outputs[name].detach().cpu())
+        shares = [(indices, values)]
+        if _rank_and_world()[1] > 1:  # every rank needs every sample's outputs
+            shares = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, (indices, values))
+        self.cache = self._table(shares, size)
+
+    def _table(self, shares: list[Any], size: int) -> dict[str, torch.Tensor]:
+        """``(N, ...)`` tables from the ranks' ``(indices, outputs)`` shares, checked to cover all ``size``
+        samples with outputs of one shape."""
+        cache: dict[str, torch.Tensor] = {}
+        seen = torch.zeros(size, dtype=torch.bool)
+        for indices, values in shares:
+            for i, index in enumerate(indices):
+                for name in self.names:
+                    value = values[name][i]
+                    if name not in cache:
+                        cache[name] = value.new_zeros((size, *value.shape[1:]))
+                    if value.shape[1:] != cache[name].shape[1:]:
+                        raise DistillError(
+                            f"cache_teacher cannot keep {name}: its shape changes between batches "
+                            f"({tuple(cache[name].shape[1:])} vs {tuple(value.shape[1:])}, e.g. "
+                            "padded text); turn cache_teacher off for this recipe"
+                        )
+                    cache[name][index] = value
+                seen[index] = True
         if not bool(seen.all()):
             missing = int((~seen).sum())
             raise DistillError(
                 f"cache_teacher saw no teacher output for {missing} of {size} training samples; the "
                 "training batches must carry each sample's index"
             )
-        self.cache = cache
+        return cache
 
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         index = batch.extras.get("index")
@@ -129,6 +157,13 @@ def _index(batch: Batch) -> torch.Tensor:
             "'index'); this dataset's batches have none, so turn cache_teacher off"
         )
     return index.cpu().long()
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0 and 1 outside ``torchrun``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _device(module: nn.Module) -> torch.device:
