@@ -135,8 +135,9 @@ def loss_name(loss) -> str:
 
 
 def _requires_grad(x, flag: bool = True):
+    """A copy that tracks gradients; integer tensors in a list (a teacher's top-k ids) stay as they are."""
     if isinstance(x, list):
-        return [t.clone().requires_grad_(flag) for t in x]
+        return [t.clone().requires_grad_(flag) if t.is_floating_point() else t for t in x]
     return x.clone().requires_grad_(flag)
 
 

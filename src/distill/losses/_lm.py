@@ -20,6 +20,7 @@ instead of ``0 * inf = NaN``: log-probabilities are floored at the float32 minim
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ def padded_vocab_size(student_vocab: int, teacher_vocab: int, tokenizer_len: int
     )
 
 
-def log_probs(rows: torch.Tensor, temperature: float) -> torch.Tensor:
+def log_probs_of(rows: torch.Tensor, temperature: float) -> torch.Tensor:
     """float32 ``log_softmax(rows / T)`` with ``-inf`` floored to the float32 minimum (probability 0)."""
     scaled = rows.float() / temperature if temperature != 1.0 else rows.float()
     return F.log_softmax(scaled, dim=-1).clamp(min=_FLOOR)
@@ -146,8 +147,8 @@ def token_divergence(
             "same (B, T) tokens"
         )
     index = valid_positions(labels, student_logits.shape, name)
-    s = log_probs(token_rows(student_logits, index), temperature)
-    t = log_probs(token_rows(teacher_logits, index, detach=True), temperature)
+    s = log_probs_of(token_rows(student_logits, index), temperature)
+    t = log_probs_of(token_rows(teacher_logits, index, detach=True), temperature)
     return mean_over_tokens(per_token(s, t))
 
 
@@ -205,3 +206,154 @@ class TokenLoss(DistillLoss):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, vocab_size={self.vocab_size}"
+
+
+# ------------------------------------------------------------------ a teacher's top-k (sparse losses)
+MISSING_MASS = ("renormalise", "tail_bucket")
+
+
+def topk_parts(teacher: Any, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(log_probs (..., k), ids (..., k), rest (...) or None)`` from the teacher input of a sparse
+    loss: a list or tuple of those tensors (``rest``, the mass outside the top-k, is optional)."""
+    if not isinstance(teacher, (list, tuple)) or len(teacher) not in (2, 3):
+        raise DistillError(
+            f"{name}: the teacher input must be the teacher's top-k as [log_probs (B, T, k), ids (B, T, k)"
+            f", rest (B, T)], got {type(teacher).__name__}; tap a top-k teacher output, or use the dense "
+            "loss (forward_kl, generalized_jsd, tvd) on @logits"
+        )
+    log_probs, ids = teacher[0], teacher[1]
+    rest = teacher[2] if len(teacher) == 3 else None
+    if log_probs.shape != ids.shape or (rest is not None and rest.shape != log_probs.shape[:-1]):
+        raise DistillError(
+            f"{name}: top-k log_probs {tuple(log_probs.shape)}, ids {tuple(ids.shape)} and rest "
+            f"{None if rest is None else tuple(rest.shape)} do not fit; expected (B, T, k), (B, T, k), (B, T)"
+        )
+    return log_probs, ids, rest
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, floored (0 mass left is the float32 minimum, not -inf)."""
+    x = x.clamp(max=-1e-7)
+    out = torch.where(x > -0.693, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return out.clamp(min=_FLOOR)
+
+
+def topk_buckets(
+    student_logits: torch.Tensor,
+    teacher: Any,
+    labels: torch.Tensor | None,
+    temperature: float,
+    capture_temperature: float,
+    missing: str,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probabilities over ``k + 1`` buckets per valid token, ``(N, k + 1)``:
+    the teacher's top-k ids, then everything else.
+
+    The student's are exact (its full softmax at ``temperature``, gathered; the last bucket is the rest
+    of its mass). The teacher's top-k, stored at ``capture_temperature``, are re-tempered with
+    ``alpha = capture_temperature / temperature`` (``p_i^alpha`` renormalised, DistillKit's
+    ``get_target_logprobs``). ``missing``: ``renormalise`` scales the teacher's top-k to sum to 1 and gives
+    its last bucket probability 0 (DistillKit's ``zero``); ``tail_bucket`` keeps the teacher's missing mass
+    ``rest`` (or ``1 - sum``) as the last bucket (DistillKit's ``symmetric_uniform``)."""
+    log_probs, ids, rest = topk_parts(teacher, name)
+    if log_probs.shape[:-1] != student_logits.shape[:-1]:
+        raise DistillError(
+            f"{name}: student logits {tuple(student_logits.shape)} and teacher top-k "
+            f"{tuple(log_probs.shape)} cover different positions; both must score the same (B, T) tokens"
+        )
+    index = valid_positions(labels, student_logits.shape, name)
+    s_full = log_probs_of(token_rows(student_logits, index), temperature)
+    k = log_probs.shape[-1]
+    t_vals = token_rows(log_probs, index, detach=True)
+    flat_ids = ids.reshape(-1, k)
+    t_ids = (flat_ids if index is None else flat_ids.index_select(0, index)).long()
+    s_top = s_full.gather(-1, t_ids)
+    s_rest = s_full.scatter(-1, t_ids, _FLOOR).logsumexp(-1).clamp(min=_FLOOR)
+    alpha = capture_temperature / temperature
+    scaled = (alpha * t_vals).clamp(min=_FLOOR)
+    if missing == "renormalise":
+        t_top = scaled - scaled.logsumexp(-1, keepdim=True)
+        t_rest = torch.full_like(s_rest, _FLOOR)
+    else:
+        if rest is not None:
+            flat_rest = rest.detach().reshape(-1).float()
+            flat_rest = flat_rest if index is None else flat_rest.index_select(0, index)
+            log_rest = torch.log(flat_rest).clamp(min=_FLOOR)
+        else:
+            log_rest = _log1mexp(t_vals.logsumexp(-1))
+        log_rest = (alpha * log_rest).clamp(min=_FLOOR)
+        log_z = torch.logaddexp(scaled.logsumexp(-1), log_rest)
+        t_top, t_rest = scaled - log_z[:, None], (log_rest - log_z)
+    student = torch.cat([s_top, s_rest[:, None]], dim=-1)
+    teacher_buckets = torch.cat([t_top, t_rest[:, None]], dim=-1).clamp(min=_FLOOR)
+    return student, teacher_buckets.detach()
+
+
+def check_missing(name: str, missing: str) -> str:
+    if missing not in MISSING_MASS:
+        raise ValueError(
+            f"{name}: missing must be one of {list(MISSING_MASS)}, got {missing!r}; 'renormalise' scales "
+            "the teacher's top-k to sum to 1, 'tail_bucket' keeps its missing mass as one more bucket"
+        )
+    return missing
+
+
+class TopKLoss(DistillLoss):
+    """A divergence between the student's full distribution and the teacher's top-k, over ``k + 1``
+    buckets (:func:`topk_buckets`): ``forward(student (B, T, V), [log_probs, ids, rest], labels)``."""
+
+    name: str = ""
+    extra_inputs = ("labels",)
+    needs_same_shape = False
+
+    def __init__(
+        self,
+        missing: str = "renormalise",
+        temperature: float = 1.0,
+        capture_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.missing = check_missing(self.name, missing)
+        self.temperature = positive(
+            self.name, "temperature", temperature, "1 keeps the model's distribution"
+        )
+        self.capture_temperature = positive(
+            self.name,
+            "capture_temperature",
+            capture_temperature,
+            "the temperature the top-k were stored at",
+        )
+
+    def per_token(
+        self, student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, student: torch.Tensor, teacher: Any, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        s, t = topk_buckets(
+            student,
+            teacher,
+            labels,
+            self.temperature,
+            self.capture_temperature,
+            self.missing,
+            self.name,
+        )
+        return mean_over_tokens(self.per_token(s, t))
+
+    @staticmethod
+    def example_inputs(batch_size: int, generator: torch.Generator) -> tuple[Any, Any]:
+        """Student logits (B, 6, 10) and the top-4 of other teacher logits."""
+        student = torch.randn(batch_size, 6, 10, generator=generator)
+        teacher = F.log_softmax(2 * torch.randn(batch_size, 6, 10, generator=generator), dim=-1)
+        values, ids = teacher.topk(4, dim=-1)
+        return student, [values, ids, 1 - values.exp().sum(-1)]
+
+    def extra_repr(self) -> str:
+        return (
+            f"missing={self.missing!r}, temperature={self.temperature}, "
+            f"capture_temperature={self.capture_temperature}"
+        )
