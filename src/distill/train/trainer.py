@@ -66,6 +66,7 @@ from distill.train.precision import (
     make_scaler,
     prepare_models,
 )
+from distill.train.reduction import micro_batch_weights
 from distill.train.rundir import RunLock
 from distill.train.sampling import (
     epoch_loader,
@@ -415,9 +416,10 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _train_step(self, raws: list[Any], total_steps: int, warmup: int, steps_per_epoch: int):
         """One optimizer step over ``raws``, its micro-batches (``train.grad_accum_steps``, fewer at the
-        end of an epoch): each loss is scaled by 1/len(raws) and the gradients add up, so the update is
-        the one of their concatenation (for models without batch statistics). Returns the step's metrics
-        (None: the step was not applied), the learning rate and the samples seen."""
+        end of an epoch): each loss is scaled by its micro-batch's weight (1/len(raws), or its share of
+        the step's items for a task that counts them: ``train/reduction.py``) and the gradients add up,
+        so the update is the one of their concatenation (for models without batch statistics). Returns
+        the step's metrics (None: the step was not applied), the learning rate and the samples seen."""
         cfg = self.config
         # dropout, CRD negatives, MGD masks: a function of the step and the rank
         torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
@@ -442,6 +444,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}  # each metric averaged over the micro-batches
         parts: list[str] = []
         seen = 0
+        weights = micro_batch_weights(self.task, raws, self.dist, self.device)
         for i, raw in enumerate(raws):
             batch = self.task.split(raw).to(self.device)
             if g is not None:
@@ -454,14 +457,18 @@ class Trainer:
             with wrapped.no_sync() if ddp and not last else nullcontext():
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                     step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
-                loss = step.loss if n == 1 else step.loss / n
+                # a task that counts its items (tokens): the micro-batch's share of the step's items
+                if weights is not None:
+                    loss = step.loss * weights.loss[i]
+                else:
+                    loss = step.loss if n == 1 else step.loss / n
                 # every rank runs backward, so DDP's gradient all-reduce stays in step
                 self.scaler.scale(loss).backward()
             parts = list(step.parts)
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
             micro.update(self.task.batch_metrics(step.outputs, batch))
             for k, v in micro.items():
-                v = v if n == 1 else v / n
+                v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v
             seen += len(batch)
         self.scaler.unscale_(self.optimizer)  # fp16: clip and check the true gradients
