@@ -204,6 +204,33 @@ class TokenLoss(DistillLoss):
             self.per_token, student, teacher, labels, self.temperature, self.vocab_size, self.name
         )
 
+    def chunked(
+        self,
+        student_hidden: torch.Tensor,
+        student_head: torch.Tensor,
+        teacher_hidden: torch.Tensor,
+        teacher_head: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        chunk_size: int = 1024,
+    ) -> torch.Tensor:
+        """The same loss from last hidden states ``(B, T, D)`` and output-head weights ``(V, D)``,
+        ``chunk_size`` valid tokens at a time, never holding ``(B, T, V)`` logits
+        (:mod:`distill.losses._chunked`)."""
+        from distill.losses._chunked import chunked_token_loss
+
+        return chunked_token_loss(
+            self.per_token,
+            student_hidden,
+            student_head,
+            teacher_hidden,
+            teacher_head,
+            labels,
+            self.temperature,
+            self.vocab_size,
+            chunk_size,
+            self.name,
+        )
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, vocab_size={self.vocab_size}"
 
