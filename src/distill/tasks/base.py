@@ -84,6 +84,8 @@ class Task:
       (detection builds the Ultralytics criterion here).
     * ``request(taps)``: called once by the recipe build with every tap of every term, so the task can
       turn on outputs that cost extra (text: attention weights for ``@attentions.N``).
+    * ``count_items(batch)``: the number of items (valid tokens) the losses average over, for the
+      trainer's one reduction rule across micro-batches and ranks; None (samples) by default.
     * ``augments_in_loader``: True when the task's datasets augment inside their loader (detection), so
       the teacher sees new inputs every epoch and ``distill.cache_teacher`` is refused.
     * ``latency_batch``: the large batch ``compare`` times the models at (None: compare's default).
@@ -105,6 +107,13 @@ class Task:
 
     def request(self, taps: Iterable[str]) -> None:
         """Every output is computed anyway: nothing to turn on."""
+
+    def count_items(self, batch: Batch) -> int | None:
+        """How many items the task loss (and every term) averages over in ``batch``, when that number
+        varies between batches of one size: a causal LM's valid target tokens. The trainer then weights
+        each micro-batch by its share of the optimizer step's items, counted over all micro-batches and
+        ranks (:mod:`distill.train.reduction`). None: every micro-batch weighs the same (samples)."""
+        return None
 
     def split(self, batch: Any) -> Batch:
         raise NotImplementedError

@@ -27,6 +27,7 @@ from distill.train.precision import (
     channels_last_inputs,
     make_scaler,
 )
+from distill.train.reduction import micro_batch_weights
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -137,8 +138,9 @@ class Stepper:
     def forward_backward(
         self, raws: list[Any], epoch: float, generator: torch.Generator | None
     ) -> tuple[Metrics, list[str], int]:
-        """Forward and backward over the micro-batches ``raws``: each loss is scaled by 1/len(raws) and
-        the gradients add up, so the update is the one of their concatenation (for models without batch
+        """Forward and backward over the micro-batches ``raws``: each loss is scaled by its micro-batch's
+        weight (1/len(raws), or its share of the step's items for a task that counts them:
+        ``train/reduction.py``) and the gradients add up, so the update is the one of their concatenation (for models without batch
         statistics). Returns the metrics averaged over the micro-batches, the loss parts' names and the
         samples seen."""
         cfg, n = self.config, len(raws)
@@ -148,6 +150,7 @@ class Stepper:
         sums: Metrics = {}
         parts: list[str] = []
         seen = 0
+        weights = micro_batch_weights(self.task, raws, self.dist, self.device)
         for i, raw in enumerate(raws):
             batch = self.task.split(raw).to(self.device)
             if generator is not None:
@@ -158,14 +161,18 @@ class Stepper:
             with wrapped.no_sync() if ddp and i < n - 1 else nullcontext():
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                     step = self.distiller(batch, epoch=epoch)
-                loss = step.loss if n == 1 else step.loss / n
+                # a task that counts its items (tokens): the micro-batch's share of the step's items
+                if weights is not None:
+                    loss = step.loss * weights.loss[i]
+                else:
+                    loss = step.loss if n == 1 else step.loss / n
                 # every rank runs backward, so DDP's gradient all-reduce stays in step
                 self.scaler.scale(loss).backward()
             parts = list(step.parts)
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
             micro.update(self.task.batch_metrics(step.outputs, batch))
             for k, v in micro.items():
-                v = v if n == 1 else v / n
+                v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v
             seen += len(batch)
         return sums, parts, seen
