@@ -3,6 +3,7 @@ TRL's ``GKDTrainer`` on one tiny Llama-config pair.
 
     OMP_NUM_THREADS=1 python benchmarks/lm_trl.py chunked      # chunked_memory_ratio, chunked_time_ratio
     OMP_NUM_THREADS=1 python benchmarks/lm_trl.py trl          # trl_* keys (needs: pip install trl)
+    OMP_NUM_THREADS=1 python benchmarks/lm_trl.py trl-parity   # only the loss and gradient parity
     OMP_NUM_THREADS=1 python benchmarks/lm_trl.py all
 
 Every measurement runs in a fresh process (``--child``), so the peak resident set size it reads
@@ -142,17 +143,17 @@ def main() -> None:
         print(json.dumps(result))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["chunked", "trl", "all"])
+    parser.add_argument("part", choices=["chunked", "trl", "trl-parity", "all"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=256)
     args = parser.parse_args()
     results: dict = {}
     if args.part in ("chunked", "all"):
         results.update(bench_chunked(args.repeats, args.chunk_size))
-    if args.part in ("trl", "all"):
+    if args.part in ("trl", "trl-parity", "all"):
         from lm_trl_parity import bench_trl
 
-        results.update(bench_trl(args.repeats, run_child))
+        results.update(bench_trl(args.repeats, run_child, speed_too=args.part != "trl-parity"))
     save(results)
     print(json.dumps({k: v for k, v in results.items() if not k.startswith("_")}, indent=2))
 
