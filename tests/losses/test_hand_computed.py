@@ -924,3 +924,105 @@ def test_ld_hand_computed():
     check(build_loss("ld", temperature=1.0)(student, teacher), expected)
     # T = 2 on doubled logits: the same distributions, times T^2 = 4
     check(build_loss("ld", temperature=2.0)(2 * student, 2 * teacher), 4 * expected)
+
+
+# ----------------------------------------------------------------------------- language models
+# One sequence of two positions over a 3-token vocabulary; the second position is ignored (label -100)
+# and holds garbage, so every value below is the first position's alone.
+LM_STUDENT = [0.0, 1.0, -1.0]
+LM_TEACHER = [1.0, 0.0, 0.5]
+
+
+def _lm_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    student = torch.tensor([[LM_STUDENT, [9.0, -9.0, 3.0]]])
+    teacher = torch.tensor([[LM_TEACHER, [-5.0, 5.0, 0.0]]])
+    return student, teacher, torch.tensor([[2, -100]])
+
+
+def _mix(a: list[float], b: list[float], wa: float) -> list[float]:
+    return [wa * x + (1 - wa) * y for x, y in zip(a, b, strict=True)]
+
+
+@case("forward_kl")
+@case("reverse_kl")
+@case("generalized_jsd")
+@case("symmetric_kl")
+@case("skew_kl")
+@case("skew_reverse_kl")
+@case("tvd")
+def test_lm_token_divergences_at_one_position():
+    s, t_, labels = _lm_inputs()
+    ps, pt = softmax(LM_STUDENT), softmax(LM_TEACHER)
+    m = _mix(pt, ps, 0.3)  # GKD's mixture: beta * p_T + (1 - beta) * p_S
+    expected = {
+        ("forward_kl", ()): kl(pt, ps),
+        ("reverse_kl", ()): kl(ps, pt),
+        ("generalized_jsd", (("beta", 0.3),)): 0.3 * kl(pt, m) + 0.7 * kl(ps, m),
+        ("symmetric_kl", (("ratio", 0.25),)): 0.25 * kl(pt, ps) + 0.75 * kl(ps, pt),
+        ("skew_kl", (("alpha", 0.1),)): kl(pt, _mix(pt, ps, 0.1)),
+        ("skew_reverse_kl", (("alpha", 0.1),)): kl(ps, _mix(ps, pt, 0.1)),
+        ("tvd", ()): 0.5 * sum(abs(a - b) for a, b in zip(pt, ps, strict=True)),
+    }
+    for (name, options), value in expected.items():
+        check(build_loss(name, **dict(options))(s, t_, labels), value)
+    # temperature 2 divides both logits by 2 (no T^2 factor)
+    halved = kl(softmax([x / 2 for x in LM_TEACHER]), softmax([x / 2 for x in LM_STUDENT]))
+    check(build_loss("forward_kl", temperature=2.0)(s, t_, labels), halved)
+
+
+@case("topk_kl")
+@case("topk_jsd")
+@case("topk_tvd")
+def test_lm_top_k_losses_with_the_two_missing_mass_rules():
+    """Teacher top-2 of the 3 tokens (ids 0 and 2) with its exact rest; the student's full softmax."""
+    s, t_, labels = _lm_inputs()
+    ps, pt = softmax(LM_STUDENT), softmax(LM_TEACHER)
+    top = [math.log(pt[0]), math.log(pt[2])]
+    teacher = [
+        torch.tensor([[top, [0.0, 0.0]]]),
+        torch.tensor([[[0, 2], [0, 1]]]),
+        torch.tensor([[pt[1], 0.0]]),
+    ]
+    # tail bucket: (p0, p2, rest) against the student's (p0, p2, p1)
+    tail_t, tail_s = [pt[0], pt[2], pt[1]], [ps[0], ps[2], ps[1]]
+    # renormalise: the teacher's top-2 scaled to 1, rest 0 (0 log 0 = 0)
+    z = pt[0] + pt[2]
+    ren_t = [pt[0] / z, pt[2] / z, 0.0]
+    m = _mix(ren_t, tail_s, 0.5)
+    cases = [
+        ("topk_kl", "tail_bucket", kl(tail_t, tail_s)),
+        ("topk_kl", "renormalise", kl(ren_t, tail_s)),
+        ("topk_jsd", "renormalise", 0.5 * kl(ren_t, m) + 0.5 * kl(tail_s, m)),
+        (
+            "topk_tvd",
+            "renormalise",
+            0.5 * sum(abs(a - b) for a, b in zip(ren_t, tail_s, strict=True)),
+        ),
+        (
+            "topk_tvd",
+            "tail_bucket",
+            0.5 * sum(abs(a - b) for a, b in zip(tail_t, tail_s, strict=True)),
+        ),
+    ]
+    for name, missing, value in cases:
+        check(build_loss(name, missing=missing)(s, teacher, labels), value)
+
+
+@case("sampled_reverse_kl")
+def test_lm_sampled_reverse_kl_on_one_sampled_token():
+    """L = -(log p_T(y) - log p_S(y)) * log p_S(y) for the sampled token y = 2."""
+    s, t_, labels = _lm_inputs()
+    lps, lpt = math.log(softmax(LM_STUDENT)[2]), math.log(softmax(LM_TEACHER)[2])
+    check(build_loss("sampled_reverse_kl")(s, t_, labels), -(lpt - lps) * lps)
+
+
+@case("uld")
+def test_lm_uld_sorts_and_pads():
+    """Student over 3 tokens, teacher over 2: sorted probabilities, the teacher's padded with 0."""
+    s, _, labels = _lm_inputs()
+    teacher = torch.tensor([[[0.0, 1.0], [2.0, 2.0]]])
+    ps = sorted(softmax(LM_STUDENT), reverse=True)
+    pt = sorted(softmax([0.0, 1.0]), reverse=True) + [0.0]
+    check(
+        build_loss("uld")(s, teacher, labels), sum(abs(a - b) for a, b in zip(ps, pt, strict=True))
+    )

