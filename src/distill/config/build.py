@@ -20,6 +20,7 @@ from distill.config.schema import (
     Recipe,
     ScheduleSpec,
     TermSpec,
+    TransferSpec,
 )
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
@@ -31,6 +32,8 @@ from distill.data.base import (
     model_inputs,
 )
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
+from distill.data.tensor import TensorDataset
+from distill.data.transfer import TransferSet, make_transfer_set
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
@@ -81,15 +84,25 @@ def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float |
     return schedule
 
 
+VALIDATION_SEED = 0  # data.validation carves the same samples in every run (every tuning trial)
+
+
 def build_data(recipe: Recipe) -> tuple[Any, Any]:
+    """The training and evaluation splits: the test split, or with ``data.validation`` samples carved
+    from the training set (the test split is then never read)."""
     spec = recipe.data
     train = build_dataset(spec.name, "train", spec.root, **spec.options)
-    test = build_dataset(spec.name, "test", spec.root, **spec.options)
-    check_splits_agree(train, test, spec.name)
+    if spec.validation:
+        train, test = carve_validation(train, spec.validation, spec.name)
+    else:
+        test = build_dataset(spec.name, "test", spec.root, **spec.options)
+        check_splits_agree(train, test, spec.name)
     if spec.train_subset:
         train = train.subset(min(spec.train_subset, len(train)), seed=recipe.train.seed)
     if spec.test_subset:
         test = test.subset(min(spec.test_subset, len(test)), seed=0)
+    if spec.transfer is not None:
+        train = build_transfer(spec.transfer, train, recipe.train.seed)
     options = LoaderOptions(
         spec.num_workers, spec.pin_memory, spec.persistent_workers, spec.prefetch_factor
     )
@@ -97,6 +110,37 @@ def build_data(recipe: Recipe) -> tuple[Any, Any]:
         with contextlib.suppress(AttributeError):  # read by make_loader (data/base.py)
             split.loader_options = options
     return train, test
+
+
+def carve_validation(train: Any, n: int, name: str) -> tuple[Any, Any]:
+    """``(rest, validation)``: ``n`` class-balanced samples of ``train`` (seeded with
+    ``VALIDATION_SEED``) and the others."""
+    if not isinstance(train, TensorDataset):
+        raise ConfigError(
+            f"data.validation needs an in-memory dataset to carve from, but {name!r} gives a "
+            f"{type(train).__name__}; evaluate on its test split (drop data.validation)"
+        )
+    if not 0 < n < len(train):
+        raise ConfigError(
+            f"data.validation={n} leaves no training samples in {name!r} ({len(train)}); use fewer, "
+            f"e.g. {max(1, len(train) // 6)}"
+        )
+    keep = train.subset_indices(n, VALIDATION_SEED)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[keep] = False
+    return train.take(rest.nonzero().flatten()), train.take(keep)
+
+
+def build_transfer(spec: TransferSpec, train: Any, train_seed: int) -> TransferSet:
+    """``data.transfer``: the training set split into labelled rows and a transfer set (plus an extra
+    dataset's inputs), batched at ``labelled_fraction``."""
+    seed = train_seed if spec.seed is None else spec.seed
+    extra = None
+    if spec.dataset is not None:
+        extra = build_dataset(spec.dataset.name, "train", spec.dataset.root, **spec.dataset.options)
+        if spec.dataset.subset:
+            extra = extra.subset(min(spec.dataset.subset, len(extra)), seed=seed)
+    return make_transfer_set(train, spec.labels_per_class, extra, spec.labelled_fraction, seed=seed)
 
 
 def check_splits_agree(train: Any, test: Any, name: str) -> None:

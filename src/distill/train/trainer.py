@@ -24,6 +24,7 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from distill.data.transfer import TransferSet
 from distill.distiller import Distiller, DistillStep
 from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.io import remove_stale_temporaries, write_error, write_json
@@ -619,6 +620,10 @@ class Trainer:
             "torch": torch.__version__,
             "world_size": self.dist.world_size,
         }
+        if isinstance(self.train_data, TransferSet):  # how many labels the student saw
+            summary["labels"] = self.train_data.labels_seen(
+                self.global_step, self.local_batch, cfg.grad_accum_steps * self.dist.world_size
+            )
         if self.stop_reason is not None:
             summary["stopped"] = self.stop_reason
         complete = self.global_step >= total or self.epoch >= cfg.epochs or bool(self.stop_reason)
