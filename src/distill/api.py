@@ -14,7 +14,13 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from distill.config.build import build, make_trainer, resolve_device, slow_batchnorm_warning
+from distill.config.build import (
+    build,
+    make_trainer,
+    resolve_device,
+    resolved_recipe,
+    slow_batchnorm_warning,
+)
 from distill.config.load import (
     BUILTIN_RECIPES,
     load_raw,
@@ -159,6 +165,9 @@ def _train_locked(
         check_run_dir(run_dir, resume, overwrite)
         built = build(recipe)
         trainer = make_trainer(built, run_dir, console=console, callbacks=callbacks)
+        if trainer.dist.is_main:
+            for line in built.pairing:
+                trainer.console.print(f"auto pairing: {escape(line)}", soft_wrap=True)
         warning = slow_batchnorm_warning(built)
         if warning and trainer.dist.is_main:
             trainer.console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
@@ -278,8 +287,12 @@ def validate(paths: list[str | Path]) -> list[Recipe | None]:
 
 
 def resolve(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """The recipe after ``defaults:`` and overrides, as YAML with every default filled in."""
-    return recipe_to_yaml(load_recipe(recipe, overrides))
+    """The recipe after ``defaults:`` and overrides, as YAML with every default filled in; ``auto``
+    taps are shown resolved (the models are built, without weights, and run on one example batch),
+    each with a comment line saying what was paired."""
+    resolved, pairing = resolved_recipe(load_recipe(recipe, overrides))
+    notes = "".join(f"# auto pairing: {line}\n" for line in pairing)
+    return notes + recipe_to_yaml(resolved)
 
 
 def catalogue(what: str) -> list[dict[str, Any]]:

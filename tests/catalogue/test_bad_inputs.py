@@ -510,6 +510,10 @@ CASES = [
          edits={**with_teacher({"loss": "kd"}), "data.transfer": {"labels_per_class": 9}}),
     case("transfer-every-sample-labelled", "labels_per_class=8", "no transfer set",
          edits={**with_teacher({"loss": "kd"}), "data.transfer": {"labels_per_class": 8}}),
+    case("auto-pairing-logit-loss", "auto pairs feature maps", "'kd'", "@logits",
+         edits=with_teacher({"loss": "kd", "student": "auto", "teacher": "auto"})),
+    case("auto-pairing-one-side", "student: auto and teacher: auto", "'features.1'",
+         edits=with_teacher({**FITNET, "student": "auto"})),
     # --- distill tune (the tune: section) and data.validation ----------------------------------------
     case("tune-without-section", "has no 'tune:' section", "params", argv=("tune", "$RECIPE")),
     case("tune-path-outside-the-run", "'name'", "train.lr", argv=("tune", "$RECIPE"),

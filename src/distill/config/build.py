@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distill.config.checks import check_on_example, check_taps
+from distill.config.autopair import is_auto, pair_auto_terms
+from distill.config.checks import check_on_example, check_taps, example_batch
 from distill.config.schema import (
     FROM_TEACHER,
     DistillSpec,
@@ -66,6 +67,7 @@ class Built:
     teacher: nn.Module | None
     distiller: Distiller
     augment: BatchAugment | TokenMask | None
+    pairing: list[str] = field(default_factory=list)  # what auto taps resolved to, one line a term
 
 
 def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
@@ -289,10 +291,40 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     student, teacher = build_models(recipe, num_classes, in_channels)
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
+    recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)
     distiller = build_distiller(recipe.distill, student, teacher, task)
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)
-    return Built(recipe, train, test, student, teacher, distiller, augment)
+    return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
+
+
+def resolve_auto_taps(
+    recipe: Recipe, train: Any, student: nn.Module, teacher: nn.Module | None, task: Task
+) -> tuple[Recipe, list[str]]:
+    """``recipe`` with ``student: auto`` / ``teacher: auto`` terms resolved to module names from one
+    example batch of ``train`` (:mod:`distill.config.autopair`), and a line per resolved term."""
+    if teacher is None or not any(is_auto(t) for t in recipe.distill.terms):
+        return recipe, []
+    inputs = task.split(example_batch(train)).inputs
+    spec, notes = pair_auto_terms(
+        recipe.distill, student, teacher, lambda model: task.forward(model, inputs)
+    )
+    return recipe.model_copy(update={"distill": spec}), notes
+
+
+def resolved_recipe(recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """``recipe`` as :func:`build` runs it (``auto`` taps resolved on the models without their
+    weights, which do not change shapes), for ``distill config``; the recipe itself without auto taps."""
+    if recipe.teacher is None or not any(is_auto(t) for t in recipe.distill.terms):
+        return recipe, []
+    torch.manual_seed(recipe.train.seed)
+    train, test = build_data(recipe)
+    num_classes, in_channels = data_shape(recipe, train)
+    teacher = build_teacher(recipe, num_classes, in_channels, weights=False)
+    student = build_student(recipe, num_classes, in_channels, teacher, weights=False)
+    task = recipe_task(recipe)
+    prepare_text_data(recipe, (train, test), student, teacher)
+    return resolve_auto_taps(recipe, train, student, teacher, task)
 
 
 SLOW_BN_MOMENTUM = 0.05  # below this, a BatchNorm's running statistics need many batches to settle

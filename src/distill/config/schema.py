@@ -68,6 +68,9 @@ def _weight(value: Any) -> Any:
 
 # a student built from the teacher (distill.models.hf.student_from_teacher)
 FROM_TEACHER = "from_teacher"
+# a feature term's taps picked from the models' stages (distill.config.autopair)
+AUTO = "auto"
+AUTO_INPUTS = ("maps", "maps_list")
 LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
 
 
@@ -248,6 +251,8 @@ class TermSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> TermSpec:
         check_kwargs(_lookup("loss", self.loss), self.options, what=f"loss {self.loss!r}")
+        if AUTO in (self.student, self.teacher):
+            self._check_auto()
         if self.projector is not None:
             _lookup("projector", self.projector)
         starred = [t for t in (self.student, self.teacher) if isinstance(t, str) and "*" in t]
@@ -263,6 +268,19 @@ class TermSpec(Strict):
                     f"student {self.student!r}, teacher {self.teacher!r}"
                 )
         return self
+
+    def _check_auto(self) -> None:
+        if self.student != self.teacher:
+            raise ValueError(
+                f"auto pairing picks both sides together; write student: auto and teacher: auto "
+                f"(got student {self.student!r}, teacher {self.teacher!r})"
+            )
+        inputs = LOSSES.meta(self.loss).get("inputs")
+        if inputs not in AUTO_INPUTS:
+            raise ValueError(
+                f"student/teacher: auto pairs feature maps, but loss {self.loss!r} reads {inputs}; "
+                "name its taps (e.g. @logits, pool), or use a feature-map loss (fitnet, at, reviewkd)"
+            )
 
 
 class DistillSpec(Strict):
