@@ -105,6 +105,27 @@ def test_labels_per_class_keeps_the_samples_train_subset_keeps() -> None:
         labels_per_class_split(data, 21, seed=0)
 
 
+def test_an_extra_dataset_joins_the_transfer_set_without_its_labels(tmp_path) -> None:
+    train, extra = fake_fashion_mnist(40, 0, size=4), fake_fashion_mnist(30, 1, size=4)
+    only_extra = make_transfer_set(train, None, extra, 0.5)
+    assert only_extra.num_labelled == 40 and len(only_extra.transfer) == 30
+    both = make_transfer_set(train, 2, extra, 0.5, seed=0)  # 20 labelled, 20 + 30 transfer rows
+    assert both.num_labelled == 20 and len(both) == 70
+    rows = both.batch(list(range(20, 70)))
+    assert (rows["label"] == UNLABELLED).all()
+    assert torch.equal(rows["image"][20:], extra.images)  # the extra rows follow the unlabelled ones
+    # from a recipe: the training split keeps its labels, 100 Fashion-MNIST images join without theirs
+    recipe = tiny_recipe_dict(tmp_path)
+    recipe["data"]["transfer"] = {"dataset": {"name": "fashion_mnist", "subset": 100}}
+    recipe["teacher"] = {"name": "cnn", "options": {"channels": [4, 8]}}
+    recipe["distill"] = {"terms": [{"loss": "kd"}]}
+    from distill.config.build import build_data
+
+    train_set, _ = build_data(Recipe.model_validate(recipe))
+    assert isinstance(train_set, TransferSet)
+    assert (train_set.num_labelled, len(train_set.transfer)) == (256, 100)
+
+
 def test_the_task_loss_reads_labelled_rows_and_the_terms_every_row() -> None:
     logits = torch.randn(6, 10, requires_grad=True)
     labels = torch.tensor([3, UNLABELLED, 1, UNLABELLED, UNLABELLED, 7])

@@ -77,8 +77,22 @@ def make_transfer_set(
             f"data.transfer.labels_per_class={labels_per_class} keeps every training sample labelled, "
             "so there is no transfer set; use fewer labels per class or add data.transfer.dataset"
         )
-    transfer = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-    return TransferSet(labelled, transfer, labelled_fraction, name=getattr(train, "name", "train"))
+    return TransferSet(
+        labelled, _joined(parts), labelled_fraction, name=getattr(train, "name", "train")
+    )
+
+
+def _joined(parts: list[Dataset]) -> Dataset:
+    """One dataset of ``parts``' rows: in-memory images of one shape are joined into one tensor (one
+    gather a batch; labels are never read, so they are zeroed), others are concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, TensorDataset) for p in parts):
+        shapes = {tuple(p.images.shape[1:]) for p in parts}  # type: ignore[attr-defined]
+        if len(shapes) == 1:
+            images = torch.cat([p.images.cpu() for p in parts])  # type: ignore[attr-defined]
+            return TensorDataset(images, torch.zeros(len(images), dtype=torch.long), num_classes=1)
+    return ConcatDataset(parts)
 
 
 def _rows(data: Dataset, indices: Sequence[int]) -> dict[str, Tensor]:
@@ -130,7 +144,7 @@ class TransferSet(Dataset):
         return self.num_labelled + len(self.transfer)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.batch([int(i)])
+        return {key: value[0] for key, value in self.batch([int(i)]).items()}
 
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """Rows ``indices`` of the joined index space, in that order; transfer rows labelled -1."""
