@@ -206,7 +206,13 @@ def _worker(
     _run_trials(recipe_path, overrides, Path(folder), n_trials)
 
 
-def _run_trials(recipe_path: str, overrides: list[str], folder: Path, n_trials: int) -> None:
+def _run_trials(
+    recipe_path: str,
+    overrides: list[str],
+    folder: Path,
+    n_trials: int,
+    console: Console | None = None,
+) -> None:
     optuna = _optuna()
     recipe = load_recipe(recipe_path, overrides)
     spec = tune_spec(recipe, recipe_path)
@@ -218,8 +224,24 @@ def _run_trials(recipe_path: str, overrides: list[str], folder: Path, n_trials: 
         study.optimize(
             _objective(recipe_path, overrides, spec, folder, metric),
             n_trials=left,
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)],
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done), _Progress(console)],
             catch=(),
+        )
+
+
+class _Progress:
+    """One line per finished trial: its number, state, value and values."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console or Console()
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        value = "" if trial.value is None else f" {trial.value:.4g}"
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+        )
+        self.console.print(
+            f"trial {trial.number}: {trial.state.name.lower()}{value} ({shown})", soft_wrap=True
         )
 
 
@@ -273,7 +295,7 @@ def tune(
             soft_wrap=True,
         )
         if spec.jobs == 1:
-            _run_trials(str(recipe), overrides, folder, spec.trials)
+            _run_trials(str(recipe), overrides, folder, spec.trials, console)
         else:
             _parallel(str(recipe), overrides, folder, spec)
         study = _study(base, spec, folder, storage)
