@@ -186,6 +186,8 @@ def test_the_summary_says_how_many_labels_the_student_saw(tmp_path) -> None:
         "labelled_rows_seen": 16 * steps,
     }
     assert steps == 2 * 5  # ceil(236 / 48) batches per epoch
+    card = (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "Labels the student saw: 20 labelled samples, 16 labelled rows a step; 236 more" in card
 
 
 def test_resume_with_a_transfer_set_is_exact(tmp_path) -> None:
