@@ -65,6 +65,12 @@ def test_a_tiny_study_writes_the_best_recipe_a_table_and_a_plot(tmp_path, no_tes
     assert best.name == "tiny-tuned" and best.data.validation is None and best.tune is not None
     assert best.train.lr == pytest.approx(result["best_params"]["train.lr"])
     assert best.train.momentum == result["best_params"]["train.momentum"]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(study / STUDY_FILE))
+    )
+    first = optuna.load_study(study_name="tiny", storage=storage).trials[0]
+    hand_set = load_recipe(tmp_path / "recipe.yaml").train  # the first trial: the recipe's values
+    assert first.params == {"train.lr": hand_set.lr, "train.momentum": hand_set.momentum}
     table = (study / "trials.md").read_text()
     assert table.count("| complete |") == 2
     assert (study / "study.png").read_bytes()[:4] == b"\x89PNG"

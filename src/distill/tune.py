@@ -3,7 +3,8 @@
 Each trial is the recipe with the trial's values set at their paths, the section's ``overrides`` (a
 shorter schedule, a subset) and ``data.validation``: it trains through :func:`distill.api.train` and is
 scored on samples carved from the training set, so the test split is never read. TPE (Bergstra et al.
-2011) proposes values; after ``startup_trials`` random ones, a median pruner stops a trial whose
+2011) proposes values; the first trial is the recipe's own values (where they lie in the ranges), then
+``startup_trials`` random ones; after them, a median pruner stops a trial whose
 validation metric after an epoch is below the median of earlier trials at that step.
 
 The study lives in a folder (``tune.out``, default ``runs/<name>-tune``): ``study.journal`` (Optuna's
@@ -245,6 +246,24 @@ class _Progress:
         )
 
 
+def _enqueue_recipe_values(study: Any, recipe: Recipe, spec: TuneSpec) -> None:
+    """The recipe's own values (those inside their range or among the choices) as the first trial, so
+    the study's best is never one the hand-set recipe beats on validation."""
+    values = recipe.model_dump(mode="json")
+    first: dict[str, Any] = {}
+    for param in spec.params:
+        node: Any = values
+        for part in param.path.split("."):
+            node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if param.choices is not None:
+            if node in param.choices:
+                first[param.path] = node
+        elif isinstance(node, (int, float)) and param.low <= node <= param.high:  # type: ignore[operator]
+            first[param.path] = node
+    if first:
+        study.enqueue_trial(first)
+
+
 def _fail_stale_trials(study: Any, storage: Any) -> int:
     """Trials left running by a study that was stopped (the folder lock says none runs now): marked
     failed, their values queued to be tried again. Returns how many."""
@@ -286,6 +305,8 @@ def tune(
     try:
         storage = _storage(folder)
         study = _study(base, spec, folder, storage)
+        if not study.get_trials(deepcopy=False):
+            _enqueue_recipe_values(study, base, spec)
         stale = _fail_stale_trials(study, storage)
         if stale:
             console.print(f"resuming: {stale} interrupted trial(s) will run again", soft_wrap=True)
