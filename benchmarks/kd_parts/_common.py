@@ -37,6 +37,14 @@ def train_once(recipe: str, overrides: list[str], run_dir: Path, console: Any) -
     return api.train(resolved, overwrite=True, console=console)
 
 
+def run_seconds(run_dir: Path) -> float:
+    """Wall time of a finished run: from its recipe.yaml (written at the start) to its model file (the
+    end), so a reused run still reports what it took."""
+    return (run_dir / "model.safetensors").stat().st_mtime - (
+        run_dir / "recipe.yaml"
+    ).stat().st_mtime
+
+
 def mean_std(values: list[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(values),

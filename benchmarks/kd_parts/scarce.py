@@ -24,6 +24,7 @@ from kd_parts._common import (  # noqa: E402
     fmt,
     machine,
     mean_std,
+    run_seconds,
     train_once,
     write_part,
 )
@@ -42,19 +43,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows, seconds = [], {"scratch": [], "kd": []}
     for seed in seeds:
         common = [f"train.seed={seed}"]
-        t0 = time.perf_counter()
         scratch = train_once(
             "fashion_mnist/scratch_scarce", common, out / f"scratch-s{seed}", console
         )
-        seconds["scratch"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        seconds["scratch"].append(run_seconds(out / f"scratch-s{seed}"))
         kd = train_once(
             "fashion_mnist/kd_scarce",
             [*common, f"teacher.weights={teacher_dir}", "distill.cache_teacher=true"],
             out / f"kd-s{seed}",
             console,
         )
-        seconds["kd"].append(time.perf_counter() - t0)
+        seconds["kd"].append(run_seconds(out / f"kd-s{seed}"))
         s, k = scratch["last"]["top1"], kd["last"]["top1"]
         rows.append(
             {
@@ -117,10 +116,20 @@ def render(result: dict[str, Any]) -> str:
         f"{r['gap_closed']:.1%} ± {r['gap_closed_std']:.1%} |",
         "",
         f"Target: gap closed >= 80 %. Wall time per run: scratch {r['seconds_per_run']['scratch']:.0f} s, "
-        f"KD {r['seconds_per_run']['kd']:.0f} s (teacher outputs cached; 0 s means a stored run was reused); "
-        f"whole part {r['elapsed_s']:.0f} s. Reference measurement from issue 19 (one seed, plain PyTorch): "
+        f"KD {r['seconds_per_run']['kd']:.0f} s (teacher outputs cached; from each run's files); "
+        f"this call {r['elapsed_s']:.0f} s. Reference measurement from issue 19 (one seed, plain PyTorch): "
         "scratch 79.13 %, KD T=2 6 epochs 88.39 %, teacher 91.52 %.",
     ]
+    if r["gap_closed"] < 0.8:
+        lines += [
+            "",
+            "Reading: below the 80 % target. The KD student gains about 9 points over scratch, but it "
+            "is the demo's 6.5k-parameter CNN trained for 6 passes: with all 60,000 labels and KD it "
+            "reaches about 89.9 % at this schedule (`docs/benchmarks/demo_seeds.md`), so at most about "
+            "85 % of this gap is within its reach without a longer schedule. Longer training over the "
+            "transfer set (the student alone reaches 90.8 % in 30 epochs, issue 19) and augmented "
+            "views are the next steps; they were not run here (2 shared cores).",
+        ]
     return "\n".join(lines) + "\n"
 
 
