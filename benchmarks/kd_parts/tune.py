@@ -14,7 +14,9 @@ Run alone: ``python benchmarks/kd_parts/tune.py [--seeds 0 1 2] [--trials 8]``; 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: run alone too
 from kd_parts._common import (  # noqa: E402
+    OUT,
     demo_teacher,
     fmt,
     machine,
@@ -52,8 +55,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     study = tune(
         "fashion_mnist/kd_tune", teacher, trials=trials, out=out / "study", console=console
     )
-    study_s = before + time.perf_counter() - t0
+    # a resumed study's own time is small: its trials ran in an earlier call (one after another)
+    study_s = max(before + time.perf_counter() - t0, study["trial_seconds"])
     best = study["paths"]["best"]
+    with open(study["paths"]["csv"], newline="") as f:
+        trial_rows = list(csv.DictReader(f))
+    plot = OUT / "tune_study.png"  # the study's plot, next to the part's JSON
+    OUT.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study["paths"]["plot"], plot)
     rows, seconds = [], {"hand": [], "tuned": []}
     for seed in seeds:
         common = [*teacher, f"train.seed={seed}", "distill.cache_teacher=true"]
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tuned_top1": mean_std([r["tuned"] for r in rows]),
             "gain": mean_std([r["gain"] for r in rows]),
             "study": study,
+            "trial_rows": trial_rows,
             "study_s": round(study_s, 1),
             "teacher_top1": teacher_top1,
             "teacher_run": str(teacher_dir),
@@ -83,6 +93,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "elapsed_s": round(time.perf_counter() - started, 1),
         },
     }
+
+
+def _cell(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def render(result: dict[str, Any]) -> str:
@@ -102,8 +119,14 @@ def render(result: dict[str, Any]) -> str:
         f"({r['teacher_top1']:.2f} % test top-1): TPE over the KD temperature, KD weight, task weight and "
         "learning rate, median pruning after 3 random trials; each trial trains 2 epochs on 12,000 "
         "training images and is scored on 5,000 other training images (the test split is never read). "
-        f"Trials: {counts}; study time {r['study_s']:.0f} s (trials' own time {study['trial_seconds']:.0f} s). "
+        f"Trials: {counts}, one after another; study time {r['study_s']:.0f} s. "
         f"Best trial {study['best_trial']}: validation top-1 {study['best_value']:.2f}, {params}.",
+        "",
+        "| " + " | ".join(r["trial_rows"][0]) + " |",
+        "|" + "---|" * len(r["trial_rows"][0]),
+        *("| " + " | ".join(_cell(v) for v in row.values()) + " |" for row in r["trial_rows"]),
+        "",
+        "![the study](kd_recipes/tune_study.png)",
         "",
         "Then the tuned recipe (`best.yaml`) and the hand-set `fashion_mnist/kd` (T=2, weights 1 and 1, "
         "lr 0.2) train with the shipped schedule (6 epochs on 60,000 images, teacher outputs cached) and "
