@@ -113,7 +113,8 @@ def test_an_extra_dataset_joins_the_transfer_set_without_its_labels(tmp_path) ->
     assert both.num_labelled == 20 and len(both) == 70
     rows = both.batch(list(range(20, 70)))
     assert (rows["label"] == UNLABELLED).all()
-    assert torch.equal(rows["image"][20:], extra.images)  # the extra rows follow the unlabelled ones
+    # the extra rows follow the unlabelled ones
+    assert torch.equal(rows["image"][20:], extra.images)
     # from a recipe: the training split keeps its labels, 100 Fashion-MNIST images join without theirs
     recipe = tiny_recipe_dict(tmp_path)
     recipe["data"]["transfer"] = {"dataset": {"name": "fashion_mnist", "subset": 100}}
