@@ -36,6 +36,7 @@ DISTRIBUTION = {
     "ultralytics": "ultralytics",
     "wandb": "wandb",
     "mlflow": "mlflow",
+    "optuna": "optuna",
 }
 # import name -> the distribution a submodule of another package needs
 SUBMODULE = {"torch.utils.tensorboard": "tensorboard"}

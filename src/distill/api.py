@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,13 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from distill.config.build import build, make_trainer, resolve_device, slow_batchnorm_warning
+from distill.config.build import (
+    build,
+    make_trainer,
+    resolve_device,
+    resolved_recipe,
+    slow_batchnorm_warning,
+)
 from distill.config.load import (
     BUILTIN_RECIPES,
     load_raw,
@@ -46,7 +52,7 @@ from distill.runreport import (
 )
 from distill.schedules import SCHEDULES
 from distill.tasks import TASKS
-from distill.train.callbacks import CALLBACKS
+from distill.train.callbacks import CALLBACKS, Callback
 from distill.train.checkpoint import CheckpointStore
 from distill.train.distributed import barrier
 from distill.train.rundir import RunStart
@@ -112,8 +118,10 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train what ``recipe`` describes; returns the trainer's summary (``best``, ``last``, ``history``).
+    ``callbacks`` join the recipe's ``train.callbacks`` (:mod:`distill.train.callbacks`).
 
     An earlier run in the output folder is kept unless ``resume`` (continue it) or ``overwrite`` (replace
     it). The folder is locked for the whole training (another training there is refused), and a replaced
@@ -132,7 +140,7 @@ def train(
     start = RunStart(run_dir, resume=resume, main=os.environ.get("RANK", "0") == "0")
     try:
         with _sigterm_interrupts():
-            summary = _train_locked(recipe, start, overwrite, console)
+            summary = _train_locked(recipe, start, overwrite, console, callbacks)
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         signum = getattr(err, "signum", signal.SIGINT)
         # an earlier run put back by --overwrite is not this run's checkpoint
@@ -143,7 +151,11 @@ def train(
 
 
 def _train_locked(
-    recipe: Recipe, start: RunStart, overwrite: bool, console: Console | None
+    recipe: Recipe,
+    start: RunStart,
+    overwrite: bool,
+    console: Console | None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """:func:`train` inside the run folder's lock and undoable start."""
     run_dir, resume = start.run_dir, start.resume
@@ -152,7 +164,10 @@ def _train_locked(
             (console or Console()).print(f"[yellow]note[/]: {note}", soft_wrap=True)
         check_run_dir(run_dir, resume, overwrite)
         built = build(recipe)
-        trainer = make_trainer(built, run_dir, console=console)
+        trainer = make_trainer(built, run_dir, console=console, callbacks=callbacks)
+        if trainer.dist.is_main:
+            for line in built.pairing:
+                trainer.console.print(f"auto pairing: {escape(line)}", soft_wrap=True)
         warning = slow_batchnorm_warning(built)
         if warning and trainer.dist.is_main:
             trainer.console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)
@@ -272,8 +287,12 @@ def validate(paths: list[str | Path]) -> list[Recipe | None]:
 
 
 def resolve(recipe: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """The recipe after ``defaults:`` and overrides, as YAML with every default filled in."""
-    return recipe_to_yaml(load_recipe(recipe, overrides))
+    """The recipe after ``defaults:`` and overrides, as YAML with every default filled in; ``auto``
+    taps are shown resolved (the models are built, without weights, and run on one example batch),
+    each with a comment line saying what was paired."""
+    resolved, pairing = resolved_recipe(load_recipe(recipe, overrides))
+    notes = "".join(f"# auto pairing: {line}\n" for line in pairing)
+    return notes + recipe_to_yaml(resolved)
 
 
 def catalogue(what: str) -> list[dict[str, Any]]:

@@ -44,6 +44,9 @@ from helpers import tiny_recipe_dict
 
 N_TRAIN, N_TEST, NUM_CLASSES, SIZE = 24, 12, 3, 8
 DROP = object()  # an edit value that deletes the key
+NEEDS_OPTUNA = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None, reason="distill tune needs the tune extra (optuna)"
+)
 
 
 # ----------------------------------------------------------------------------- fixtures and helpers
@@ -496,6 +499,47 @@ CASES = [
     case("cache-teacher-with-augment", "distill.cache_teacher", "data.augment.flip", "turn one",
          edits={**with_teacher({"loss": "kd"}), "distill.cache_teacher": True,
                 "data.augment": {"flip": True}}),
+    # --- transfer sets (data.transfer) ---------------------------------------------------------------
+    case("transfer-without-terms", "data.transfer", "add a teacher and terms",
+         edits={"data.transfer": {"labels_per_class": 2}}),
+    case("transfer-empty-section", "data.transfer", "labels_per_class", "dataset",
+         edits={**with_teacher({"loss": "kd"}), "data.transfer": {}}),
+    case("transfer-loss-reads-labels", "'dkd'", "labels", "kd",
+         edits={**with_teacher({"loss": "dkd"}), "data.transfer": {"labels_per_class": 2}}),
+    case("transfer-more-labels-than-a-class-has", "labels_per_class=9", "use at most 8",
+         edits={**with_teacher({"loss": "kd"}), "data.transfer": {"labels_per_class": 9}}),
+    case("transfer-every-sample-labelled", "labels_per_class=8", "no transfer set",
+         edits={**with_teacher({"loss": "kd"}), "data.transfer": {"labels_per_class": 8}}),
+    case("auto-pairing-logit-loss", "auto pairs feature maps", "'kd'", "@logits",
+         edits=with_teacher({"loss": "kd", "student": "auto", "teacher": "auto"})),
+    case("auto-pairing-one-side", "student: auto and teacher: auto", "'features.1'",
+         edits=with_teacher({**FITNET, "student": "auto"})),
+    # --- distill tune (the tune: section) and data.validation ----------------------------------------
+    case("tune-without-section", "has no 'tune:' section", "params", argv=("tune", "$RECIPE")),
+    case("tune-path-outside-the-run", "'name'", "train.lr", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "name.x", "low": 0, "high": 1}]}}),
+    case("tune-low-not-below-high", "low 0.5 and high 0.1", "low < high", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.lr", "low": 0.5, "high": 0.1}]}}),
+    case("tune-log-from-zero", "log: true needs low > 0", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.lr", "low": 0, "high": 1, "log": True}]}}),
+    case("tune-range-and-choices", "train.lr", "not both", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.lr", "low": 0.1, "high": 1, "choices": [1]}]}}),
+    case("tune-path-twice", "'train.lr' is searched twice", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.lr", "choices": [0.1]},
+                                    {"path": "train.lr", "choices": [0.2]}]}}),
+    case("tune-path-typo", "path train.lrr", "bad recipe", "Did you mean", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.lrr", "low": 0.1, "high": 1}]}}, marks=NEEDS_OPTUNA),
+    case("tune-value-refused", "train.batch_size", "value 0", "greater than 0", argv=("tune", "$RECIPE"),
+         edits={"tune": {"params": [{"path": "train.batch_size", "low": 0, "high": 8, "integer": True}]}},
+         marks=NEEDS_OPTUNA),
+    case("tune-path-adds-a-key", "'student.options.dropout'", "not a value of the recipe",
+         argv=("tune", "$RECIPE"), marks=NEEDS_OPTUNA,
+         edits={"tune": {"params": [{"path": "student.options.dropout", "choices": [0.1]}]}}),
+    case("validation-larger-than-train", "data.validation=30", "no training samples",
+         edits={"data.validation": 30}),
+    case("transfer-fraction-one", "labelled_fraction", "less than 1",
+         edits={**with_teacher({"loss": "kd"}),
+                "data.transfer": {"labels_per_class": 2, "labelled_fraction": 1.0}}),
     # --- negative or zero sizes ----------------------------------------------------------------------
     case("batch-size-zero", "train.batch_size", "greater than 0", edits={"train.batch_size": 0}),
     case("epochs-negative", "train.epochs", "greater than 0", edits={"train.epochs": -1}),

@@ -57,6 +57,28 @@ def train(
     )
 
 
+@app.command()
+def tune(
+    recipe: Annotated[str, typer.Argument(help="recipe YAML path or shipped recipe name")],
+    overrides: Overrides = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="trials in the study (default: tune.trials)")
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(min=1, help="trials at once, in separate processes (default: tune.jobs)"),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="study folder (default: tune.out or runs/<name>-tune)")
+    ] = None,
+) -> None:
+    """Search the ranges of the recipe's tune: section with Optuna; resumes an interrupted study."""
+    from distill.tune import tune as run_tune
+
+    result = run_tune(recipe, overrides or [], trials=trials, jobs=jobs, out=out, console=console)
+    console.print(f"best recipe: {result['paths']['best']}  table: {result['paths']['md']}")
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a folder written by `distill train`")],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distill.config.checks import check_on_example, check_taps
+from distill.config.autopair import is_auto, pair_auto_terms
+from distill.config.checks import check_on_example, check_taps, example_batch
 from distill.config.schema import (
     FROM_TEACHER,
     DistillSpec,
@@ -20,6 +21,7 @@ from distill.config.schema import (
     Recipe,
     ScheduleSpec,
     TermSpec,
+    TransferSpec,
 )
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
@@ -31,6 +33,8 @@ from distill.data.base import (
     model_inputs,
 )
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
+from distill.data.tensor import TensorDataset
+from distill.data.transfer import TransferSet, make_transfer_set
 from distill.distiller import Distiller, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
@@ -63,6 +67,7 @@ class Built:
     teacher: nn.Module | None
     distiller: Distiller
     augment: BatchAugment | TokenMask | None
+    pairing: list[str] = field(default_factory=list)  # what auto taps resolved to, one line a term
 
 
 def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
@@ -81,15 +86,25 @@ def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float |
     return schedule
 
 
+VALIDATION_SEED = 0  # data.validation carves the same samples in every run (every tuning trial)
+
+
 def build_data(recipe: Recipe) -> tuple[Any, Any]:
+    """The training and evaluation splits: the test split, or with ``data.validation`` samples carved
+    from the training set (the test split is then never read)."""
     spec = recipe.data
     train = build_dataset(spec.name, "train", spec.root, **spec.options)
-    test = build_dataset(spec.name, "test", spec.root, **spec.options)
-    check_splits_agree(train, test, spec.name)
+    if spec.validation:
+        train, test = carve_validation(train, spec.validation, spec.name)
+    else:
+        test = build_dataset(spec.name, "test", spec.root, **spec.options)
+        check_splits_agree(train, test, spec.name)
     if spec.train_subset:
         train = train.subset(min(spec.train_subset, len(train)), seed=recipe.train.seed)
     if spec.test_subset:
         test = test.subset(min(spec.test_subset, len(test)), seed=0)
+    if spec.transfer is not None:
+        train = build_transfer(spec.transfer, train, recipe.train.seed)
     options = LoaderOptions(
         spec.num_workers, spec.pin_memory, spec.persistent_workers, spec.prefetch_factor
     )
@@ -97,6 +112,37 @@ def build_data(recipe: Recipe) -> tuple[Any, Any]:
         with contextlib.suppress(AttributeError):  # read by make_loader (data/base.py)
             split.loader_options = options
     return train, test
+
+
+def carve_validation(train: Any, n: int, name: str) -> tuple[Any, Any]:
+    """``(rest, validation)``: ``n`` class-balanced samples of ``train`` (seeded with
+    ``VALIDATION_SEED``) and the others."""
+    if not isinstance(train, TensorDataset):
+        raise ConfigError(
+            f"data.validation needs an in-memory dataset to carve from, but {name!r} gives a "
+            f"{type(train).__name__}; evaluate on its test split (drop data.validation)"
+        )
+    if not 0 < n < len(train):
+        raise ConfigError(
+            f"data.validation={n} leaves no training samples in {name!r} ({len(train)}); use fewer, "
+            f"e.g. {max(1, len(train) // 6)}"
+        )
+    keep = train.subset_indices(n, VALIDATION_SEED)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[keep] = False
+    return train.take(rest.nonzero().flatten()), train.take(keep)
+
+
+def build_transfer(spec: TransferSpec, train: Any, train_seed: int) -> TransferSet:
+    """``data.transfer``: the training set split into labelled rows and a transfer set (plus an extra
+    dataset's inputs), batched at ``labelled_fraction``."""
+    seed = train_seed if spec.seed is None else spec.seed
+    extra = None
+    if spec.dataset is not None:
+        extra = build_dataset(spec.dataset.name, "train", spec.dataset.root, **spec.dataset.options)
+        if spec.dataset.subset:
+            extra = extra.subset(min(spec.dataset.subset, len(extra)), seed=seed)
+    return make_transfer_set(train, spec.labels_per_class, extra, spec.labelled_fraction, seed=seed)
 
 
 def check_splits_agree(train: Any, test: Any, name: str) -> None:
@@ -245,10 +291,40 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     student, teacher = build_models(recipe, num_classes, in_channels)
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
+    recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)
     distiller = build_distiller(recipe.distill, student, teacher, task)
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)
-    return Built(recipe, train, test, student, teacher, distiller, augment)
+    return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
+
+
+def resolve_auto_taps(
+    recipe: Recipe, train: Any, student: nn.Module, teacher: nn.Module | None, task: Task
+) -> tuple[Recipe, list[str]]:
+    """``recipe`` with ``student: auto`` / ``teacher: auto`` terms resolved to module names from one
+    example batch of ``train`` (:mod:`distill.config.autopair`), and a line per resolved term."""
+    if teacher is None or not any(is_auto(t) for t in recipe.distill.terms):
+        return recipe, []
+    inputs = task.split(example_batch(train)).inputs
+    spec, notes = pair_auto_terms(
+        recipe.distill, student, teacher, lambda model: task.forward(model, inputs)
+    )
+    return recipe.model_copy(update={"distill": spec}), notes
+
+
+def resolved_recipe(recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """``recipe`` as :func:`build` runs it (``auto`` taps resolved on the models without their
+    weights, which do not change shapes), for ``distill config``; the recipe itself without auto taps."""
+    if recipe.teacher is None or not any(is_auto(t) for t in recipe.distill.terms):
+        return recipe, []
+    torch.manual_seed(recipe.train.seed)
+    train, test = build_data(recipe)
+    num_classes, in_channels = data_shape(recipe, train)
+    teacher = build_teacher(recipe, num_classes, in_channels, weights=False)
+    student = build_student(recipe, num_classes, in_channels, teacher, weights=False)
+    task = recipe_task(recipe)
+    prepare_text_data(recipe, (train, test), student, teacher)
+    return resolve_auto_taps(recipe, train, student, teacher, task)
 
 
 SLOW_BN_MOMENTUM = 0.05  # below this, a BatchNorm's running statistics need many batches to settle

@@ -68,6 +68,9 @@ def _weight(value: Any) -> Any:
 
 # a student built from the teacher (distill.models.hf.student_from_teacher)
 FROM_TEACHER = "from_teacher"
+# a feature term's taps picked from the models' stages (distill.config.autopair)
+AUTO = "auto"
+AUTO_INPUTS = ("maps", "maps_list")
 LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
 
 
@@ -118,6 +121,58 @@ class AugmentSpec(Strict):
     )
 
 
+class TransferDataSpec(Strict):
+    """An extra dataset whose inputs join the transfer set (its labels are never read)."""
+
+    name: str = Field(description="registry name (`distill list datasets`) or MODULE:FUNCTION")
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    subset: int | None = Field(None, gt=0, description="use only this many of its samples")
+
+    @model_validator(mode="after")
+    def _check(self) -> TransferDataSpec:
+        factory = _lookup("dataset", self.name)
+        check_kwargs(factory, self.options, what=f"dataset {self.name!r}", skip=("split", "root"))
+        return self
+
+
+class TransferSpec(Strict):
+    """A transfer set (Hinton et al. 2015): distillation terms read every row, the task loss only the
+    labelled ones (docs/recipes.md, "Transfer sets")."""
+
+    labels_per_class: int | None = Field(
+        None,
+        gt=0,
+        description="keep the labels of this many training samples per class; the other training "
+        "samples join the transfer set without their labels",
+    )
+    dataset: TransferDataSpec | None = Field(
+        None, description="an extra dataset (training split) whose inputs join the transfer set"
+    )
+    labelled_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="share of each training batch taken from the labelled set (cycled when it runs "
+        "out); default: the sets' own proportion",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="which samples keep their labels (labels_per_class; default: train.seed, so they "
+        "are the ones data.train_subset keeps with the same seed)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TransferSpec:
+        if self.labels_per_class is None and self.dataset is None:
+            raise ValueError(
+                "data.transfer needs labels_per_class (the rest of the training set is used without "
+                "labels) or dataset (extra unlabelled data), or both"
+            )
+        return self
+
+
 class DataSpec(Strict):
     name: str = Field(
         "fashion_mnist",
@@ -131,6 +186,16 @@ class DataSpec(Strict):
         None, gt=0, description="evaluate on only this many test samples"
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    validation: int | None = Field(
+        None,
+        gt=0,
+        description="evaluate on this many samples carved from the training set (class-balanced, the "
+        "same ones every run) instead of the test split, which is then never read (distill tune)",
+    )
+    transfer: TransferSpec | None = Field(
+        None,
+        description="a transfer set: data for the distillation terms whose labels are not used",
+    )
     num_workers: int = Field(
         0,
         ge=0,
@@ -186,6 +251,8 @@ class TermSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> TermSpec:
         check_kwargs(_lookup("loss", self.loss), self.options, what=f"loss {self.loss!r}")
+        if AUTO in (self.student, self.teacher):
+            self._check_auto()
         if self.projector is not None:
             _lookup("projector", self.projector)
         starred = [t for t in (self.student, self.teacher) if isinstance(t, str) and "*" in t]
@@ -201,6 +268,19 @@ class TermSpec(Strict):
                     f"student {self.student!r}, teacher {self.teacher!r}"
                 )
         return self
+
+    def _check_auto(self) -> None:
+        if self.student != self.teacher:
+            raise ValueError(
+                f"auto pairing picks both sides together; write student: auto and teacher: auto "
+                f"(got student {self.student!r}, teacher {self.teacher!r})"
+            )
+        inputs = LOSSES.meta(self.loss).get("inputs")
+        if inputs not in AUTO_INPUTS:
+            raise ValueError(
+                f"student/teacher: auto pairs feature maps, but loss {self.loss!r} reads {inputs}; "
+                "name its taps (e.g. @logits, pool), or use a feature-map loss (fitnet, at, reviewkd)"
+            )
 
 
 class DistillSpec(Strict):
@@ -219,8 +299,11 @@ class DistillSpec(Strict):
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
-# recipe sections read after training (distill export, QAT, distill compare): they never change a run
-AFTER_TRAINING = ("export", "qat", "compare")
+# recipe sections read outside training (distill export, QAT, distill compare, distill tune): they never
+# change a run
+AFTER_TRAINING = ("export", "qat", "compare", "tune")
+# the recipe sections a tune parameter may set (not the run's name, output or these after-training ones)
+TUNABLE_SECTIONS = ("task_options", "data", "student", "teacher", "distill", "train")
 
 
 def override(spec: SpecT, given: Mapping[str, Any]) -> SpecT:
@@ -312,6 +395,97 @@ class CompareSpec(Strict):
         return value
 
 
+class TuneParam(Strict):
+    """One searched value: a path into the recipe and a range (``low``/``high``, ``log``) or ``choices``."""
+
+    path: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$",
+        description="dotted path of the recipe value, e.g. distill.terms.0.options.temperature or train.lr",
+    )
+    low: FiniteFloat | None = Field(None, description="lower bound of a numeric range")
+    high: FiniteFloat | None = Field(None, description="upper bound of a numeric range")
+    log: bool = Field(False, description="search the range on a log scale (needs low > 0)")
+    integer: bool = Field(False, description="whole numbers only")
+    choices: list[Any] | None = Field(
+        None, min_length=1, description="a list of values to pick from"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneParam:
+        head = self.path.split(".")[0]
+        if head not in TUNABLE_SECTIONS:
+            raise ValueError(
+                f"tune path {self.path!r} starts with {head!r}; tune values in "
+                f"{', '.join(TUNABLE_SECTIONS)} (e.g. train.lr)"
+            )
+        ranged = self.low is not None or self.high is not None
+        if ranged == (self.choices is not None):
+            raise ValueError(
+                f"tune path {self.path!r}: give low and high (a range) or choices (a list), not "
+                f"{'both' if ranged else 'neither'}"
+            )
+        if ranged:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(
+                    f"tune path {self.path!r}: low {self.low} and high {self.high} must both be set "
+                    "with low < high"
+                )
+            if self.log and self.low <= 0:
+                raise ValueError(
+                    f"tune path {self.path!r}: log: true needs low > 0, got {self.low}; raise low or "
+                    "drop log"
+                )
+        elif self.log or self.integer:
+            raise ValueError(
+                f"tune path {self.path!r}: log and integer apply to ranges, not choices; drop them"
+            )
+        return self
+
+
+class TuneSpec(Strict):
+    """``distill tune`` settings (:func:`distill.tune.tune`): what is searched and how trials run."""
+
+    params: list[TuneParam] = Field(min_length=1, description="the values searched")
+    trials: int = Field(20, ge=1, description="trials in the study (--trials overrides it)")
+    metric: str | None = Field(
+        None, description="validation metric of the final epoch (default: the task's, e.g. top1)"
+    )
+    direction: Literal["maximize", "minimize"] = "maximize"
+    validation: int = Field(
+        10_000,
+        gt=0,
+        description="training samples carved out as the validation set trials are scored on "
+        "(the test split is never read)",
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median", description="stop trials whose intermediate validation metric is below the median"
+    )
+    startup_trials: int = Field(
+        4, ge=0, description="trials sampled at random (and never pruned) before TPE takes over"
+    )
+    jobs: int = Field(1, ge=1, description="trials run at once, in separate processes (--jobs)")
+    overrides: list[str] = Field(
+        default_factory=list,
+        description="key=value changes for the trials only (a shorter schedule, a data subset); the "
+        "best recipe is written without them",
+    )
+    seed: int = Field(0, ge=0, description="the sampler's seed")
+    out: str | None = Field(None, description="study folder (default: runs/<name>-tune)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneSpec:
+        paths = [p.path for p in self.params]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise ValueError(f"tune.params: {twice[0]!r} is searched twice; keep one entry")
+        for text in self.overrides:
+            if "=" not in text:
+                raise ValueError(
+                    f"tune.overrides: {text!r} is not key=value; write e.g. train.epochs=2"
+                )
+        return self
+
+
 class Recipe(Strict):
     """A whole run: data, models, distillation terms and training settings, and how the run is
     exported, quantized and compared."""
@@ -341,6 +515,9 @@ class Recipe(Strict):
     )
     compare: CompareSpec = Field(
         default_factory=CompareSpec, description="distill compare settings (flags override them)"
+    )
+    tune: TuneSpec | None = Field(
+        None, description="distill tune: the values searched and the study"
     )
 
     @model_validator(mode="before")
@@ -373,7 +550,29 @@ class Recipe(Strict):
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
         if self.distill.cache_teacher:
             self._check_cache_teacher()
+        if self.data.transfer is not None:
+            self._check_transfer()
         return self
+
+    def _check_transfer(self) -> None:
+        """Transfer rows have no labels: the task must be a class-logit one and no term may read them."""
+        if self.teacher is None or not self.distill.terms:
+            raise ValueError(
+                "data.transfer feeds distillation terms, but the recipe has none; add a teacher and "
+                "terms, or drop data.transfer (and use data.train_subset for a labelled subset)"
+            )
+        if self.task != "classification":
+            raise ValueError(
+                f"data.transfer works with task: classification (image batches), not {self.task!r}; "
+                "drop data.transfer"
+            )
+        for i, term in enumerate(self.distill.terms):
+            if "labels" in _lookup("loss", term.loss).extra_inputs:
+                raise ValueError(
+                    f"distill.terms.{i}: loss {term.loss!r} reads the ground-truth labels, which "
+                    "transfer rows do not have; use a loss without labels (kd, logit_mse) or drop "
+                    "data.transfer"
+                )
 
     def _check_cache_teacher(self) -> None:
         """The cache holds one teacher output per training sample: it needs the same input every epoch

@@ -6,6 +6,7 @@ dataset needs only the part a rule reads):
 
 * :class:`BatchingDataset`: batches itself (``loader``): in-memory gathers, tokenising collates,
   Ultralytics' collate. :func:`make_loader` and :func:`eval_loader` use it.
+* :class:`PlansItsBatches`: makes its own training batches from the shuffled order (transfer sets).
 * :class:`SizedByLength`: reports per-item lengths (``lengths()``) for ``train.group_by_length``.
 * :class:`LabelledDataset`: says how many classes it has (``num_classes``), which sizes the models'
   heads and the class-count checks.
@@ -35,6 +36,16 @@ class BatchingDataset(Protocol):
     """A dataset that makes its own batches, in ``sampler``'s order (its index order when None)."""
 
     def loader(self, batch_size: int, sampler: Order = None) -> Iterable[Any]: ...
+
+
+@runtime_checkable
+class PlansItsBatches(Protocol):
+    """A training set whose batches are not its shuffled order cut in pieces (a transfer set mixes two
+    sets at a ratio, :mod:`distill.data.transfer`): it makes an epoch's batches from the trainer's
+    sampler and leaves out the first ``skip_batches`` itself (a resumed epoch). The batch count is
+    ``len()`` of what it returns."""
+
+    def epoch_batches(self, batch_size: int, sampler: Order, skip_batches: int = 0) -> Any: ...
 
 
 @runtime_checkable

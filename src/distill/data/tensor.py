@@ -193,6 +193,11 @@ class TensorDataset(Dataset):
 
     def subset(self, n: int, seed: int = 0) -> TensorDataset:
         """A seeded, class-balanced subset of ``n`` items (classes interleaved round-robin)."""
+        return self._replace(self.subset_indices(n, seed))
+
+    def subset_indices(self, n: int, seed: int = 0) -> Tensor:
+        """The sorted positions :meth:`subset` keeps: with ``n = k * num_classes`` and at least ``k``
+        items in every class, exactly ``k`` of each class."""
         if not 0 < n <= len(self):
             raise DistillError(
                 f"subset size {n} is out of range for dataset {self.name!r} with {len(self)} items; use 1..{len(self)}"
@@ -206,8 +211,11 @@ class TensorDataset(Dataset):
         order = torch.argsort(lab, stable=True)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(self)) - starts[lab[order]]  # position within its class
-        pick = perm[torch.argsort(rank, stable=True)[:n]].sort().values
-        return self._replace(pick)
+        return perm[torch.argsort(rank, stable=True)[:n]].sort().values
+
+    def take(self, idx: Tensor) -> TensorDataset:
+        """The items at positions ``idx`` (int64), in that order."""
+        return self._replace(idx)
 
     def _replace(self, idx: Tensor) -> TensorDataset:
         dev = self.images.device

@@ -131,6 +131,17 @@ def model_card(
     if data.get("train_label_counts"):
         counts = data["train_label_counts"]
         lines.append("- Training samples per label: " + ", ".join(str(c) for c in counts))
+    seen = summary.get("labels")  # a transfer set (data.transfer): how many labels the student saw
+    if seen:
+        per_step = (
+            f", {seen['labelled_per_step']} labelled rows a step"
+            if "labelled_per_step" in seen
+            else ""
+        )
+        lines.append(
+            f"- Labels the student saw: {seen['labelled_samples']} labelled samples{per_step}; "
+            f"{seen['unlabelled_samples']} more without labels (transfer set, distillation terms only)"
+        )
     lines += ["", "## Measured", ""]
     rows = [(label, summary[label]) for label in ("best", "last") if summary.get(label)]
     if rows:

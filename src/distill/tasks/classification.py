@@ -25,12 +25,24 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return float((conf_sum - acc_sum).abs().sum() / labels.numel())
 
 
+# the label of a row without one (a transfer set's, distill/data/transfer.py): left out of the task loss
+UNLABELLED = -1
+
+
 def checked_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float, fix: str
 ) -> torch.Tensor:
-    """Cross-entropy in float32; a label outside the model's ``C`` classes is a DistillError ending in ``fix``."""
+    """Cross-entropy in float32 over the labelled rows (a label of :data:`UNLABELLED` is left out; a
+    batch without labelled rows gives 0); a label outside the model's ``C`` classes is a DistillError
+    ending in ``fix``."""
     if targets.numel():
         low, high = torch.stack(torch.aminmax(targets)).tolist()  # one host sync, not two
+        if low == UNLABELLED:  # a transfer set's batch: the task loss sees the labelled rows only
+            labelled = targets != UNLABELLED
+            if not bool(labelled.any()):
+                return logits.float().sum() * 0.0
+            logits, targets = logits[labelled], targets[labelled]
+            low = int(targets.min())
         if high >= logits.shape[-1] or low < 0:
             bad = high if high >= logits.shape[-1] else low
             raise DistillError(
@@ -144,7 +156,12 @@ class ClassLogitsTask(Task):
     def batch_metrics(
         self, outputs: dict[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
-        return {"acc": outputs["logits"].argmax(-1).eq(batch.targets).float().mean()}
+        targets = batch.targets
+        hits = outputs["logits"].argmax(-1).eq(targets).float()
+        if targets.ndim == 1:  # class ids: transfer rows (UNLABELLED) left out
+            labelled = (targets != UNLABELLED).float()
+            return {"acc": (hits * labelled).sum() / labelled.sum().clamp_min(1.0)}
+        return {"acc": hits.mean()}
 
     def eval_logits(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """The logits evaluation reads (the training outputs' ``logits`` unless a task skips extras)."""

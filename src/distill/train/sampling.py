@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from distill.data.base import SizedByLength, make_loader
+from distill.data.base import PlansItsBatches, SizedByLength, make_loader
 from distill.errors import DistillError
 from distill.train.distributed import DistInfo
 
@@ -138,6 +138,8 @@ def epoch_loader(
     sampler: Sampler[int] = shuffled
     if lengths is not None:
         sampler = LengthGroupedSampler(shuffled, lengths, local_batch, seed, epoch)
+    if isinstance(data, PlansItsBatches):  # batches that are not the order cut in pieces
+        return data.epoch_batches(local_batch, sampler, skip_batches)
     if skip_batches:
         sampler = SkipSampler(sampler, skip_batches * local_batch)
     return make_loader(data, local_batch, sampler)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distill.data.transfer import TransferSet
 from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.train.checkpoint import (
     EMA_PREFIX,
@@ -195,6 +196,12 @@ def run_summary(trainer: Trainer, last: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "world_size": trainer.dist.world_size,
     }
+    if isinstance(trainer.train_data, TransferSet):  # how many labels the student saw
+        summary["labels"] = trainer.train_data.labels_seen(
+            trainer.global_step,
+            trainer.local_batch,
+            trainer.config.grad_accum_steps * trainer.dist.world_size,
+        )
     if trainer.stop_reason is not None:
         summary["stopped"] = trainer.stop_reason
     return summary
