@@ -1,21 +1,39 @@
-"""KD training throughput: distill's Trainer against a hand-written PyTorch loop, same process.
+"""KD training throughput: distill's Trainer against a hand-written PyTorch loop and torchdistill.
 
-Both sides train the same student from the same teacher on the same Fashion-MNIST batches (no
-augmentation, no evaluation, no checkpoints): teacher forward under no_grad, student forward,
-cross-entropy + Hinton KD, backward, SGD step. Runs alternate (distill, plain, distill, plain, ...)
-so that machine noise hits both; the ratio is median(distill samples/s) / median(plain samples/s).
+All three train the same student from the same teacher (the demo's pair) on the same Fashion-MNIST
+batches: teacher forward under no_grad, student forward, cross-entropy + Hinton KD (T=2), backward,
+SGD step (lr 0.05, momentum 0.9, nesterov, weight decay 5e-4). No augmentation, evaluation or
+checkpoints. Each run takes ``--warmup`` untimed steps, then ``--steps`` timed ones; runs alternate
+(the order of the frameworks rotates every repeat) so that machine noise hits all of them, and each
+number is the median over ``--repeats``.
 
-    python benchmarks/throughput.py [--steps 40] [--repeats 5] [--batch-size 256] [--device cpu]
-        [--write docs/benchmarks.md]
+Each framework runs in its fastest documented configuration for this job:
+- distill: ``Trainer`` + ``Distiller`` with a ``kd`` term, fp32, ``progress: false`` (the defaults
+  otherwise: the non-finite guard and exact-resume seeding stay on);
+- hand-written: the loop above, nothing else;
+- torchdistill: ``DistillationBox`` (``forward_process`` + ``post_forward_process``, the per-batch API its
+  examples use) with its ``KDLoss`` (alpha 1, beta 1: the same CE + T^2 KL), teacher frozen, no hooks,
+  fed the hand loop's batches.
+
+torchdistill is never a dependency of distill: ``--install-torchdistill`` puts it (without its
+dependencies; torch, torchvision, numpy, pyyaml and scipy come from the environment) into
+``benchmarks/.torchdistill``, which this script adds to ``sys.path``.
+
+    python benchmarks/throughput.py --install-torchdistill --write docs/benchmarks.md \
+        --json docs/benchmarks/throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,18 +43,37 @@ from distill.config.build import build_distiller, build_trainer
 from distill.config.schema import DistillSpec, TermSpec
 from distill.data import FashionMNIST
 from distill.models import build_model, count_parameters
+from distill.train.callbacks import Callback
 
 # The demo's pair (recipes/fashion_mnist/teacher.yaml and scratch.yaml).
 TEACHER = {"channels": (16, 32, 64, 256), "hidden": 1024, "dropout": 0.2}
 STUDENT = {"channels": (4, 8, 16, 32)}
 T = 2.0
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+TORCHDISTILL_DIR = Path(__file__).resolve().parent / ".torchdistill"
+TORCHDISTILL_VERSION = "1.1.5"
+
+CONFIGS = """Each framework runs in its fastest documented configuration for this job, on the same
+modules, the same Fashion-MNIST tensors and the same number of threads:
+
+- **distill**: `Trainer` + `Distiller` with one `kd` term (T=2) and the task loss, fp32,
+  `progress: false`; everything else default, so the non-finite guard (loss and gradient norm checked
+  each step, one fused host read), the gradient norm and the per-step seeding that makes resume exact
+  all stay on. Its data come through its own seeded sampler.
+- **hand-written PyTorch**: teacher forward under `no_grad`, student forward, cross-entropy + KL * T^2,
+  `zero_grad(set_to_none=True)`, backward, SGD step; batches indexed straight from the tensors.
+- **torchdistill**: `DistillationBox` with its `KDLoss` (alpha 1, beta 1: the same loss), the teacher
+  frozen (`requires_grad: false`), no forward hooks, `forward_process` + `post_forward_process` per batch
+  as its example scripts do, fed the hand loop's batches (so its own data loader is not timed).
+
+All use SGD (lr 0.05, momentum 0.9, nesterov, weight decay 5e-4). Timed: the steps after the warm-up
+steps of each run (model building and set-up are not timed)."""
 
 NOTE = (
-    "Both loops run the same kernels; what distill adds per step is Python bookkeeping (batch split, tap "
-    "contexts, label-range and finite-loss checks, metric sums), which a cProfile of 40 steps puts at well "
-    "under 1% of the step time (convolutions, pooling and backward dominate). Run-to-run noise on this "
-    "2-core machine is about +-10% (see min/max), so ratios between 0.93 and 1.07 are the same within noise; "
-    "the median over alternating repeats is the number to read."
+    "The machine is shared with other work, so single runs are noisy: the frameworks alternate within "
+    "each repeat (their order rotates every repeat) and the table gives medians with min and max. "
+    "The ratios are medians divided by medians; the JSON's `ratio_vs_hand` and `ratio_vs_torchdistill` "
+    "are the lower of the batch sizes' ratios."
 )
 
 
@@ -53,59 +90,75 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_distill(data, steps: int, batch_size: int, device: str = "cpu") -> float:
+def _sgd(params) -> torch.optim.SGD:
+    params = list(params)
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": WEIGHT_DECAY},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, nesterov=True)
+
+
+def _batches(data, batch_size: int, count: int, device: str):
+    """``count`` batches of the training set in one seeded order (the hand loop's and torchdistill's)."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    for step in range(count):
+        idx = order[(step * batch_size) % (len(data) - batch_size) :][:batch_size]
+        yield data.images[idx].to(device), data.labels[idx].to(device)
+
+
+class _Clock(Callback):
+    """Reads the clock after the warm-up steps and after the last step."""
+
+    def __init__(self, warmup: int, device: str) -> None:
+        self.warmup, self.device, self.times = warmup, device, {}
+
+    def on_step_end(self, trainer, step, metrics) -> None:
+        if step in (self.warmup, trainer.config.max_steps):
+            _sync(self.device)
+            self.times[step] = time.perf_counter()
+
+
+def run_distill(data, steps: int, batch_size: int, device: str, warmup: int) -> float:
     teacher, student = models(0)
     kd = DistillSpec(terms=[TermSpec(loss="kd", options={"temperature": T})], task_weight=1.0)
     distiller = build_distiller(kd, student, teacher, ClassificationTask())
     cfg = TrainConfig(
         epochs=1,
-        max_steps=steps,
+        max_steps=warmup + steps,
         batch_size=batch_size,
-        lr=0.05,
+        lr=LR,
         progress=False,
         schedule="constant",
         device=device,
     )
-    trainer = build_trainer(distiller, data, None, cfg)
-    _sync(device)
-    start = time.perf_counter()
-    trainer.fit()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    clock = _Clock(warmup, device)
+    build_trainer(distiller, data, None, cfg, callbacks=[clock]).fit()
+    return steps * batch_size / (clock.times[warmup + steps] - clock.times[warmup])
 
 
-def run_plain(data, steps: int, batch_size: int, device: str = "cpu") -> float:
+def run_hand(data, steps: int, batch_size: int, device: str, warmup: int) -> float:
     teacher, student = models(0, device)
     teacher.requires_grad_(False)
-    decay = [p for p in student.parameters() if p.ndim > 1]
-    no_decay = [p for p in student.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=0.05,
-        momentum=0.9,
-        nesterov=True,
-    )
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(data), generator=g)
-    start = time.perf_counter()
+    opt = _sgd(student.parameters())
     student.train()
-    for step in range(steps):
-        idx = order[step * batch_size : (step + 1) * batch_size]
-        x, y = data.images[idx].to(device), data.labels[idx].to(device)
+    start = 0.0
+    for step, (x, y) in enumerate(_batches(data, batch_size, warmup + steps, device)):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = student(x)
-        kd = (
-            F.kl_div(
-                F.log_softmax(s_logits / T, -1),
-                F.log_softmax(t_logits / T, -1),
-                reduction="batchmean",
-                log_target=True,
-            )
-            * T
-            * T
+        kd = F.kl_div(
+            F.log_softmax(s_logits / T, -1),
+            F.log_softmax(t_logits / T, -1),
+            reduction="batchmean",
+            log_target=True,
         )
-        loss = F.cross_entropy(s_logits, y) + kd
+        loss = F.cross_entropy(s_logits, y) + kd * T * T
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -113,48 +166,173 @@ def run_plain(data, steps: int, batch_size: int, device: str = "cpu") -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def run_torchdistill(data, steps: int, batch_size: int, device: str, warmup: int) -> float:
+    import torchdistill.core.interfaces.forward_proc  # noqa: F401  (registers forward_batch_only)
+    from torchdistill.core.distillation import DistillationBox
+
+    teacher, student = models(0, device)
+    kd = {
+        "key": "KDLoss",
+        "kwargs": {
+            "student_module_path": ".",
+            "student_module_io": "output",
+            "teacher_module_path": ".",
+            "teacher_module_io": "output",
+            "temperature": T,
+            "alpha": 1.0,
+            "beta": 1.0,
+            "reduction": "batchmean",
+        },
+    }
+    config = {
+        "num_epochs": 1,
+        "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},
+        "student": {"forward_proc": "forward_batch_only", "requires_grad": True},
+        "optimizer": {
+            "key": "SGD",
+            "kwargs": {
+                "lr": LR,
+                "momentum": MOMENTUM,
+                "weight_decay": WEIGHT_DECAY,
+                "nesterov": True,
+            },
+        },
+        "criterion": {
+            "key": "WeightedSumLoss",
+            "kwargs": {"sub_terms": {"kd": {"criterion": kd, "weight": 1.0}}},
+        },
+    }
+    box = DistillationBox(teacher, student, {}, config, torch.device(device), None, False, 1.0)
+    box.student_model.train()
+    start = 0.0
+    for step, (x, y) in enumerate(_batches(data, batch_size, warmup + steps, device)):
+        if step == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        loss = box.forward_process(x, y, {})
+        box.post_forward_process(loss=loss)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def torchdistill_available(install: bool) -> str | None:
+    """torchdistill's version when it imports (installed into benchmarks/.torchdistill on request)."""
+    if TORCHDISTILL_DIR.is_dir():
+        sys.path.insert(0, str(TORCHDISTILL_DIR))
+    try:
+        import torchdistill
+    except ImportError:
+        if not install:
+            return None
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]
+        command += [str(TORCHDISTILL_DIR), f"torchdistill=={TORCHDISTILL_VERSION}"]
+        print("installing torchdistill (no dependencies) into", TORCHDISTILL_DIR, flush=True)
+        subprocess.run(command, check=True)
+        sys.path.insert(0, str(TORCHDISTILL_DIR))
+        import torchdistill
+    return str(getattr(torchdistill, "__version__", "?"))
+
+
+def measure(runners: dict[str, Callable], data, args, batch_size: int) -> dict[str, list[float]]:
+    names = list(runners)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        shift = repeat % len(names)  # rotate who goes first
+        for name in names[shift:] + names[:shift]:
+            rate = runners[name](data, args.steps, batch_size, args.device, args.warmup)
+            rates[name].append(rate)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu", help="where both loops run: cpu, cuda, cuda:1")
+    parser.add_argument("--batch-size", default="256,16", help="one or more, comma-separated")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="where every loop runs: cpu, cuda, cuda:1")
+    parser.add_argument("--install-torchdistill", action="store_true")
     parser.add_argument("--write", default=None, help="markdown file to write the result into")
+    parser.add_argument("--json", default=None, help="JSON file for the numbers")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sizes = [int(b) for b in args.batch_size.split(",")]
+    version = torchdistill_available(args.install_torchdistill)
+    runners: dict[str, Callable] = {"distill": run_distill, "hand": run_hand}
+    if version is not None:
+        runners["torchdistill"] = run_torchdistill
     data = FashionMNIST("train")
-    run_plain(data, 5, args.batch_size, args.device)  # warm-up: allocator, kernels
-    ours, plain = [], []
-    for i in range(args.repeats):  # alternate which side goes first
-        if i % 2:
-            plain.append(run_plain(data, args.steps, args.batch_size, args.device))
-            ours.append(run_distill(data, args.steps, args.batch_size, args.device))
-        else:
-            ours.append(run_distill(data, args.steps, args.batch_size, args.device))
-            plain.append(run_plain(data, args.steps, args.batch_size, args.device))
-    ratio = statistics.median(ours) / statistics.median(plain)
-    t, s = models(0)
-    lines = [
-        "| loop | samples/s (median) | min | max |",
-        "|---|---|---|---|",
-        f"| distill Trainer + Distiller | {statistics.median(ours):.0f} | {min(ours):.0f} | {max(ours):.0f} |",
-        f"| hand-written PyTorch | {statistics.median(plain):.0f} | {min(plain):.0f} | {max(plain):.0f} |",
-        "",
-        f"**Ratio distill / plain: {ratio:.3f}** (target >= 0.95).",
-        "",
-        f"Teacher cnn{TEACHER} ({count_parameters(t):,} params), student cnn{STUDENT} "
-        f"({count_parameters(s):,} params), batch {args.batch_size}, {args.steps} steps x {args.repeats} "
-        f"alternating repeats (order swapped every repeat), {torch.get_num_threads()} threads, device {args.device}, torch {torch.__version__}, "
-        f"{platform.machine()} {platform.system()}.",
-    ]
-    text = "\n".join(lines)
+    results = {}
+    for batch_size in sizes:
+        for runner in runners.values():  # warm-up: allocator, kernels, imports
+            runner(data, 2, batch_size, args.device, 1)
+        results[batch_size] = measure(runners, data, args, batch_size)
+    text, numbers = report(results, args, version)
     print(text)
     if args.write:
         with open(args.write, "w") as f:
             f.write(
-                "# Benchmarks\n\n## KD training throughput: distill vs hand-written PyTorch\n\n"
+                "# Benchmarks\n\n## KD training throughput: distill vs hand-written PyTorch and torchdistill\n\n"
             )
             f.write(f"Command: `python benchmarks/throughput.py {' '.join(sys.argv[1:])}`\n\n")
-            f.write(text + "\n\n" + NOTE + "\n")
+            f.write(text + "\n\n" + CONFIGS + "\n\n" + NOTE + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
+
+
+def report(results: dict[int, dict[str, list[float]]], args, version: str | None):
+    names = {
+        "distill": "distill Trainer + Distiller",
+        "hand": "hand-written PyTorch",
+        "torchdistill": f"torchdistill {version} DistillationBox",
+    }
+    lines = [
+        "| batch | loop | samples/s (median) | min | max | ratio distill / this |",
+        "|---|---|---|---|---|---|",
+    ]
+    numbers: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
+    numbers["torchdistill"] = version
+    per_size = {}
+    for batch_size, rates in results.items():
+        medians = {name: statistics.median(r) for name, r in rates.items()}
+        for name, r in rates.items():
+            ratio = medians["distill"] / medians[name]
+            lines.append(
+                f"| {batch_size} | {names[name]} | {medians[name]:.0f} | {min(r):.0f} | {max(r):.0f} | {ratio:.3f} |"
+            )
+        per_size[str(batch_size)] = {
+            "samples_per_s": {name: round(m, 1) for name, m in medians.items()},
+            "runs": {name: [round(x, 1) for x in r] for name, r in rates.items()},
+            "ratio_vs_hand": round(medians["distill"] / medians["hand"], 4),
+        }
+        if "torchdistill" in medians:
+            per_size[str(batch_size)]["ratio_vs_torchdistill"] = round(
+                medians["distill"] / medians["torchdistill"], 4
+            )
+    numbers["batch_sizes"] = per_size
+    numbers["ratio_vs_hand"] = min(v["ratio_vs_hand"] for v in per_size.values())
+    with_td = [
+        v["ratio_vs_torchdistill"] for v in per_size.values() if "ratio_vs_torchdistill" in v
+    ]
+    numbers["ratio_vs_torchdistill"] = min(with_td) if with_td else None
+    t, s = models(0)
+    lines += [
+        "",
+        f"**distill / hand-written: {numbers['ratio_vs_hand']:.3f}** (the lower of the batch sizes; "
+        "target >= 0.95). "
+        + (
+            f"**distill / torchdistill: {numbers['ratio_vs_torchdistill']:.3f}** (target >= 1.2)."
+            if with_td
+            else "torchdistill: not installed (run with --install-torchdistill)."
+        ),
+        "",
+        f"Teacher cnn{TEACHER} ({count_parameters(t):,} params), student cnn{STUDENT} "
+        f"({count_parameters(s):,} params), {args.warmup} warm-up + {args.steps} timed steps x "
+        f"{args.repeats} rotating repeats, {args.threads} threads, device {args.device}, torch "
+        f"{torch.__version__}, {platform.machine()} {platform.system()}.",
+    ]
+    return "\n".join(lines), numbers
 
 
 if __name__ == "__main__":

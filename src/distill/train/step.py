@@ -42,6 +42,32 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + step + rank * RANK_STRIDE) % 2**64
 
 
+def seed_step_rng(seed: int, device: torch.device) -> None:
+    """Seed the CPU generator and ``device``'s with ``seed``: what ``torch.manual_seed`` does for the
+    generators a step on ``device`` draws from. ``torch.manual_seed`` itself also seeds every CUDA device
+    and, where CUDA is present but not started (CPU training with a CUDA build of torch), queues that
+    seeding with a formatted stack trace on every call, which costs more than a small model's step."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+    elif device.type != "cpu":  # mps, xpu: their own generators
+        torch.manual_seed(seed)
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all of ``grads`` together, as ``torch.nn.utils.get_total_norm`` computes it (the norm
+    of the per-tensor norms); one fused call when they share a device and dtype, the common case, without
+    its grouping by device and dtype."""
+    if not grads:
+        return torch.tensor(0.0)
+    first = grads[0]
+    same = all(g.device == first.device and g.dtype == first.dtype for g in grads)
+    if not same or not hasattr(torch, "_foreach_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+
+
 def batch_groups(batches: Iterable[Any], size: int) -> Iterable[list[Any]]:
     """``batches`` in lists of ``size`` (the last one shorter when they do not divide)."""
     group: list[Any] = []
@@ -81,6 +107,7 @@ class Stepper:
         self.scaler = make_scaler(config, device)  # precision: fp16 (disabled otherwise)
         self.scaler_skipped = 0  # fp16 steps the scaler skipped (gradient overflow), in all
         self.scaler_in_a_row = 0
+        self._params: list[torch.nn.Parameter] | None = None  # the trainable ones, listed once
 
     def run(
         self,
@@ -130,7 +157,7 @@ class Stepper:
     def _seed(self, global_step: int) -> torch.Generator | None:
         """Seed the global RNG for this step and rank; the augmentation's own generator (or None)."""
         cfg, rank = self.config, self.dist.rank
-        torch.manual_seed(step_seed(cfg.seed, global_step, rank))
+        seed_step_rng(step_seed(cfg.seed, global_step, rank), self.device)
         if self.augment is None:
             return None
         return torch.Generator().manual_seed(cfg.seed * 1_000_003 + global_step * 131 + rank)
@@ -179,7 +206,9 @@ class Stepper:
 
     def _grad_norm(self) -> torch.Tensor:
         """The trainable parameters' total gradient norm, clipped to ``train.grad_clip`` when set."""
-        params = self.distiller.trainable_parameters()
+        if self._params is None:
+            self._params = self.distiller.trainable_parameters()
+        params = self._params
         if self.config.grad_clip:
             return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        return total_norm([p.grad for p in params if p.grad is not None])
