@@ -223,7 +223,7 @@ Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other work
   training plays (1,129 steps of 32 blocks of 128 characters), cached once.
 * Student: `gpt_student` (1 block x 64, 64 k parameters), {args.steps} steps of 32 blocks of 128
   characters for every run; `shakespeare/scratch` (cross-entropy alone) vs `shakespeare/kd` (0.5 x
-  cross-entropy + 0.5 x forward KL to the teacher's next-character distribution, T = 1), teacher-forced
+  cross-entropy + 0.5 x `forward_kl`, the token-level KL to the teacher's next-character distribution, T = 1), teacher-forced
   on the same blocks. `scarce`: the student reads a seeded {100 * args.fraction:.0f} % of the training
   blocks (the same ones for both methods of a seed); the teacher was trained on all of them.
 * Metric: bits per character on the held-out validation plays (Julius Caesar, Twelfth Night; 231 k
