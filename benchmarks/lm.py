@@ -267,8 +267,8 @@ Against the issue's targets:
 
 Reading: at this length the student is limited by steps, not by text. 500 steps of 32 blocks are 0.44
 epochs of the full text and 4.4 epochs of the 10 %, and the scratch students of both variants end at the
-same bits per character, so the scarce variant does not yet starve the student; the gap KD closes there
-would grow with longer runs over the same 10 %. Settings not tried for lack of time: KD alone
+same bits per character, so the scarce variant does not yet starve the student; whether KD closes more of the gap
+with longer runs over the same 10 % is not measured here. Settings not tried for lack of time: KD alone
 (`task_weight: 0`), JSD or a loss temperature above 1, more steps.
 """
 
