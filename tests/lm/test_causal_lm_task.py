@@ -70,6 +70,22 @@ def test_loss_is_the_mean_over_valid_targets():
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def test_micro_batches_are_weighted_by_their_valid_tokens():
+    # the trainer's one reduction rule needs the task to count its items: without count_items two
+    # micro-batches of 3 and 1 valid tokens would weigh 1/2 each instead of 3/4 and 1/4
+    from distill.train.distributed import DistInfo
+    from distill.train.reduction import micro_batch_weights
+
+    task = build_task("causal_lm")
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    long = {"input_ids": ids, "labels": torch.tensor([[0, 1, 2, 3]])}
+    short = {"input_ids": ids, "labels": torch.tensor([[0, -100, -100, 3]])}
+    assert task.count_items(task.split(long)) == 3
+    weights = micro_batch_weights(task, [long, short], DistInfo(), torch.device("cpu"))
+    assert weights is not None
+    assert weights.loss == pytest.approx([0.75, 0.25])
+
+
 def test_bits_per_character_by_hand():
     # a uniform model over V tokens: nll ln V per token; tokens of 2 characters halve the bpc
     vocab = 8

@@ -111,6 +111,11 @@ class CausalLMTask(Task):
                 extras[key] = batch[key]
         return Batch(inputs=inputs, targets=targets, extras=extras)
 
+    def count_items(self, batch: Batch) -> int:
+        """The valid target tokens: the task loss and the token losses average over them, so the trainer
+        weights micro-batches and ranks by their share of the step's tokens (``train/reduction.py``)."""
+        return int((batch.targets != IGNORE).sum())
+
     def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
         return run_lm(model, inputs, self.hidden_states)
 
