@@ -1,0 +1,207 @@
+""":class:`TopKCache`, the teacher-output source that fills and reads a top-k cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from distill.data.base import make_loader
+from distill.distiller import OnlineTeacher, TeacherSource
+from distill.errors import DistillError
+from distill.tasks.base import Batch, Task
+from distill.topk.sparse import dense_logits, token_rows, topk_of
+from distill.topk.store import DTYPES, CacheSettings, CacheStore, Fingerprints, ShardReader
+
+
+class TopKCache(TeacherSource):
+    """The teacher's top-k per token for every training sample, in the folder ``path``.
+
+    Made with a ``teacher`` it fills what the folder lacks when the trainer prepares (and answers
+    online until then); made without one it needs a complete cache, which is checked here, before
+    anything else runs. ``taps`` must be one task output (``@logits``); it is answered with dense
+    logits rebuilt from the top-k (:func:`~distill.topk.sparse.dense_logits`), read by the batch's
+    ``index`` and checked against the batch's token ids.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: CacheSettings,
+        fingerprints: Fingerprints,
+        task: Task,
+        taps: Sequence[str],
+        teacher: nn.Module | None = None,
+    ) -> None:
+        taps = list(dict.fromkeys(taps))
+        if len(taps) != 1 or not taps[0].startswith("@"):
+            raise DistillError(
+                f"distill.topk_cache keeps one task output per token, but the terms tap {taps}; "
+                "tap @logits only, or remove topk_cache"
+            )
+        if settings.dtype not in DTYPES:
+            raise DistillError(
+                f"distill.topk_cache.dtype {settings.dtype!r} is not one of {sorted(DTYPES)}"
+            )
+        self.tap = taps[0]
+        self.task = task
+        self.settings = settings
+        self.store = CacheStore(path, settings, fingerprints)
+        self.online = OnlineTeacher(teacher, task) if teacher is not None else None
+        self.reader: ShardReader | None = None
+        if self.store.complete:
+            self.reader = ShardReader(self.store)
+        elif teacher is None:
+            raise DistillError(
+                f"topk cache {self.store.path} is not filled yet and there is no teacher to fill it; "
+                "give the recipe its teacher for the first run"
+            )
+
+    @property
+    def filled(self) -> bool:
+        return self.reader is not None
+
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        """The trainer's call: check the cache against the training data and fill the shards it lacks
+        (under ``torchrun`` each rank fills shards ``rank, rank + world, ...``)."""
+        dataset = train_data.dataset if isinstance(train_data, DataLoader) else train_data
+        size = len(dataset)
+        self.store.check_size(size)
+        if self.reader is not None:
+            return
+        assert self.online is not None  # __init__ refused a cache without teacher that is not full
+        rank, world = _rank_world()
+        if rank == 0:
+            self.store.claim(size, self._vocab_size(dataset, batch_size))
+        _barrier(world)
+        self.store.manifest = self.store._read_manifest()
+        todo = [
+            i
+            for i in range(self.store.num_shards(size))
+            if i % world == rank and self.store.record(i) is None
+        ]
+        if console is not None and is_main and todo:
+            console.print(
+                f"filling the top-{self.settings.k} teacher cache {self.store.path}: "
+                f"{len(todo)} shard(s) of {self.settings.shard_samples} samples"
+            )
+        for i in todo:
+            self.fill_shard(dataset, i, batch_size)
+        _barrier(world)
+        if rank == 0:
+            self.store.finish(size)
+        _barrier(world)
+        self.store.manifest = self.store._read_manifest()
+        self.reader = ShardReader(self.store)
+
+    def _vocab_size(self, dataset: Any, batch_size: int) -> int:
+        first = next(iter(make_loader(dataset, 1, [0])))
+        return int(self._teacher_logits(self.task.split(first)).shape[-1])
+
+    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
+        assert self.online is not None
+        device = _device(self.online.teacher)
+        return self.online.outputs(batch.to(device), [self.tap])[self.tap]
+
+    @torch.no_grad()
+    def fill_shard(self, dataset: Any, index: int, batch_size: int) -> None:
+        """Run the teacher over shard ``index``'s samples (in order) and write the shard."""
+        per = self.settings.shard_samples
+        first = index * per
+        order = list(range(first, min(first + per, len(dataset))))
+        dtype = DTYPES[self.settings.dtype]
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("logprobs", "ids", "rest", "tokens")
+        }
+        lengths: list[int] = []
+        seen: list[int] = []
+        for raw in make_loader(dataset, batch_size, order):
+            batch = self.task.split(raw)
+            seen += _index(batch).tolist()
+            ids, rows = token_rows(batch)
+            logits = self._teacher_logits(batch).cpu()
+            for b, length in enumerate(rows.tolist()):
+                values, top, rest = topk_of(
+                    logits[b, :length], self.settings.k, self.settings.capture_temperature
+                )
+                parts["logprobs"].append(values.to(dtype))
+                parts["ids"].append(top)
+                parts["rest"].append(rest)
+                parts["tokens"].append(ids[b, :length].cpu().to(torch.int32))
+                lengths.append(length)
+        if seen != order:
+            raise DistillError(
+                "distill.topk_cache: the dataset's loader did not return the samples in the order "
+                "asked (or without their 'index'); use a distill dataset"
+            )
+        tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
+        tensors["offsets"] = torch.tensor([0, *lengths]).cumsum(0)
+        self.store.write_shard(index, first, tensors)
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.reader is None:
+            if self.online is None:  # __init__ makes sure this cannot happen
+                raise DistillError("topk cache is not filled")
+            return self.online.outputs(batch, taps)
+        unknown = [t for t in taps if t != self.tap]
+        if unknown:
+            raise DistillError(
+                f"topk cache {self.store.path} keeps {self.tap} only, not {unknown}; tap {self.tap}"
+            )
+        ids, lengths = token_rows(batch)
+        width = ids.shape[1]
+        k = self.settings.k
+        logprobs = torch.zeros(len(ids), width, k)
+        top = torch.arange(k, dtype=torch.int32).expand(len(ids), width, k).clone()
+        rest = torch.ones(len(ids), width)  # padding rows: a flat distribution (targets -100)
+        for b, sample in enumerate(_index(batch).tolist()):
+            rows = self.reader.sample(sample)
+            length = int(lengths[b])
+            if rows["tokens"].numel() != length or not torch.equal(
+                rows["tokens"].long(), ids[b, :length].cpu().long()
+            ):
+                raise DistillError(
+                    f"topk cache {self.store.path}: sample {sample}'s tokens differ from the ones the "
+                    "teacher scored; the data changed since the cache was filled, so fill a new cache"
+                )
+            logprobs[b, :length] = rows["logprobs"].float()
+            top[b, :length] = rows["ids"]
+            rest[b, :length] = rows["rest"]
+        dense = dense_logits(
+            logprobs, top, rest, self.reader.vocab_size, self.settings.capture_temperature
+        )
+        return {self.tap: dense.to(ids.device, non_blocking=True)}
+
+
+def _index(batch: Batch) -> torch.Tensor:
+    index = batch.extras.get("index")
+    if not isinstance(index, torch.Tensor):
+        raise DistillError(
+            "distill.topk_cache needs batches that carry each sample's index ('index'); this "
+            "dataset's batches have none, so remove topk_cache"
+        )
+    return index.cpu().long()
+
+
+def _device(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
