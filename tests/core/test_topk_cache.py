@@ -12,10 +12,11 @@ from rich.console import Console
 
 from distill.distiller import Distiller, Term
 from distill.errors import DistillError
+from distill.tasks.causal_lm import CausalLMTask
 from distill.topk import CacheSettings, Fingerprints, TopKCache, dense_logits, retemper, topk_of
 from distill.topk.store import shard_file
 from distill.train import TrainConfig, Trainer
-from helpers.tiny_lm import TinyLM, TinyLMTask, TokenData, TokenKL
+from helpers.tiny_lm import TinyLM, TokenData, TokenKL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +32,7 @@ def settings(**changes):
 def filled(tmp_path, data, k=4, dtype="float32", teacher=None):
     teacher = teacher or TinyLM(VOCAB, seed=1)
     cache = TopKCache(
-        tmp_path / "cache", settings(k=k, dtype=dtype), PRINTS, TinyLMTask(), ["@logits"], teacher
+        tmp_path / "cache", settings(k=k, dtype=dtype), PRINTS, CausalLMTask(), ["@logits"], teacher
     )
     cache.prepare(data, 4, None, True)
     return cache, teacher
@@ -82,9 +83,11 @@ def test_the_cache_stores_the_teachers_topk_at_the_capture_temperature(tmp_path)
     for i in (0, 7, 8, 19):
         rows = cache.reader.sample(i)
         with torch.no_grad():
-            logits = teacher(data.ids[i : i + 1])[0]
+            logits = teacher(data.ids[i : i + 1, :-1])[0]
         values, ids, rest = topk_of(logits, 4, temperature=2.0)
-        assert torch.equal(rows["ids"], ids) and torch.equal(rows["tokens"].long(), data.ids[i])
+        assert torch.equal(rows["ids"], ids) and torch.equal(
+            rows["tokens"].long(), data.ids[i, :-1]
+        )
         assert torch.allclose(rows["logprobs"], values, atol=1e-6)
         assert torch.allclose(rows["rest"], rest, atol=1e-6)
 
@@ -97,8 +100,8 @@ def test_float16_cache_stores_half_precision_log_probs(tmp_path) -> None:
 def kd_distiller(student, cache_or_teacher, temperature=1.0):
     terms = [Term(TokenKL(temperature), name="kl")]
     if isinstance(cache_or_teacher, TopKCache):
-        return Distiller(student, TinyLMTask(), terms=terms, source=cache_or_teacher)
-    return Distiller(student, TinyLMTask(), teacher=cache_or_teacher, terms=terms)
+        return Distiller(student, CausalLMTask(), terms=terms, source=cache_or_teacher)
+    return Distiller(student, CausalLMTask(), teacher=cache_or_teacher, terms=terms)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0])
@@ -106,7 +109,7 @@ def test_with_all_but_one_id_kept_the_cached_loss_equals_the_online_one(tmp_path
     """k = V - 1 leaves a one-id tail, so the rebuilt distribution is exact at any loss temperature."""
     data = TokenData(n=12)
     cache, teacher = filled(tmp_path, data, k=VOCAB - 1)
-    batch = TinyLMTask().split(torch.utils.data.default_collate([data[i] for i in (3, 9, 0)]))
+    batch = CausalLMTask().split(torch.utils.data.default_collate([data[i] for i in (3, 9, 0)]))
     student = TinyLM(VOCAB, seed=5)
     cached = kd_distiller(student, cache, temperature)(batch).parts["kl"]
     online = kd_distiller(student, teacher, temperature)(batch).parts["kl"]
@@ -120,7 +123,7 @@ def test_training_from_a_full_cache_needs_no_teacher_and_matches_the_filling_run
     def run(source, where):
         student = TinyLM(VOCAB, seed=5)
         distiller = Distiller(
-            student, TinyLMTask(), terms=[Term(TokenKL(), name="kl")], source=source
+            student, CausalLMTask(), terms=[Term(TokenKL(), name="kl")], source=source
         )
         trainer = Trainer(
             distiller, data, None, config, tmp_path / where, console=Console(file=io.StringIO())
@@ -132,17 +135,17 @@ def test_training_from_a_full_cache_needs_no_teacher_and_matches_the_filling_run
 
     teacher = TinyLM(VOCAB, seed=1)
     first = run(
-        TopKCache(tmp_path / "c", settings(), PRINTS, TinyLMTask(), ["@logits"], teacher), "a"
+        TopKCache(tmp_path / "c", settings(), PRINTS, CausalLMTask(), ["@logits"], teacher), "a"
     )
     assert (tmp_path / "c" / "manifest.json").exists()
-    second = run(TopKCache(tmp_path / "c", settings(), PRINTS, TinyLMTask(), ["@logits"]), "b")
+    second = run(TopKCache(tmp_path / "c", settings(), PRINTS, CausalLMTask(), ["@logits"]), "b")
     assert [r["kl"] for r in first] == [r["kl"] for r in second]
     assert len(first) >= 1 and all(math.isfinite(r["kl"]) for r in first)
 
 
 def test_an_unfilled_cache_without_a_teacher_is_refused(tmp_path) -> None:
     with pytest.raises(DistillError, match="not filled yet and there is no teacher"):
-        TopKCache(tmp_path / "none", settings(), PRINTS, TinyLMTask(), ["@logits"])
+        TopKCache(tmp_path / "none", settings(), PRINTS, CausalLMTask(), ["@logits"])
 
 
 @pytest.mark.parametrize(
@@ -163,7 +166,7 @@ def test_a_cache_for_other_fingerprints_or_settings_is_refused_and_kept(tmp_path
             tmp_path / "cache",
             change.get("settings", settings()),
             change.get("prints", PRINTS),
-            TinyLMTask(),
+            CausalLMTask(),
             ["@logits"],
             TinyLM(VOCAB, seed=1),
         )
@@ -180,7 +183,7 @@ def test_a_truncated_shard_is_refused_and_left_as_it_is(tmp_path) -> None:
     with pytest.raises(
         DistillError, match=r"shard-00001.safetensors fails verification \(\d+ bytes"
     ):
-        TopKCache(tmp_path / "cache", settings(), PRINTS, TinyLMTask(), ["@logits"])
+        TopKCache(tmp_path / "cache", settings(), PRINTS, CausalLMTask(), ["@logits"])
     assert snapshot(tmp_path / "cache") == before
 
 
@@ -191,21 +194,23 @@ def test_a_changed_shard_of_the_same_size_is_refused(tmp_path) -> None:
     raw[-1] ^= 0xFF
     shard.write_bytes(bytes(raw))
     with pytest.raises(DistillError, match="fails verification \\(sha256\\)"):
-        TopKCache(tmp_path / "cache", settings(), PRINTS, TinyLMTask(), ["@logits"])
+        TopKCache(tmp_path / "cache", settings(), PRINTS, CausalLMTask(), ["@logits"])
 
 
 def test_a_folder_with_other_files_is_not_taken(tmp_path) -> None:
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "notes.txt").write_text("mine")
     with pytest.raises(DistillError, match="not a cache"):
-        TopKCache(tmp_path / "cache", settings(), PRINTS, TinyLMTask(), ["@logits"], TinyLM(VOCAB))
+        TopKCache(
+            tmp_path / "cache", settings(), PRINTS, CausalLMTask(), ["@logits"], TinyLM(VOCAB)
+        )
     assert (tmp_path / "cache" / "notes.txt").read_text() == "mine"
 
 
 def test_other_data_with_the_same_indices_is_refused(tmp_path) -> None:
     cache, _ = filled(tmp_path, TokenData(n=10, seed=0))
     other = TokenData(n=10, seed=1)
-    batch = TinyLMTask().split(torch.utils.data.default_collate([other[i] for i in (0, 1)]))
+    batch = CausalLMTask().split(torch.utils.data.default_collate([other[i] for i in (0, 1)]))
     with pytest.raises(DistillError, match="sample 0's tokens differ"):
         cache.outputs(batch, ["@logits"])
     with pytest.raises(DistillError, match="holds 10 training samples, this run's data has 12"):
@@ -215,11 +220,11 @@ def test_other_data_with_the_same_indices_is_refused(tmp_path) -> None:
 def test_a_killed_fill_resumes_with_the_shards_it_wrote(tmp_path) -> None:
     data = TokenData(n=20)
     teacher = TinyLM(VOCAB, seed=1)
-    first = TopKCache(tmp_path / "cache", settings(), PRINTS, TinyLMTask(), ["@logits"], teacher)
+    first = TopKCache(tmp_path / "cache", settings(), PRINTS, CausalLMTask(), ["@logits"], teacher)
     first.store.claim(len(data), VOCAB)
     first.fill_shard(data, 1, 4)  # then the process died
     written = (tmp_path / "cache" / shard_file(1)).read_bytes()
-    again = TopKCache(tmp_path / "cache", settings(), PRINTS, TinyLMTask(), ["@logits"], teacher)
+    again = TopKCache(tmp_path / "cache", settings(), PRINTS, CausalLMTask(), ["@logits"], teacher)
     calls = []
     original = again.fill_shard
     again.fill_shard = lambda d, i, b: (calls.append(i), original(d, i, b))

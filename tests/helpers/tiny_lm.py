@@ -1,8 +1,8 @@
-"""A tiny causal LM, its task, a token dataset and a token KL loss, for tests of the LM teacher sources
-(the top-k cache, the data modes) that must not depend on the shipped causal_lm task.
+"""A tiny causal LM, a token dataset and a token KL loss for tests of the LM teacher sources (the top-k
+cache, the data modes), seconds-fast and independent of the shipped GPT and Shakespeare data.
 
-The contract is the causal-LM one: inputs are token ids ``(B, T)``, ``labels`` ``(B, T)`` hold the next
-token of each position (row ``j`` predicts token ``j + 1``) and ``-100`` where nothing is predicted.
+They follow the causal_lm contract (docs/lm.md): dataset items ``{"input_ids", "labels", "index"}``,
+the model called as ``model(input_ids=..., attention_mask=...)``, row ``j`` predicting token ``j + 1``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-
-from distill.tasks.base import Batch, Task
 
 
 class TinyLM(nn.Module):
@@ -28,7 +25,8 @@ class TinyLM(nn.Module):
         self.mix = nn.Linear(2 * width, width)
         self.head = nn.Linear(width, vocab)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None) -> torch.Tensor:
+        ids = input_ids
         x = self.embed(ids)  # (B, T, D)
         steps = torch.arange(1, ids.shape[1] + 1, device=ids.device).view(1, -1, 1)
         prefix = x.cumsum(1) / steps
@@ -53,7 +51,7 @@ class TinyLM(nn.Module):
 
 
 class TokenData(Dataset):
-    """``n`` random token sequences of length ``length``; items ``{"input_ids", "index"}``."""
+    """``n`` random token sequences of length ``length``; items ``{"input_ids", "labels", "index"}``."""
 
     def __init__(self, n: int = 20, length: int = 9, vocab: int = 11, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -63,46 +61,7 @@ class TokenData(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[i], "index": torch.tensor(i)}
-
-
-def next_token_labels(ids: torch.Tensor) -> torch.Tensor:
-    labels = torch.full_like(ids, -100)
-    labels[:, :-1] = ids[:, 1:]
-    return labels
-
-
-class TinyLMTask(Task):
-    name = "tiny_lm"
-    primary_metric = "neg_nll"
-
-    def split(self, batch: Any) -> Batch:
-        ids = batch["input_ids"]
-        labels = next_token_labels(ids)
-        return Batch(ids, labels, {"labels": labels, "index": batch["index"]})
-
-    def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
-        return {"logits": model(inputs)}
-
-    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        logits = outputs["logits"]
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten())
-
-    def batch_metrics(self, outputs, batch) -> dict[str, torch.Tensor]:
-        return {}
-
-    def evaluate(self, model, loader, teacher=None, device="cpu") -> dict[str, float]:
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for raw in loader:
-                batch = self.split(raw)
-                logits = model(batch.inputs.to(device))
-                mask = batch.targets != -100
-                total += float(
-                    F.cross_entropy(logits[mask], batch.targets[mask].to(device), reduction="sum")
-                )
-                count += int(mask.sum())
-        return {"neg_nll": -total / max(count, 1), "nll": total / max(count, 1)}
+        return {"input_ids": self.ids[i], "labels": self.ids[i], "index": torch.tensor(i)}
 
 
 class TokenKL(nn.Module):

@@ -203,6 +203,24 @@ class TermSpec(Strict):
         return self
 
 
+class TopKCacheSpec(Strict):
+    """``distill.topk_cache``: the teacher's top-k log-probabilities per token of the training text, kept
+    in a folder and reused by every run that names it (:mod:`distill.topk`; format in docs/lm.md)."""
+
+    dir: str = Field(
+        description="the cache folder: filled by the first run (with the teacher), read by the next "
+        "ones (no teacher loaded); refused when made for another teacher, tokenizer, data or settings"
+    )
+    k: int = Field(8, ge=1, description="log-probabilities kept per token (the largest k)")
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="storage type of the log-probabilities (ids are int32)"
+    )
+    capture_temperature: float = Field(
+        1.0, gt=0, description="temperature of the stored log-probabilities; losses re-temper them"
+    )
+    shard_samples: int = Field(1024, ge=1, description="training samples per shard file")
+
+
 class DistillSpec(Strict):
     task_weight: Weight = 1.0
     terms: list[TermSpec] = Field(default_factory=list)
@@ -211,11 +229,20 @@ class DistillSpec(Strict):
         description="run the frozen teacher over the training set once and reuse its outputs every "
         "epoch (no data augmentation; terms that tap outputs such as @logits)",
     )
+    topk_cache: TopKCacheSpec | None = Field(
+        None,
+        description="language models: keep the teacher's top-k log-probabilities per token on disk "
+        "(a cache for many runs; no teacher in memory once it is filled)",
+    )
 
     @field_validator("task_weight", mode="before")
     @classmethod
     def _schedule(cls, value: Any) -> Any:
         return _weight(value)
+
+
+def _tap_list(side: str | list[str]) -> list[str]:
+    return [side] if isinstance(side, str) else list(side)
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -373,7 +400,31 @@ class Recipe(Strict):
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
         if self.distill.cache_teacher:
             self._check_cache_teacher()
+        if self.distill.topk_cache is not None:
+            self._check_topk_cache()
         return self
+
+    def _check_topk_cache(self) -> None:
+        """The top-k cache keeps one output per token of fixed training text."""
+        if self.distill.cache_teacher:
+            raise ValueError(
+                "distill.cache_teacher and distill.topk_cache are two caches of the teacher; keep one"
+            )
+        if not self.distill.terms:
+            raise ValueError("distill.topk_cache: there are no terms to feed; remove it")
+        augment = self.data.augment.model_dump(exclude_defaults=True)
+        if augment:
+            name, value = next(iter(augment.items()))
+            raise ValueError(
+                f"distill.topk_cache needs the same tokens every epoch, but data.augment.{name} "
+                f"({value}) changes them; turn one of the two off"
+            )
+        taps = {t for term in self.distill.terms for t in _tap_list(term.teacher)}
+        if len(taps) != 1 or not next(iter(taps)).startswith("@"):
+            raise ValueError(
+                f"distill.topk_cache keeps one task output per token, but the terms tap the "
+                f"teacher's {sorted(taps)}; tap @logits only, or remove topk_cache"
+            )
 
     def _check_cache_teacher(self) -> None:
         """The cache holds one teacher output per training sample: it needs the same input every epoch

@@ -1,0 +1,111 @@
+"""A recipe's ``distill.topk_cache``: its fingerprints and its :class:`~distill.topk.TopKCache`.
+
+The fingerprints are worked out without loading the teacher (its spec and the bytes of its weights
+file), so a run that finds a complete cache never builds the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.config.schema import Recipe
+from distill.errors import ConfigError, DistillError
+from distill.tasks.base import Task
+from distill.topk import CacheSettings, Fingerprints, TopKCache
+from distill.topk.store import CacheStore, fingerprint_file, fingerprint_json
+
+
+def cache_settings(recipe: Recipe) -> CacheSettings:
+    spec = recipe.distill.topk_cache
+    assert spec is not None
+    return CacheSettings(spec.k, spec.dtype, spec.capture_temperature, spec.shard_samples)
+
+
+def _weight_files(weights: str) -> list[Path]:
+    path = Path(weights)
+    if path.is_file():
+        return [path]
+    if path.is_dir():  # a run folder: its final model and checkpoints
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix == ".safetensors")
+    raise ConfigError(
+        f"teacher weights {weights!r} not found; train it first (distill train ...) or fix the path"
+    )
+
+
+def teacher_fingerprint(recipe: Recipe) -> str:
+    """sha256 of the teacher's name, options and weights files (their bytes; nothing is loaded)."""
+    assert recipe.teacher is not None
+    spec = recipe.teacher
+    files = _weight_files(spec.weights) if spec.weights else []
+    return fingerprint_json(
+        {
+            "name": spec.name,
+            "options": spec.options,
+            "weights": [[f.name, fingerprint_file(f)] for f in files],
+        }
+    )
+
+
+def tokenizer_fingerprint(train: Any) -> str:
+    """sha256 of the training data's tokenizer vocabulary (``get_vocab()`` of a Hugging Face tokenizer,
+    else its ``vocab``); ``"none"`` for data without a tokenizer."""
+    tokenizer = getattr(train, "tokenizer", None)
+    if tokenizer is None:
+        return fingerprint_json("none")
+    vocab = tokenizer.get_vocab() if callable(getattr(tokenizer, "get_vocab", None)) else None
+    if vocab is None:
+        vocab = getattr(tokenizer, "vocab", None)
+    if vocab is None:
+        raise DistillError(
+            f"distill.topk_cache cannot fingerprint the tokenizer {type(tokenizer).__name__} "
+            "(no get_vocab() or vocab); give it one of them"
+        )
+    return fingerprint_json(vocab if isinstance(vocab, dict) else list(vocab))
+
+
+def dataset_fingerprint(recipe: Recipe, train: Any) -> str:
+    """sha256 of the data section that picks the training text and its size (the tokens themselves
+    are checked batch by batch against the ones the teacher scored)."""
+    data = recipe.data
+    return fingerprint_json(
+        {
+            "name": data.name,
+            "options": data.options,
+            "train_subset": data.train_subset,
+            "samples": len(train),
+        }
+    )
+
+
+def recipe_fingerprints(recipe: Recipe, train: Any) -> Fingerprints:
+    assert recipe.teacher is not None
+    return Fingerprints(
+        teacher_fingerprint(recipe),
+        tokenizer_fingerprint(train),
+        dataset_fingerprint(recipe, train),
+        names={"teacher": recipe.teacher.name, "data": recipe.data.name},
+    )
+
+
+def cache_is_full(recipe: Recipe, train: Any) -> bool:
+    """Whether the recipe's top-k cache is complete for this teacher, data and settings (then the
+    teacher is not loaded); a cache made for others is refused here, before anything is built."""
+    spec = recipe.distill.topk_cache
+    if spec is None:
+        return False
+    store = CacheStore(spec.dir, cache_settings(recipe), recipe_fingerprints(recipe, train))
+    store.check_size(len(train))
+    return store.complete
+
+
+def topk_source(
+    recipe: Recipe, train: Any, task: Task, taps: Sequence[str], teacher: nn.Module | None
+) -> TopKCache:
+    spec = recipe.distill.topk_cache
+    assert spec is not None
+    fingerprints = recipe_fingerprints(recipe, train)
+    return TopKCache(spec.dir, cache_settings(recipe), fingerprints, task, taps, teacher)
