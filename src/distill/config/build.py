@@ -21,7 +21,7 @@ from distill.config.schema import (
     ScheduleSpec,
     TermSpec,
 )
-from distill.config.topk import cache_is_full, topk_source
+from distill.config.topk import cache_is_full, data_modes, topk_source
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.data.base import (
@@ -244,7 +244,12 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     train, test = data or build_data(recipe)
     num_classes, in_channels = data_shape(recipe, train)
     # a complete top-k cache answers for the teacher: it is not loaded (unless the student is cut from it)
-    skip = cache_is_full(recipe, train) and recipe.student.name != FROM_TEACHER
+    mode = recipe.distill.data_mode
+    skip = (
+        cache_is_full(recipe, train)
+        and recipe.student.name != FROM_TEACHER
+        and (mode is None or mode.mode == "teacher_forced")  # generated text is scored online
+    )
     student, teacher = build_models(recipe, num_classes, in_channels, "skip" if skip else "load")
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
@@ -252,6 +257,8 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     if recipe.distill.topk_cache is not None:
         taps = [t for term in recipe.distill.terms for t in _taps(term.teacher)]
         source = topk_source(recipe, train, task, taps, None if skip else teacher)
+    if recipe.distill.data_mode is not None:
+        source = data_modes(recipe, task, teacher, source)
     distiller = build_distiller(recipe.distill, student, teacher, task, source)
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)

@@ -221,6 +221,30 @@ class TopKCacheSpec(Strict):
     shard_samples: int = Field(1024, ge=1, description="training samples per shard file")
 
 
+class DataModeSpec(Strict):
+    """``distill.data_mode``: where a language-model step's tokens come from, chosen per step
+    (:mod:`distill.lm_modes`)."""
+
+    mode: Literal["teacher_forced", "on_policy", "replay", "seq_kd"] = Field(
+        "on_policy",
+        description="teacher_forced (dataset text), on_policy (student samples with probability lam), "
+        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions)",
+    )
+    lam: float = Field(
+        1.0, ge=0, le=1, description="on_policy/replay: share of steps on the student's samples"
+    )
+    prompt_tokens: int = Field(
+        8, ge=1, description="tokens of each row kept as the prompt; the rest of the row is sampled"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature (a loss's temperature is its own option)"
+    )
+    replay_size: int = Field(256, ge=1, description="replay: sampled rows kept for reuse")
+    replay_ratio: float = Field(
+        0.5, ge=0, le=1, description="replay: share of sample steps that reuse the buffer"
+    )
+
+
 class DistillSpec(Strict):
     task_weight: Weight = 1.0
     terms: list[TermSpec] = Field(default_factory=list)
@@ -233,6 +257,11 @@ class DistillSpec(Strict):
         None,
         description="language models: keep the teacher's top-k log-probabilities per token on disk "
         "(a cache for many runs; no teacher in memory once it is filled)",
+    )
+    data_mode: DataModeSpec | None = Field(
+        None,
+        description="language models: train on dataset text, the student's samples (on-policy, "
+        "replay) or the teacher's completions (seq_kd), chosen per step",
     )
 
     @field_validator("task_weight", mode="before")
@@ -402,6 +431,10 @@ class Recipe(Strict):
             self._check_cache_teacher()
         if self.distill.topk_cache is not None:
             self._check_topk_cache()
+        if self.distill.data_mode is not None and self.teacher is None:
+            raise ValueError(
+                "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
+            )
         return self
 
     def _check_topk_cache(self) -> None:

@@ -1,4 +1,5 @@
-"""A recipe's ``distill.topk_cache``: its fingerprints and its :class:`~distill.topk.TopKCache`.
+"""A recipe's LM teacher sources: ``distill.topk_cache`` (its fingerprints and its
+:class:`~distill.topk.TopKCache`) and ``distill.data_mode`` (:class:`~distill.lm_modes.DataModes`).
 
 The fingerprints are worked out without loading the teacher (its spec and the bytes of its weights
 file), so a run that finds a complete cache never builds the teacher.
@@ -13,7 +14,9 @@ from typing import Any
 from torch import nn
 
 from distill.config.schema import Recipe
+from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import ConfigError, DistillError
+from distill.lm_modes import DataModes, ModeSettings
 from distill.tasks.base import Task
 from distill.topk import CacheSettings, Fingerprints, TopKCache
 from distill.topk.store import CacheStore, fingerprint_file, fingerprint_json
@@ -109,3 +112,29 @@ def topk_source(
     assert spec is not None
     fingerprints = recipe_fingerprints(recipe, train)
     return TopKCache(spec.dir, cache_settings(recipe), fingerprints, task, taps, teacher)
+
+
+def data_modes(
+    recipe: Recipe, task: Task, teacher: nn.Module | None, inner: TeacherSource | None
+) -> DataModes:
+    """``distill.data_mode`` around ``inner`` (the top-k cache, else the online teacher)."""
+    spec = recipe.distill.data_mode
+    assert spec is not None
+    if teacher is None and spec.mode != "teacher_forced":  # build() loads it for these modes
+        raise ConfigError(
+            "distill.data_mode: the teacher scores the generated text, so it is loaded even with a "
+            "full topk_cache; give the recipe its teacher weights"
+        )
+    settings = ModeSettings(
+        spec.mode,
+        spec.lam,
+        spec.prompt_tokens,
+        spec.temperature,
+        spec.replay_size,
+        spec.replay_ratio,
+        recipe.train.seed,
+    )
+    if inner is None:
+        assert teacher is not None  # the schema requires a teacher with data_mode
+        inner = OnlineTeacher(teacher, task)
+    return DataModes(inner, teacher, task, settings)

@@ -419,6 +419,7 @@ class Trainer:
         the one of their concatenation (for models without batch statistics). Returns the step's metrics
         (None: the step was not applied), the learning rate and the samples seen."""
         cfg = self.config
+        started = time.perf_counter()
         # dropout, CRD negatives, MGD masks: a function of the step and the rank
         torch.manual_seed(step_seed(cfg.seed, self.global_step, self.dist.rank))
         g = (
@@ -453,17 +454,22 @@ class Trainer:
             ddp = isinstance(wrapped, DistributedDataParallel)
             with wrapped.no_sync() if ddp and not last else nullcontext():
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    step = self.distiller(batch, epoch=self.global_step / steps_per_epoch)
+                    step = self.distiller(
+                        batch, epoch=self.global_step / steps_per_epoch, step=self.global_step
+                    )
                 loss = step.loss if n == 1 else step.loss / n
                 # every rank runs backward, so DDP's gradient all-reduce stays in step
                 self.scaler.scale(loss).backward()
             parts = list(step.parts)
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
-            micro.update(self.task.batch_metrics(step.outputs, batch))
+            micro.update(self.task.batch_metrics(step.outputs, step.batch or batch))
+            micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
             for k, v in micro.items():
                 v = v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v
             seen += len(batch)
+        if "generate_s" in sums:  # a generating source: generation and the whole step, apart
+            sums["step_s"] = torch.tensor(time.perf_counter() - started)
         self.scaler.unscale_(self.optimizer)  # fp16: clip and check the true gradients
         params = self.distiller.trainable_parameters()
         if cfg.grad_clip:
