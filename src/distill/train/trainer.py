@@ -51,6 +51,7 @@ from distill.train.distributed import (
     pick_device,
 )
 from distill.train.ema import WeightEMA
+from distill.train.fsdp import full_state, load_sharded, local_norm, save_sharded, shard_distiller
 from distill.train.logging import MetricsLogger, format_values, make_progress, truncate_metrics
 from distill.train.nonfinite import NonFiniteGuard, nonfinite
 from distill.train.optim import (
@@ -126,6 +127,7 @@ class Trainer:
         self.optimizer_spec = optimizer
         self.recipe = dict(recipe) if recipe is not None else None
         self.dist: DistInfo = init_distributed(cfg.device)
+        self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"  # see train/fsdp.py
         self.device = pick_device(cfg.device, self.dist)
         self.console = console or Console()
         self.run_dir = Path(run_dir) if run_dir else None
@@ -219,6 +221,8 @@ class Trainer:
         self.prepare()
         prepare_models(self.distiller, self.config, self.device)  # precision and speed switches
         self._seed()
+        if self.fsdp:  # before the optimizer, which then holds each rank's shards
+            shard_distiller(self.distiller, self.device, self.dist)
         self.optimizer = build_optimizer(
             self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
         )
@@ -226,7 +230,7 @@ class Trainer:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
             self._resume()
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             # no buffer broadcast: loss buffers are the loss's own (CRD gathers its banks over ranks),
             # and rank 0's BN statistics, the ones evaluated and saved, are the same either way
@@ -311,16 +315,27 @@ class Trainer:
         }
 
     def _save(self, tag: str, with_optimizer: bool) -> None:
-        if self.store is None or not self.dist.is_main:
+        if self.store is None or not (self.dist.is_main or self.fsdp):
             return
         state = self._state()
         signature = json.dumps(state, sort_keys=True, default=str)
         if tag == "last" and signature == self._saved_last:
             return  # nothing changed since the newest 'last' (stopped right after a checkpoint)
+        model: Any = self.distiller.trainable()
         optimizer = self.optimizer if with_optimizer else None
+        if self.fsdp:  # every rank writes its shards; rank 0 the gathered weights and the state
+            if optimizer is not None:
+                state["sharded"] = save_sharded(
+                    self.store.directory, self.global_step, model, optimizer, self.dist,
+                    self.config.keep_checkpoints,
+                )  # fmt: skip
+            model, optimizer = full_state(model), None
+            if not self.dist.is_main:
+                self._saved_last = signature if tag == "last" else self._saved_last
+                return
         extra = state_tensors(self.ema.module.state_dict(), EMA_PREFIX) if self.ema else None
         # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
-        path = self.store.save(tag, self.distiller.trainable(), state, optimizer, extra)
+        path = self.store.save(tag, model, state, optimizer, extra)
         if tag == "last":
             self._saved_last = signature
         for hook in self.after_checkpoint:
@@ -349,8 +364,11 @@ class Trainer:
                     f"[yellow]warning[/]: {problem}; using an older checkpoint", soft_wrap=True
                 )
         tensors, state = loaded.tensors, loaded.state
-        self.distiller.trainable().load_state_dict(model_tensors(tensors))
-        if "optimizer" in state:
+        if self.fsdp:  # the sharded weights and optimizer state the checkpoint names
+            load_sharded(self.store.directory, state, self.distiller.trainable(), self.optimizer)
+        else:
+            self.distiller.trainable().load_state_dict(model_tensors(tensors))
+        if "optimizer" in state and not self.fsdp:
             self.optimizer.load_state_dict(
                 optimizer_state_from_json(unflatten_state(state["optimizer"], tensors))
             )
@@ -478,7 +496,7 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in params if p.grad is not None]
             )
-        loss_bad, grad_bad = nonfinite(sums["loss"], grad_norm, self.dist)
+        loss_bad, grad_bad = nonfinite(sums["loss"], local_norm(grad_norm), self.dist)
         if grad_bad and not loss_bad and self.scaler.is_enabled():
             self._scaler_in_a_row += 1
             if self._scaler_in_a_row <= MAX_SCALER_SKIPS:  # an fp16 overflow: skip, lower the scale
@@ -498,7 +516,7 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.distiller.student)
-        sums["grad_norm"] = grad_norm.detach()
+        sums["grad_norm"] = local_norm(grad_norm).detach()
         return sums, lr, seen
 
     def evaluate(self) -> dict[str, float]:
@@ -506,6 +524,12 @@ class Trainer:
         shards evaluation (classification) predicts on each rank's slice and the metrics come from all
         ranks' predictions; otherwise (or for a DataLoader given by the caller) rank 0 computes them."""
         loader = self._val_loader()
+        if (
+            loader is not None and self.fsdp
+        ):  # sharded models: every rank takes part in each forward
+            teacher = self.teacher_predictions or self.distiller.teacher
+            metrics = self.task.evaluate(self.final_student, loader, teacher, self.device)
+            return broadcast_object(metrics, self.dist)
         if (
             loader is not None
             and self.dist.enabled
@@ -628,11 +652,14 @@ class Trainer:
         if self.stop_reason is not None:
             summary["stopped"] = self.stop_reason
         complete = self.global_step >= total or self.epoch >= cfg.epochs or bool(self.stop_reason)
+        final: Any = self.final_student
+        if self.fsdp and complete and self.run_dir is not None:
+            final = full_state(final)  # gathered by every rank, kept by rank 0
         if self.run_dir is not None and self.dist.is_main:
             try:
                 write_json(self.run_dir / "summary.json", summary)
                 if complete:  # hand over the student
-                    save_model(self.run_dir / "model.safetensors", self.final_student)
+                    save_model(self.run_dir / "model.safetensors", final)
             except OSError as err:
                 raise write_error(err, self.run_dir, "summary") from None
         logger.close(summary)
