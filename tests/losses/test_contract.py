@@ -32,6 +32,7 @@ INPUTS = {
     "attention_relations",
     "anchors",
     "box_distributions",
+    "token_logits",
 }
 B, CLASSES = 8, 10
 SEQ, HEADS = 6, 2  # token sequences (B, SEQ, D) and attention matrices (B, HEADS, SEQ, SEQ)
@@ -58,6 +59,8 @@ def make_inputs(name: str, batch: int = B, same_shape: bool = False, seed: int =
 
     if kind == "logits":
         return rand(batch, CLASSES), 2 * rand(batch, CLASSES)
+    if kind == "token_logits":  # language models: next-token logits (B, T, V)
+        return rand(batch, SEQ, CLASSES), 2 * rand(batch, SEQ, CLASSES)
     if kind == "vectors":
         return rand(batch, 16), rand(batch, 16 if same else 32)
     if kind == "maps":
@@ -117,15 +120,24 @@ def _extras(loss, batch: int, seed: int = 0, inputs=None) -> dict:
     }
     if inputs is not None and _seq_len(inputs):
         available["attention_mask"] = _padding_mask(batch, _seq_len(inputs))
+    if _meta(loss_name(loss)).get("inputs") == "token_logits":  # targets (B, T), -100 = not scored
+        targets = torch.randint(0, CLASSES, (batch, SEQ), generator=g)
+        available["labels"] = targets.masked_fill(_padding_mask(batch, SEQ) == 0, -100)
     wanted = getattr(loss, "extra_inputs", ())
     missing = [k for k in wanted if k not in available]
     assert not missing, f"contract test does not know how to make extras {missing}"
     return {k: available[k] for k in wanted}
 
 
+def loss_name(loss) -> str:
+    """The registry name of a built loss (its class's)."""
+    return next(n for n in NAMES if LOSSES.get(n) is type(loss))
+
+
 def _requires_grad(x, flag: bool = True):
+    """A copy that tracks gradients; integer tensors in a list (a teacher's top-k ids) stay as they are."""
     if isinstance(x, list):
-        return [t.clone().requires_grad_(flag) for t in x]
+        return [t.clone().requires_grad_(flag) if t.is_floating_point() else t for t in x]
     return x.clone().requires_grad_(flag)
 
 

@@ -35,14 +35,8 @@ from distill.data.base import eval_loader as eval_loader  # re-exported for the 
 from distill.distiller import Distiller, TeacherSource, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
-from distill.models import build_model
-from distill.models.hf import (
-    layer_map,
-    num_layers,
-    same_vocabulary,
-    student_from_teacher,
-    tokenizer_of,
-)
+from distill.models import build_model, student_from_teacher
+from distill.models.hf import layer_map, num_layers, same_vocabulary, tokenizer_of
 from distill.safe_load import torch_load
 from distill.schedules import SCHEDULES, Schedule, weight_at
 from distill.tasks import Task, build_task

@@ -13,8 +13,7 @@ from distill.config.plugins import register_import_paths
 from distill.data import DATASETS
 from distill.errors import did_you_mean
 from distill.losses import LOSSES
-from distill.models import MODELS
-from distill.models.hf import student_from_teacher
+from distill.models import MODELS, student_from_teacher
 from distill.projectors import PROJECTORS
 from distill.registry import Registry, UnknownNameError, check_kwargs
 from distill.schedules import SCHEDULES
@@ -66,7 +65,7 @@ def _weight(value: Any) -> Any:
     return ScheduleSpec.model_validate(value) if isinstance(value, dict) else value
 
 
-# a student built from the teacher (distill.models.hf.student_from_teacher)
+# a student built from the teacher (distill.models.student_from_teacher: gpt or Hugging Face)
 FROM_TEACHER = "from_teacher"
 LAYER_TAP = re.compile(r"^@(hidden_states|attentions)\.\*$")
 

@@ -21,7 +21,7 @@ DATASETS: Registry = Registry("dataset")
 # runpy then warns about the double import, which is harmless here.
 warnings.filterwarnings(
     "ignore",
-    message=r"'distill\.data\.(fashion_mnist|rotten_tomatoes|scenes)' found in sys\.modules",
+    message=r"'distill\.data\.(fashion_mnist|rotten_tomatoes|scenes|shakespeare)' found in sys\.modules",
     category=RuntimeWarning,
 )
 
@@ -31,6 +31,7 @@ from distill.data import (  # noqa: E402  (modules register themselves)
     fashion_mnist,
     folder,
     rotten_tomatoes,
+    shakespeare,
     text,
 )
 from distill.data.augment import BatchAugment  # noqa: E402
@@ -70,6 +71,7 @@ __all__ = [
     "identity_collate",
     "image_folder",
     "rotten_tomatoes",
+    "shakespeare",
     "tensor_file",
     "text",
     "text_file",

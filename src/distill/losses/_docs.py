@@ -18,7 +18,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 KIND_ORDER = ("logit", "feature", "relation", "contrastive")
 TEXT_INPUTS = ("sequences", "attentions", "attention_relations")  # token states, attention maps
 DETECTION_INPUTS = ("anchors", "box_distributions")  # dense-head class logits, DFL box logits
-GROUP_ORDER = (*KIND_ORDER, "text", "detection")
+LM_INPUTS = ("token_logits",)  # next-token logits (B, T, V) with labels (B, T), -100 ignored
+GROUP_ORDER = (*KIND_ORDER, "text", "detection", "lm")
 KIND_TITLES = {
     "logit": "Logit methods",
     "feature": "Feature methods",
@@ -26,6 +27,7 @@ KIND_TITLES = {
     "contrastive": "Contrastive methods",
     "text": "Transformer encoder methods (text)",
     "detection": "Object detection methods",
+    "lm": "Language model methods (causal LMs)",
 }
 
 HEADER = """# Methods
@@ -65,6 +67,16 @@ term per level), the head's class logits `@scores` (B, classes, anchors) and box
 `@boxes` (B, 4 * reg_max, anchors); `fgd` and `fgfi` also read the batch's ground-truth `boxes`
 (normalised xyxy) and `box_index`.
 
+The language model methods take the `causal_lm` task's next-token `@logits` (B, T, V) of both models and
+the batch's shifted `labels` (B, T, `-100` where a position is not scored). Each returns the mean over the
+valid tokens it is given, and the trainer weights each micro-batch by its share of the optimizer step's
+valid tokens (all micro-batches, all ranks), so a step's loss is the sum over its valid tokens divided by
+their global count. The math runs in float32 (bf16 logits are upcast), `-inf` logits count as probability
+0, a batch with no valid token gives 0 with zero gradients, and `temperature` softens both distributions
+for the loss only (no T² factor; sampling temperatures are separate settings). `vocab_size` (the
+tokenizer's length) cuts padded output heads; heads that truly differ are refused in favour of `uld` or
+sequence-level KD. See `docs/lm.md`.
+
 Every registered loss passes the contract tests in `tests/losses/test_contract.py` (finite scalar,
 gradients to the student only, trainable parts trained, zero at identity where the paper defines it,
 batch-size invariance where it holds, bf16 autocast) and a parity test against a reference transcribed
@@ -84,6 +96,8 @@ def group(name: str) -> str:
     """The section a method is listed in: its kind, ``text`` for methods on token sequences, or
     ``detection`` for methods on detection heads or that read ground-truth boxes."""
     meta = LOSSES.meta(name)
+    if meta.get("inputs") in LM_INPUTS:
+        return "lm"
     if meta.get("inputs") in TEXT_INPUTS:
         return "text"
     if meta.get("inputs") in DETECTION_INPUTS or "boxes" in LOSSES.get(name).extra_inputs:

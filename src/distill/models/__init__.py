@@ -4,7 +4,9 @@ Every registered factory is ``f(num_classes: int = 10, in_channels: int = 1, **o
 and the model maps ``[N, in_channels, H, W]`` images to raw logits ``[N, num_classes]``.
 Build by name with :func:`build_model`; ``"torchvision:<name>"`` and ``"timm:<name>"`` reach
 the classification models of those libraries (the ``vision`` extra), ``"hf:<folder or hub id>"`` a
-Hugging Face sequence classifier taking token ids (the ``text`` extra, :mod:`distill.models.hf`).
+Hugging Face sequence classifier or causal LM taking token ids (the ``text`` extra,
+:mod:`distill.models.hf`). ``gpt``, ``gpt_teacher`` and ``gpt_student`` (:mod:`distill.models.gpt`) are
+causal LMs whose ``num_classes`` is the vocabulary size.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ ADAPTER_ROWS = (
     {
         "name": "hf:<folder or hub id>",
         "family": "adapter",
-        "description": "Hugging Face sequence classifier on token ids (text extra); options: pretrained "
-        f"(default true), config.json entries (hidden_dropout_prob, ...); {TAPS_HINT}",
+        "description": "Hugging Face sequence classifier or causal LM on token ids (text extra); options: "
+        "pretrained (default true), head (auto | classification | causal_lm), config.json entries "
+        f"(hidden_dropout_prob, ...); {TAPS_HINT}",
     },
     {
         "name": "yolo:<yaml or .pt>",
@@ -336,7 +339,23 @@ def _yolo_model(source: str, num_classes: int, in_channels: int, **options: Any)
 
 
 # Importing the model modules registers their factories (they import MODELS from here).
-from distill.models import cnn, mlp, mobilenet, resnet_cifar  # noqa: E402, F401
+from distill.models import cnn, gpt, mlp, mobilenet, resnet_cifar  # noqa: E402, F401
+from distill.models.gpt import GPT, gpt_from_teacher  # noqa: E402
+from distill.models.hf import student_from_teacher as hf_student_from_teacher  # noqa: E402
+
+
+def student_from_teacher(
+    teacher: nn.Module,
+    layers: list[int] | None = None,
+    uniform: int | None = None,
+    hidden_size: int | None = None,
+) -> nn.Module:
+    """The ``from_teacher`` student: :func:`distill.models.gpt.gpt_from_teacher` for a ``gpt``
+    teacher, else :func:`distill.models.hf.student_from_teacher` (Hugging Face encoders and causal LMs)."""
+    if isinstance(teacher, GPT):
+        return gpt_from_teacher(teacher, layers, uniform, hidden_size)
+    return hf_student_from_teacher(teacher, layers, uniform, hidden_size)
+
 
 __all__ = [
     "ADAPTERS",
@@ -351,4 +370,5 @@ __all__ = [
     "count_parameters",
     "model_options",
     "model_size_bytes",
+    "student_from_teacher",
 ]

