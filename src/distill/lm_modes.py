@@ -9,14 +9,15 @@ have no mode logic.
   al. 2024; MiniLLM, Gu et al. 2024): each row's first ``prompt_tokens`` tokens are the prompt, the
   student samples the rest of the row with its own KV cache at ``temperature`` (the sampling temperature;
   a loss's temperature is its own), and the teacher scores every token of the sample. The targets are
-  the sampled tokens after the prompt, so the terms (reverse KL, JSD, sampled-token reverse KL) read
-  them; the task loss would train on the student's own samples, so on-policy recipes weight it 0.
+  the terms' ``labels``: the sampled tokens after the prompt (reverse KL, JSD, sampled-token reverse
+  KL read them). The task's targets of a sample are all ``-100``: the task loss (and its top-1) count
+  dataset text only, never the student's own samples.
 * ``replay``: DistiLLM's off-policy reuse (Ko et al. 2024): on a student-sample step, once the buffer
   holds a batch, a share ``replay_ratio`` of the steps reuses earlier samples from a buffer of
   ``replay_size`` instead of generating.
 * ``seq_kd``: sequence-level KD (Kim & Rush 2016): the teacher completes every training row's prompt
   once, in index order, when the trainer prepares (kept in memory, so a run samples each completion
-  once), and the student trains on the completions.
+  once), and the student trains on the completions: they are the task's targets and the terms' labels.
 
 The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the
 step's seeded RNG, so a resumed run makes the same choices and samples (``replay``'s buffer is not
@@ -168,7 +169,9 @@ class DataModes(TeacherSource):
         if rows is None:
             self._generated = None
             return batch, metrics
-        self._generated = self._as_batch(rows, batch)
+        # the task loss reads the data's targets: a student's sample has none (its tokens are the
+        # terms' labels), the teacher's completions are seq_kd's targets
+        self._generated = self._as_batch(rows, batch, with_targets=choice == "teacher")
         return self._generated, metrics
 
     def _choices(self) -> tuple[str, ...]:
@@ -227,14 +230,18 @@ class DataModes(TeacherSource):
             )
         return torch.stack([self.completions[i] for i in index])
 
-    def _as_batch(self, rows: torch.Tensor, like: Batch) -> Batch:
-        """The task's own batch for ``rows`` (B, L): labels are the rows with the prompt left out."""
+    def _as_batch(self, rows: torch.Tensor, like: Batch, with_targets: bool) -> Batch:
+        """The task's own batch for ``rows`` (B, L): ``labels`` (the terms' extra) are the rows with the
+        prompt left out; the task's ``targets`` too ``with_targets``, else all ``-100``."""
         labels = rows.clone()
         labels[:, : self.settings.prompt_tokens] = IGNORE
         raw: dict[str, torch.Tensor] = {"input_ids": rows, "labels": labels}
         if "index" in like.extras:
             raw["index"] = like.extras["index"]
-        return self.task.split(raw).to(like.targets.device)
+        batch = self.task.split(raw).to(like.targets.device)
+        if not with_targets:
+            batch.targets = torch.full_like(batch.targets, IGNORE)
+        return batch
 
 
 def _index(batch: Batch) -> torch.Tensor:

@@ -66,6 +66,7 @@ def test_an_on_policy_step_trains_on_the_students_sample_scored_by_the_teacher()
     labels = sample.extras["labels"]
     assert bool((labels[:, :2] == -100).all())  # rows 0..1 predict prompt tokens: not scored
     assert torch.equal(labels[:, 2:-1], ids[:, 3:])  # row j predicts the sampled token j + 1
+    assert bool((sample.targets == -100).all())  # the task loss never trains on the own sample
     assert step.metrics["mode_student"] == 1.0 and step.metrics["mode_dataset"] == 0.0
     assert step.metrics["generate_s"] > 0
     with torch.no_grad():  # the teacher scored exactly the sample
@@ -113,6 +114,8 @@ def test_seq_kd_trains_on_the_teachers_completions_made_once() -> None:
     assert metrics["mode_teacher"] == 1.0
     assert torch.equal(batch.inputs["input_ids"][0], source.completions[4][:-1])
     assert torch.equal(batch.inputs["input_ids"][:, :3], data.ids[[4, 1], :3])
+    assert torch.equal(batch.targets, batch.extras["labels"])  # seq_kd: NLL on the completions
+    assert bool((batch.targets[:, :2] == -100).all() and (batch.targets[:, 2:] >= 0).all())
 
 
 def test_replay_reuses_the_students_earlier_samples() -> None:

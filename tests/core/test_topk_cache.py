@@ -238,3 +238,24 @@ def test_dense_logits_spread_the_rest_evenly() -> None:
     ids = torch.tensor([[2, 0]], dtype=torch.int32)
     probs = torch.softmax(dense_logits(values, ids, torch.tensor([0.2]), 6), -1)
     assert torch.allclose(probs, torch.tensor([[0.3, 0.05, 0.5, 0.05, 0.05, 0.05]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["renormalise", "tail_bucket"])
+def test_the_sparse_topk_tap_feeds_the_topk_losses_as_the_online_teacher_would(tmp_path, missing):
+    from distill.losses import build_loss
+
+    data = TokenData(n=12)
+    cache, teacher = filled(tmp_path, data)
+    batch = CausalLMTask().split(torch.utils.data.default_collate([data[i] for i in (3, 9, 0)]))
+    values, ids, rest = cache.outputs(batch, ["@topk"])["@topk"]
+    with torch.no_grad():
+        expected = topk_of(teacher(batch.inputs["input_ids"]), 4, temperature=2.0)
+    assert torch.equal(ids, expected[1].long()) and torch.allclose(values, expected[0], atol=1e-6)
+    loss = build_loss("topk_kl", missing=missing, temperature=1.0, capture_temperature=2.0)
+    student = TinyLM(VOCAB, seed=5)
+    terms = [Term(loss, teacher="@topk", name="topk")]
+    cached = Distiller(student, CausalLMTask(), terms=terms, source=cache)(batch).parts["topk"]
+    online = TopKCache(tmp_path / "fresh", settings(), PRINTS, CausalLMTask(), ["@topk"], teacher)
+    assert not online.filled  # answers from the teacher: the top-k of its logits
+    fresh = Distiller(student, CausalLMTask(), terms=terms, source=online)(batch).parts["topk"]
+    assert cached.item() == pytest.approx(fresh.item(), rel=1e-6)

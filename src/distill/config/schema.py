@@ -451,12 +451,22 @@ class Recipe(Strict):
                 f"distill.topk_cache needs the same tokens every epoch, but data.augment.{name} "
                 f"({value}) changes them; turn one of the two off"
             )
-        taps = {t for term in self.distill.terms for t in _tap_list(term.teacher)}
-        if len(taps) != 1 or not next(iter(taps)).startswith("@"):
-            raise ValueError(
-                f"distill.topk_cache keeps one task output per token, but the terms tap the "
-                f"teacher's {sorted(taps)}; tap @logits only, or remove topk_cache"
-            )
+        spec = self.distill.topk_cache
+        assert spec is not None
+        for i, term in enumerate(self.distill.terms):
+            other = [t for t in _tap_list(term.teacher) if t not in ("@logits", "@topk")]
+            if other:
+                raise ValueError(
+                    f"distill.topk_cache answers @logits (rebuilt from the top-k) and @topk (the "
+                    f"sparse top-k), but distill.terms.{i}.teacher taps {other}; tap one of those"
+                )
+            stored = term.options.get("capture_temperature", 1.0)
+            if term.teacher == "@topk" and stored != spec.capture_temperature:
+                raise ValueError(
+                    f"distill.terms.{i}.options.capture_temperature is {stored}, but the cache "
+                    f"stores its top-k at {spec.capture_temperature}; set the option to "
+                    f"{spec.capture_temperature}"
+                )
 
     def _check_cache_teacher(self) -> None:
         """The cache holds one teacher output per training sample: it needs the same input every epoch

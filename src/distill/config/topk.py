@@ -15,7 +15,7 @@ from torch import nn
 
 from distill.config.schema import Recipe
 from distill.distiller import OnlineTeacher, TeacherSource
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, first_line
 from distill.lm_modes import DataModes, ModeSettings
 from distill.tasks.base import Task
 from distill.topk import CacheSettings, Fingerprints, TopKCache
@@ -54,20 +54,22 @@ def teacher_fingerprint(recipe: Recipe) -> str:
 
 
 def tokenizer_fingerprint(train: Any) -> str:
-    """sha256 of the training data's tokenizer vocabulary (``get_vocab()`` of a Hugging Face tokenizer,
-    else its ``vocab``); ``"none"`` for data without a tokenizer."""
+    """sha256 of the training data's tokenizer: its vocabulary (``get_vocab()``, Hugging Face), else
+    the text of each id (``decode([i])`` for ``i < vocab_size``: an LM dataset's tokenizer,
+    ``distill.data.lm.LMTokenizer``); ``"none"`` for data without a tokenizer."""
     tokenizer = getattr(train, "tokenizer", None)
     if tokenizer is None:
         return fingerprint_json("none")
-    vocab = tokenizer.get_vocab() if callable(getattr(tokenizer, "get_vocab", None)) else None
-    if vocab is None:
-        vocab = getattr(tokenizer, "vocab", None)
-    if vocab is None:
+    if callable(getattr(tokenizer, "get_vocab", None)):
+        return fingerprint_json(tokenizer.get_vocab())
+    try:
+        pieces = [tokenizer.decode([i]) for i in range(int(tokenizer.vocab_size))]
+    except (AttributeError, TypeError, ValueError) as err:
         raise DistillError(
             f"distill.topk_cache cannot fingerprint the tokenizer {type(tokenizer).__name__} "
-            "(no get_vocab() or vocab); give it one of them"
-        )
-    return fingerprint_json(vocab if isinstance(vocab, dict) else list(vocab))
+            f"({first_line(err)}); give it get_vocab() or vocab_size and decode()"
+        ) from None
+    return fingerprint_json(pieces)
 
 
 def dataset_fingerprint(recipe: Recipe, train: Any) -> str:

@@ -17,15 +17,20 @@ from distill.tasks.base import Batch, Task
 from distill.topk.sparse import dense_logits, token_rows, topk_of
 from distill.topk.store import DTYPES, CacheSettings, CacheStore, Fingerprints, ShardReader
 
+LOGITS, TOPK = "@logits", "@topk"
+TAPS = (LOGITS, TOPK)
+
 
 class TopKCache(TeacherSource):
     """The teacher's top-k per token for every training sample, in the folder ``path``.
 
     Made with a ``teacher`` it fills what the folder lacks when the trainer prepares (and answers
     online until then); made without one it needs a complete cache, which is checked here, before
-    anything else runs. ``taps`` must be one task output (``@logits``); it is answered with dense
-    logits rebuilt from the top-k (:func:`~distill.topk.sparse.dense_logits`), read by the batch's
-    ``index`` and checked against the batch's token ids.
+    anything else runs. Rows are read by the batch's ``index`` and checked against its token ids. Two
+    taps: ``@logits``, dense logits rebuilt from the top-k for any token loss
+    (:func:`~distill.topk.sparse.dense_logits`), and ``@topk``, the sparse ``[log_probs (B, T, k)
+    float32 at the capture temperature, ids (B, T, k) int64, rest (B, T)]`` the top-k losses
+    (``topk_kl``, ``topk_jsd``, ``topk_tvd``) read without a ``(B, T, V)`` tensor.
     """
 
     def __init__(
@@ -37,17 +42,17 @@ class TopKCache(TeacherSource):
         taps: Sequence[str],
         teacher: nn.Module | None = None,
     ) -> None:
-        taps = list(dict.fromkeys(taps))
-        if len(taps) != 1 or not taps[0].startswith("@"):
+        other = [t for t in taps if t not in TAPS]
+        if other:
             raise DistillError(
-                f"distill.topk_cache keeps one task output per token, but the terms tap {taps}; "
-                "tap @logits only, or remove topk_cache"
+                f"distill.topk_cache answers {LOGITS} and {TOPK}, but the terms tap {other}; tap "
+                "one of those, or remove topk_cache"
             )
         if settings.dtype not in DTYPES:
             raise DistillError(
                 f"distill.topk_cache.dtype {settings.dtype!r} is not one of {sorted(DTYPES)}"
             )
-        self.tap = taps[0]
+        self.tap = LOGITS  # the teacher output the cache keeps the top-k of
         self.task = task
         self.settings = settings
         self.store = CacheStore(path, settings, fingerprints)
@@ -142,16 +147,33 @@ class TopKCache(TeacherSource):
         tensors["offsets"] = torch.tensor([0, *lengths]).cumsum(0)
         self.store.write_shard(index, first, tensors)
 
-    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, Any]:
         if self.reader is None:
-            if self.online is None:  # __init__ makes sure this cannot happen
-                raise DistillError("topk cache is not filled")
-            return self.online.outputs(batch, taps)
-        unknown = [t for t in taps if t != self.tap]
-        if unknown:
-            raise DistillError(
-                f"topk cache {self.store.path} keeps {self.tap} only, not {unknown}; tap {self.tap}"
-            )
+            return self._online(batch, taps)
+        values, top, rest = self._read(batch)
+        answers: dict[str, Any] = {}
+        if TOPK in taps:
+            answers[TOPK] = [values, top.long(), rest]
+        if LOGITS in taps:
+            vocab, t_c = self.reader.vocab_size, self.settings.capture_temperature
+            answers[LOGITS] = dense_logits(values, top, rest, vocab, t_c)
+        return answers
+
+    def _online(self, batch: Batch, taps: Sequence[str]) -> dict[str, Any]:
+        """Before the cache is filled: the teacher's own logits, and their top-k as the cache keeps them."""
+        assert self.online is not None  # __init__ refused a cache without teacher that is not full
+        logits = self.online.outputs(batch, [LOGITS])[LOGITS]
+        answers: dict[str, Any] = {}
+        if TOPK in taps:
+            values, top, rest = topk_of(logits, self.settings.k, self.settings.capture_temperature)
+            answers[TOPK] = [values.to(DTYPES[self.settings.dtype]).float(), top.long(), rest]
+        if LOGITS in taps:
+            answers[LOGITS] = logits
+        return answers
+
+    def _read(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_probs (B, T, k), ids (B, T, k), rest (B, T))`` of the batch's rows, on its device."""
+        assert self.reader is not None
         ids, lengths = token_rows(batch)
         width = ids.shape[1]
         k = self.settings.k
@@ -171,10 +193,8 @@ class TopKCache(TeacherSource):
             logprobs[b, :length] = rows["logprobs"].float()
             top[b, :length] = rows["ids"]
             rest[b, :length] = rows["rest"]
-        dense = dense_logits(
-            logprobs, top, rest, self.reader.vocab_size, self.settings.capture_temperature
-        )
-        return {self.tap: dense.to(ids.device, non_blocking=True)}
+        device = ids.device
+        return logprobs.to(device), top.to(device), rest.to(device)
 
 
 def _index(batch: Batch) -> torch.Tensor:
