@@ -426,10 +426,10 @@ class Recipe(Strict):
                 "teacher.name: from_teacher is for students; name the teacher's model (e.g. hf:FOLDER)"
             )
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
-        if self.distill.cache_teacher:
-            self._check_cache_teacher()
         if self.distill.topk_cache is not None:
             self._check_topk_cache()
+        if self.distill.cache_teacher:
+            self._check_cache_teacher()
         if self.distill.data_mode is not None and self.teacher is None:
             raise ValueError(
                 "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
