@@ -74,6 +74,11 @@ def sample_tokens(
         )
     was_training = model.training
     model.eval()
+    # FSDP2 (train.distributed: fsdp): gather the whole model first, as generate() may call submodules
+    # without the hooks that gather them (a KV-cache step); every rank samples at the same step
+    units = _fsdp_units(model)
+    for unit in units:
+        unit.unshard()
     try:
         with torch.no_grad():
             if getattr(model, "config", None) is not None and hasattr(model, "generation_config"):
@@ -92,8 +97,18 @@ def sample_tokens(
             else:
                 out = generate(prompt, max_new_tokens=new_tokens, temperature=temperature)
     finally:
+        for unit in units:
+            unit.reshard()
         model.train(was_training)
     return out[:, : prompt.shape[1] + new_tokens]
+
+
+def _fsdp_units(model: nn.Module) -> list[Any]:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 class DataModes(TeacherSource):

@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
     from torch import nn
 
     from distill.distiller import Distiller, Term
+    from distill.lm_modes import sample_tokens
     from distill.tasks.causal_lm import CausalLMTask
     from distill.train import TrainConfig, Trainer
     from helpers.tiny_lm import TokenData, TokenKL
@@ -43,6 +44,16 @@ SCRIPT = textwrap.dedent(
             self.embed = nn.Embedding(11, width)
             self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
             self.head = nn.Linear(width, 11)
+
+        def generate(self, ids, max_new_tokens, temperature=1.0):  # submodules only, no forward
+            for _ in range(max_new_tokens):
+                x = self.embed(ids)
+                x = x.cumsum(1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
+                for block in self.blocks:
+                    x = x + torch.tanh(block(x))
+                probs = torch.softmax(self.head(x[:, -1]) / temperature, -1)
+                ids = torch.cat([ids, torch.multinomial(probs, 1)], 1)
+            return ids
 
         def forward(self, input_ids, attention_mask=None):
             x = self.embed(input_ids)
@@ -68,8 +79,12 @@ SCRIPT = textwrap.dedent(
     weight = teacher.blocks[0].weight  # sharded: a DTensor whose local part is half the rows
     local = weight.to_local() if hasattr(weight, "to_local") else weight
     rank = os.environ.get("RANK", "0")
+    torch.manual_seed(5)  # the sharded student samples (on-policy modes): gathered, then sharded again
+    sample = sample_tokens(student, torch.zeros(2, 3, dtype=torch.long), 4, 1.0).tolist()
+    kind = type(student.head.weight).__name__
     with open(os.path.join(run_dir, f"teacher{rank}.json"), "w") as f:
-        json.dump({"kind": type(weight).__name__, "rows": local.shape[0]}, f)
+        json.dump({"kind": type(weight).__name__, "rows": local.shape[0], "sample": sample,
+                   "after": kind}, f)
     """
 )
 
@@ -118,9 +133,12 @@ def test_fsdp_on_two_processes_trains_like_one_and_resumes_exactly(tmp_path: Pat
     for a, b in zip(curve_one, curve_two, strict=True):
         assert a["nll"] == pytest.approx(b["nll"], abs=1e-5)
         assert a["agreement"] == pytest.approx(b["agreement"])  # the sharded teacher evaluates too
-    for rank in (0, 1):
-        shard = json.loads((tmp_path / "two" / f"teacher{rank}.json").read_text())
-        assert shard == {"kind": "DTensor", "rows": 12}  # 24 rows over two ranks
+    shards = [json.loads((tmp_path / "two" / f"teacher{r}.json").read_text()) for r in (0, 1)]
+    alone = json.loads((tmp_path / "one" / "teacher0.json").read_text())
+    for shard in shards:
+        assert (shard["kind"], shard["rows"]) == ("DTensor", 12)  # 24 rows over two ranks
+        assert shard["after"] == "DTensor"  # sharded again after sampling
+        assert len(shard["sample"][0]) == 7 and shard["sample"] == alone["sample"]
     sharded = sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "sharded").iterdir())
     assert len(sharded) == 2 and all(name.startswith("step-") for name in sharded)  # keep 2
 
