@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from distill.cli import main
+from distill.export.run import load_student
 from lm.lm_helpers import corpus
 
 TINY = ["data.options.block_size=16", "data.train_subset=8", "data.test_subset=4",
@@ -46,3 +50,26 @@ def test_missing_corpus_is_one_error_line(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "make data-lm" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_gpt_student_exports_to_onnx_with_any_length(tmp_path: Path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    root = corpus(tmp_path / "corpus")
+    run = tmp_path / "run"
+    args = [f"data.root={root}", *TINY, "teacher.weights=null", f"output={run}"]
+    assert main(["train", "shakespeare/scratch", *args]) == 0
+    assert main(["export", str(run)]) == 0
+    result = json.loads((run / "export" / "export.json").read_text())
+    assert result["files"]["fp32"]["parity"]["ok"]
+    assert result["files"]["fp32"]["metrics"]["bpc"] == pytest.approx(
+        result["metrics"]["torch"]["bpc"], rel=1e-4
+    )
+    student = load_student(run).eval()
+    session = ort.InferenceSession(str(run / "export" / "student.onnx"))
+    ids = torch.randint(
+        0, student.vocab_size, (3, 11)
+    )  # another batch size and length than exported
+    (logits,) = session.run(None, {"input_ids": ids.numpy()})
+    assert torch.allclose(torch.from_numpy(logits), student(ids), atol=1e-4)
+    capsys.readouterr()

@@ -47,20 +47,15 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        if past is not None:
+        drop = self.dropout if self.training else 0.0
+        if past is None:  # positions 0 .. t-1: the plain causal mask (what an ONNX export traces)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        else:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        start = k.shape[2] - t
-        mask = None
-        if start and t > 1:  # query i sits at position start + i: it sees keys 0 .. start + i
+            start = k.shape[2] - t
+            # query i sits at position start + i: it sees keys 0 .. start + i
             mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(start)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=start == 0 and t > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.resid_drop(self.proj(y)), (k, v)
 

@@ -1,0 +1,43 @@
+"""benchmarks/lm.py's arithmetic: the gap closed per seed, and a JSON update that keeps other keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_lm", Path(__file__).parents[2] / "benchmarks" / "lm.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _rows(variant, pairs):
+    return [
+        {"variant": variant, "method": m, "seed": s, "bpc": b, "seconds": 1.0}
+        for s, (scratch, kd) in enumerate(pairs)
+        for m, b in (("scratch", scratch), ("kd", kd))
+    ]
+
+
+def test_gap_closed_is_paired_by_seed():
+    rows = _rows("offline", [(2.0, 1.9), (2.2, 2.0)]) + _rows("scarce", [(2.5, 2.6)])
+    summary = bench.summarise(rows, teacher_bpc=1.5)
+    # seed 0: 0.1 / 0.5; seed 1: 0.2 / 0.7
+    assert summary["offline"]["gap_closed_per_seed"] == pytest.approx([0.2, 0.2 / 0.7])
+    assert summary["offline"]["kd_beats_scratch_every_seed"]
+    assert summary["scarce"]["gap_closed"][0] == pytest.approx(-0.1)  # KD worse: a negative share
+    assert not summary["scarce"]["kd_beats_scratch_every_seed"]
+
+
+def test_json_update_keeps_the_other_benchmarks_keys(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"topk_retention": 0.93, "offline_gap_closed": 0.01}))
+    summary = bench.summarise(_rows("offline", [(2.0, 1.9)]), teacher_bpc=1.5)
+    bench.update_json(path, summary)
+    data = json.loads(path.read_text())
+    assert data["topk_retention"] == 0.93 and data["offline_gap_closed"] == pytest.approx(0.2)
+    assert "scarce_gap_closed" not in data  # not measured: not written
