@@ -44,3 +44,15 @@ def test_the_shipped_lm_source_recipes_validate() -> None:
     on_policy = load_recipe("shakespeare/on_policy")
     assert on_policy.distill.data_mode is not None and on_policy.distill.data_mode.lam == 1.0
     assert load_recipe("shakespeare/kd", ["train.distributed=fsdp"]).train.distributed == "fsdp"
+
+
+def test_the_dataset_fingerprint_follows_the_seed_that_picks_a_subset() -> None:
+    from distill.config.topk import dataset_fingerprint
+
+    def fingerprint(*overrides: str) -> str:
+        return dataset_fingerprint(load_recipe("shakespeare/cached", list(overrides)), range(10))
+
+    subset = "data.train_subset=10"
+    assert fingerprint(subset, "train.seed=0") != fingerprint(subset, "train.seed=1")
+    assert fingerprint("train.seed=0") == fingerprint("train.seed=1")  # all the text: no subset
+    assert fingerprint(subset) != fingerprint("data.train_subset=11")

@@ -73,14 +73,17 @@ def tokenizer_fingerprint(train: Any) -> str:
 
 
 def dataset_fingerprint(recipe: Recipe, train: Any) -> str:
-    """sha256 of the data section that picks the training text and its size (the tokens themselves
-    are checked batch by batch against the ones the teacher scored)."""
+    """sha256 of the data section that picks the training text, its size and, for a subset, the seed
+    that picks it (the tokens themselves are checked batch by batch against the ones the teacher
+    scored)."""
     data = recipe.data
+    subset = data.train_subset
     return fingerprint_json(
         {
             "name": data.name,
             "options": data.options,
-            "train_subset": data.train_subset,
+            "train_subset": subset,
+            "subset_seed": recipe.train.seed if subset else None,  # build_data's seeded subset
             "samples": len(train),
         }
     )
