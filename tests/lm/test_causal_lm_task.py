@@ -149,3 +149,27 @@ def test_char_tokenizer_is_deterministic_and_round_trips():
     assert one.decode(one.encode("not to be")) == "not to be"
     with pytest.raises(DistillError, match="'!' is not in the tokenizer's alphabet"):
         one.encode("be!")
+
+
+def test_hidden_state_term_between_decoders(tmp_path):
+    # TinyBERT's hidden_mse from the student's only block to the teacher's last, widths 64 -> 128
+    from distill.config.build import build, make_trainer
+    from distill.config.load import load_recipe
+    from lm.lm_helpers import corpus
+
+    root = corpus(tmp_path / "corpus")
+    term = (
+        "{loss: hidden_mse, student: '@hidden_states.1', teacher: '@hidden_states.4', weight: 1.0}"
+    )
+    recipe = load_recipe("shakespeare/kd", [
+        "teacher.weights=null", f"data.root={root}", "data.options.block_size=16",
+        "data.train_subset=8", "data.test_subset=4", "train.batch_size=4", "train.progress=false",
+        f"distill.terms=[{{loss: forward_kl, weight: 0.5}}, {term}]", f"output={tmp_path / 'run'}",
+    ])  # fmt: skip
+    built = build(recipe)
+    split = built.distiller.task.split(next(iter(built.train_data.loader(4))))
+    assert split.extras["attention_mask"].shape == (4, 16)  # packed text: all ones
+    assert split.extras["attention_mask"].all()
+    summary = make_trainer(built, run_dir=tmp_path / "run").fit(stop_after=1)
+    assert summary["steps"] == 1
+    assert built.distiller.terms[1].loss.projector.weight.shape == (128, 64)

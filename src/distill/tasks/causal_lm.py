@@ -11,7 +11,8 @@ The contract every LM loss, the LM teacher cache and the data modes rely on (als
   ``targets[:, j]``. Nothing downstream shifts again.
 * Losses receive student logits (B, T, V), teacher logits (B, T, V) and, declared in ``extra_inputs``,
   ``labels``: the shifted targets (B, T), ``-100`` where ignored; ``attention_mask`` (B, T) of the input
-  positions is in ``Batch.extras`` too. A batch with every target ignored is legal.
+  positions (all ones for packed text) is in ``Batch.extras`` too, for hidden-state losses. A batch with
+  every target ignored is legal.
 
 Named outputs for taps: ``@logits`` (B, T, V); ``@hidden_states.N`` (B, T, D), N = 0 the embedding
 output, N = 1..L the blocks' outputs (computed only when a term taps them).
@@ -103,9 +104,8 @@ class CausalLMTask(Task):
                 "dataset such as shakespeare"
             )
         inputs, targets = shift_batch(batch)
-        extras: dict[str, Any] = {"labels": targets}
-        if "attention_mask" in inputs:
-            extras["attention_mask"] = inputs["attention_mask"]
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+        extras: dict[str, Any] = {"labels": targets, "attention_mask": mask}
         for key in ("index", "chars"):
             if key in batch:
                 extras[key] = batch[key]
