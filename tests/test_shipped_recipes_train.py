@@ -80,8 +80,13 @@ def _shakespeare(recipe, tmp_path: Path) -> list[str]:
     from lm.lm_helpers import corpus
 
     root = corpus(tmp_path.parent / "lm_corpus")
-    return [*_random_teacher(recipe), f"data.root={root}", "data.options.block_size=16",
-            "data.train_subset=12", "data.test_subset=4", *_common(tmp_path, 4)]  # fmt: skip
+    lm = [*_random_teacher(recipe), f"data.root={root}", "data.options.block_size=16",
+          "data.train_subset=12", "data.test_subset=4", *_common(tmp_path, 4)]  # fmt: skip
+    if recipe.distill.topk_cache is not None:  # a cache of its own, filled by the run
+        lm.append(f"distill.topk_cache.dir={tmp_path / 'topk'}")
+    if recipe.distill.data_mode is not None:  # prompts fit the 16-character blocks
+        lm.append("distill.data_mode.prompt_tokens=8")
+    return lm
 
 
 def _needs_minilm() -> str | None:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -80,6 +80,13 @@ class TeacherSource:
         """``{tap: tensor}`` for the teacher taps (``@name`` outputs and module names) of ``batch``."""
         raise NotImplementedError
 
+    def batch(self, batch: Batch, student: nn.Module, step: int) -> tuple[Batch, dict[str, float]]:
+        """The batch optimizer step ``step`` trains on, and numbers to log for it: ``batch`` itself and
+        none for a source that answers for the dataset's inputs. A generating source (on-policy
+        distillation, :mod:`distill.lm_modes`) returns the ``student``'s own samples, and logs the mode it
+        chose and the seconds it spent generating; its choice must be a function of ``step`` (resume)."""
+        return batch, {}
+
 
 class OnlineTeacher(TeacherSource):
     """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""
@@ -121,11 +128,14 @@ def _teacher_pick(spec: TapSpec, teacher_outputs: dict[str, torch.Tensor]):
 
 @dataclass
 class DistillStep:
-    """What one forward gives: the total ``loss``, each weighted part (``task``, term names) and outputs."""
+    """What one forward gives: the total ``loss``, each weighted part (``task``, term names), outputs, and
+    what the teacher source changed (:meth:`TeacherSource.batch`)."""
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     outputs: dict[str, torch.Tensor]
+    batch: Batch | None = None  # the batch trained on, when the source replaced the given one
+    metrics: dict[str, float] = field(default_factory=dict)  # the source's numbers (mode, timings)
 
 
 class StudentSide(nn.Module):
@@ -455,13 +465,20 @@ class Distiller(nn.Module):
                 term.loss.build(s, _teacher_pick(term.teacher, teacher_outputs), **context)
                 term.loss.to(device)
 
-    def forward(self, batch: Batch, epoch: float = 0.0) -> DistillStep:
+    def forward(self, batch: Batch, epoch: float = 0.0, step: int = 0) -> DistillStep:
+        """The loss of ``batch`` at ``epoch`` (fractional, for weight schedules); ``step`` (the optimizer
+        step) goes to the source, which may train on another batch (:meth:`TeacherSource.batch`)."""
         if self._needs_setup:
             raise DistillError(
                 "this distiller has named projectors or losses built from data; "
                 "call distiller.setup(example_batch) first"
             )
-        teacher_outputs = (
-            self.source.outputs(batch, self.teacher_taps) if self.source and self.terms else {}
-        )
-        return self.student_side(batch, teacher_outputs, epoch)
+        if self.source is None:
+            return self.student_side(batch, {}, epoch)
+        given = batch
+        batch, metrics = self.source.batch(batch, self._unwrapped.student, step)
+        teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.terms else {}
+        result = self.student_side(batch, teacher_outputs, epoch)
+        result.metrics = metrics
+        result.batch = batch if batch is not given else None
+        return result

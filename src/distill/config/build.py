@@ -23,6 +23,7 @@ from distill.config.schema import (
     TermSpec,
     TransferSpec,
 )
+from distill.config.topk import cache_is_full, data_modes, topk_source
 from distill.data import build_dataset
 from distill.data.augment import BatchAugment, TokenMask, build_augment
 from distill.data.base import (
@@ -35,7 +36,7 @@ from distill.data.base import (
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
 from distill.data.tensor import TensorDataset
 from distill.data.transfer import TransferSet, make_transfer_set
-from distill.distiller import Distiller, Term
+from distill.distiller import Distiller, TeacherSource, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
 from distill.models import build_model, student_from_teacher
@@ -282,11 +283,24 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     torch.manual_seed(recipe.train.seed)
     train, test = data or build_data(recipe)
     num_classes, in_channels = data_shape(recipe, train)
-    student, teacher = build_models(recipe, num_classes, in_channels)
+    # a complete top-k cache answers for the teacher: it is not loaded (unless the student is cut from it)
+    mode = recipe.distill.data_mode
+    skip = (
+        cache_is_full(recipe, train)
+        and recipe.student.name != FROM_TEACHER
+        and (mode is None or mode.mode == "teacher_forced")  # generated text is scored online
+    )
+    student, teacher = build_models(recipe, num_classes, in_channels, "skip" if skip else "load")
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
     recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)
-    distiller = build_distiller(recipe.distill, student, teacher, task)
+    source = None
+    if recipe.distill.topk_cache is not None:
+        taps = [t for term in recipe.distill.terms for t in _taps(term.teacher)]
+        source = topk_source(recipe, train, task, taps, None if skip else teacher)
+    if recipe.distill.data_mode is not None:
+        source = data_modes(recipe, task, teacher, source)
+    distiller = build_distiller(recipe.distill, student, teacher, task, source)
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)
     return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
@@ -370,10 +384,12 @@ def build_distiller(
     student: nn.Module,
     teacher: nn.Module | None,
     task: Task,
+    source: TeacherSource | None = None,
 ) -> Distiller:
     """The :class:`Distiller` for a recipe's ``distill:`` section: terms built (``@layer.*`` taps expanded,
     module taps checked, costly task outputs requested), the teacher online or cached
-    (``cache_teacher``). No data is touched: :func:`build` checks the result on an example batch."""
+    (``cache_teacher``) or ``source`` as given (a top-k cache: ``teacher`` may then be None). No data
+    is touched: :func:`build` checks the result on an example batch."""
     specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(spec.terms)]
     for i, term in enumerate(specs):  # name the term and side of a bad tap
         check_taps(student, term.student, f"distill.terms.{i}.student")
@@ -388,6 +404,7 @@ def build_distiller(
         teacher=teacher,
         terms=terms,
         task_weight=build_weight(spec.task_weight, "distill.task_weight"),
+        source=source,
     )
     if spec.cache_teacher and teacher is not None:  # the Trainer fills it (prepare)
         distiller.source = CachedTeacher(teacher, task, distiller.teacher_taps)

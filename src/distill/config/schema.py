@@ -282,6 +282,48 @@ class TermSpec(Strict):
             )
 
 
+class TopKCacheSpec(Strict):
+    """``distill.topk_cache``: the teacher's top-k log-probabilities per token of the training text, kept
+    in a folder and reused by every run that names it (:mod:`distill.topk`; format in docs/lm.md)."""
+
+    dir: str = Field(
+        description="the cache folder: filled by the first run (with the teacher), read by the next "
+        "ones (no teacher loaded); refused when made for another teacher, tokenizer, data or settings"
+    )
+    k: int = Field(8, ge=1, description="log-probabilities kept per token (the largest k)")
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="storage type of the log-probabilities (ids are int32)"
+    )
+    capture_temperature: float = Field(
+        1.0, gt=0, description="temperature of the stored log-probabilities; losses re-temper them"
+    )
+    shard_samples: int = Field(1024, ge=1, description="training samples per shard file")
+
+
+class DataModeSpec(Strict):
+    """``distill.data_mode``: where a language-model step's tokens come from, chosen per step
+    (:mod:`distill.lm_modes`)."""
+
+    mode: Literal["teacher_forced", "on_policy", "replay", "seq_kd"] = Field(
+        "on_policy",
+        description="teacher_forced (dataset text), on_policy (student samples with probability lam), "
+        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions)",
+    )
+    lam: float = Field(
+        1.0, ge=0, le=1, description="on_policy/replay: share of steps on the student's samples"
+    )
+    prompt_tokens: int = Field(
+        8, ge=1, description="tokens of each row kept as the prompt; the rest of the row is sampled"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature (a loss's temperature is its own option)"
+    )
+    replay_size: int = Field(256, ge=1, description="replay: sampled rows kept for reuse")
+    replay_ratio: float = Field(
+        0.5, ge=0, le=1, description="replay: share of sample steps that reuse the buffer"
+    )
+
+
 class DistillSpec(Strict):
     task_weight: Weight = 1.0
     terms: list[TermSpec] = Field(default_factory=list)
@@ -290,11 +332,25 @@ class DistillSpec(Strict):
         description="run the frozen teacher over the training set once and reuse its outputs every "
         "epoch (no data augmentation; terms that tap outputs such as @logits)",
     )
+    topk_cache: TopKCacheSpec | None = Field(
+        None,
+        description="language models: keep the teacher's top-k log-probabilities per token on disk "
+        "(a cache for many runs; no teacher in memory once it is filled)",
+    )
+    data_mode: DataModeSpec | None = Field(
+        None,
+        description="language models: train on dataset text, the student's samples (on-policy, "
+        "replay) or the teacher's completions (seq_kd), chosen per step",
+    )
 
     @field_validator("task_weight", mode="before")
     @classmethod
     def _schedule(cls, value: Any) -> Any:
         return _weight(value)
+
+
+def _tap_list(side: str | list[str]) -> list[str]:
+    return [side] if isinstance(side, str) else list(side)
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -547,10 +603,16 @@ class Recipe(Strict):
                 "teacher.name: from_teacher is for students; name the teacher's model (e.g. hf:FOLDER)"
             )
         check_kwargs(_lookup("task", self.task), self.task_options, what=f"task {self.task!r}")
+        if self.distill.topk_cache is not None:
+            self._check_topk_cache()
         if self.distill.cache_teacher:
             self._check_cache_teacher()
         if self.data.transfer is not None:
             self._check_transfer()
+        if self.distill.data_mode is not None and self.teacher is None:
+            raise ValueError(
+                "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
+            )
         return self
 
     def _check_transfer(self) -> None:
@@ -571,6 +633,38 @@ class Recipe(Strict):
                     f"distill.terms.{i}: loss {term.loss!r} reads the ground-truth labels, which "
                     "transfer rows do not have; use a loss without labels (kd, logit_mse) or drop "
                     "data.transfer"
+                )
+
+    def _check_topk_cache(self) -> None:
+        """The top-k cache keeps one output per token of fixed training text."""
+        if self.distill.cache_teacher:
+            raise ValueError(
+                "distill.cache_teacher and distill.topk_cache are two caches of the teacher; keep one"
+            )
+        if not self.distill.terms:
+            raise ValueError("distill.topk_cache: there are no terms to feed; remove it")
+        augment = self.data.augment.model_dump(exclude_defaults=True)
+        if augment:
+            name, value = next(iter(augment.items()))
+            raise ValueError(
+                f"distill.topk_cache needs the same tokens every epoch, but data.augment.{name} "
+                f"({value}) changes them; turn one of the two off"
+            )
+        spec = self.distill.topk_cache
+        assert spec is not None
+        for i, term in enumerate(self.distill.terms):
+            other = [t for t in _tap_list(term.teacher) if t not in ("@logits", "@topk")]
+            if other:
+                raise ValueError(
+                    f"distill.topk_cache answers @logits (rebuilt from the top-k) and @topk (the "
+                    f"sparse top-k), but distill.terms.{i}.teacher taps {other}; tap one of those"
+                )
+            stored = term.options.get("capture_temperature", 1.0)
+            if term.teacher == "@topk" and stored != spec.capture_temperature:
+                raise ValueError(
+                    f"distill.terms.{i}.options.capture_temperature is {stored}, but the cache "
+                    f"stores its top-k at {spec.capture_temperature}; set the option to "
+                    f"{spec.capture_temperature}"
                 )
 
     def _check_cache_teacher(self) -> None:

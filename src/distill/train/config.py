@@ -195,6 +195,12 @@ class TrainConfig(BaseModel):
         gt=0,
         description="EMA warm-up in steps: the decay is ema * (1 - exp(-step / ema_tau))",
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun: ddp (each rank holds the whole student) or fsdp (FSDP2 "
+        "fully_shard: the student, its optimizer state and the teacher sharded over the ranks; "
+        "checkpoints with torch.distributed.checkpoint)",
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch, numpy and random")
     deterministic: bool = False
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and after the last)")
@@ -280,6 +286,11 @@ class TrainConfig(BaseModel):
                     f"param_groups {group.prefix!r}: lr {self.lr} x lr_scale {group.lr_scale} is over "
                     f"{MAX_LR}; use a smaller lr_scale"
                 )
+        if self.distributed == "fsdp" and self.ema is not None:
+            raise ValueError(
+                "ema keeps a whole copy of the student, which distributed: fsdp shards; drop ema or "
+                "use distributed: ddp"
+            )
         if self.schedule == "onecycle" and self.schedule_unit == "epoch":
             raise ValueError(
                 "schedule_unit 'epoch' does not apply to schedule 'onecycle' (a per-step schedule); "

@@ -38,8 +38,10 @@ class Evaluator:
         config: TrainConfig,
         dist: DistInfo,
         device: torch.device,
+        fsdp: bool = False,
     ) -> None:
         self.task, self.val_data, self.teacher = task, val_data, teacher
+        self.fsdp = fsdp  # sharded models: every rank takes part in each forward
         self.batch_size, self.group_by_length = config.eval_batch_size, config.group_by_length
         self.dist, self.device = dist, device
         self.teacher_predictions = TeacherPredictions(teacher) if teacher is not None else None
@@ -66,6 +68,10 @@ class Evaluator:
     def evaluate(self, student: nn.Module) -> dict[str, float]:
         """The task's metrics of ``student``, the same on every rank (empty without ``val_data``)."""
         loader = self.loader()
+        if loader is not None and self.fsdp:
+            teacher = self.teacher_predictions or self.teacher
+            metrics = self.task.evaluate(student, loader, teacher, self.device)
+            return broadcast_object(metrics, self.dist)
         if (
             loader is not None
             and self.dist.enabled

@@ -27,6 +27,7 @@ from distill.train.checkpoint import (
     unflatten_state,
 )
 from distill.train.ema import WeightEMA
+from distill.train.fsdp import full_state, load_sharded, save_sharded
 from distill.train.logging import truncate_metrics
 
 if TYPE_CHECKING:
@@ -74,17 +75,28 @@ def signature(state: dict[str, Any]) -> str:
 def save(trainer: Trainer, tag: str, with_optimizer: bool) -> Path | None:
     """Write the ``tag`` checkpoint (rank 0); None when nothing was written: no run dir, another rank,
     or a ``last`` identical to the newest one (stopped right after a checkpoint)."""
-    if trainer.store is None or not trainer.dist.is_main:
+    if trainer.store is None or not (trainer.dist.is_main or trainer.fsdp):
         return None
     state = run_state(trainer)
     sig = signature(state)
     if tag == "last" and sig == trainer._saved_last:
         return None
+    model: Any = trainer.distiller.trainable()
     optimizer = trainer.optimizer if with_optimizer else None
+    if trainer.fsdp:  # every rank writes its shards; rank 0 the gathered weights and the state
+        if optimizer is not None:
+            state["sharded"] = save_sharded(
+                trainer.store.directory, trainer.global_step, model, optimizer, trainer.dist,
+                trainer.config.keep_checkpoints,
+            )  # fmt: skip
+        model, optimizer = full_state(model), None
+        if not trainer.dist.is_main:
+            trainer._saved_last = sig if tag == "last" else trainer._saved_last
+            return None
     ema = trainer.ema
     extra = state_tensors(ema.module.state_dict(), EMA_PREFIX) if ema is not None else None
     # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
-    path = trainer.store.save(tag, trainer.distiller.trainable(), state, optimizer, extra)
+    path = trainer.store.save(tag, model, state, optimizer, extra)
     if tag == "last":
         trainer._saved_last = sig
     return path
@@ -132,8 +144,13 @@ def _warn_recovered(trainer: Trainer, loaded: Loaded) -> None:
 
 def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Put a checkpoint's ``tensors`` and JSON ``state`` back into ``trainer`` (its optimizer built)."""
-    trainer.distiller.trainable().load_state_dict(model_tensors(tensors))
-    if "optimizer" in state:
+    if trainer.fsdp:  # the sharded weights and optimizer state the checkpoint names
+        load_sharded(
+            trainer.store.directory, state, trainer.distiller.trainable(), trainer.optimizer
+        )
+    else:
+        trainer.distiller.trainable().load_state_dict(model_tensors(tensors))
+    if "optimizer" in state and not trainer.fsdp:
         trainer.optimizer.load_state_dict(
             optimizer_state_from_json(unflatten_state(state["optimizer"], tensors))
         )
@@ -210,11 +227,14 @@ def run_summary(trainer: Trainer, last: dict[str, Any]) -> dict[str, Any]:
 def write_outputs(trainer: Trainer, summary: dict[str, Any], complete: bool) -> None:
     """Write ``summary.json`` and, for a ``complete`` run, hand over the final student (rank 0)."""
     run_dir = trainer.run_dir
+    final: Any = trainer.final_student
+    if trainer.fsdp and complete and run_dir is not None:
+        final = full_state(final)  # gathered by every rank, kept by rank 0
     if run_dir is None or not trainer.dist.is_main:
         return
     try:
         write_json(run_dir / "summary.json", summary)
         if complete:
-            save_model(run_dir / "model.safetensors", trainer.final_student)
+            save_model(run_dir / "model.safetensors", final)
     except OSError as err:
         raise write_error(err, run_dir, "summary") from None

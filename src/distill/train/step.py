@@ -8,6 +8,7 @@ rank 0 draws what a single process draws), so a resumed run continues bit for bi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
@@ -20,6 +21,7 @@ from distill.errors import DistillError
 from distill.train.config import TrainConfig
 from distill.train.distributed import DistInfo
 from distill.train.ema import WeightEMA
+from distill.train.fsdp import local_norm
 from distill.train.nonfinite import NonFiniteGuard, nonfinite
 from distill.train.precision import (
     MAX_SCALER_SKIPS,
@@ -127,10 +129,13 @@ class Stepper:
         saved = (
             [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
         )
+        started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        sums, parts, seen = self.forward_backward(raws, epoch, generator)
+        sums, parts, seen = self.forward_backward(raws, epoch, generator, global_step)
+        if "generate_s" in sums:  # a generating source: generation and the whole step, apart
+            sums["step_s"] = torch.tensor(time.perf_counter() - started)
         self.scaler.unscale_(optimizer)  # fp16: clip and check the true gradients
-        grad_norm = self._grad_norm()
+        grad_norm = local_norm(self._grad_norm())  # a DTensor under FSDP
         loss_bad, grad_bad = nonfinite(sums["loss"], grad_norm, self.dist)
         if grad_bad and not loss_bad and self.scaler.is_enabled():
             self.scaler_in_a_row += 1
@@ -163,12 +168,12 @@ class Stepper:
         return torch.Generator().manual_seed(cfg.seed * 1_000_003 + global_step * 131 + rank)
 
     def forward_backward(
-        self, raws: list[Any], epoch: float, generator: torch.Generator | None
+        self, raws: list[Any], epoch: float, generator: torch.Generator | None, global_step: int = 0
     ) -> tuple[Metrics, list[str], int]:
         """Forward and backward over the micro-batches ``raws``: each loss is scaled by its micro-batch's
         weight (1/len(raws), or its share of the step's items for a task that counts them:
-        ``train/reduction.py``) and the gradients add up, so the update is the one of their concatenation (for models without batch
-        statistics). Returns the metrics averaged over the micro-batches, the loss parts' names and the
+        ``train/reduction.py``) and the gradients add up, so the update is the one of their
+        concatenation (for models without batch statistics). Returns the metrics averaged over the micro-batches, the loss parts' names and the
         samples seen."""
         cfg, n = self.config, len(raws)
         amp = autocast_dtype(cfg)
@@ -187,7 +192,7 @@ class Stepper:
             # DDP all-reduces the gradients once, after the last micro-batch's backward
             with wrapped.no_sync() if ddp and i < n - 1 else nullcontext():
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    step = self.distiller(batch, epoch=epoch)
+                    step = self.distiller(batch, epoch=epoch, step=global_step)
                 # a task that counts its items (tokens): the micro-batch's share of the step's items
                 if weights is not None:
                     loss = step.loss * weights.loss[i]
@@ -197,7 +202,9 @@ class Stepper:
                 self.scaler.scale(loss).backward()
             parts = list(step.parts)
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
-            micro.update(self.task.batch_metrics(step.outputs, batch))
+            # a source may replace the batch (on-policy samples) and report its own metrics
+            micro.update(self.task.batch_metrics(step.outputs, step.batch or batch))
+            micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
             for k, v in micro.items():
                 v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v

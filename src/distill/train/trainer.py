@@ -37,6 +37,7 @@ from distill.train.distributed import (
 )
 from distill.train.ema import WeightEMA
 from distill.train.evaluation import Evaluator
+from distill.train.fsdp import shard_distiller
 from distill.train.logging import MetricsLogger, RunLog, make_progress
 from distill.train.nonfinite import NonFiniteGuard
 from distill.train.optim import (
@@ -96,6 +97,7 @@ class Trainer:
         self.optimizer_spec = optimizer
         self.recipe = dict(recipe) if recipe is not None else None
         self.dist: DistInfo = init_distributed(cfg.device)
+        self.fsdp = self.dist.enabled and cfg.distributed == "fsdp"  # see train/fsdp.py
         self.device = pick_device(cfg.device, self.dist)
         self.console = console or Console()
         self.run_dir = Path(run_dir) if run_dir else None
@@ -118,7 +120,9 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
         teacher = self.distiller.teacher
-        self.evaluator = Evaluator(self.task, val_data, teacher, cfg, self.dist, self.device)
+        self.evaluator = Evaluator(
+            self.task, val_data, teacher, cfg, self.dist, self.device, fsdp=self.fsdp
+        )
         self.global_step = 0
         self.epoch = 0
         self.epoch_step = 0
@@ -166,6 +170,8 @@ class Trainer:
         self.prepare()
         prepare_models(self.distiller, self.config, self.device)  # precision and speed switches
         self._seed()
+        if self.fsdp:  # before the optimizer, which then holds each rank's shards
+            shard_distiller(self.distiller, self.device, self.dist)
         self.optimizer = build_optimizer(
             self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
         )
@@ -173,7 +179,7 @@ class Trainer:
             self.ema = WeightEMA(self.distiller.student, self.config.ema, self.config.ema_tau)
         if resume:
             self._resume()
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             # no buffer broadcast: loss buffers are the loss's own (CRD gathers its banks over ranks),
             # and rank 0's BN statistics, the ones evaluated and saved, are the same either way

@@ -1,0 +1,274 @@
+"""Where a language-model step's tokens come from (recipe ``distill.data_mode``), chosen per step and
+logged: the one place that knows the data modes, a :class:`~distill.distiller.TeacherSource` that
+replaces the batch (:meth:`~distill.distiller.TeacherSource.batch`), so the trainer and the distiller
+have no mode logic.
+
+* ``teacher_forced``: the dataset's text; the teacher's outputs come from the inner source (online, or
+  the top-k cache of :mod:`distill.topk`: the ``cached`` mode).
+* ``on_policy``: with probability ``lam`` a step trains on the student's own samples (GKD, Agarwal et
+  al. 2024; MiniLLM, Gu et al. 2024): each row's first ``prompt_tokens`` tokens are the prompt, the
+  student samples the rest of the row with its own KV cache at ``temperature`` (the sampling temperature;
+  a loss's temperature is its own), and the teacher scores every token of the sample. The targets are
+  the terms' ``labels``: the sampled tokens after the prompt (reverse KL, JSD, sampled-token reverse
+  KL read them). The task's targets of a sample are all ``-100``: the task loss (and its top-1) count
+  dataset text only, never the student's own samples.
+* ``replay``: DistiLLM's off-policy reuse (Ko et al. 2024): on a student-sample step, once the buffer
+  holds a batch, a share ``replay_ratio`` of the steps reuses earlier samples from a buffer of
+  ``replay_size`` instead of generating.
+* ``seq_kd``: sequence-level KD (Kim & Rush 2016): the teacher completes every training row's prompt
+  once, in index order, when the trainer prepares (kept in memory, so a run samples each completion
+  once), and the student trains on the completions: they are the task's targets and the terms' labels.
+
+The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the
+step's seeded RNG, so a resumed run makes the same choices and samples (``replay``'s buffer is not
+checkpointed: a resumed replay run refills it). Logged per step: ``mode_<name>`` (1 for the mode taken;
+averaged over a logging window, the share of steps) and ``generate_s`` (seconds spent sampling; the
+trainer logs ``step_s``, the whole step, beside it).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from distill.data.base import make_loader
+from distill.distiller import OnlineTeacher, TeacherSource
+from distill.errors import DistillError
+from distill.tasks.base import Batch, Task
+
+MODES = ("teacher_forced", "on_policy", "replay", "seq_kd")
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class ModeSettings:
+    """``distill.data_mode`` (see the module docstring for each field's role)."""
+
+    mode: str = "on_policy"
+    lam: float = 1.0
+    prompt_tokens: int = 8
+    temperature: float = 1.0
+    replay_size: int = 256
+    replay_ratio: float = 0.5
+    seed: int = 0
+
+
+def sample_tokens(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int, temperature: float
+) -> torch.Tensor:
+    """``(B, P + new_tokens)`` ids: ``prompt`` continued by sampling from ``model`` (in eval mode, no
+    grad) with its KV cache: Hugging Face ``generate`` (exactly ``new_tokens``, no top-k/top-p), or the
+    model's own ``generate(ids, max_new_tokens, temperature)`` (distill's ``gpt``)."""
+    generate = getattr(model, "generate", None)
+    if not callable(generate):
+        raise DistillError(
+            f"the data mode samples from {type(model).__name__}, which has no generate(); use distill's "
+            "gpt or a Hugging Face causal LM"
+        )
+    was_training = model.training
+    model.eval()
+    # FSDP2 (train.distributed: fsdp): gather the whole model first, as generate() may call submodules
+    # without the hooks that gather them (a KV-cache step); every rank samples at the same step
+    units = _fsdp_units(model)
+    for unit in units:
+        unit.unshard()
+    try:
+        with torch.no_grad():
+            if getattr(model, "config", None) is not None and hasattr(model, "generation_config"):
+                out = generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    use_cache=True,
+                    pad_token_id=0,
+                )
+            else:
+                out = generate(prompt, max_new_tokens=new_tokens, temperature=temperature)
+    finally:
+        for unit in units:
+            unit.reshard()
+        model.train(was_training)
+    return out[:, : prompt.shape[1] + new_tokens]
+
+
+def _fsdp_units(model: nn.Module) -> list[Any]:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+class DataModes(TeacherSource):
+    """Chooses each step's tokens (:data:`MODES`); ``inner`` answers for dataset text (online or cached),
+    ``teacher`` scores and writes generated text."""
+
+    def __init__(
+        self, inner: TeacherSource, teacher: nn.Module | None, task: Task, settings: ModeSettings
+    ) -> None:
+        if settings.mode not in MODES:
+            raise DistillError(f"data mode {settings.mode!r} is not one of {', '.join(MODES)}")
+        if teacher is None and settings.mode != "teacher_forced":
+            raise DistillError(
+                f"data mode {settings.mode} needs the teacher to score or write text; give a teacher"
+            )
+        self.inner = inner
+        self.scorer = OnlineTeacher(teacher, task) if teacher is not None else None
+        self.task = task
+        self.settings = settings
+        self.buffer: list[torch.Tensor] = []  # replay: sampled rows (L,), newest last
+        self.completions: dict[int, torch.Tensor] = {}  # seq_kd: the teacher's row per sample index
+        self._generated: Batch | None = None
+
+    def choose(self, step: int) -> str:
+        """``dataset``, ``student``, ``replay`` or ``teacher``: a function of (seed, step) and the
+        buffer's fill, the same on every rank."""
+        s = self.settings
+        if s.mode == "teacher_forced":
+            return "dataset"
+        if s.mode == "seq_kd":
+            return "teacher"
+        draw = random.Random(s.seed * 1_000_003 + step)
+        if draw.random() >= s.lam:
+            return "dataset"
+        if s.mode == "replay" and self.buffer and draw.random() < s.replay_ratio:
+            return "replay"
+        return "student"
+
+    def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
+        self.inner.prepare(train_data, batch_size, console, is_main)
+        if self.settings.mode == "seq_kd" and not self.completions:
+            self._write_completions(train_data, batch_size, console if is_main else None)
+
+    @torch.no_grad()
+    def _write_completions(self, data: Any, batch_size: int, console: Any) -> None:
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        if console is not None:
+            console.print(f"seq_kd: the teacher completes {len(dataset):,} training rows")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.settings.seed)
+            for raw in make_loader(dataset, batch_size, None):
+                assert self.scorer is not None
+                batch = self.task.split(raw).to(_device(self.scorer.teacher))
+                rows = self._sample(self.scorer.teacher, batch)
+                for i, row in zip(_index(batch).tolist(), rows.cpu(), strict=True):
+                    self.completions[i] = row
+
+    def batch(self, batch: Batch, student: nn.Module, step: int) -> tuple[Batch, dict[str, float]]:
+        choice = self.choose(step)
+        started = time.perf_counter()
+        if choice == "dataset":
+            rows = None
+        elif choice == "teacher":
+            rows = self._completions(batch)
+        elif choice == "replay":
+            rows = self._replayed(len(batch), step)
+        else:
+            rows = self._sample(student, batch)
+            self._remember(rows)
+        spent = time.perf_counter() - started if choice == "student" else 0.0
+        metrics = {f"mode_{m}": float(m == choice) for m in self._choices()}
+        metrics["generate_s"] = spent
+        if rows is None:
+            self._generated = None
+            return batch, metrics
+        # the task loss reads the data's targets: a student's sample has none (its tokens are the
+        # terms' labels), the teacher's completions are seq_kd's targets
+        self._generated = self._as_batch(rows, batch, with_targets=choice == "teacher")
+        return self._generated, metrics
+
+    def _choices(self) -> tuple[str, ...]:
+        return {
+            "teacher_forced": ("dataset",),
+            "on_policy": ("dataset", "student"),
+            "replay": ("dataset", "student", "replay"),
+            "seq_kd": ("teacher",),
+        }[self.settings.mode]
+
+    def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self._generated is not None and batch is self._generated:
+            assert self.scorer is not None  # __init__: every generating mode has a teacher
+            return self.scorer.outputs(batch, taps)  # every token of a sample, scored online
+        return self.inner.outputs(batch, taps)
+
+    def _prompt(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        inputs = batch.inputs
+        ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+        length, prompt = ids.shape[1] + 1, self.settings.prompt_tokens  # the rows before the shift
+        if not 1 <= prompt < length:
+            raise DistillError(
+                f"distill.data_mode.prompt_tokens {prompt} leaves nothing to sample in rows of "
+                f"{length} tokens; use 1..{length - 1}"
+            )
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        if mask is not None and not bool(mask[:, :prompt].all()):
+            raise DistillError(
+                "distill.data_mode: some rows are padding inside the prompt; use rows of at least "
+                f"prompt_tokens={prompt} tokens"
+            )
+        return ids[:, :prompt], length - prompt
+
+    def _sample(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        prompt, new = self._prompt(batch)
+        return sample_tokens(model, prompt, new, self.settings.temperature)
+
+    def _remember(self, rows: torch.Tensor) -> None:
+        if self.settings.mode != "replay":
+            return
+        self.buffer.extend(rows.detach().cpu())
+        del self.buffer[: max(0, len(self.buffer) - self.settings.replay_size)]
+
+    def _replayed(self, count: int, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
+        picks = torch.randint(0, len(self.buffer), (count,), generator=g)
+        return torch.stack([self.buffer[int(i)] for i in picks])
+
+    def _completions(self, batch: Batch) -> torch.Tensor:
+        index = _index(batch).tolist()
+        missing = [i for i in index if i not in self.completions]
+        if missing:
+            raise DistillError(
+                f"seq_kd has no teacher completion for samples {missing[:5]}; the trainer writes them "
+                "when it prepares (call source.prepare with the training data)"
+            )
+        return torch.stack([self.completions[i] for i in index])
+
+    def _as_batch(self, rows: torch.Tensor, like: Batch, with_targets: bool) -> Batch:
+        """The task's own batch for ``rows`` (B, L): ``labels`` (the terms' extra) are the rows with the
+        prompt left out; the task's ``targets`` too ``with_targets``, else all ``-100``."""
+        labels = rows.clone()
+        labels[:, : self.settings.prompt_tokens] = IGNORE
+        raw: dict[str, torch.Tensor] = {"input_ids": rows, "labels": labels}
+        if "index" in like.extras:
+            raw["index"] = like.extras["index"]
+        batch = self.task.split(raw).to(like.targets.device)
+        if not with_targets:
+            batch.targets = torch.full_like(batch.targets, IGNORE)
+        return batch
+
+
+def _index(batch: Batch) -> torch.Tensor:
+    index = batch.extras.get("index")
+    if not isinstance(index, torch.Tensor):
+        raise DistillError(
+            "seq_kd keeps one teacher completion per training sample and needs batches with "
+            "'index'; use a distill dataset"
+        )
+    return index.cpu().long()
+
+
+def _device(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
