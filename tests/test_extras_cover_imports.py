@@ -31,6 +31,8 @@ DISTRIBUTION = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
     "onnxscript": "onnxscript",
+    "onnxconverter_common": "onnxconverter-common",
+    "openvino": "openvino",
     "transformers": "transformers",
     "datasets": "datasets",
     "ultralytics": "ultralytics",

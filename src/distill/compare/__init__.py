@@ -18,6 +18,7 @@ from rich.console import Console
 
 from distill import report
 from distill.compare.context import Context, Produced
+from distill.compare.fair import add_speedups, mark_pareto, pareto_note, with_references
 from distill.compare.named import packed
 from distill.compare.pipelines import (
     DEFAULT_PIPELINES,
@@ -56,6 +57,8 @@ __all__ = [
     "cached_run",
     "compare",
     "parse_pipelines",
+    "add_speedups",
+    "mark_pareto",
 ]
 
 
@@ -167,7 +170,13 @@ def compare(
     out, tiny = Path(spec.out), spec.tiny
     started = time.perf_counter()
     kd = _kd_recipe(recipe, overrides, out, spec.teacher_recipe, tiny, fresh, console)
-    names = names or list(default_pipelines(kd.task))
+    names, added = with_references(names or list(default_pipelines(kd.task)))
+    if added:
+        console.print(
+            f"added {', '.join(added)}: each exported row is timed against the teacher exported the "
+            "same way (runtime, precision, threads, batch)",
+            soft_wrap=True,
+        )
     ctx = Context(
         kd,
         out,
@@ -286,6 +295,7 @@ def _measure(
     }
     row.update({k: round(v, 2) for k, v in extra.items()})  # e.g. macro_f1 (text), top5
     row["artefact"] = str(product.artefact) if product.artefact else None
+    row["precision"] = product.precision
     return row
 
 
@@ -319,23 +329,14 @@ def columns(rows: list[dict[str, Any]], large_batch: int = 256, primary: str = "
     have."""
     out = []
     for key, header, fmt in COMPARE_COLUMNS:
-        if key == "latency_ms_b256":
-            key, header = f"latency_ms_b{large_batch}", f"ms @ b{large_batch}"
+        if "b256" in key:
+            key, header = (v.replace("b256", f"b{large_batch}") for v in (key, header))
         if key == "accuracy":
             header = PRIMARY_HEADERS.get(primary, header)
         out.append((key, header, fmt))
         if key == "accuracy":
             out += [(k, h, f) for k, (h, f) in EXTRA_COLUMNS.items() if any(k in r for r in rows)]
     return out
-
-
-def add_speedups(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> None:
-    """``speedup_b1_t1``: the teacher row's latency over each row's (batch 1, one thread), when the
-    comparison has a measured teacher row."""
-    teacher = next((r.get(key) for r in rows if r.get("pipeline") == "teacher"), None)
-    for r in rows:
-        if teacher and r.get(key):
-            r["speedup_b1_t1"] = round(teacher / r[key], 1)
 
 
 def int8_slower_note(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> str:
@@ -395,6 +396,14 @@ def _write(
         notes += f" Models are timed at batch 1 and {large_batch}"
         notes += ", every sequence max_length tokens long." if large_batch == 64 else "."
     add_speedups(rows)
+    mark_pareto(rows)
+    notes += (
+        "\n\nSpeed-ups ('x ref') divide the latency of the row named under 'ref' (the teacher in the "
+        "same runtime and precision) by this row's, at the same batch and threads."
+    )
+    fronts = pareto_note(rows)
+    if fronts:
+        notes += "\n\n" + fronts
     slower = int8_slower_note(rows)
     if slower:
         notes += "\n\n" + slower
