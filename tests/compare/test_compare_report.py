@@ -229,3 +229,48 @@ def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path):
         cpuinfo.write_text(text)
         assert int8_dot_product(cpuinfo) is want, text
     assert int8_dot_product(tmp_path / "missing") is None
+
+
+def test_bench_results_join_the_row_of_the_file_they_timed(tmp_path):
+    """A ``distill bench`` result lands on the row whose file has its hash, with the ratio to the
+    same-runtime teacher timed on the same machine, batch and threads; others are ignored."""
+    from distill.compare.fair import bench_note, merge_bench
+    from distill.export.bench import sha256
+
+    files = {}
+    for name, data in (("teacher-int8", b"teacher"), ("student-kd-int8", b"student")):
+        files[name] = tmp_path / f"{name}.onnx"
+        files[name].write_bytes(data)
+    rows = [row(n, 1.0, 90.0, runtime="onnxruntime", artefact=str(p)) for n, p in files.items()] + [
+        row("student-kd", 0.5, 89.0)
+    ]
+
+    def result(name, ms, label="pi-5", threads=1):
+        return {
+            "sha256": sha256(files[name]),
+            "runtime": "onnxruntime",
+            "batch": 1,
+            "threads": threads,
+            "latency_ms": ms,
+            "machine": {"label": label, "cpu": "Cortex-A76"},
+        }
+
+    other = {**result("student-kd-int8", 9.0), "sha256": "0" * 64}  # a file not in the comparison
+    merge_bench(
+        rows,
+        [
+            result("teacher-int8", 2.0),
+            result("student-kd-int8", 0.5),
+            result("student-kd-int8", 0.7, "nuc"),
+            other,
+        ],
+    )
+    teacher, student, torch_row = rows
+    assert [e["machine"] for e in student["bench"]] == ["pi-5", "nuc"]
+    assert student["bench"][0]["ratio"] == 4.0  # teacher-int8 on the pi-5 / student-kd-int8 there
+    assert "ratio" not in student["bench"][1]  # the teacher was not timed on the nuc
+    assert teacher["bench"][0]["ratio"] == 1.0 and "bench" not in torch_row
+    note = bench_note(rows)
+    assert (
+        "| student-kd-int8 | pi-5 | onnxruntime | 1 | 1 | 0.5000 | 4.00x vs teacher-int8 |" in note
+    )

@@ -18,7 +18,14 @@ from rich.console import Console
 
 from distill import report
 from distill.compare.context import Context, Produced
-from distill.compare.fair import add_speedups, mark_pareto, pareto_note, with_references
+from distill.compare.fair import (
+    add_speedups,
+    bench_note,
+    mark_pareto,
+    merge_bench,
+    pareto_note,
+    with_references,
+)
 from distill.compare.named import packed
 from distill.compare.pipelines import (
     DEFAULT_PIPELINES,
@@ -33,6 +40,7 @@ from distill.config.load import load_recipe
 from distill.config.schema import CompareSpec, override
 from distill.errors import DistillError
 from distill.export import ParityError
+from distill.export.bench import read_results
 from distill.models import count_parameters
 from distill.report import (
     COMPARE_COLUMNS,
@@ -125,6 +133,7 @@ def compare(
     console: Console | None = None,
     settings: CompareSpec | None = None,
     device: str = "cpu",
+    bench_results: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipelines`` (default: :func:`default_pipelines` of the recipe's task) from the KD ``recipe``;
     write the reports to ``out`` (default ``runs/compare``).
@@ -144,6 +153,9 @@ def compare(
     ``report.json`` also holds the ``settings`` used (the section, with the pipelines that ran).
     ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``) is where the torch models' accuracy is
     measured; ONNX models run on onnxruntime's CPU provider, and latency is always timed on the CPU.
+    ``bench_results``: ``distill bench --out`` files (latencies timed on other machines) merged into
+    the rows whose file they timed (by SHA-256), with the ratio to the reference row timed alike.
+    Each exported row is timed against the teacher made the same way (:mod:`distill.compare.fair`).
     """
     console = console or Console()
     measure_on = resolve_device(device, "--device")
@@ -160,6 +172,7 @@ def compare(
         "finetune": finetune,
         "calibration_samples": calibration_samples,
         "latency_repeats": latency_repeats,
+        "bench_results": [str(p) for p in bench_results] if bench_results is not None else None,
     }
     if settings is None:
         settings = load_recipe(recipe, overrides).compare
@@ -167,6 +180,7 @@ def compare(
     if names is None and spec.pipelines is not None:
         names = parse_pipelines(spec.pipelines)
     _check_repeats(spec.latency_repeats)
+    timed_elsewhere = read_results(list(spec.bench_results))  # bad files fail before any work
     out, tiny = Path(spec.out), spec.tiny
     started = time.perf_counter()
     kd = _kd_recipe(recipe, overrides, out, spec.teacher_recipe, tiny, fresh, console)
@@ -193,6 +207,7 @@ def compare(
         _measure(ctx, name, product, spec.latency_repeats, measure_on)
         for name, product in made.items()
     ]
+    merge_bench(rows, timed_elsewhere)
     elapsed = time.perf_counter() - started
     applied = [*overrides, *(TINY if tiny else [])]
     runs = _student_runs(made)
@@ -401,6 +416,9 @@ def _write(
         "\n\nSpeed-ups ('x ref') divide the latency of the row named under 'ref' (the teacher in the "
         "same runtime and precision) by this row's, at the same batch and threads."
     )
+    elsewhere = bench_note(rows)
+    if elsewhere:
+        notes += "\n\n" + elsewhere
     fronts = pareto_note(rows)
     if fronts:
         notes += "\n\n" + fronts

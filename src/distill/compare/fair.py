@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 TEACHER = "teacher"
@@ -171,3 +172,64 @@ def pareto_note(rows: list[dict[str, Any]]) -> str:
             parts.append(text + (f"; dominated {', '.join(beaten)}" if beaten else ""))
         lines.append(f"Pareto, {runtime} (accuracy vs cost): " + ". ".join(parts) + ".")
     return "\n\n".join(lines)
+
+
+def merge_bench(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """Attach each ``distill bench`` result to the row whose file has its SHA-256 (``row["bench"]``),
+    with ``ratio``: the reference row's latency on the same machine, runtime, batch and threads over
+    this one's, when that was timed too."""
+    if not results:
+        return
+    from distill.export.bench import sha256
+
+    hashes = {}
+    for row in rows:
+        artefact = row.get("artefact")
+        if artefact and str(artefact).endswith(".onnx") and Path(artefact).is_file():
+            hashes[sha256(artefact)] = row
+    for result in results:
+        row = hashes.get(result["sha256"])
+        if row is not None:
+            row.setdefault("bench", []).append(_bench_entry(result))
+    for row in rows:
+        ref = next(
+            (r for r in rows if r.get("pipeline") == reference_of(str(row["pipeline"]))), None
+        )
+        for entry in row.get("bench", []):
+            same = [e for e in (ref or {}).get("bench", []) if _setting(e) == _setting(entry)]
+            if same:
+                entry["ratio"] = round(same[0]["latency_ms"] / entry["latency_ms"], 2)
+
+
+def _bench_entry(result: dict[str, Any]) -> dict[str, Any]:
+    machine = result["machine"]
+    return {
+        "machine": machine.get("label") or machine.get("cpu", "?"),
+        "cpu": machine.get("cpu"),
+        "runtime": result["runtime"],
+        "batch": result["batch"],
+        "threads": result["threads"],
+        "latency_ms": result["latency_ms"],
+    }
+
+
+def _setting(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return entry["machine"], entry["runtime"], entry["batch"], entry["threads"]
+
+
+def bench_note(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the latencies timed elsewhere (``distill bench``), one line per result."""
+    lines = [
+        "| pipeline | machine | runtime | batch | threads | ms | x ref |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for e in row.get("bench", []):
+            ratio = f"{e['ratio']:.2f}x vs {reference_of(row['pipeline'])}" if "ratio" in e else "-"
+            lines.append(
+                f"| {row['pipeline']} | {e['machine']} | {e['runtime']} | {e['batch']} | "
+                f"{e['threads']} | {e['latency_ms']:.4f} | {ratio} |"
+            )
+    if len(lines) == 2:
+        return ""
+    return "Timed on other machines (`distill bench`):\n\n" + "\n".join(lines)

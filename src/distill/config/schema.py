@@ -316,6 +316,11 @@ class CompareSpec(Strict):
     calibration_samples: int = Field(
         512, ge=1, description="training inputs static int8 models are calibrated on"
     )
+    bench_results: list[str] = Field(
+        default_factory=list,
+        description="`distill bench --out` JSON files merged into the report (rows matched by the "
+        "file's SHA-256): latencies timed on other machines",
+    )
 
     @field_validator("finetune")
     @classmethod

@@ -248,7 +248,7 @@ def _select(
     selection = {}
     try:
         for target in spec.targets:
-            mixed = select_files.mixed_candidate(fp32, layers, calibration, target, timer)
+            mixed = select_files.mixed_candidate(fp32, staging, layers, calibration, target, timer)
             found = select_files.select(
                 [*candidates, mixed], target, evaluate, reference, spec.budget, timer
             )

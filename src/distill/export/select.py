@@ -191,14 +191,16 @@ def _needs(calibration: list[Any] | None) -> list[Any]:
 def mixed_candidate(
     fp32: Path,
     folder: Path,
+    scratch: Path,
     calibration: list[Any] | None,
     runtime: str,
     timer: Timer,
 ) -> Candidate:
-    """``int8-mixed`` for ``runtime``: only the layers faster in int8 there, or why there is none."""
+    """``int8-mixed`` for ``runtime`` in ``folder``: only the layers faster in int8 there (timed with
+    one-layer files in ``scratch``), or why there is none."""
     try:
         nodes = compute_nodes(fp32)
-        faster, ratios = faster_in_int8(fp32, folder, _needs(calibration), runtime, timer)
+        faster, ratios = faster_in_int8(fp32, scratch, _needs(calibration), runtime, timer)
     except DistillError as err:
         return Candidate("int8-mixed", None, error=f"could not be made ({first_line(err)})")
     timings = ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items())
