@@ -33,6 +33,7 @@ DISTRIBUTION = {
     "onnxscript": "onnxscript",
     "onnxconverter_common": "onnxconverter-common",
     "openvino": "openvino",
+    "executorch": "executorch",
     "transformers": "transformers",
     "datasets": "datasets",
     "ultralytics": "ultralytics",

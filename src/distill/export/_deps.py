@@ -11,6 +11,7 @@ from distill.errors import DistillError
 WHAT = {
     "export": "ONNX export, parity checks, int8 and float16 conversion and the latency harness need it",
     "openvino": "the openvino runtime needs it",
+    "executorch": "ExecuTorch export and its runtime need it",
 }
 
 

@@ -53,10 +53,12 @@ def sha256(path: str | Path) -> str:
 def input_example(path: str | Path, seq_len: int = 128) -> torch.Tensor | dict[str, torch.Tensor]:
     """One input of the file without the batch dimension, zeros of the declared shape and dtype; a dict
     for a file with several inputs (text). Dynamic dimensions after the batch take ``seq_len``."""
-    onnx = require("onnx")
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"file {path} not found; give an exported .onnx file (distill export)")
+    if path.suffix == ".pte":
+        return _executorch_example(path)
+    onnx = require("onnx")
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and others
@@ -77,6 +79,19 @@ def input_example(path: str | Path, seq_len: int = 128) -> torch.Tensor | dict[s
     if not inputs:
         raise DistillError(f"{path} declares no inputs; export it again")
     return next(iter(inputs.values())) if len(inputs) == 1 else inputs
+
+
+def _executorch_example(path: Path) -> torch.Tensor:
+    """Zeros of a ``.pte`` program's first input shape, without the batch (``.pte`` files have a fixed
+    batch: ``bench`` then needs ``--batch`` to match it)."""
+    from distill.export.runtimes import ExecuTorchModule
+
+    meta = ExecuTorchModule(path).method.metadata
+    if meta.num_inputs() != 1:
+        raise DistillError(
+            f"{path} takes {meta.num_inputs()} inputs; bench times one-input programs"
+        )
+    return torch.zeros(list(meta.input_tensor_meta(0).sizes())[1:])
 
 
 def machine(label: str | None = None) -> dict[str, Any]:
@@ -104,11 +119,15 @@ def machine(label: str | None = None) -> dict[str, Any]:
 
 
 def _runtime_version(runtime: str) -> str:
-    package = "openvino" if runtime == "openvino" else "onnxruntime"
-    try:
-        return str(require(package, RUNTIMES.get(runtime).extra).__version__)
-    except DistillError:
-        return "?"
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = runtime if runtime in ("openvino", "executorch") else "onnxruntime"
+    for name in (package, f"{package}-gpu"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "?"
 
 
 def bench(

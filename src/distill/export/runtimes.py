@@ -10,11 +10,15 @@ Each runtime is an optional extra, imported only when a file is loaded:
 * ``openvino`` (``distill[openvino]``): Intel's runtime on the CPU; reads the same ONNX files (int8 QDQ ones
   become int8 kernels) and runs at float32 inference precision, so parity is the file's, not a bf16 cast's.
 
-ExecuTorch, LiteRT (TFLite) and Core ML are not among them; ``docs/export.md`` says why.
+* ``executorch`` (``distill[executorch]``): PyTorch's on-device runtime; its own ``.pte`` files
+  (:func:`export_executorch`: ``torch.export``, lowered to XNNPACK, one fixed batch size), float32.
+
+LiteRT (TFLite) and Core ML are not among them; ``docs/export.md`` says why.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +113,74 @@ class OpenVinoModule(RuntimeModule):
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
+class ExecuTorchModule(RuntimeModule):
+    """A ``.pte`` file run by ExecuTorch's Python runtime (XNNPACK kernels). ``threads`` sizes
+    ExecuTorch's thread pool, which is one per process: it is set again before a call when another
+    module changed it (``None``: one thread per core)."""
+
+    runtime = "executorch"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        require("executorch.runtime", extra="executorch")
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        self.path, self.threads = Path(path), threads
+        if not self.path.is_file():
+            raise DistillError(f"file {self.path} not found; export one first")
+        try:
+            self.method = Runtime.get().load_program(self.path).load_method("forward")
+        except Exception as err:  # noqa: BLE001 - ExecuTorch raises RuntimeError with codes
+            raise DistillError(
+                f"executorch cannot load {self.path} ({first_line(err, 240)}); export it again "
+                "(distill.export.runtimes.export_executorch)"
+            ) from None
+        self._count = portable_lib._threadpool_get_thread_count
+        self._reset = portable_lib._unsafe_reset_threadpool
+        self._wanted = threads or os.cpu_count() or 1
+
+    def with_threads(self, threads: int | None) -> ExecuTorchModule:
+        return type(self)(self.path, threads)
+
+    def forward(self, x: Any = None, **inputs: torch.Tensor) -> torch.Tensor:
+        if x is None or inputs or isinstance(x, Mapping):
+            raise DistillError(
+                f"{self.path.name} takes one input tensor; ExecuTorch files here are exported from "
+                "one-input models"
+            )
+        if self._count() != self._wanted:
+            self._reset(self._wanted)
+        return self.method.execute([x.detach().to("cpu", torch.float32).contiguous()])[0]
+
+
+def export_executorch(
+    model: torch.nn.Module, example: torch.Tensor, path: str | Path, batch: int = 1
+) -> Path:
+    """``model`` as an ExecuTorch program (``.pte``) for inputs of ``batch`` samples shaped like
+    ``example``'s: ``torch.export``, lowered to the XNNPACK backend. The batch is fixed: with a dynamic
+    batch dimension, ExecuTorch 1.5 planned memory for at most 15 samples whatever the bound given, and
+    calls with more failed (``docs/export.md``)."""
+    require("executorch.exir", extra="executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    example = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    try:
+        program = torch.export.export(model.eval(), (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        buffer = lowered.to_executorch().buffer
+    except Exception as err:  # noqa: BLE001 - torch.export and exir raise many types
+        raise DistillError(
+            f"could not export {type(model).__name__} to ExecuTorch ({first_line(err, 240)}); "
+            "use the ONNX runtimes for it"
+        ) from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer)
+    return path
+
+
 _OV_DTYPES = {"f32": torch.float32, "f16": torch.float16, "i64": torch.int64, "i32": torch.int32}
 
 RUNTIMES.add(
@@ -124,6 +196,10 @@ RUNTIMES.add(
     Runtime(
         "onnxruntime-tensorrt", "export", _onnxruntime("tensorrt"), "onnxruntime-gpu, TensorRT"
     ),
+)
+RUNTIMES.add(
+    "executorch",
+    Runtime("executorch", "executorch", lambda p, t: ExecuTorchModule(p, t), "ExecuTorch, XNNPACK"),
 )
 RUNTIMES.add(
     "openvino",
@@ -165,7 +241,10 @@ INT8_OPS = {
 
 
 def file_precision(onnx_path: str | Path) -> str:
-    """``int8`` (quantize nodes or integer kernels), ``float16`` (float16 weights) or ``float32``."""
+    """``int8`` (quantize nodes or integer kernels), ``float16`` (float16 weights) or ``float32`` (also
+    every ``.pte`` file: distill writes float32 ExecuTorch programs)."""
+    if Path(onnx_path).suffix == ".pte":
+        return "float32"
     onnx = require("onnx")
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     if any(node.op_type in INT8_OPS for node in graph.node):
