@@ -6,7 +6,6 @@ A model's input is a tensor ``(B, ...)`` or a dict of named tensors (text: ``inp
 ``attention_mask`` ``(B, T)``), whatever ``task.split(batch).inputs`` gives; see :mod:`.exporter`.
 """
 
-from distill.export.bench import bench, read_results
 from distill.export.exporter import export_onnx
 from distill.export.inputs import Inputs, first_output
 from distill.export.latency import latency_key, measure_latency
@@ -20,8 +19,6 @@ from distill.export.runtime import (
 )
 
 __all__ = [
-    "bench",
-    "read_results",
     "export_onnx",
     "Inputs",
     "first_output",
