@@ -182,7 +182,7 @@ def test_gpu_runtime_passes_the_chosen_providers_to_the_session(files, monkeypat
 
 def test_executorch_file_matches_pytorch_and_is_benched(tmp_path):
     """ExecuTorch (``.pte``, XNNPACK, a fixed batch): parity at float32 tolerance, timed by the harness
-    at both thread settings and by ``distill bench``; a batch it was not exported for is refused."""
+    and by ``distill bench`` with its one thread pool; another thread count is refused in one line."""
     pytest.importorskip("executorch")
     from distill.export import measure_latency
     from distill.export.bench import bench
@@ -191,12 +191,14 @@ def test_executorch_file_matches_pytorch_and_is_benched(tmp_path):
 
     model, x = tiny_cnn(), torch.randn(4, 1, 12, 12)
     path = export_executorch(model, x, tmp_path / "m.pte", batch=4)
-    module = load("executorch", path, threads=1)
+    module = load("executorch", path)
     report = check_parity(model, path, x, *TOLERANCES["float32"], runner=module)
     assert report.ok and report.n == 4, report
-    found = measure_latency(module, x[0], batch_sizes=(4,), threads=(1, None), repeats=2)
-    assert all(v > 0 for v in found.values()) and len(found) == 4
-    result = bench(path, runtime="executorch", batch=4, repeats=2, warmup=1)
+    found = measure_latency(module, x[0], batch_sizes=(4,), threads=(None,), repeats=2)
+    assert all(v > 0 for v in found.values()) and len(found) == 2
+    result = bench(path, runtime="executorch", batch=4, threads=None, repeats=2, warmup=1)
     assert result["precision"] == "float32" and result["latency_ms"] > 0
     with pytest.raises(DistillError, match="takes one input tensor"):
         module(input=x)
+    with pytest.raises(DistillError, match="thread pool here has"):
+        load("executorch", path, threads=64)

@@ -18,7 +18,6 @@ LiteRT (TFLite) and Core ML are not among them; ``docs/export.md`` says why.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +113,9 @@ class OpenVinoModule(RuntimeModule):
 
 
 class ExecuTorchModule(RuntimeModule):
-    """A ``.pte`` file run by ExecuTorch's Python runtime (XNNPACK kernels). ``threads`` sizes
-    ExecuTorch's thread pool, which is one per process: it is set again before a call when another
-    module changed it (``None``: one thread per core)."""
+    """A ``.pte`` file run by ExecuTorch's Python runtime (XNNPACK kernels). ExecuTorch's thread pool is
+    one per process, sized when it starts; resizing it after a program ran aborted the process here
+    (``_unsafe_reset_threadpool``), so ``threads`` must be ``None`` or the pool's size."""
 
     runtime = "executorch"
 
@@ -136,9 +135,12 @@ class ExecuTorchModule(RuntimeModule):
                 f"executorch cannot load {self.path} ({first_line(err, 240)}); export it again "
                 "(distill.export.runtimes.export_executorch)"
             ) from None
-        self._count = portable_lib._threadpool_get_thread_count
-        self._reset = portable_lib._unsafe_reset_threadpool
-        self._wanted = threads or os.cpu_count() or 1
+        pool = portable_lib._threadpool_get_thread_count()
+        if threads is not None and threads != pool:
+            raise DistillError(
+                f"ExecuTorch's thread pool here has {pool} threads, one pool per process; time it "
+                f"with all threads (threads None, --threads 0) or {pool}, not {threads}"
+            )
 
     def with_threads(self, threads: int | None) -> ExecuTorchModule:
         return type(self)(self.path, threads)
@@ -149,8 +151,6 @@ class ExecuTorchModule(RuntimeModule):
                 f"{self.path.name} takes one input tensor; ExecuTorch files here are exported from "
                 "one-input models"
             )
-        if self._count() != self._wanted:
-            self._reset(self._wanted)
         return self.method.execute([x.detach().to("cpu", torch.float32).contiguous()])[0]
 
 
