@@ -86,7 +86,8 @@ def choose(
         if c.error is not None:
             reasons[c.name] = f"not a candidate: {c.error}"
             continue
-        drop = reference - c.metric
+        drop = round(reference - c.metric, 2)
+        gain = -drop + 0.0  # + 0.0: "+0.00", never "-0.00"
         if c not in passing:
             reasons[c.name] = (
                 f"{c.metric:.2f} is {drop:.2f} points below the PyTorch student's {reference:.2f}, "
@@ -95,12 +96,12 @@ def choose(
         elif c is chosen:
             reasons[c.name] = (
                 f"chosen: fastest within the budget ({c.latency_ms:.4f} ms, {c.metric:.2f}, "
-                f"{-drop:+.2f} points)"
+                f"{gain:+.2f} points)"
             )
         else:
             assert chosen is not None and chosen.latency_ms
             reasons[c.name] = (
-                f"within the budget ({-drop:+.2f} points) but {c.latency_ms:.4f} ms, "
+                f"within the budget ({gain:+.2f} points) but {c.latency_ms:.4f} ms, "
                 f"{c.latency_ms / chosen.latency_ms:.2f}x the time of {chosen.name}"
             )
     return chosen, reasons
