@@ -1,4 +1,5 @@
-"""Re-time the models of a finished ``distill compare`` run: batch 1, one thread, in interleaved rounds.
+"""Re-time the models of a finished ``distill compare`` run (batch 1, one thread unless told) in interleaved
+rounds, each against the teacher made the same way.
 
 Each round times every pipeline's model once with the shared harness (``measure_latency``: ``--warmup``
 untimed calls, then ``--repeats`` timed ones, their median), the models in turn, so that a burst of load on
@@ -32,7 +33,8 @@ from rich.console import Console
 
 from distill.compare import Context, parse_pipelines
 from distill.compare import _kd_recipe as kd_recipe
-from distill.export import measure_latency
+from distill.compare.fair import reference_of, with_references
+from distill.export import latency_key, measure_latency
 
 
 def machine() -> str:
@@ -43,15 +45,16 @@ def machine() -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]  # fmt: skip
         cpu = names[0] if names else cpu
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = "-"
+    versions = {}
+    for package in ("onnxruntime", "openvino"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = "-"
     return (
         f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, onnxruntime {ort}"
+        f"torch {torch.__version__}, onnxruntime {versions['onnxruntime']}, "
+        f"openvino {versions['openvino']}"
     )
 
 
@@ -65,34 +68,47 @@ def time_rounds(
     rounds: int,
     warmup: int,
     repeats: int,
+    batch: int = 1,
+    threads: int | None = 1,
 ) -> dict[str, list[float]]:
-    """Per model, the batch-1 one-thread median (ms) of each round; rounds interleave the models."""
+    """Per model, the median (ms) at ``batch`` and ``threads`` (None: all) of each round; rounds
+    interleave the models."""
     times: dict[str, list[float]] = {name: [] for name in models}
+    key = latency_key(batch, threads)
     for _ in range(rounds):
         for name, model in models.items():
             found = measure_latency(
-                model, example, batch_sizes=(1,), threads=(1,), warmup=warmup, repeats=repeats
+                model,
+                example,
+                batch_sizes=(batch,),
+                threads=(threads,),
+                warmup=warmup,
+                repeats=repeats,
             )
-            times[name].append(found["latency_ms_b1_t1"])
+            times[name].append(found[key])
     return times
 
 
-def table(times: dict[str, list[float]], reference: str = "teacher") -> list[str]:
-    """Markdown rows: median ± std and min of the round medians; teacher / this (medians, per round)."""
+def table(times: dict[str, list[float]], cell: str = "b1, 1 thread") -> list[str]:
+    """Markdown rows: median ± std and min of the round medians; the same-runtime teacher
+    (:func:`~distill.compare.fair.reference_of`) over this row (medians, per round)."""
     lines = [
-        "| pipeline | ms @ b1, 1 thread: median ± std (min) | teacher / this: medians "
+        f"| pipeline | ms @ {cell}: median ± std (min) | ref | ref / this: medians "
         "| per-round ratio: median [min, max] |",
-        "|---|---|---|---|",
+        "|---|---|---|---|---|",
     ]
-    ref = times.get(reference)
     for name, values in times.items():
+        reference = reference_of(name)
+        ref = times.get(reference)
         median = statistics.median(values)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        cells = [name, f"{median:.4f} ± {std:.4f} ({min(values):.4f})", "-", "-"]
+        cells = [name, f"{median:.4f} ± {std:.4f} ({min(values):.4f})", reference, "-", "-"]
         if ref:
             paired = [r / v for r, v in zip(ref, values, strict=True)]
-            cells[2] = f"{statistics.median(ref) / median:.1f}x"
-            cells[3] = f"{statistics.median(paired):.1f}x [{min(paired):.1f}, {max(paired):.1f}]"
+            cells[3] = f"{statistics.median(ref) / median:.2f}x"
+            cells[4] = f"{statistics.median(paired):.2f}x [{min(paired):.2f}, {max(paired):.2f}]"
+        else:
+            cells[2] = "-"
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -259,6 +275,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads; 0: all")
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -271,7 +289,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     console = Console()
-    names = parse_pipelines(args.pipelines)
+    names, _ = with_references(parse_pipelines(args.pipelines))
+    threads = args.threads or None
+    cell = f"b{args.batch}, {'all threads' if threads is None else f'{threads} thread'}"
     kd = kd_recipe(
         args.recipe, args.overrides, args.out, args.teacher_recipe, False, False, console
     )
@@ -279,14 +299,16 @@ def main() -> None:
     made = {name: ctx.get(name) for name in names}
     models = {name: product.model for name, product in made.items()}
     before = load()
-    times = time_rounds(models, ctx.example, args.rounds, args.warmup, args.repeats)
+    times = time_rounds(
+        models, ctx.example, args.rounds, args.warmup, args.repeats, args.batch, threads
+    )
     print(f"machine: {machine()}")
     print(f"load average (1, 5, 15 min) before: {before}, after: {load()}")
     print(
         f"{args.rounds} rounds x {args.repeats} calls after {args.warmup} warm-up calls, "
-        "batch 1, one thread; one test image (the comparison's example)\n"
+        f"{cell}; one test image (the comparison's example) repeated to the batch\n"
     )
-    print("\n".join(table(times)))
+    print("\n".join(table(times, cell)))
     if args.breakdown:
         for name, product in made.items():
             if product.runtime == "onnxruntime" and product.artefact is not None:

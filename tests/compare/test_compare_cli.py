@@ -55,6 +55,7 @@ def test_list_shows_every_pipeline_and_the_defaults(capsys):
     [
         (["--pipelines", "teacher,student-kd-int9"], ["'student-kd-int9'", "Did you mean"]),
         ([], ["teacher weights 'runs/fashion_mnist-teacher'", "--teacher-recipe"]),
+        (["--bench-results", "nowhere.json"], ["bench result nowhere.json not found"]),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_is_written(capsys, tmp_path, argv, needles):

@@ -99,9 +99,19 @@ def test_int8_student_runs_in_onnxruntime(recipes, workspace):
     pytest.importorskip("onnxruntime")
     out = workspace / "cmp"
     result = run(recipes, out, ["student-kd-onnx", "student-kd-int8"])
-    onnx, int8 = result["rows"]  # student-kd itself is made (and reused) but not a row
-    assert [onnx["pipeline"], int8["pipeline"]] == ["student-kd-onnx", "student-kd-int8"]
+    rows = {r["pipeline"]: r for r in result["rows"]}
+    # student-kd itself is made (and reused) but not a row; each file's same-runtime teacher is added
+    assert list(rows) == ["teacher-onnx", "student-kd-onnx", "teacher-int8", "student-kd-int8"]
+    onnx, int8 = rows["student-kd-onnx"], rows["student-kd-int8"]
     assert onnx["runtime"] == int8["runtime"] == "onnxruntime"
+    assert (onnx["precision"], int8["precision"]) == ("float32", "int8")
+    for name, ref in (("student-kd-onnx", "teacher-onnx"), ("student-kd-int8", "teacher-int8")):
+        row, teacher = rows[name], rows[ref]
+        assert row["reference"] == ref and teacher["precision"] == row["precision"]
+        for cell in ("b1_t1", "b1_tall", "b256_t1", "b256_tall"):
+            ratio = teacher[f"latency_ms_{cell}"] / row[f"latency_ms_{cell}"]
+            assert row[f"speedup_{cell}"] == round(ratio, 2)
+        assert row["pareto"].keys() >= {"latency_ms_b1_t1", "size_bytes"}
     assert int8["size_bytes"] == (out / "student-kd-int8" / "model.int8.onnx").stat().st_size
     assert int8["params"] == onnx["params"]  # the source model's count
     assert abs(int8["accuracy"] - onnx["accuracy"]) <= 10  # int8 stays close to float on 128 images
@@ -113,12 +123,17 @@ def test_qat_student_is_an_int8_row_and_is_reused(recipes, workspace):
     comparison reuses the file while the KD student is unchanged."""
     pytest.importorskip("onnxruntime")
     out = workspace / "cmp"
-    (row,) = run(recipes, out, ["student-kd-qat"])["rows"]
+    rows = run(recipes, out, ["student-kd-qat"])["rows"]
+    assert [r["pipeline"] for r in rows] == [
+        "teacher-int8",
+        "student-kd-qat",
+    ]  # same-runtime teacher
+    row = rows[1]
     path = out / "student-kd-qat" / "student.qat.int8.onnx"
     assert row["pipeline"] == "student-kd-qat" and row["runtime"] == "onnxruntime"
     assert row["size_bytes"] == path.stat().st_size and row["accuracy"] is not None
     before = path.stat().st_mtime_ns
-    (again,) = run(recipes, out, ["student-kd-qat"])["rows"]
+    again = run(recipes, out, ["student-kd-qat"])["rows"][1]
     assert path.stat().st_mtime_ns == before and again["accuracy"] == row["accuracy"]
 
 
@@ -132,9 +147,12 @@ def test_an_export_failing_parity_is_a_failed_row_not_a_model(recipes, workspace
     monkeypatch.setattr("distill.export.export_onnx", wrong_export)
     out = workspace / "cmp"
     result = run(recipes, out, "student-kd,student-kd-int8")
-    ok, failed = result["rows"]
-    assert ok["status"] == "ok"
-    assert failed["pipeline"] == "student-kd-int8" and failed["status"].startswith("failed:")
+    rows = {r["pipeline"]: r for r in result["rows"]}
+    assert list(rows) == ["teacher", "student-kd", "teacher-int8", "student-kd-int8"]
+    ok, failed = rows["student-kd"], rows["student-kd-int8"]
+    assert ok["status"] == "ok" and ok["reference"] == "teacher"
+    assert failed["status"].startswith("failed:") and rows["teacher-int8"]["status"] != "ok"
+    assert "reference" not in failed and "speedup_b1_t1" not in failed
     assert "accuracy" not in failed and not (out / "student-kd-int8" / "model.onnx").exists()
     assert "failed" in (out / "report.md").read_text()
 

@@ -100,16 +100,102 @@ def test_console_table_fits_80_columns_with_whole_pipeline_names():
     assert "onnxruntime" in text and "failed" in text
 
 
-def test_speedups_are_against_the_teacher_row_at_batch_1():
+def test_speedups_are_against_the_teacher_made_the_same_way():
+    """A row's speed-up is against the teacher of the same runtime and precision, per batch and threads;
+    never the ratio of two runtimes (issue 22: int8 student / float PyTorch teacher was the old claim)."""
     from distill.compare import add_speedups
 
-    rows = [row("teacher", 2.0, 91.0), row("student-kd-int8", 0.08, 89.0)]
-    rows.append(row("student-kd-onnx", None, None, status="failed: parity"))
+    rows = [
+        row("teacher", 2.0, 91.0, latency_ms_b256_tall=100.0),
+        row("teacher-int8", 0.2, 91.0, runtime="onnxruntime", latency_ms_b256_tall=40.0),
+        row("student-kd", 0.5, 89.0, latency_ms_b256_tall=50.0),
+        row("student-kd-int8", 0.08, 89.0, runtime="onnxruntime", latency_ms_b256_tall=10.0),
+        row("student-kd-onnx", 0.05, 89.0, runtime="onnxruntime"),  # teacher-onnx not measured
+    ]
+    rows.append(row("student-kd-fp16", None, None, status="failed: parity"))
     add_speedups(rows)
-    assert [r.get("speedup_b1_t1") for r in rows] == [1.0, 25.0, None]
+    got = {r["pipeline"]: (r.get("reference"), r.get("speedup_b1_t1")) for r in rows}
+    assert got == {
+        "teacher": ("teacher", 1.0),
+        "teacher-int8": ("teacher-int8", 1.0),
+        "student-kd": ("teacher", 4.0),
+        "student-kd-int8": ("teacher-int8", 2.5),  # not 2.0 / 0.08 = 25x
+        "student-kd-onnx": (None, None),
+        "student-kd-fp16": (None, None),
+    }
+    assert rows[3]["speedup_b256_tall"] == 4.0 and rows[2]["speedup_b256_tall"] == 2.0
     alone = [row("student-kd", 0.5, 88.0)]  # no teacher row: nothing to compare with
     add_speedups(alone)
     assert "speedup_b1_t1" not in alone[0]
+
+
+def test_missing_reference_teachers_are_added_once_before_their_rows():
+    from distill.compare.fair import reference_of, with_references
+
+    names, added = with_references(
+        [
+            "student-kd",
+            "student-kd-int8",
+            "student-kd-openvino-int8",
+            "student-kd-qat",
+            "teacher-int8",
+        ]
+    )
+    assert names == [
+        "teacher",
+        "student-kd",
+        "student-kd-int8",  # teacher-int8 was asked for: it keeps its place
+        "teacher-openvino-int8",
+        "student-kd-openvino-int8",
+        "student-kd-qat",
+        "teacher-int8",
+    ]
+    assert added == ["teacher", "teacher-openvino-int8"]  # teacher-int8 was asked for
+    assert (
+        reference_of("teacher-pruned") == "teacher"
+        and reference_of("pruned-kd-fp16") == "teacher-fp16"
+    )
+
+
+def test_pareto_marks_per_runtime_name_the_dominating_row_and_margin():
+    from distill.compare.fair import mark_pareto, pareto_note
+
+    rows = [
+        row("teacher", 2.0, 91.0, size_bytes=1000),
+        row("student-kd", 0.5, 89.0, size_bytes=30),
+        row("teacher-int8", 0.1, 91.5, runtime="onnxruntime", size_bytes=500),
+        row("student-kd-int8", 0.12, 89.0, runtime="onnxruntime", size_bytes=18),
+        row("student-kd-onnx", 0.05, 89.0, runtime="onnxruntime", size_bytes=32),
+        row("student-kd-fp16", None, None, runtime="onnxruntime", status="failed: parity"),
+    ]
+    mark_pareto(rows)
+    by = {r["pipeline"]: r for r in rows}
+    # torch: the student is faster and smaller, the teacher more accurate: both on the front
+    assert by["teacher"]["pareto"]["latency_ms_b1_t1"] is None
+    assert by["student-kd"]["pareto_b1_t1"] == "front"
+    # onnxruntime: the int8 teacher beats the int8 student on accuracy AND speed (not on size)
+    mark = by["student-kd-int8"]["pareto"]["latency_ms_b1_t1"]
+    assert mark == {"by": "teacher-int8", "accuracy_pts": 2.5, "ratio": 1.2}
+    assert by["student-kd-int8"]["pareto"]["size_bytes"] is None  # smallest file: on the size front
+    assert by["student-kd-onnx"]["pareto"]["latency_ms_b1_t1"] is None  # fastest
+    assert "pareto" not in by["student-kd-fp16"]
+    assert by["student-kd-int8"]["pareto_b1_t1"] == "teacher-int8: +2.50 pts, 1.2x faster"
+    note = pareto_note(rows)
+    assert "Pareto, onnxruntime" in note and "Pareto, torch" in note
+    assert "dominated student-kd-int8 (by teacher-int8: +2.50 pts, 1.2x faster)" in note
+    for r in rows:  # property: off the front iff some row of its runtime beats it
+        if "pareto" not in r:
+            continue
+        beaten = any(
+            o is not r
+            and o.get("status") == "ok"
+            and o["runtime"] == r["runtime"]
+            and o["accuracy"] >= r["accuracy"]
+            and o["latency_ms_b1_t1"] <= r["latency_ms_b1_t1"]
+            and (o["accuracy"], o["latency_ms_b1_t1"]) != (r["accuracy"], r["latency_ms_b1_t1"])
+            for o in rows
+        )
+        assert (r["pareto"]["latency_ms_b1_t1"] is not None) == beaten
 
 
 def test_int8_rows_slower_than_their_float_file_get_a_note(monkeypatch):
@@ -143,3 +229,48 @@ def test_int8_dot_product_is_read_from_the_cpu_flags(tmp_path):
         cpuinfo.write_text(text)
         assert int8_dot_product(cpuinfo) is want, text
     assert int8_dot_product(tmp_path / "missing") is None
+
+
+def test_bench_results_join_the_row_of_the_file_they_timed(tmp_path):
+    """A ``distill bench`` result lands on the row whose file has its hash, with the ratio to the
+    same-runtime teacher timed on the same machine, batch and threads; others are ignored."""
+    from distill.compare.fair import bench_note, merge_bench
+    from distill.export.bench import sha256
+
+    files = {}
+    for name, data in (("teacher-int8", b"teacher"), ("student-kd-int8", b"student")):
+        files[name] = tmp_path / f"{name}.onnx"
+        files[name].write_bytes(data)
+    rows = [row(n, 1.0, 90.0, runtime="onnxruntime", artefact=str(p)) for n, p in files.items()] + [
+        row("student-kd", 0.5, 89.0)
+    ]
+
+    def result(name, ms, label="pi-5", threads=1):
+        return {
+            "sha256": sha256(files[name]),
+            "runtime": "onnxruntime",
+            "batch": 1,
+            "threads": threads,
+            "latency_ms": ms,
+            "machine": {"label": label, "cpu": "Cortex-A76"},
+        }
+
+    other = {**result("student-kd-int8", 9.0), "sha256": "0" * 64}  # a file not in the comparison
+    merge_bench(
+        rows,
+        [
+            result("teacher-int8", 2.0),
+            result("student-kd-int8", 0.5),
+            result("student-kd-int8", 0.7, "nuc"),
+            other,
+        ],
+    )
+    teacher, student, torch_row = rows
+    assert [e["machine"] for e in student["bench"]] == ["pi-5", "nuc"]
+    assert student["bench"][0]["ratio"] == 4.0  # teacher-int8 on the pi-5 / student-kd-int8 there
+    assert "ratio" not in student["bench"][1]  # the teacher was not timed on the nuc
+    assert teacher["bench"][0]["ratio"] == 1.0 and "bench" not in torch_row
+    note = bench_note(rows)
+    assert (
+        "| student-kd-int8 | pi-5 | onnxruntime | 1 | 1 | 0.5000 | 4.00x vs teacher-int8 |" in note
+    )

@@ -35,6 +35,11 @@ def test_defaults_are_the_commands_defaults(tmp_path):
         "keep_first_last_float": None,
         "checkpoint": "best",
         "qat": False,
+        "select": False,
+        "targets": ["onnxruntime"],
+        "budget": 1.0,
+        "select_batch": 1,
+        "select_threads": 1,
     }
     assert recipe.qat.model_dump() == {
         "epochs": 1,
@@ -44,6 +49,7 @@ def test_defaults_are_the_commands_defaults(tmp_path):
     }
     assert recipe.compare.pipelines is None and recipe.compare.out == "runs/compare"
     assert recipe.compare.latency_repeats == 50 and recipe.compare.calibration_samples == 512
+    assert recipe.compare.bench_results == []
 
 
 def load_recipe_dict(tmp_path: Path, data: dict):

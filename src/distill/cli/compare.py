@@ -54,6 +54,13 @@ def compare_(
             help=f"{DEVICE_HELP}; for the accuracy of the torch models (ONNX rows and every latency: CPU)"
         ),
     ] = "cpu",
+    bench_results: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated `distill bench --out` JSON files to merge into the report (rows "
+            "matched by file hash; default: compare.bench_results)"
+        ),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="list the pipelines and exit")] = False,
 ) -> None:
     """Teacher, students, pruned, ONNX and int8 models from one KD recipe, measured the same way.
@@ -80,4 +87,7 @@ def compare_(
         latency_repeats=latency_repeats,
         console=console,
         device=device,
+        bench_results=[p.strip() for p in bench_results.split(",") if p.strip()]
+        if bench_results
+        else None,
     )

@@ -51,6 +51,25 @@ def export(
         str | None,
         typer.Option(help="best or last (default: the recipe's export.checkpoint, best)"),
     ] = None,
+    select: Annotated[
+        bool | None,
+        typer.Option(
+            "--select/--no-select",
+            help="also make float16, int8 static/dynamic and per-layer mixed files and pick, per "
+            "target, the fastest within the accuracy budget (default: export.select, off)",
+        ),
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="runtimes to pick for, comma-separated: onnxruntime, openvino, onnxruntime-cuda, "
+            "onnxruntime-tensorrt (default: export.targets, onnxruntime)"
+        ),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="points of top-1 a picked file may lose (default: export.budget, 1.0)"),
+    ] = None,
     qat_epochs: Annotated[
         int | None,
         typer.Option(
@@ -74,6 +93,9 @@ def export(
         checkpoint=checkpoint,
         int8_mode=int8_mode,
         opset=opset,
+        select=select,
+        targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+        budget=budget,
     )
     checkpoint = result["checkpoint"]
     with_qat = result["settings"]["qat"] if qat_epochs is None else qat_epochs > 0
@@ -102,4 +124,11 @@ def export(
             check,
         )
     console.print(table)
+    for target, picked in result.get("selection", {}).items():
+        console.print(
+            f"[bold]{escape(target)}[/]: {escape(str(picked['file']))} ({picked['reason']})",
+            soft_wrap=True,
+        )
+        for c in picked["candidates"]:
+            console.print(f"  {c['name']}: {escape(c['reason'])}", soft_wrap=True, highlight=False)
     console.print(f"written to {escape(str(Path(result['report']).parent))}", soft_wrap=True)

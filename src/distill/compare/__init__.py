@@ -18,6 +18,14 @@ from rich.console import Console
 
 from distill import report
 from distill.compare.context import Context, Produced
+from distill.compare.fair import (
+    add_speedups,
+    bench_note,
+    mark_pareto,
+    merge_bench,
+    pareto_note,
+    with_references,
+)
 from distill.compare.named import packed
 from distill.compare.pipelines import (
     DEFAULT_PIPELINES,
@@ -32,6 +40,7 @@ from distill.config.load import load_recipe
 from distill.config.schema import CompareSpec, override
 from distill.errors import DistillError
 from distill.export import ParityError
+from distill.export.bench import read_results
 from distill.models import count_parameters
 from distill.report import (
     COMPARE_COLUMNS,
@@ -56,6 +65,8 @@ __all__ = [
     "cached_run",
     "compare",
     "parse_pipelines",
+    "add_speedups",
+    "mark_pareto",
 ]
 
 
@@ -122,6 +133,7 @@ def compare(
     console: Console | None = None,
     settings: CompareSpec | None = None,
     device: str = "cpu",
+    bench_results: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipelines`` (default: :func:`default_pipelines` of the recipe's task) from the KD ``recipe``;
     write the reports to ``out`` (default ``runs/compare``).
@@ -141,6 +153,9 @@ def compare(
     ``report.json`` also holds the ``settings`` used (the section, with the pipelines that ran).
     ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``) is where the torch models' accuracy is
     measured; ONNX models run on onnxruntime's CPU provider, and latency is always timed on the CPU.
+    ``bench_results``: ``distill bench --out`` files (latencies timed on other machines) merged into
+    the rows whose file they timed (by SHA-256), with the ratio to the reference row timed alike.
+    Each exported row is timed against the teacher made the same way (:mod:`distill.compare.fair`).
     """
     console = console or Console()
     measure_on = resolve_device(device, "--device")
@@ -157,6 +172,7 @@ def compare(
         "finetune": finetune,
         "calibration_samples": calibration_samples,
         "latency_repeats": latency_repeats,
+        "bench_results": [str(p) for p in bench_results] if bench_results is not None else None,
     }
     if settings is None:
         settings = load_recipe(recipe, overrides).compare
@@ -164,10 +180,17 @@ def compare(
     if names is None and spec.pipelines is not None:
         names = parse_pipelines(spec.pipelines)
     _check_repeats(spec.latency_repeats)
+    timed_elsewhere = read_results(list(spec.bench_results))  # bad files fail before any work
     out, tiny = Path(spec.out), spec.tiny
     started = time.perf_counter()
     kd = _kd_recipe(recipe, overrides, out, spec.teacher_recipe, tiny, fresh, console)
-    names = names or list(default_pipelines(kd.task))
+    names, added = with_references(names or list(default_pipelines(kd.task)))
+    if added:
+        console.print(
+            f"added {', '.join(added)}: each exported row is timed against the teacher exported the "
+            "same way (runtime, precision, threads, batch)",
+            soft_wrap=True,
+        )
     ctx = Context(
         kd,
         out,
@@ -184,6 +207,7 @@ def compare(
         _measure(ctx, name, product, spec.latency_repeats, measure_on)
         for name, product in made.items()
     ]
+    merge_bench(rows, timed_elsewhere)
     elapsed = time.perf_counter() - started
     applied = [*overrides, *(TINY if tiny else [])]
     runs = _student_runs(made)
@@ -286,6 +310,7 @@ def _measure(
     }
     row.update({k: round(v, 2) for k, v in extra.items()})  # e.g. macro_f1 (text), top5
     row["artefact"] = str(product.artefact) if product.artefact else None
+    row["precision"] = product.precision
     return row
 
 
@@ -319,23 +344,14 @@ def columns(rows: list[dict[str, Any]], large_batch: int = 256, primary: str = "
     have."""
     out = []
     for key, header, fmt in COMPARE_COLUMNS:
-        if key == "latency_ms_b256":
-            key, header = f"latency_ms_b{large_batch}", f"ms @ b{large_batch}"
+        if "b256" in key:
+            key, header = (v.replace("b256", f"b{large_batch}") for v in (key, header))
         if key == "accuracy":
             header = PRIMARY_HEADERS.get(primary, header)
         out.append((key, header, fmt))
         if key == "accuracy":
             out += [(k, h, f) for k, (h, f) in EXTRA_COLUMNS.items() if any(k in r for r in rows)]
     return out
-
-
-def add_speedups(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> None:
-    """``speedup_b1_t1``: the teacher row's latency over each row's (batch 1, one thread), when the
-    comparison has a measured teacher row."""
-    teacher = next((r.get(key) for r in rows if r.get("pipeline") == "teacher"), None)
-    for r in rows:
-        if teacher and r.get(key):
-            r["speedup_b1_t1"] = round(teacher / r[key], 1)
 
 
 def int8_slower_note(rows: list[dict[str, Any]], key: str = "latency_ms_b1_t1") -> str:
@@ -395,6 +411,17 @@ def _write(
         notes += f" Models are timed at batch 1 and {large_batch}"
         notes += ", every sequence max_length tokens long." if large_batch == 64 else "."
     add_speedups(rows)
+    mark_pareto(rows)
+    notes += (
+        "\n\nSpeed-ups ('x ref') divide the latency of the row named under 'ref' (the teacher in the "
+        "same runtime and precision) by this row's, at the same batch and threads."
+    )
+    elsewhere = bench_note(rows)
+    if elsewhere:
+        notes += "\n\n" + elsewhere
+    fronts = pareto_note(rows)
+    if fronts:
+        notes += "\n\n" + fronts
     slower = int8_slower_note(rows)
     if slower:
         notes += "\n\n" + slower

@@ -41,6 +41,7 @@ class Produced:
     model: nn.Module
     name: str
     runtime: str = "torch"
+    precision: str = "float32"
     params: int | None = None
     size_bytes: int | None = None
     artefact: Path | None = None

@@ -11,6 +11,8 @@ A pipeline registered with ``one_tensor_input="why"`` works only for models taki
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -18,6 +20,7 @@ from torch import nn
 from distill import export  # export.export_onnx is looked up per call (tests replace it)
 from distill.api import clear_run_dir
 from distill.compare.context import PIPELINES, Context, Produced
+from distill.compare.fair import EXPORTED_SOURCES, VARIANTS
 from distill.compare.runs import recipe_key, record_settings, settings_match, train_or_reuse
 from distill.compress.prune import (
     channel_prune,
@@ -30,6 +33,7 @@ from distill.compress.qat import QAT_FILE, qat_run
 from distill.config.build import build_distiller, build_trainer
 from distill.config.run import open_run
 from distill.config.schema import DistillSpec, Recipe
+from distill.export import runtimes
 from distill.export.quantize import quantize_onnx
 from distill.export.run import default_int8_mode
 from distill.export.runtime import OnnxModule
@@ -167,50 +171,84 @@ def teacher_sparse(ctx: Context) -> Produced:
     return Produced(model, label, artefact=ctx.out / "teacher-sparse" / "pruned.safetensors")
 
 
-def _onnx(ctx: Context, source: str, slug: str, int8: bool) -> Produced:
-    """Export ``source``'s model to ONNX (parity-checked); the int8 pipeline quantizes that float file
-    (made once, ``<out>/<source>-onnx/model.onnx``): static with the first and last layers in float for
-    one input tensor, dynamic with every layer int8 for named inputs
-    (:func:`~distill.export.run.default_int8_mode`)."""
+def _onnx(ctx: Context, source: str, slug: str, variant: str) -> Produced:
+    """``source``'s model as an exported file run by a runtime (``variant``, see
+    :data:`~distill.compare.fair.VARIANTS`). The float32 file is exported once (parity-checked,
+    ``<out>/<source>-onnx/model.onnx``); ``fp16`` converts it, ``int8`` quantizes it (static with the first
+    and last layers in float for one input tensor, dynamic with every layer int8 for named inputs:
+    :func:`~distill.export.run.default_int8_mode`), ``openvino`` and ``openvino-int8`` run the float32 and
+    int8 files with OpenVINO."""
     made = ctx.get(source)
     folder = ctx.out / slug
     folder.mkdir(parents=True, exist_ok=True)
     example = ctx.inputs(ctx.test_data, 2)
-    if int8:
-        float_path = ctx.get(f"{source}-onnx").artefact
-        assert float_path is not None, "ONNX pipelines record their file"
-        mode = default_int8_mode(example)
-        calibration = ctx.calibration() if mode == "static" else None
-        keep = () if ctx.named_inputs else "first_last"  # text: every MatMul int8 (docs/text.md)
-        path = quantize_onnx(
-            float_path,
-            folder / "model.int8.onnx",
-            mode=mode,
-            calibration=calibration,
-            keep_float=keep,
-        )
+    runtime, precision = VARIANTS[variant]
+    if variant in ("openvino", "openvino-int8"):
+        onnx_file = ctx.get(f"{source}-{'int8' if variant == 'openvino-int8' else 'onnx'}").artefact
+        assert onnx_file is not None, "ONNX pipelines record their file"
+        module = runtimes.load("openvino", onnx_file)
+        path = onnx_file
     else:
-        path = export.export_onnx(made.model.eval(), example, folder / "model.onnx")
-    label = f"{made.name}, {'int8 ' if int8 else ''}ONNX"
+        path = _onnx_file(ctx, made, source, folder, example, variant)
+        module = OnnxModule(path)
+    label = f"{made.name}, {_LABELS[variant]}"
     return Produced(
-        OnnxModule(path),
+        module,
         label,
-        runtime="onnxruntime",
+        runtime=runtime,
+        precision=precision,
         params=count_parameters(made.model),
         size_bytes=path.stat().st_size,
         artefact=path,
     )
 
 
-for _source in ("teacher", "student-kd", "pruned-kd"):
-    for _int8 in (False, True):
-        _slug = f"{_source}-{'int8' if _int8 else 'onnx'}"
+_LABELS = {
+    "onnx": "ONNX",
+    "fp16": "float16 ONNX",
+    "int8": "int8 ONNX",
+    "openvino": "OpenVINO",
+    "openvino-int8": "int8 OpenVINO",
+}
+
+
+def _onnx_file(
+    ctx: Context, made: Produced, source: str, folder: Path, example: Any, variant: str
+) -> Path:
+    if variant == "onnx":
+        return export.export_onnx(made.model.eval(), example, folder / "model.onnx")
+    float_path = ctx.get(f"{source}-onnx").artefact
+    assert float_path is not None, "ONNX pipelines record their file"
+    if variant == "fp16":
+        return runtimes.convert_float16(float_path, folder / "model.fp16.onnx")
+    mode = default_int8_mode(example)
+    calibration = ctx.calibration() if mode == "static" else None
+    keep = () if ctx.named_inputs else "first_last"  # text: every MatMul int8 (docs/text.md)
+    return quantize_onnx(
+        float_path, folder / "model.int8.onnx", mode=mode, calibration=calibration, keep_float=keep
+    )
+
+
+_ABOUT = {
+    "onnx": "exported to ONNX, run by onnxruntime",
+    "fp16": "exported to float16 ONNX (float32 inputs and outputs), run by onnxruntime",
+    "int8": "exported to ONNX, int8 (static, calibrated; dynamic for text), run by onnxruntime",
+    "openvino": "exported to ONNX, run by OpenVINO (CPU, float32 precision)",
+    "openvino-int8": "the int8 ONNX file run by OpenVINO (CPU)",
+}
+for _source in EXPORTED_SOURCES:
+    for _variant, _about in _ABOUT.items():
+        _slug = f"{_source}-{_variant}"
+        _meta: dict[str, Any] = {}
+        if _source == "pruned-kd":
+            _meta["one_tensor_input"] = NOT_CHANNEL_PRUNABLE
+        if _variant.startswith("openvino"):
+            _meta["needs"] = ("openvino", "openvino")
         PIPELINES.add(
             _slug,
-            lambda ctx, s=_source, n=_slug, q=_int8: _onnx(ctx, s, n, q),
-            about=f"{_source} exported to ONNX"
-            f"{', int8 (static, calibrated; dynamic for text)' if _int8 else ''}, run by onnxruntime",
-            **({"one_tensor_input": NOT_CHANNEL_PRUNABLE} if _source == "pruned-kd" else {}),
+            lambda ctx, s=_source, n=_slug, v=_variant: _onnx(ctx, s, n, v),
+            about=f"{_source} {_about}",
+            **_meta,
         )
 
 
@@ -243,6 +281,7 @@ def student_kd_qat(ctx: Context) -> Produced:
         OnnxModule(path),
         f"{made.name}, QAT int8 ONNX",
         runtime="onnxruntime",
+        precision="int8",
         params=count_parameters(made.model),
         size_bytes=path.stat().st_size,
         artefact=path,
@@ -281,6 +320,14 @@ def default_pipelines(task: str) -> tuple[str, ...]:
 
 
 def skip_reason(ctx: Context, name: str) -> str | None:
-    """Why pipeline ``name`` does not apply to this comparison's models (``None``: it does)."""
-    why = PIPELINES.meta(name).get("one_tensor_input")
-    return why if why and ctx.named_inputs else None
+    """Why pipeline ``name`` does not apply to this comparison's models or this machine (``None``: it
+    does): a one-tensor-input pipeline on named inputs, or a runtime whose extra is not installed."""
+    meta = PIPELINES.meta(name)
+    why = meta.get("one_tensor_input")
+    if why and ctx.named_inputs:
+        return str(why)
+    if "needs" in meta:
+        module, extra = meta["needs"]
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed here (pip install 'distill[{extra}]')"
+    return None

@@ -395,6 +395,24 @@ class ExportSpec(Strict):
     qat: bool = Field(
         False, description="also write a QAT int8 model, student.qat.int8.onnx (settings: qat:)"
     )
+    select: bool = Field(
+        False,
+        description="also make float16, int8 static/dynamic and per-layer mixed files and pick, per "
+        "target, the fastest within the accuracy budget (export.json: selection)",
+    )
+    targets: list[str] = Field(
+        default_factory=lambda: ["onnxruntime"],
+        min_length=1,
+        description="runtimes the selection times the files on: onnxruntime, openvino, "
+        "onnxruntime-cuda, onnxruntime-tensorrt",
+    )
+    budget: float = Field(
+        1.0, ge=0, description="selection: points of the primary metric a file may lose"
+    )
+    select_batch: int = Field(1, ge=1, description="selection: batch size the files are timed at")
+    select_threads: int = Field(
+        1, ge=0, description="selection: intra-op threads the files are timed with (0: all cores)"
+    )
 
 
 class QatSpec(Strict):
@@ -435,6 +453,11 @@ class CompareSpec(Strict):
     )
     calibration_samples: int = Field(
         512, ge=1, description="training inputs static int8 models are calibrated on"
+    )
+    bench_results: list[str] = Field(
+        default_factory=list,
+        description="`distill bench --out` JSON files merged into the report (rows matched by the "
+        "file's SHA-256): latencies timed on other machines",
     )
 
     @field_validator("finetune")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.export.runtime import OnnxModule
+from distill.export.runtime import RuntimeModule
 
 
 def latency_key(batch_size: int, threads: int | None, stat: str = "median") -> str:
@@ -86,7 +86,7 @@ def measure_latency(
     results: dict[str, float] = {}
     try:
         for t in threads:
-            if isinstance(model_or_session, OnnxModule):
+            if isinstance(model_or_session, RuntimeModule):
                 model, context = model_or_session.with_threads(t), contextlib.nullcontext()
             else:
                 model, context = model_or_session.eval(), torch_threads(t)

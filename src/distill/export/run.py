@@ -17,10 +17,12 @@ from distill.config.run import CHECKPOINTS, open_run, run_recipe
 from distill.config.schema import ExportSpec, override
 from distill.data.base import BatchingDataset
 from distill.errors import DistillError, did_you_mean
-from distill.export import exporter
+from distill.export import exporter, runtimes
+from distill.export import select as select_files
 from distill.export.inputs import Inputs, batch_size, take
 from distill.export.quantize import first_and_last_layers, quantize_onnx
 from distill.export.runtime import OnnxModule, ParityError, check_parity, merge_reports
+from distill.export.select import Timer
 from distill.io import write_json
 
 EXPORT_FORMATS = ("onnx",)
@@ -41,6 +43,10 @@ def export_run(
     int8_mode: str | None = None,
     opset: int | None = None,
     settings: ExportSpec | None = None,
+    select: bool | None = None,
+    targets: list[str] | None = None,
+    budget: float | None = None,
+    timer: Timer | None = None,
 ) -> dict[str, Any]:
     """Export a run's student to ``out`` (default ``RUN_DIR/export``) and return what ``export.json`` holds.
 
@@ -59,6 +65,11 @@ def export_run(
     Each file is evaluated on the test split with the recipe's task; ``agreement`` is the share of test
     inputs where a file's top-1 equals the PyTorch student's. Everything is written to a temporary folder
     first and replaces an earlier export only when complete.
+
+    With ``select``, float16, int8 static/dynamic and per-layer mixed files are made too and, per runtime
+    in ``targets``, the fastest file within ``budget`` points of the PyTorch student's primary metric is
+    chosen (:mod:`distill.export.select`; ``timer(file, runtime) -> ms`` replaces the latency harness,
+    e.g. in tests); ``selection`` in the result holds the choice and a reason per candidate.
     """
     run_dir = Path(run_dir)
     given = {
@@ -69,6 +80,9 @@ def export_run(
         "keep_first_last_float": keep_first_last_float,
         "int8_mode": int8_mode,
         "opset": opset,
+        "select": select,
+        "targets": targets,
+        "budget": budget,
     }
     _check_settings(given)  # a bad argument fails before the run is read
     spec = override(settings if settings is not None else run_recipe(run_dir).export, given)
@@ -98,6 +112,10 @@ def export_run(
             int8_options if int8 else None,
             spec.opset,
         )
+        if spec.select:
+            result["selection"] = _select(
+                spec, student, task, train, test_loader, staging, result, int8_options, timer
+            )
         result.update(
             run_dir=str(run_dir),
             checkpoint=checkpoint,
@@ -111,6 +129,9 @@ def export_run(
     result["files"] = {
         k: {**v, "path": str(out_dir / Path(v["path"]).name)} for k, v in result["files"].items()
     }
+    for chosen in result.get("selection", {}).values():
+        if chosen["file"] is not None:
+            chosen["path"] = str(out_dir / chosen["file"])
     result["report"] = str(out_dir / REPORT_NAME)
     return result
 
@@ -133,6 +154,18 @@ def _check_settings(values: Mapping[str, Any]) -> None:
         not isinstance(calibration_batches, int) or calibration_batches < 1
     ):
         raise DistillError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+    for target in values.get("targets") or ():
+        if target not in runtimes.RUNTIMES:
+            raise DistillError(
+                f"unknown target runtime {target!r}."
+                f"{did_you_mean(str(target), runtimes.RUNTIMES.names())} "
+                f"Use one of {', '.join(runtimes.RUNTIMES.names())}"
+            )
+    budget = values.get("budget")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0
+    ):
+        raise DistillError(f"budget must be >= 0 points, got {budget!r}; e.g. 1.0")
     if int8_mode is not None and int8_mode not in INT8_MODES:
         raise DistillError(
             f"unknown int8 mode {int8_mode!r}.{did_you_mean(str(int8_mode), INT8_MODES)} "
@@ -184,6 +217,47 @@ def _export_all(
         entry["size_bytes"] = module.size_bytes
         entry["metrics"] = rounded_metrics(task.evaluate(module, test_loader, student))
     return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _select(
+    spec: ExportSpec,
+    student: nn.Module,
+    task: Any,
+    train: Any,
+    test_loader: Any,
+    staging: Path,
+    result: dict[str, Any],
+    int8: dict[str, Any],
+    timer: Timer | None,
+) -> dict[str, Any]:
+    """Candidates made once, then measured and chosen per target (``export.json``: ``selection``)."""
+    fp32 = Path(result["files"]["fp32"]["path"])
+    primary = task.primary_metric
+    calibration = list(_calibration(task, train, spec.calibration_batches))
+    keep = first_and_last_layers(fp32) if int8["keep"] else []
+    candidates = select_files.make_candidates(fp32, staging, calibration, keep)
+    threads = spec.select_threads or None
+    timer = timer or select_files.latency_timer(spec.select_batch, threads)
+    layers = staging / ".layers"
+    layers.mkdir(exist_ok=True)
+
+    def evaluate(module: nn.Module) -> float:
+        return task.evaluate(module, test_loader, student)[primary]
+
+    reference = result["metrics"]["torch"][primary]
+    selection = {}
+    try:
+        for target in spec.targets:
+            mixed = select_files.mixed_candidate(fp32, staging, layers, calibration, target, timer)
+            found = select_files.select(
+                [*candidates, mixed], target, evaluate, reference, spec.budget, timer
+            )
+            found.update(metric=primary, reference=reference, budget=spec.budget)
+            found.update(batch=spec.select_batch, threads=threads or "all")
+            selection[target] = found
+    finally:
+        shutil.rmtree(layers, ignore_errors=True)
+    return selection
 
 
 def load_student(run_dir: str | Path, checkpoint: str = "best") -> nn.Module:

@@ -1,4 +1,6 @@
-"""Run ONNX files with onnxruntime: :class:`OnnxModule` (an ``nn.Module``) and the parity check."""
+"""Run ONNX files with onnxruntime: :class:`OnnxModule` (an ``nn.Module``), the execution providers it
+picks (:func:`choose_providers`) and the parity check. :class:`RuntimeModule` is what every runtime's
+wrapper is (``distill.export.runtimes``: OpenVINO and the registry of runtimes)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import DistillError, first_line
+from distill.errors import DistillError, did_you_mean, first_line
 from distill.export._deps import require
 from distill.export.binding import BoundRunner
 from distill.export.inputs import Inputs, batch_size, call_model, first_output, to_cpu
@@ -25,6 +27,28 @@ _TORCH_DTYPES = {
     "tensor(uint8)": torch.uint8,
 }  # onnxruntime's input type names -> what forward casts inputs to
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)  # see session_options
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+DEVICES = ("cpu", "cuda", "tensorrt", "auto")
+
+
+def choose_providers(available: list[str], device: str = "cpu") -> list[str]:
+    """onnxruntime's execution providers for ``device``, best first, from the ``available`` ones
+    (``onnxruntime.get_available_providers()``): ``cpu`` the CPU alone; ``cuda`` CUDA then CPU (for the
+    nodes CUDA lacks); ``tensorrt`` TensorRT, CUDA, CPU; ``auto`` whatever GPU providers are there, else
+    the CPU. Asking for a GPU provider this onnxruntime does not have is a :class:`DistillError`."""
+    if device not in DEVICES:
+        raise DistillError(
+            f"unknown onnxruntime device {device!r}.{did_you_mean(str(device), DEVICES)} "
+            f"Use one of {', '.join(DEVICES)}"
+        )
+    wanted = {"cpu": [], "cuda": [CUDA], "tensorrt": [TENSORRT, CUDA], "auto": [TENSORRT, CUDA]}
+    gpu = [p for p in wanted[device] if p in available]
+    if device in ("cuda", "tensorrt") and wanted[device][0] not in available:
+        raise DistillError(
+            f"onnxruntime here has no {wanted[device][0]} (available: {', '.join(available)}); "
+            "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use device cpu"
+        )
+    return [*gpu, CPU]
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -58,15 +82,18 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def inference_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for ``path``; a file it cannot load is a :class:`DistillError`."""
+def inference_session(
+    path: str | Path, threads: int | None = None, providers: list[str] | None = None
+) -> Any:
+    """An onnxruntime session for ``path`` on ``providers`` (default: the CPU alone); a file it cannot
+    load is a :class:`DistillError`."""
     ort = require("onnxruntime")
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"ONNX file {path} not found; export one first (distill export RUN_DIR)")
     try:
         return ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            str(path), session_options(threads), providers=providers or [CPU]
         )
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = first_line(err, limit=240)
@@ -80,7 +107,31 @@ def inference_session(path: str | Path, threads: int | None = None) -> Any:
         ) from None
 
 
-class OnnxModule(nn.Module):
+class RuntimeModule(nn.Module):
+    """An exported file run by some runtime, behind the ``nn.Module`` interface: ``forward`` takes what the
+    PyTorch model took and returns its first output as a CPU tensor. ``path`` is the file, ``threads`` the
+    runtime's intra-op threads (``None``: its default, all cores), ``runtime`` the runtime's name in
+    ``distill.export.runtimes.RUNTIMES``. The latency harness times one instance per thread setting
+    (:meth:`with_threads`)."""
+
+    runtime = "?"
+    path: Path
+    threads: int | None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk (the whole model: the file is self-contained)."""
+        return self.path.stat().st_size
+
+    def with_threads(self, threads: int | None) -> RuntimeModule:
+        """The same file in a new session with ``threads`` intra-op threads."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, threads={self.threads}"
+
+
+class OnnxModule(RuntimeModule):
     """An ONNX file behind the ``nn.Module`` interface, so task evaluation and report measurement run on it
     unchanged: ``forward(x)`` for a one-input file (``x`` ``(B, ...)``), ``forward(**inputs)`` or
     ``forward(inputs_dict)`` for named inputs (text: ``input_ids=``, ``attention_mask=`` ``(B, T)``).
@@ -88,14 +139,20 @@ class OnnxModule(nn.Module):
 
     Inputs are cast to the dtypes the file declares (float32 images, int64 token ids). There are no
     parameters; ``size_bytes`` is the file's size on disk. ``threads`` sets onnxruntime's intra-op threads
-    (``None``: all physical cores).
+    (``None``: all physical cores); ``providers`` its execution providers (default: the CPU alone; see
+    :func:`choose_providers`). Inputs and outputs stay in CPU memory (a GPU provider copies them).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    runtime = "onnxruntime"
+
+    def __init__(
+        self, path: str | Path, threads: int | None = None, providers: list[str] | None = None
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         self.threads = threads
-        self.session = inference_session(self.path, threads)
+        self.providers = list(providers or [CPU])
+        self.session = inference_session(self.path, threads, self.providers)
         declared = self.session.get_inputs()
         self.input_names = [i.name for i in declared]
         self.input_name = self.input_names[0]
@@ -103,14 +160,9 @@ class OnnxModule(nn.Module):
         self.output_names = [self.session.get_outputs()[0].name]
         self.runner = BoundRunner(self.session, self.input_dtypes, self.output_names[0])
 
-    @property
-    def size_bytes(self) -> int:
-        """Bytes on disk (the whole model: the file is self-contained)."""
-        return self.path.stat().st_size
-
     def with_threads(self, threads: int | None) -> OnnxModule:
         """The same file in a new session with ``threads`` intra-op threads."""
-        return type(self)(self.path, threads)
+        return type(self)(self.path, threads, self.providers)
 
     def forward(self, x: Any = None, **inputs: torch.Tensor) -> torch.Tensor:
         if not inputs and type(x) is torch.Tensor and self.runner.single_input:
@@ -130,9 +182,6 @@ class OnnxModule(nn.Module):
                 "inputs the model was exported with"
             )
         return self.runner(inputs)
-
-    def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, threads={self.threads}"
 
 
 @dataclass
@@ -170,16 +219,18 @@ def check_parity(
     inputs: Inputs,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    runner: nn.Module | None = None,
 ) -> ParityReport:
     """Run ``model`` (eval mode, CPU) and the ONNX file on one batch ``inputs`` (a tensor ``(N, ...)`` or a
-    mapping of named tensors, as :func:`~distill.export.export_onnx` takes) and compare the first outputs."""
+    mapping of named tensors, as :func:`~distill.export.export_onnx` takes) and compare the first outputs.
+    ``runner``: the file as another runtime runs it (a :class:`RuntimeModule`; default onnxruntime's CPU)."""
     was_training = model.training
     model.eval()
     try:
         expected = first_output(call_model(model, to_cpu(inputs))).float()
     finally:
         model.train(was_training)
-    got = first_output(call_model(OnnxModule(onnx_path), inputs))
+    got = first_output(call_model(runner or OnnxModule(onnx_path), inputs)).float()
     if got.shape != expected.shape:
         raise DistillError(
             f"ONNX model {onnx_path} returns shape {tuple(got.shape)} where PyTorch returns "
