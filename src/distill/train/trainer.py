@@ -24,6 +24,7 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from distill.data.views import ConsistentAugment
 from distill.distiller import Distiller, DistillStep
 from distill.errors import DistillError, TrainingInterrupted, is_allocation_failure
 from distill.io import remove_stale_temporaries, write_error, write_json
@@ -446,6 +447,10 @@ class Trainer:
             batch = self.task.split(raw).to(self.device)
             if g is not None:
                 batch.inputs = self.augment(batch.inputs, g)
+                if isinstance(self.augment, ConsistentAugment) and self.augment.mix is not None:
+                    # one draw per batch; teacher and student both read the mixed inputs
+                    batch.inputs, partner, lam = self.augment.mix(batch.inputs, g)
+                    batch = self.task.mix_targets(batch, partner, lam)
             if cfg.channels_last:
                 batch.inputs = channels_last_inputs(batch.inputs)
             # DDP all-reduces the gradients once, after the last micro-batch's backward
