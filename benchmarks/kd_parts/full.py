@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/kd_recipes/full")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant labels")
+    parser.add_argument(
+        "--teacher",
+        default="fashion_mnist/teacher_strong",
+        help="the teacher's recipe (trained once, cached)",
+    )
 
 
 def variants(epochs: int, long: int, teacher: Path) -> dict[str, tuple[str, list[str]]]:
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     labels = args.only or list(variants(0, 0, Path()))
     teaching = any(x.startswith("kd") for x in labels)
-    teacher = teacher_run(train=teaching)
+    teacher = teacher_run(args.teacher, train=teaching)
     teacher_acc = top1(teacher) if teacher is not None else float("nan")
     weights = teacher / "model.safetensors" if teacher is not None else Path("none")
     table = variants(args.epochs, args.long_epochs, weights)
@@ -143,6 +148,7 @@ def summarize(
             }
         },
         "teacher_top1": teacher_acc,
+        "teacher": args.teacher,
         "per_seed_top1": by,
         "pairs": pairs,
         "ingredients": ingredients,
@@ -155,7 +161,8 @@ def summarize(
         "wall_seconds": seconds,
         "machine": machine(),
         "command": "OMP_NUM_THREADS=1 python benchmarks/kd_recipes.py --part full "
-        f"--epochs {args.epochs} --long-epochs {args.long_epochs} --workers {args.workers}",
+        f"--epochs {args.epochs} --long-epochs {args.long_epochs} --workers {args.workers} "
+        f"--teacher {args.teacher}",
     }
 
 
@@ -170,7 +177,7 @@ def render(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}; one torch thread per training, {result['workers']} in parallel; "
         f"wall time {result['wall_seconds'] / 60:.0f} min for the runs this call made.",
         "",
-        f"Teacher: `fashion_mnist/teacher_strong` (1.08M parameters), {result['teacher_top1']:.2f} % test "
+        f"Teacher: `{result['teacher']}` (445k parameters), {result['teacher_top1']:.2f} % test "
         "top-1. Student: the 6.5k-parameter CNN on all 60k labels. Accuracy: the final epoch's test "
         f"top-1 (%), seeds {', '.join(map(str, seeds))}; short = {result['epochs']} epochs, long = "
         f"{result['long_epochs']} epochs.",

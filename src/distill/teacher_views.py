@@ -136,8 +136,8 @@ class ViewStore:
             )
         start = time.perf_counter()
         tensors = self._fill(online, dataset, batch_size)
-        self._write(tensors, settings)
         self.fill_seconds = time.perf_counter() - start
+        self._write(tensors, settings)
         self._use(tensors)
 
     @torch.no_grad()
@@ -206,6 +206,7 @@ class ViewStore:
             "file": FILE,
             "sha256": file_digest(path),
             "bytes": path.stat().st_size,
+            "fill_seconds": self.fill_seconds,  # the teacher's passes over every view, for the record
         }
         write_json(self.folder / MANIFEST, manifest)
 
