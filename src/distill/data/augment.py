@@ -140,14 +140,11 @@ def build_augment(
     """
     text = isinstance(data, TextData)
     name = data.name if isinstance(data, DistillDataset) else type(data).__name__
-    image_options = [
-        k
-        for k in ("crop_padding", "flip", "resized_crop", "randaugment", "mixup", "cutmix")
-        if getattr(spec, k)
-    ]
-    if text and image_options:
+    new = [k for k in ("resized_crop", "randaugment", "mixup", "cutmix") if getattr(spec, k, 0)]
+    if text and (spec.crop_padding or spec.flip or new):
+        options = "/".join(new) if new else "crop_padding/flip"
         raise DistillError(
-            f"{where}: {'/'.join(image_options)} augment images but dataset {name!r} holds text; "
+            f"{where}: {options} augment images but dataset {name!r} holds text; "
             "remove them (text has token_mask)"
         )
     if spec.token_mask:
@@ -176,12 +173,14 @@ def build_augment(
 def image_augment(spec: Any) -> BatchAugment | ConsistentAugment | None:
     """The image part of ``spec`` (an ``AugmentSpec``); None when it changes nothing."""
     views: BatchAugment | ViewAugment | None
-    if spec.views:
+    if getattr(spec, "resized_crop", 0) or getattr(spec, "randaugment", 0):
         views = view_augment(spec)
     else:
         views = BatchAugment(spec.crop_padding, spec.flip)
         views = views if views.enabled else None
-    mix = BatchMix(spec.mixup, spec.cutmix, spec.mix_prob)
+    mix = BatchMix(
+        getattr(spec, "mixup", 0.0), getattr(spec, "cutmix", 0.0), getattr(spec, "mix_prob", 1.0)
+    )
     if not mix.enabled:
         return (
             views
