@@ -35,6 +35,9 @@ VARIANTS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--note", default="", help="a sentence for the report (budget, what was cut)"
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/kd_recipes/cost")
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
+        "note": args.note,
         "command": f"OMP_NUM_THREADS=1 python benchmarks/kd_recipes.py --part cost --steps {args.steps} "
         f"--rounds {args.rounds} --teacher {args.teacher}",
     }
@@ -141,4 +145,6 @@ def render(result: dict[str, Any]) -> str:
         "One-off fill of the view cache (4 views of 60k samples through the teacher, recorded in its "
         "manifest): " + (f"{fill:.0f} s." if fill is not None else "not recorded."),
     ]
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     return "\n".join(lines) + "\n"

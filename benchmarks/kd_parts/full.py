@@ -25,6 +25,9 @@ MIXUP = ["data.augment.mixup=0.2", "distill.cache_teacher=false", "distill.cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--note", default="", help="a sentence for the report (budget, what was cut)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--long-epochs", type=int, default=8)
@@ -160,6 +163,7 @@ def summarize(
         "workers": args.workers,
         "wall_seconds": seconds,
         "machine": machine(),
+        "note": args.note,
         "command": "OMP_NUM_THREADS=1 python benchmarks/kd_recipes.py --part full "
         f"--epochs {args.epochs} --long-epochs {args.long_epochs} --workers {args.workers} "
         f"--teacher {args.teacher}",
@@ -208,4 +212,6 @@ def render(result: dict[str, Any]) -> str:
         )
     if result.get("view_fill_seconds") is not None:
         lines.append(f"* The one-off view-cache fill took {result['view_fill_seconds']:.0f} s.")
+    if result.get("note"):
+        lines += ["", f"Note: {result['note']}"]
     return "\n".join(lines) + "\n"

@@ -291,8 +291,9 @@ class ViewStore:
 
 
 def _data_digest(online: OnlineTeacher, dataset: Any, batch_size: int) -> str:
-    """SHA-256 of the training inputs in index order (a changed or re-subset dataset is other data)."""
-    h = hashlib.sha256()
+    """SHA-256 of the training inputs in index order (a changed or re-subset dataset is other data),
+    whatever the batch size they are read in."""
+    indices, values = hashlib.sha256(), hashlib.sha256()
     for raw in make_loader(dataset, batch_size, None):
         batch = online.task.split(raw)
         inputs = batch.inputs
@@ -301,9 +302,11 @@ def _data_digest(online: OnlineTeacher, dataset: Any, batch_size: int) -> str:
                 "cache_views stores views of image tensors; this dataset's inputs are "
                 f"{type(inputs).__name__}; remove cache_views"
             )
-        h.update(_index(batch).numpy().tobytes())
-        h.update(inputs.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        indices.update(_index(batch).numpy().tobytes())
+        values.update(
+            inputs.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        )
+    return hashlib.sha256(indices.digest() + values.digest()).hexdigest()
 
 
 def _index(batch: Batch) -> torch.Tensor:
