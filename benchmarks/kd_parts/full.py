@@ -4,6 +4,7 @@ The 6.5k student on all 60k labels, 3 seeds, final epoch's test top-1:
 
 * ``scratch``: labels only, no augmentation (``fashion_mnist/scratch``), ``--epochs``;
 * ``scratch+aug``: the same with the patient recipe's augmentation (``fashion_mnist/scratch_aug``);
+* ``kd``: KD from the teacher without augmentation (the plain exact cache);
 * ``kd+aug``: KD from ``teacher_strong`` on the same augmented views, cached (``fashion_mnist/kd_patient``);
 * ``kd+aug+mixup``: the same plus mixup (alpha 0.2), online teacher (a mixed batch cannot be cached);
 * ``scratch+aug long`` / ``kd+aug long``: the pair at ``--long-epochs`` (the shipped schedule).
@@ -21,6 +22,10 @@ from typing import Any
 
 from kd_parts._jobs import machine, mean_std, read, run_jobs, teacher_run, top1
 
+PLAIN = [
+    "data.augment={}",
+    "distill.cache_views=0",
+]  # KD without augmentation (the exact plain cache)
 MIXUP = ["data.augment.mixup=0.2", "distill.cache_teacher=false", "distill.cache_views=0"]
 
 
@@ -51,6 +56,7 @@ def variants(epochs: int, long: int, teacher: Path) -> dict[str, tuple[str, list
     return {
         "scratch": ("fashion_mnist/scratch", [f"train.epochs={epochs}"]),
         "scratch+aug": ("fashion_mnist/scratch_aug", [f"train.epochs={epochs}"]),
+        "kd": ("fashion_mnist/kd_patient", [*kd, *PLAIN, f"train.epochs={epochs}"]),
         "kd+aug": ("fashion_mnist/kd_patient", [*kd, f"train.epochs={epochs}"]),
         "kd+aug+mixup": ("fashion_mnist/kd_patient", [*kd, *MIXUP, f"train.epochs={epochs}"]),
         "scratch+aug long": ("fashion_mnist/scratch_aug", [f"train.epochs={long}"]),
@@ -132,15 +138,16 @@ def summarize(
     head = pairs.get("long") or pairs.get("short") or {}
     plain = pairs.get("short vs unaugmented scratch", {})
 
-    def mean(label: str) -> float | None:
-        return mean_std(list(by[label].values()))[0] if label in by else None
-
     def diff(a: str, b: str) -> float | None:
-        ma, mb = mean(a), mean(b)
-        return None if ma is None or mb is None else ma - mb
+        """Mean paired difference over the seeds both variants ran."""
+        if a not in by or b not in by:
+            return None
+        common = sorted(set(by[a]) & set(by[b]))
+        return mean_std([by[a][s] - by[b][s] for s in common])[0] if common else None
 
     ingredients = {
         "augmentation alone (scratch+aug - scratch)": diff("scratch+aug", "scratch"),
+        "teacher alone (kd - scratch, no augmentation)": diff("kd", "scratch"),
         "+ teacher (kd+aug - scratch+aug)": diff("kd+aug", "scratch+aug"),
         "+ mixup (kd+aug+mixup - kd+aug)": diff("kd+aug+mixup", "kd+aug"),
         "+ longer (kd+aug long - kd+aug)": diff("kd+aug long", "kd+aug"),
@@ -196,7 +203,9 @@ def render(result: dict[str, Any]) -> str:
         f"top-1 (%), seeds {', '.join(map(str, seeds))}; short = {result['epochs']} epochs, long = "
         f"{result['long_epochs']} epochs.",
         "",
-        "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | s per run |",
+        "| variant | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean ± std | wall s per run |",
         "|---|" + "---|" * len(seeds) + "---|---|",
     ]
     for label, accs in by.items():
@@ -208,7 +217,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | " + " | ".join(cells) + f" | {m:.2f} ± {sd:.2f} | {secs or 0:.0f} |"
         )
-    lines += ["", "Gain of each ingredient (difference of means, points):", ""]
+    lines += [
+        "",
+        "Gain of each ingredient (mean paired difference over the seeds both ran, points):",
+        "",
+    ]
     for name, value in result["ingredients"].items():
         lines.append(f"* {name}: " + ("not run" if value is None else f"{value:+.2f}"))
     lines.append("")
