@@ -193,13 +193,14 @@ def test_every_shipped_recipe_is_covered():
 
 @pytest.mark.filterwarnings("error:ofd:UserWarning")  # OFD's teacher taps are pre-ReLU
 @pytest.mark.parametrize("path", _params())
-def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory) -> None:
+def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory, monkeypatch) -> None:
     name = recipe_id(path)
     family, method = name.split("/")
     shrink = SHRINK[family]
     if reason := shrink.needs():
         pytest.skip(reason)
     tmp_path = tmp_path_factory.mktemp("recipe")  # next to the others: data shared, written once
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))  # stored teacher views stay here
     recipe = load_recipe(name, shrink.overrides(load_recipe(name), tmp_path))
     if family == "fashion_mnist" and method in ALONE.split():
         assert [t.loss for t in recipe.distill.terms] == [method]  # cross-entropy + the method

@@ -76,6 +76,11 @@ class TeacherSource:
         """Get ready to answer for ``train_data`` (a Dataset or DataLoader); ``console`` (rich) reports
         long work when ``is_main``. Nothing to do for a source that runs the teacher."""
 
+    def view(self, batch: Batch, epoch: float) -> Batch:
+        """The batch both models read at ``epoch``: ``batch`` itself, unless the source keeps augmented
+        views of each sample (the augmentation-aware cache), when it is the stored view it answers for."""
+        return batch
+
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         """``{tap: tensor}`` for the teacher taps (``@name`` outputs and module names) of ``batch``."""
         raise NotImplementedError
@@ -476,6 +481,8 @@ class Distiller(nn.Module):
         if self.source is None:
             return self.student_side(batch, {}, epoch)
         given = batch
+        if self.terms:  # the augmentation-aware cache: the stored view both models read
+            batch = self.source.view(batch, epoch)
         batch, metrics = self.source.batch(batch, self._unwrapped.student, step)
         teacher_outputs = self.source.outputs(batch, self.teacher_taps) if self.terms else {}
         result = self.student_side(batch, teacher_outputs, epoch)

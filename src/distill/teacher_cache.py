@@ -18,6 +18,7 @@ outputs are gathered once, so every rank holds the whole table, checked to cover
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill.data.base import make_loader
+from distill.data.views import ViewAugment
 from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
+from distill.teacher_views import ViewStore
 
 
 def uncacheable(taps: Iterable[str], per_token: Iterable[str] = (), task: str = "") -> str | None:
@@ -54,23 +57,55 @@ def uncacheable(taps: Iterable[str], per_token: Iterable[str] = (), task: str = 
 
 class CachedTeacher(TeacherSource):
     """The teacher's task outputs (``@name`` taps) for every training sample, ``(N, ...)`` on the CPU in
-    the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset)."""
+    the teacher's dtype, looked up by the batch's ``index`` extra (the sample's position in the dataset).
 
-    def __init__(self, teacher: nn.Module, task: Task, taps: Sequence[str]) -> None:
+    With ``views`` (a :class:`~distill.data.views.ViewAugment`) and ``count`` views per sample, it is the
+    augmentation-aware cache (:class:`~distill.teacher_views.ViewStore`): ``count`` views per sample drawn
+    once, their parameters and the teacher's outputs kept in a verified file under ``folder``, and each
+    epoch :meth:`view` gives every sample one of its stored views (chosen from ``seed`` and the epoch).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        task: Task,
+        taps: Sequence[str],
+        views: ViewAugment | None = None,
+        count: int = 0,
+        topk: int = 0,
+        folder: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
         reason = uncacheable(taps, task.per_token_outputs, task.name)
         if reason is not None:
             raise DistillError(f"cache_teacher {reason}")
+        if (views is None) != (count == 0):
+            raise DistillError(
+                f"cache_teacher with augmented views needs both a view augmentation and a view count, got "
+                f"{views!r} and {count}; set distill.cache_views with data.augment, or neither"
+            )
         self.online = OnlineTeacher(teacher, task)
         self.names = list(dict.fromkeys(taps))
         self.cache: dict[str, torch.Tensor] = {}
+        self.store = ViewStore(views, count, topk, self.names, folder, seed) if views else None
 
     @property
     def filled(self) -> bool:
-        return bool(self.cache)
+        return bool(self.cache) if self.store is None else self.store.filled
 
     def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
-        """The trainer's call: fill the cache from the training data (once)."""
+        """The trainer's call: fill the cache from the training data (once), or read a stored one."""
+        if self.store is not None:
+            self.store.prepare(self.online, train_data, batch_size, console if is_main else None)
+            return
         self.fill_from(train_data, batch_size, console, report=is_main)
+
+    def view(self, batch: Batch, epoch: float) -> Batch:
+        """With stored views: each sample's view for this epoch (its ``view`` extra says which); a batch
+        without indices, or before the views exist, gets fresh views (the teacher then runs online)."""
+        if self.store is None:
+            return batch
+        return self.store.view(batch, epoch)
 
     def fill_from(
         self, data: Any, batch_size: int, console: Any = None, report: bool = True
@@ -141,6 +176,12 @@ class CachedTeacher(TeacherSource):
         return cache
 
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self.store is not None:
+            stored = self.store.outputs(batch, taps)
+            if stored is None:
+                return self.online.outputs(batch, taps)
+            device = _device(self.online.teacher)
+            return {t: v.to(device, non_blocking=True) for t, v in stored.items()}
         index = batch.extras.get("index")
         if not self.cache or index is None or any(t not in self.cache for t in taps):
             return self.online.outputs(batch, taps)

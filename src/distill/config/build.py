@@ -16,6 +16,7 @@ from distill.config.autopair import is_auto, pair_auto_terms
 from distill.config.checks import check_on_example, check_taps, example_batch
 from distill.config.schema import (
     FROM_TEACHER,
+    AugmentSpec,
     DistillSpec,
     ModelSpec,
     Recipe,
@@ -25,7 +26,7 @@ from distill.config.schema import (
 )
 from distill.config.topk import cache_is_full, data_modes, topk_source
 from distill.data import build_dataset
-from distill.data.augment import BatchAugment, TokenMask, build_augment
+from distill.data.augment import BatchAugment, TokenMask, build_augment, view_augment
 from distill.data.base import (
     ImageDataset,
     LabelledDataset,
@@ -36,9 +37,11 @@ from distill.data.base import (
 from distill.data.base import eval_loader as eval_loader  # re-exported for the assembly path
 from distill.data.tensor import TensorDataset
 from distill.data.transfer import TransferSet, make_transfer_set
+from distill.data.views import ConsistentAugment
 from distill.distiller import Distiller, TeacherSource, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
+from distill.losses.base import contract_of
 from distill.models import build_model, student_from_teacher
 from distill.models.hf import layer_map, num_layers, same_vocabulary, tokenizer_of
 from distill.safe_load import torch_load
@@ -61,7 +64,7 @@ class Built:
     student: nn.Module
     teacher: nn.Module | None
     distiller: Distiller
-    augment: BatchAugment | TokenMask | None
+    augment: BatchAugment | TokenMask | ConsistentAugment | None
     pairing: list[str] = field(default_factory=list)  # what auto taps resolved to, one line a term
 
 
@@ -300,9 +303,14 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         source = topk_source(recipe, train, task, taps, None if skip else teacher)
     if recipe.distill.data_mode is not None:
         source = data_modes(recipe, task, teacher, source)
-    distiller = build_distiller(recipe.distill, student, teacher, task, source)
+    distiller = build_distiller(
+        recipe.distill, student, teacher, task, source, recipe.data.augment, recipe.train.seed
+    )
     check_on_example(distiller, train, recipe)
     augment = build_augment(recipe.data.augment, train)
+    check_mixing(augment, distiller)
+    if recipe.distill.cache_teacher and recipe.distill.cache_views:
+        augment = None  # the cache's stored views are what both models read (TeacherSource.view)
     return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
 
 
@@ -385,11 +393,14 @@ def build_distiller(
     teacher: nn.Module | None,
     task: Task,
     source: TeacherSource | None = None,
+    augment: AugmentSpec | None = None,
+    seed: int = 0,
 ) -> Distiller:
     """The :class:`Distiller` for a recipe's ``distill:`` section: terms built (``@layer.*`` taps expanded,
     module taps checked, costly task outputs requested), the teacher online or cached
-    (``cache_teacher``) or ``source`` as given (a top-k cache: ``teacher`` may then be None). No data
-    is touched: :func:`build` checks the result on an example batch."""
+    (``cache_teacher``; with ``cache_views``, the stored views of ``augment``, each epoch's pick drawn
+    from ``seed``) or ``source`` as given (a top-k cache: ``teacher`` may then be None). No data is
+    touched: :func:`build` checks the result on an example batch."""
     specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(spec.terms)]
     for i, term in enumerate(specs):  # name the term and side of a bad tap
         check_taps(student, term.student, f"distill.terms.{i}.student")
@@ -407,8 +418,29 @@ def build_distiller(
         source=source,
     )
     if spec.cache_teacher and teacher is not None:  # the Trainer fills it (prepare)
-        distiller.source = CachedTeacher(teacher, task, distiller.teacher_taps)
+        views = view_augment(augment) if augment is not None and spec.cache_views else None
+        distiller.source = CachedTeacher(
+            teacher,
+            task,
+            distiller.teacher_taps,
+            views=views,
+            count=spec.cache_views if views is not None else 0,
+            topk=spec.cache_topk,
+            seed=seed,
+        )
     return distiller
+
+
+def check_mixing(augment: Any, distiller: Distiller) -> None:
+    """Mixup/cutmix leave no hard label per sample: a term whose loss reads ``labels`` is refused."""
+    if not isinstance(augment, ConsistentAugment) or augment.mix is None:
+        return
+    for term, name in zip(distiller.terms, distiller.student_side.names, strict=True):
+        if "labels" in contract_of(term.loss).extra_inputs:
+            raise DistillError(
+                f"distill term {name!r} reads hard labels, but data.augment.mixup/cutmix mix two labels "
+                "per sample; set mixup and cutmix to 0 or use a term without labels (e.g. kd)"
+            )
 
 
 def _taps(side: str | list[str]) -> list[str]:
@@ -586,7 +618,7 @@ def build_trainer(
     val_data: Any,
     config: TrainConfig,
     run_dir: str | Path | None = None,
-    augment: BatchAugment | TokenMask | None = None,
+    augment: BatchAugment | TokenMask | ConsistentAugment | None = None,
     **trainer_kwargs: Any,
 ) -> Trainer:
     """A :class:`Trainer` for ``distiller`` (``train.device`` checked first); every Trainer distill makes

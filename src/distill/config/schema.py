@@ -118,6 +118,40 @@ class AugmentSpec(Strict):
         description="text: replace each token with the mask token with this probability (teacher and "
         "student read the same masked batch)",
     )
+    resized_crop: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="random resized crop: the smallest crop area as a fraction of the image (e.g. 0.35; "
+        "aspect 3/4 to 4/3, resized back); 0 = off",
+    )
+    randaugment: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="RandAugment-style ops per sample (geometric and photometric); 0 = off",
+    )
+    randaugment_magnitude: float = Field(
+        9.0, ge=0.0, le=10.0, description="RandAugment magnitude M in [0, 10] for every op"
+    )
+    mixup: float = Field(
+        0.0, ge=0.0, le=10.0, description="mixup Beta alpha (e.g. 0.2-1.0); mixed targets; 0 = off"
+    )
+    cutmix: float = Field(
+        0.0, ge=0.0, le=10.0, description="cutmix Beta alpha (e.g. 1.0); mixed targets; 0 = off"
+    )
+    mix_prob: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of batches mixed when mixup or cutmix is on"
+    )
+
+    @property
+    def views(self) -> bool:
+        """Per-sample ops that need :class:`~distill.data.views.ViewAugment`."""
+        return bool(self.resized_crop or self.randaugment)
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
 
 
 class TransferDataSpec(Strict):
@@ -330,7 +364,21 @@ class DistillSpec(Strict):
     cache_teacher: bool = Field(
         False,
         description="run the frozen teacher over the training set once and reuse its outputs every "
-        "epoch (no data augmentation; terms that tap outputs such as @logits)",
+        "epoch (no data augmentation unless cache_views is set; terms that tap outputs such as @logits)",
+    )
+    cache_views: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="with cache_teacher and per-sample data.augment: augmented views stored per training "
+        "sample (their parameters and the teacher's outputs, in a verified file reused across runs); "
+        "each epoch the student reads one of them. Mixup/cutmix are refused (not exact)",
+    )
+    cache_topk: int = Field(
+        0,
+        ge=0,
+        description="with cache_views: keep only the teacher's top-k log-probabilities per view and the "
+        "rest's mass (spread evenly over the other classes when read back); 0 = the full logits",
     )
     topk_cache: TopKCacheSpec | None = Field(
         None,
@@ -630,6 +678,10 @@ class Recipe(Strict):
             self._check_topk_cache()
         if self.distill.cache_teacher:
             self._check_cache_teacher()
+        elif self.distill.cache_views or self.distill.cache_topk:
+            raise ValueError(
+                "distill.cache_views/cache_topk shape the teacher cache; set distill.cache_teacher: true"
+            )
         if self.data.transfer is not None:
             self._check_transfer()
         if self.distill.data_mode is not None and self.teacher is None:
@@ -649,6 +701,11 @@ class Recipe(Strict):
             raise ValueError(
                 f"data.transfer works with task: classification (image batches), not {self.task!r}; "
                 "drop data.transfer"
+            )
+        if self.data.augment.mixes:
+            raise ValueError(
+                "data.transfer has unlabelled rows, which mixup/cutmix would blend into labelled "
+                "targets; set data.augment.mixup and cutmix to 0, or drop data.transfer"
             )
         for i, term in enumerate(self.distill.terms):
             if "labels" in _lookup("loss", term.loss).extra_inputs:
@@ -696,11 +753,28 @@ class Recipe(Strict):
         if not self.distill.terms:
             raise ValueError("distill.cache_teacher: there are no terms to feed; remove it")
         augment = self.data.augment.model_dump(exclude_defaults=True)
-        if augment:
+        views = self.distill.cache_views
+        if self.data.augment.mixes:
+            raise ValueError(
+                "distill.cache_teacher cannot keep mixed batches: mixup/cutmix blend two samples and the "
+                "teacher's output on a blend is not the blend of its outputs, so no stored output is exact; "
+                "set data.augment.mixup and cutmix to 0, or turn cache_teacher off (online teaching)"
+            )
+        if augment and (views == 0 or self.data.augment.token_mask):
             name, value = next(iter(augment.items()))
+            fix = "turn one of the two off" + (
+                ""
+                if self.data.augment.token_mask
+                else ", or store augmented views: distill.cache_views: 8"
+            )
             raise ValueError(
                 f"distill.cache_teacher needs the same inputs every epoch, but data.augment.{name} "
-                f"({value}) changes them; turn one of the two off"
+                f"({value}) changes them; {fix}"
+            )
+        if views and not augment:
+            raise ValueError(
+                f"distill.cache_views={views} stores augmented views, but data.augment is off; "
+                "remove cache_views (the plain cache is exact) or switch on an augmentation"
             )
         if _lookup("task", self.task).augments_in_loader:
             raise ValueError(

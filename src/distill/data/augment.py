@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from distill.data.base import DistillDataset, TextData
+from distill.data.views import BatchMix, ConsistentAugment, ViewAugment
 from distill.errors import DistillError, did_you_mean
 
 
@@ -128,17 +129,22 @@ class TokenMask:
 
 def build_augment(
     spec: Any, data: Any, where: str = "data.augment"
-) -> BatchAugment | TokenMask | None:
-    """The training-batch augmentation ``spec`` (``crop_padding``, ``flip``, ``token_mask``) asks for.
+) -> BatchAugment | TokenMask | ConsistentAugment | None:
+    """The training-batch augmentation ``spec`` (``crop_padding``, ``flip``, ``resized_crop``,
+    ``randaugment``, ``mixup``, ``cutmix``, ``token_mask``) asks for.
 
     Image options need image data, ``token_mask`` needs text data with a tokenizer that has a mask token;
-    asking for the other kind is an error naming the option. None when nothing is switched on.
+    asking for the other kind is an error naming the option. Crop and flip alone keep
+    :class:`BatchAugment`; resized crops or RandAugment give :class:`ViewAugment`, and mixup/cutmix a
+    :class:`ConsistentAugment` with a :class:`BatchMix`. None when nothing is switched on.
     """
     text = isinstance(data, TextData)
     name = data.name if isinstance(data, DistillDataset) else type(data).__name__
-    if text and (spec.crop_padding or spec.flip):
+    new = [k for k in ("resized_crop", "randaugment", "mixup", "cutmix") if getattr(spec, k, 0)]
+    if text and (spec.crop_padding or spec.flip or new):
+        options = "/".join(new) if new else "crop_padding/flip"
         raise DistillError(
-            f"{where}: crop_padding/flip augment images but dataset {name!r} holds text; "
+            f"{where}: {options} augment images but dataset {name!r} holds text; "
             "remove them (text has token_mask)"
         )
     if spec.token_mask:
@@ -161,5 +167,35 @@ def build_augment(
             f"{where}.crop_padding={spec.crop_padding} pads more than the images are wide ({size} "
             f"pixels; the padded batch would not fit in memory); use a smaller crop_padding, e.g. {max(1, size // 8)}"
         )
-    augment = BatchAugment(spec.crop_padding, spec.flip)
-    return augment if augment.enabled else None
+    return image_augment(spec)
+
+
+def image_augment(spec: Any) -> BatchAugment | ConsistentAugment | None:
+    """The image part of ``spec`` (an ``AugmentSpec``); None when it changes nothing."""
+    views: BatchAugment | ViewAugment | None
+    if getattr(spec, "resized_crop", 0) or getattr(spec, "randaugment", 0):
+        views = view_augment(spec)
+    else:
+        views = BatchAugment(spec.crop_padding, spec.flip)
+        views = views if views.enabled else None
+    mix = BatchMix(
+        getattr(spec, "mixup", 0.0), getattr(spec, "cutmix", 0.0), getattr(spec, "mix_prob", 1.0)
+    )
+    if not mix.enabled:
+        return (
+            views
+            if views is None or isinstance(views, BatchAugment)
+            else ConsistentAugment(views, None)
+        )
+    return ConsistentAugment(views, mix)
+
+
+def view_augment(spec: Any) -> ViewAugment:
+    """Every per-sample op of ``spec`` as one :class:`ViewAugment` (whose views can be stored and rebuilt)."""
+    return ViewAugment(
+        spec.resized_crop,
+        spec.crop_padding,
+        spec.flip,
+        spec.randaugment,
+        spec.randaugment_magnitude,
+    )

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.errors import DistillError
+
 
 def move_to(value: Any, device: torch.device | str) -> Any:
     """Move tensors inside nested lists/tuples/dicts to ``device`` (non-blocking)."""
@@ -128,6 +130,14 @@ class Task:
         self, outputs: dict[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def mix_targets(self, batch: Batch, partner: torch.Tensor, lam: float) -> Batch:
+        """``batch`` whose inputs were mixed (mixup/cutmix: ``lam`` of sample ``i``, ``1 - lam`` of
+        ``partner[i]``) with its targets mixed the same way. Tasks without mixable targets refuse."""
+        raise DistillError(
+            f"the {self.name or type(self).__name__} task cannot mix its targets; remove "
+            "data.augment.mixup and cutmix"
+        )
 
     # under DDP each rank runs predictions() on its slice of the validation set and every rank computes
     # metrics_of(all ranks' predictions); False: rank 0 runs evaluate() on the whole set alone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,6 +50,20 @@ def checked_cross_entropy(
                 f"label {bad} is out of range for a model with {logits.shape[-1]} classes; {fix}"
             )
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+@dataclass
+class MixedTargets:
+    """Targets of a mixed batch: sample ``i`` is ``lam`` of class ``labels[i]`` and ``1 - lam`` of class
+    ``partner[i]`` (both ``(B,)``). Cross-entropy is linear in the target, so the loss is the same
+    ``lam``-weighted sum of the two hard-label losses as against the soft label."""
+
+    labels: torch.Tensor
+    partner: torch.Tensor
+    lam: float
+
+    def to(self, device: torch.device | str) -> MixedTargets:
+        return MixedTargets(self.labels.to(device), self.partner.to(device), self.lam)
 
 
 EMPTY_EVAL = "evaluation data is empty; give a non-empty validation/test set"
@@ -149,19 +164,42 @@ class ClassLogitsTask(Task):
     label_fix: str = ""
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        targets = batch.targets
+        if isinstance(targets, MixedTargets):
+            logits, smooth, fix = outputs["logits"], self.label_smoothing, self.label_fix
+            own = checked_cross_entropy(logits, targets.labels, smooth, fix)
+            if targets.lam == 1.0:
+                return own
+            other = checked_cross_entropy(logits, targets.partner, smooth, fix)
+            return targets.lam * own + (1.0 - targets.lam) * other
         return checked_cross_entropy(
-            outputs["logits"], batch.targets, self.label_smoothing, self.label_fix
+            outputs["logits"], targets, self.label_smoothing, self.label_fix
         )
 
     def batch_metrics(
         self, outputs: dict[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
+        """``acc`` on hard labels (transfer rows, labelled ``UNLABELLED``, left out); on mixed batches
+        ``mixed_acc``, the mixed label's mass on the predicted class (not an accuracy against hard
+        labels: none exist for a blend)."""
+        predicted = outputs["logits"].argmax(-1)
         targets = batch.targets
-        hits = outputs["logits"].argmax(-1).eq(targets).float()
+        if isinstance(targets, MixedTargets):
+            own = predicted.eq(targets.labels).float()
+            other = predicted.eq(targets.partner).float()
+            return {"mixed_acc": (targets.lam * own + (1.0 - targets.lam) * other).mean()}
+        hits = predicted.eq(targets).float()
         if targets.ndim == 1:  # class ids: transfer rows (UNLABELLED) left out
             labelled = (targets != UNLABELLED).float()
             return {"acc": (hits * labelled).sum() / labelled.sum().clamp_min(1.0)}
         return {"acc": hits.mean()}
+
+    def mix_targets(self, batch: Batch, partner: torch.Tensor, lam: float) -> Batch:
+        """Targets become :class:`MixedTargets`; the ``labels`` extra is dropped (a loss that reads hard
+        labels is refused with mixing when the recipe is built)."""
+        labels = batch.targets
+        extras = {k: v for k, v in batch.extras.items() if k != "labels"}
+        return Batch(batch.inputs, MixedTargets(labels, labels[partner], float(lam)), extras)
 
     def eval_logits(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """The logits evaluation reads (the training outputs' ``logits`` unless a task skips extras)."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from distill.data.views import ConsistentAugment
 from distill.distiller import Distiller, DistillStep
 from distill.errors import DistillError
 from distill.train.config import TrainConfig
@@ -187,6 +188,10 @@ class Stepper:
             batch = self.task.split(raw).to(self.device)
             if generator is not None:
                 batch.inputs = self.augment(batch.inputs, generator)
+                if isinstance(self.augment, ConsistentAugment) and self.augment.mix is not None:
+                    # one draw per batch; teacher and student both read the mixed inputs
+                    batch.inputs, partner, lam = self.augment.mix(batch.inputs, generator)
+                    batch = self.task.mix_targets(batch, partner, lam)
             if cfg.channels_last:
                 batch.inputs = channels_last_inputs(batch.inputs)
             # DDP all-reduces the gradients once, after the last micro-batch's backward
