@@ -35,6 +35,7 @@ def test_defaults_are_the_commands_defaults(tmp_path):
         "keep_first_last_float": None,
         "checkpoint": "best",
         "qat": False,
+        "handback": False,
     }
     assert recipe.qat.model_dump() == {
         "epochs": 1,

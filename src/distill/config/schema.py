@@ -257,6 +257,11 @@ class ExportSpec(Strict):
     qat: bool = Field(
         False, description="also write a QAT int8 model, student.qat.int8.onnx (settings: qat:)"
     )
+    handback: bool = Field(
+        False,
+        description="at the end of training, also save the student in its family's own format "
+        "(RUN_DIR/hf, RUN_DIR/ultralytics or RUN_DIR/image; `distill handback` does it later)",
+    )
 
 
 class QatSpec(Strict):
