@@ -31,6 +31,7 @@ DISTRIBUTION = {
     "onnx": "onnx",
     "onnxruntime": "onnxruntime",
     "onnxscript": "onnxscript",
+    "torchao": "torchao",
     "transformers": "transformers",
     "datasets": "datasets",
     "ultralytics": "ultralytics",
