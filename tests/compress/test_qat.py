@@ -83,6 +83,26 @@ def test_prepare_inserts_fake_quant_and_keeps_first_last_float():
     assert torch.allclose(ref, out, atol=0.2 * float(ref.abs().max()) + 1e-3)
 
 
+def test_training_mode_computes_what_the_eager_model_computes():
+    """With fake quantization off, the captured graph in training mode is the model in training mode:
+    same outputs (BatchNorm on batch statistics, dropout at the model's own rate: torchao's train
+    switch alone sets every dropout to 0.5) and the same gradients."""
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3, in_channels=1, channels=[4, 8], dropout=0.0)
+    x = images(16, 0)[0]
+    qat = prepare_qat(model.eval(), x[:8], keep_float=())
+    qat.apply(__import__("torchao").quantization.pt2e.disable_fake_quant)
+    eager = copy.deepcopy(model).train()
+    qat.eval().train()  # switched back and forth, as the Trainer does
+    out, want = qat(x), eager(x)
+    assert torch.allclose(out, want, atol=1e-5)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    grads = dict(eager.named_parameters())
+    for name, p in qat.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5), name
+
+
 def test_qat_distill_lowers_kd_loss_on_a_fixed_batch():
     x, y = images(64, 1)
     teacher, student = cnn(seed=1), cnn(seed=2)

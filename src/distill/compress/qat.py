@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.config.build import build_distiller, build_trainer
+from distill.config.build import build_distiller, build_trainer, resolve_device
 from distill.config.run import open_run, run_recipe
 from distill.config.schema import DistillSpec, QatSpec, TermSpec, override
 from distill.errors import DistillError, did_you_mean, first_line
@@ -149,11 +149,29 @@ def switchable(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``graph`` (a captured model) with ``train(mode)`` and ``eval()`` that work as on any module: they
     switch its dropout and BatchNorm ops (torchao's ``move_exported_model_to_train/eval``), set
     ``training`` on its submodules, turn its fake-quantizers' observers on in training and off in eval
-    (the learned ranges are frozen while it is evaluated), and return the module."""
+    (the learned ranges are frozen while it is evaluated), and return the module.
+
+    torchao 0.18's switch rewrites every dropout with its pattern's rate, 0.5, whatever the model's was
+    (a ``Dropout(p=0.0)`` head then drops half its inputs while QAT trains); each dropout gets its own
+    rate back here, in graph order.
+    """
     pt2e = _torchao("quantization.pt2e")
+    rates = [n.args[1] for n in graph.graph.nodes if n.target == _aten.dropout.default]
 
     def train(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModule:
         (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self)
+        dropouts = [n for n in self.graph.nodes if n.target == _aten.dropout.default]
+        if len(dropouts) == len(rates):
+            for node, rate in zip(dropouts, rates, strict=True):
+                node.args = (node.args[0], rate, *node.args[2:])
+            self.recompile()
+        elif (
+            mode and dropouts
+        ):  # nothing to restore the rates from: refuse rather than train wrongly
+            raise DistillError(
+                f"QAT found {len(dropouts)} dropout ops after switching to training, {len(rates)} "
+                "before; set the model's dropout layers to nn.Identity() for QAT"
+            )
         self.apply(pt2e.enable_observer if mode else pt2e.disable_observer)
         for module in self.modules():
             module.training = mode
@@ -415,7 +433,7 @@ def qat_run(
         "epochs": epochs,
         "lr": lr,
         "temperature": temperature,
-        "device": config.device,
+        "device": str(resolve_device(config.device, "train.device")),
         "flow": f"torchao {_version()} prepare_qat_pt2e / convert_pt2e",
         "int8_layers": int8_layers(reference),
         "file": path.name,
