@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(TORCH_FIRST)
-	$(PIP) install --quiet $(PIP_C) -e ".[vision,tensorboard,compress,export,text,yolo,tune,dev]"
+	$(PIP) install --quiet $(PIP_C) -e ".[vision,tensorboard,compress,export,qat,text,yolo,tune,dev]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -36,6 +36,9 @@ from distill.config.run import run_recipe as run_recipe
 from distill.config.schema import Recipe
 from distill.data import DATASETS
 from distill.errors import DistillError, TrainingInterrupted
+from distill.handback import FORMATS as HANDBACK_FORMATS
+from distill.handback import REPORT_NAME as HANDBACK_REPORT
+from distill.handback import handback_run as handback_run
 from distill.io import write_text
 from distill.losses import LOSSES
 from distill.models import ADAPTER_ROWS, MODELS, build_model
@@ -104,6 +107,8 @@ def clear_run_dir(run_dir: Path) -> None:
         MODEL_CARD,
         "eval.json",
         "confusion.png",
+        # hand-back folders (export.handback), only those distill wrote
+        *(f for f in HANDBACK_FORMATS[1:] if (run_dir / f / HANDBACK_REPORT).is_file()),
     ):
         target = run_dir / name
         if target.is_dir():
@@ -180,6 +185,8 @@ def _train_locked(
         summary = trainer.fit(resume=resume)
         if trainer.dist.is_main:
             _write_run_report(run_dir, recipe, built, summary, trainer, console)
+            if recipe.export.handback:
+                summary["handback"] = handback_run(run_dir)["folder"]
         return summary
 
 

@@ -1,9 +1,11 @@
-"""Quantization-aware training: fake-quant observers are inserted (first/last layers kept float on request),
-KD fine-tuning from the float model lowers the KD loss, the int8 ONNX export has QDQ pairs that onnxruntime
-fuses into integer kernels and matches the fake-quant model, and layers QAT cannot handle are clear errors."""
+"""Quantization-aware training on torchao's PT2E flow: fake-quant observers are inserted (first/last layers
+kept float on request), KD fine-tuning from the float model lowers the KD loss, the int8 ONNX export has
+QDQ pairs that onnxruntime fuses into integer kernels and matches the fake-quant model, layers the
+quantizer does not know stay float, and the deprecated torch.ao.quantization QAT API is never called."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,7 +16,15 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distill.compress.qat import export_qat_onnx, prepare_qat, qat_distill, qat_run, to_reference
+from distill.compress.qat import (
+    export_qat_onnx,
+    fake_quantizers,
+    int8_layers,
+    prepare_qat,
+    qat_distill,
+    qat_run,
+    to_reference,
+)
 from distill.errors import DistillError
 from distill.losses import build_loss
 from distill.models import build_model
@@ -24,14 +34,9 @@ from helpers import tiny_recipe_dict
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("torchao")
 
 CHANNELS = [4, 8, 16, 32]
-
-
-def fake_quants(model: nn.Module) -> list[str]:
-    from torch.ao.quantization import FakeQuantize
-
-    return [n for n, m in model.named_modules() if isinstance(m, FakeQuantize)]
 
 
 def images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,27 +62,53 @@ def observed(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return qat.eval()
 
 
+LAYERS = ["features.0.0", "features.1.0", "features.2.0", "features.3.0", "classifier.1"]
+
+
 def test_prepare_inserts_fake_quant_and_keeps_first_last_float():
     model, (x, _) = cnn(), images(16, 0)
     everything = prepare_qat(model, x[:4], keep_float=())
-    weights = [n for n in fake_quants(everything) if n.endswith("weight_fake_quant")]
-    assert len(weights) == len(CHANNELS) + 1  # every conv (BN fused in) and the linear head
-    assert fake_quants(model) == []  # the float model is untouched
+    assert fake_quantizers(everything) and fake_quantizers(model) == []  # the float model untouched
+    with torch.no_grad():
+        everything(x)  # observes the activations' ranges (in training mode; eval() freezes them)
+        reference = copy.deepcopy(model).train()
+        reference(x)  # the same BatchNorm statistics update as the QAT copy's training pass
+    assert int8_layers(everything) == LAYERS  # every conv and the linear head
     default = prepare_qat(model, x[:4])
-    modules = dict(default.named_modules())
-    assert not hasattr(modules["features.0.0"], "weight_fake_quant")  # first conv stays float
-    assert not hasattr(modules["classifier.1"], "weight_fake_quant")  # so does the head
-    assert hasattr(modules["features.1.0"], "weight_fake_quant")
+    assert int8_layers(default) == LAYERS[1:-1]  # first conv and head: float
     with torch.no_grad():  # fake quantization changes the outputs only a little
-        ref, out = model(x), everything.eval()(x)
+        ref, out = reference.eval()(x), everything.eval()(x)
+        assert everything(x[:1]).shape == (1, 3)  # the batch dimension stays dynamic, down to 1
     assert not torch.equal(ref, out)
     assert torch.allclose(ref, out, atol=0.2 * float(ref.abs().max()) + 1e-3)
+
+
+def test_training_mode_computes_what_the_eager_model_computes():
+    """With fake quantization off, the captured graph in training mode is the model in training mode:
+    same outputs (BatchNorm on batch statistics, dropout at the model's own rate: torchao's train
+    switch alone sets every dropout to 0.5) and the same gradients."""
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3, in_channels=1, channels=[4, 8], dropout=0.0)
+    x = images(16, 0)[0]
+    qat = prepare_qat(model.eval(), x[:8], keep_float=())
+    qat.apply(__import__("torchao").quantization.pt2e.disable_fake_quant)
+    eager = copy.deepcopy(model).train()
+    qat.eval().train()  # switched back and forth, as the Trainer does
+    out, want = qat(x), eager(x)
+    assert torch.allclose(out, want, atol=1e-5)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    grads = dict(eager.named_parameters())
+    for name, p in qat.named_parameters():
+        assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5), name
 
 
 def test_qat_distill_lowers_kd_loss_on_a_fixed_batch():
     x, y = images(64, 1)
     teacher, student = cnn(seed=1), cnn(seed=2)
     qat = prepare_qat(student, x[:8], keep_float=())
+    with torch.no_grad():
+        qat(x)  # the activations' ranges are observed in training mode (eval() freezes them)
     kd = build_loss("kd", temperature=4.0)
 
     def kd_loss() -> float:
@@ -92,7 +123,22 @@ def test_qat_distill_lowers_kd_loss_on_a_fixed_batch():
                           task_weight=0.0, config=config)  # fmt: skip
     assert summary["steps"] == 5
     assert kd_loss() < 0.8 * before
-    assert fake_quants(qat)  # still fake-quantized after training
+    assert fake_quantizers(qat)  # still fake-quantized after training
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_qat_trains_on_the_gpu_and_exports_on_the_cpu(tmp_path):
+    x, y = images(64, 1)
+    qat = prepare_qat(cnn(seed=2), x[:8], keep_float=())
+    with torch.no_grad():
+        qat(x)
+    loader = DataLoader([(x, y)] * 3, batch_size=None)
+    config = TrainConfig(batch_size=64, progress=False, device="cuda", weight_decay=0.0)
+    summary = qat_distill(qat, cnn(seed=1), build_task("classification"), loader, epochs=1, lr=0.05,
+                          config=config)  # fmt: skip
+    assert summary["steps"] == 3
+    assert {p.device.type for p in qat.parameters()} == {"cpu"}  # handed back on the CPU
+    assert export_qat_onnx(qat, x[:8], tmp_path / "gpu.onnx").is_file()
 
 
 def trained_cnn() -> nn.Module:
@@ -135,15 +181,21 @@ def test_export_is_int8_qdq_fused_by_onnxruntime_and_matches_fake_quant(tmp_path
     assert got.argmax(1).eq(fake.argmax(1)).float().mean() >= 0.95
 
 
-def test_unsupported_layers_and_bad_names_are_clear_errors():
+def test_layers_the_quantizer_does_not_know_stay_float_and_bad_names_are_errors():
     x = torch.randn(4, 1, 8, 8)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LayerNorm(144), nn.Linear(144, 3))
-    with pytest.raises(DistillError, match=r"module '2' \(LayerNorm\).*keep_float=\['2'\]"):
-        prepare_qat(model, x, keep_float=())
-    qat = prepare_qat(model, x, keep_float=["2"])  # kept in float, the rest is quantized
-    assert "3.weight_fake_quant" in fake_quants(qat)
+    qat = prepare_qat(model, x, keep_float=())  # the LayerNorm runs in float between int8 layers
+    qat(x)  # observes the activations' ranges
+    reference = to_reference(qat.eval())
+    assert int8_layers(reference) == ["0", "3"]
+    ops = {str(n.target) for n in reference.graph.nodes}
+    assert "aten.layer_norm.default" in ops
+    with torch.no_grad():
+        assert torch.allclose(reference(x), model(x), atol=0.2 * float(model(x).abs().max()))
     with pytest.raises(DistillError, match="'classifer'.*Did you mean 'classifier"):
         prepare_qat(cnn(), torch.randn(2, 1, 16, 16), keep_float=["classifer"])
+    with pytest.raises(DistillError, match="one tensor input, got dict.*dynamic int8"):
+        prepare_qat(model, {"input_ids": torch.zeros(2, 3, dtype=torch.long)})
 
 
 class Branchy(nn.Module):
@@ -171,10 +223,64 @@ def run_dir(tmp_path_factory) -> Path:
     return folder / "run"
 
 
-def test_qat_run_end_to_end(run_dir):
+# torch.ao.quantization's QAT entry points, deprecated in favour of torchao's PT2E flow
+DEPRECATED = {
+    "torch.ao.quantization": ["prepare_qat", "convert", "quantize_qat", "prepare", "fuse_modules"],
+    "torch.ao.quantization.quantize_fx": [
+        "prepare_qat_fx",
+        "prepare_fx",
+        "convert_fx",
+        "convert_to_reference_fx",
+        "_convert_to_reference_decomposed_fx",
+    ],
+}
+
+
+@pytest.fixture
+def deprecated_api_refused(monkeypatch):
+    """Every deprecated QAT entry point raises when called."""
+    import importlib
+
+    for module, names in DEPRECATED.items():
+        loaded = importlib.import_module(module)
+        for name in names:
+
+            def refuse(*args, _name=f"{module}.{name}", **kwargs):
+                raise AssertionError(f"the deprecated {_name} was called")
+
+            monkeypatch.setattr(loaded, name, refuse)
+
+
+def test_no_deprecated_quantization_api_in_the_source():
+    """No module of src/distill imports torch.ao.quantization or names it in an attribute chain or an
+    import_module string (its eager and FX QAT are deprecated; QAT goes through torchao)."""
+    import ast
+
+    import distill
+
+    found = []
+    for path in Path(distill.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute):
+                names = [ast.unparse(node)]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]
+            else:
+                continue
+            found += [f"{path.name}: {n}" for n in names if n.startswith("torch.ao.quantization")]
+    assert not found
+
+
+def test_qat_run_end_to_end(run_dir, deprecated_api_refused):
     result = qat_run(run_dir, epochs=1)
     saved = json.loads((run_dir / "qat" / "qat.json").read_text())
     assert Path(result["file"]).is_file() and saved["file"] == "student.qat.int8.onnx"
+    assert saved["flow"].startswith("torchao ") and "prepare_qat_pt2e" in saved["flow"]
+    assert saved["device"] == "cpu" and saved["int8_layers"] == ["features.1.0"]  # cnn [4, 8]
     metrics = saved["metrics"]
     assert set(metrics) == {"float", "fake_quant", "onnx_int8"}
     # 128 test images: the int8 file and the fake-quant model disagree on a few at most

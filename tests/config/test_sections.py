@@ -40,6 +40,7 @@ def test_defaults_are_the_commands_defaults(tmp_path):
         "budget": 1.0,
         "select_batch": 1,
         "select_threads": 1,
+        "handback": False,
     }
     assert recipe.qat.model_dump() == {
         "epochs": 1,

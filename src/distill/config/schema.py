@@ -461,6 +461,11 @@ class ExportSpec(Strict):
     select_threads: int = Field(
         1, ge=0, description="selection: intra-op threads the files are timed with (0: all cores)"
     )
+    handback: bool = Field(
+        False,
+        description="at the end of training, also save the student in its family's own format "
+        "(RUN_DIR/hf, RUN_DIR/ultralytics or RUN_DIR/image; `distill handback` does it later)",
+    )
 
 
 class QatSpec(Strict):

@@ -304,3 +304,66 @@ def same_vocabulary(student: nn.Module, teacher: nn.Module) -> bool:
     """False only when both models carry tokenizers and they map text to different ids."""
     a, b = tokenizer_of(student), tokenizer_of(teacher)
     return a is None or b is None or a is b or a.get_vocab() == b.get_vocab()
+
+
+# sentence-transformers' folder layout: the encoder, then mean pooling over real tokens
+SENTENCE_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+]
+
+
+def save_hf(
+    model: nn.Module, folder: str | Path, labels: list[str] | None = None, max_length: int = 128
+) -> Path:
+    """Write ``model`` with ``save_pretrained`` (``config.json``, ``model.safetensors``) and its tokenizer
+    into ``folder``, which ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads as it is.
+
+    ``labels`` become the config's ``id2label``/``label2id``. The folder also holds sentence-transformers'
+    ``modules.json``, ``sentence_bert_config.json`` (``max_length``) and ``1_Pooling`` (mean pooling), so
+    ``SentenceTransformer(folder)`` embeds text with the student's encoder (the head is left out).
+    """
+    import json
+
+    if not hasattr(model, "save_pretrained"):
+        raise DistillError(
+            f"{type(model).__name__} is not a Hugging Face model; save_pretrained hand-back is for "
+            "hf: and from_teacher students"
+        )
+    folder = Path(folder)
+    config = model.config
+    if labels is not None:
+        config.id2label = {i: str(name) for i, name in enumerate(labels)}
+        config.label2id = {str(name): i for i, name in enumerate(labels)}
+    with _quiet():
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer = tokenizer_of(model)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    files = {
+        "modules.json": SENTENCE_MODULES,
+        "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
+        "1_Pooling/config.json": {
+            "word_embedding_dimension": int(config.hidden_size),
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    }
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+    return folder
+
+
+def load_hf_classifier(folder: str | Path) -> nn.Module:
+    """A folder written by :func:`save_hf`, read back as transformers reads it (safetensors, no remote
+    code), in eval mode, with its tokenizer attached."""
+    transformers = _transformers()
+    path = str(folder)
+    auto = transformers.AutoModelForSequenceClassification
+    model = _load("weights", auto, path, **_weights_options(path)).eval()
+    if (Path(folder) / "tokenizer_config.json").is_file():
+        model.distill_tokenizer = _load("tokenizer", transformers.AutoTokenizer, path)
+    return model

@@ -222,3 +222,56 @@ def export_view(model: nn.Module) -> nn.Module:
     if getattr(head, "end2end", False):
         head.end2end = False
     return view
+
+
+def save_ultralytics(
+    model: nn.Module,
+    path: str | Path,
+    names: list[str] | None = None,
+    imgsz: int | None = None,
+) -> Path:
+    """Write ``model`` as an Ultralytics checkpoint (the dict ``strip_optimizer`` leaves at the end of
+    ``yolo train``) that ``ultralytics.YOLO(path)`` loads and ``yolo export model=path`` converts.
+
+    The model is stored in float32 (Ultralytics' own files are float16; it reads both), with ``names``
+    (class index to name), its training arguments as a plain dict and ``train_args`` of Ultralytics'
+    default keys with ``task=detect`` and ``imgsz``. Everything in it is on distill's allow-list
+    (:func:`checkpoint_classes`), so ``yolo:PATH`` reads it back without arbitrary unpickling.
+    """
+    import copy
+    from datetime import datetime
+
+    ultralytics()
+    from ultralytics import __version__
+    from ultralytics.utils import DEFAULT_CFG_DICT, DEFAULT_CFG_KEYS
+
+    detect_head(model)
+    saved = copy.deepcopy(model).float().eval()
+    saved.names = dict(enumerate(names)) if names else dict(getattr(model, "names", {}) or {})
+    args = {**DEFAULT_CFG_DICT, **dict(vars(default_args())), "task": "detect"}
+    if imgsz is not None:
+        args["imgsz"] = int(imgsz)
+    args = {k: v for k, v in args.items() if k in DEFAULT_CFG_KEYS}
+    saved.args = dict(args)
+    if hasattr(saved, "criterion"):
+        saved.criterion = None  # training-only state, as Ultralytics strips it
+    for p in saved.parameters():
+        p.requires_grad_(False)
+    checkpoint = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": saved,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": args,
+        "train_metrics": None,
+        "train_results": None,
+    }
+    path = Path(path)
+    torch.save(checkpoint, path)
+    return path
