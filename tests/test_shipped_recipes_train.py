@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill import teacher_views
 from distill.config.build import Built, build, make_trainer
 from distill.config.checks import example_batch
 from distill.config.load import load_recipe
@@ -200,7 +201,8 @@ def test_shipped_recipe_trains_two_steps(path: Path, tmp_path_factory, monkeypat
     if reason := shrink.needs():
         pytest.skip(reason)
     tmp_path = tmp_path_factory.mktemp("recipe")  # next to the others: data shared, written once
-    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))  # stored teacher views stay here
+    # stored teacher views stay here (only they: the text data is read from the usual cache)
+    monkeypatch.setattr(teacher_views, "views_root", lambda: tmp_path / "teacher_views")
     recipe = load_recipe(name, shrink.overrides(load_recipe(name), tmp_path))
     if family == "fashion_mnist" and method in ALONE.split():
         assert [t.loss for t in recipe.distill.terms] == [method]  # cross-entropy + the method

@@ -235,6 +235,9 @@ def test_a_logger_is_finished_with_the_summary_or_none_when_the_run_fails(
 
 @pytest.mark.parametrize("package", ["wandb", "mlflow"])
 def test_a_tracker_without_its_package_says_which_extra_to_install(tmp_path, monkeypatch, package):
-    monkeypatch.setitem(sys.modules, package, None)  # import fails as if it were not installed
+    # import fails as if it were not installed (submodules an earlier test imported included)
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
     with pytest.raises(DistillError, match=rf"pip install 'distill\[{package}\]'"):
         MetricsLogger(tmp_path, loggers=["jsonl", package])

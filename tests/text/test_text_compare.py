@@ -45,6 +45,7 @@ def recipes(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 def test_text_rows_teacher_students_onnx_and_int8(recipes, monkeypatch):
     from distill.compare import TASK_DEFAULT_PIPELINES, compare
+    from distill.compare.fair import with_references
 
     teacher, kd, folder = recipes
     monkeypatch.setenv("DISTILL_CACHE", str(folder / "cache"))
@@ -59,7 +60,9 @@ def test_text_rows_teacher_students_onnx_and_int8(recipes, monkeypatch):
         console=Console(file=io.StringIO(), width=200),
     )
     rows = {r["pipeline"]: r for r in result["rows"]}
-    assert list(rows) == pipelines
+    # each exported student row is timed against the teacher exported the same way, added if not named
+    expected, added = with_references(pipelines)
+    assert list(rows) == expected and "teacher-onnx" in added and "teacher-int8" in rows
     skipped = rows.pop("teacher-pruned")
     assert skipped["status"].startswith("skipped: channel pruning") and "accuracy" not in skipped
     for r in rows.values():
