@@ -22,7 +22,7 @@ from distill.export import coreml
 from distill.models import build_model
 from helpers import tiny_recipe_dict
 
-pytest.importorskip("coremltools")
+ct = pytest.importorskip("coremltools")
 ON_MAC = platform.system() == "Darwin"
 
 
@@ -66,6 +66,11 @@ def test_a_file_that_is_not_what_was_asked_is_refused_in_one_line(files, tmp_pat
         f.write_bytes(b"not a spec")
     with pytest.raises(DistillError, match="not a Core ML file coremltools can read"):
         coreml.validate_coreml(broken, (1, 12, 12))
+    relabelled = ct.models.MLModel(str(files["fp32"]), skip_model_load=True)
+    relabelled.user_defined_metadata[coreml.PRECISION_KEY] = "float16"
+    relabelled.save(str(tmp_path / "relabelled.mlpackage"))
+    with pytest.raises(DistillError, match="declared float16 but the program has no float16"):
+        coreml.validate_coreml(tmp_path / "relabelled.mlpackage", (1, 12, 12))
     with pytest.raises(DistillError, match="unknown Core ML precision 'int4'"):
         coreml.export_coreml(zoo_cnn(), torch.randn(1, 1, 12, 12), tmp_path / "x.mlpackage", "int4")
     with pytest.raises(DistillError, match="one tensor input"):
