@@ -34,6 +34,7 @@ DISTRIBUTION = {
     "onnxconverter_common": "onnxconverter-common",
     "openvino": "openvino",
     "executorch": "executorch",
+    "coremltools": "coremltools",
     "torchao": "torchao",
     "transformers": "transformers",
     "tokenizers": "tokenizers",

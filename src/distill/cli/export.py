@@ -22,7 +22,11 @@ console = Console()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a folder written by `distill train`")],
     format: Annotated[
-        str | None, typer.Option("--format", help="export format: onnx (recipe: export.format)")
+        str | None,
+        typer.Option(
+            "--format",
+            help="export format: onnx, or coreml (also student.mlpackage, run only on macOS) (recipe: export.format)",
+        ),
     ] = None,
     int8: Annotated[
         bool | None,
@@ -115,15 +119,24 @@ def export(
     for key, entry in result["files"].items():
         parity = entry.get("parity")
         check = f"{parity['max_abs_diff']:.1e} ok" if parity else "-"  # int8 is judged by agreement
+        metrics = entry.get(
+            "metrics"
+        )  # none for a file this machine cannot run (Core ML off macOS)
+        if "validation" in entry:
+            check = f"spec v{entry['validation']['spec_version']} ok"
         table.add_row(
             key,
             escape(Path(entry["path"]).name),
             f"{entry['size_bytes'] / 1024:.1f}",
-            f"{entry['metrics']['top1']:.2f}",
-            f"{entry['metrics'].get('agreement', float('nan')):.2f}",
+            f"{metrics['top1']:.2f}" if metrics else "-",
+            f"{metrics.get('agreement', float('nan')):.2f}" if metrics else "-",
             check,
         )
     console.print(table)
+    for key, entry in result["files"].items():
+        reason = entry.get("validation", {}).get("not_run_because")
+        if reason:
+            console.print(f"{key}: spec checked, not run ({escape(reason)})", soft_wrap=True)
     for target, picked in result.get("selection", {}).items():
         console.print(
             f"[bold]{escape(target)}[/]: {escape(str(picked['file']))} ({picked['reason']})",

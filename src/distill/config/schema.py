@@ -419,7 +419,11 @@ def override(spec: SpecT, given: Mapping[str, Any]) -> SpecT:
 class ExportSpec(Strict):
     """``distill export`` settings (:func:`distill.export.export_run`); its flags override them."""
 
-    format: Literal["onnx"] = Field("onnx", description="export format")
+    format: Literal["onnx", "coreml"] = Field(
+        "onnx",
+        description="export format: onnx, or coreml (student.onnx and also student.mlpackage, checked "
+        "but run only on macOS)",
+    )
     opset: int | None = Field(
         None, description="ONNX opset (default: the exporter's own; others are converted)"
     )

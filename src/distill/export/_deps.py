@@ -12,6 +12,7 @@ WHAT = {
     "export": "ONNX export, parity checks, int8 and float16 conversion and the latency harness need it",
     "openvino": "the openvino runtime needs it",
     "executorch": "ExecuTorch export and its runtime need it",
+    "coreml": "Core ML export and its file check need it",
 }
 
 

@@ -17,7 +17,7 @@ from distill.config.run import CHECKPOINTS, open_run, run_recipe
 from distill.config.schema import ExportSpec, override
 from distill.data.base import BatchingDataset
 from distill.errors import DistillError, did_you_mean
-from distill.export import exporter, runtimes
+from distill.export import coreml, exporter, runtimes
 from distill.export import select as select_files
 from distill.export.inputs import Inputs, batch_size, take
 from distill.export.quantize import first_and_last_layers, quantize_onnx
@@ -25,9 +25,10 @@ from distill.export.runtime import OnnxModule, ParityError, check_parity, merge_
 from distill.export.select import Timer
 from distill.io import write_json
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "coreml")
 INT8_MODES = ("static", "dynamic")
 FP32_NAME, INT8_NAME, REPORT_NAME = "student.onnx", "student.int8.onnx", "export.json"
+COREML_NAME = "student.mlpackage"
 EXAMPLE_SAMPLES = 8  # batch the exporter traces with (the batch dimension stays dynamic)
 PARITY_SAMPLES = 256  # test inputs the fp32 file is checked on
 
@@ -112,6 +113,8 @@ def export_run(
             int8_options if int8 else None,
             spec.opset,
         )
+        if spec.format == "coreml":
+            result["files"]["coreml"] = _export_coreml(student, batches[0], staging / COREML_NAME)
         if spec.select:
             result["selection"] = _select(
                 spec, student, task, train, test_loader, staging, result, int8_options, timer
@@ -217,6 +220,25 @@ def _export_all(
         entry["size_bytes"] = module.size_bytes
         entry["metrics"] = rounded_metrics(task.evaluate(module, test_loader, student))
     return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _export_coreml(student: nn.Module, example: Inputs, path: Path) -> dict[str, Any]:
+    """``student.mlpackage`` (float32, flexible batch 1..256) and what its spec declares. It is not run
+    here: Core ML runs only on macOS (``runs_here``, ``not_run_because``)."""
+    if isinstance(example, Mapping):
+        raise DistillError(
+            "--format coreml takes models with one tensor input; models with named inputs (text) "
+            "export to ONNX: use --format onnx"
+        )
+    written = coreml.export_coreml(student, example, path)
+    check = coreml.validate_coreml(written, tuple(example.shape[1:]))
+    size = sum(f.stat().st_size for f in written.rglob("*") if f.is_file())
+    return {
+        "path": str(written),
+        "format": "coreml mlprogram float32 (flexible batch 1..256)",
+        "size_bytes": size,
+        "validation": check,
+    }
 
 
 def _select(

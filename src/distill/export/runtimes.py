@@ -13,7 +13,8 @@ Each runtime is an optional extra, imported only when a file is loaded:
 * ``executorch`` (``distill[executorch]``): PyTorch's on-device runtime; its own ``.pte`` files
   (:func:`export_executorch`: ``torch.export``, lowered to XNNPACK, one fixed batch size), float32.
 
-LiteRT (TFLite) and Core ML are not among them; ``docs/export.md`` says why.
+Core ML files (:mod:`distill.export.coreml`) run only on macOS, so they are not among them; LiteRT
+(TFLite) is not either. ``docs/export.md`` says why.
 """
 
 from __future__ import annotations
