@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from distill.config.autopair import is_auto, pair_auto_terms
 from distill.config.checks import check_on_example, check_taps, example_batch
+from distill.config.lmvocab import slice_padded_heads
 from distill.config.schema import (
     FROM_TEACHER,
     AugmentSpec,
@@ -66,6 +67,7 @@ class Built:
     distiller: Distiller
     augment: BatchAugment | TokenMask | ConsistentAugment | None
     pairing: list[str] = field(default_factory=list)  # what auto taps resolved to, one line a term
+    notes: list[str] = field(default_factory=list)  # assembly decisions to print (padded LM heads)
 
 
 def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
@@ -297,6 +299,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
     recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)
+    recipe, notes = slice_padded_heads(recipe, student, teacher, num_classes)
     source = None
     if recipe.distill.topk_cache is not None:
         taps = [t for term in recipe.distill.terms for t in _taps(term.teacher)]
@@ -311,7 +314,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     check_mixing(augment, distiller)
     if recipe.distill.cache_teacher and recipe.distill.cache_views:
         augment = None  # the cache's stored views are what both models read (TeacherSource.view)
-    return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
+    return Built(recipe, train, test, student, teacher, distiller, augment, pairing, notes)
 
 
 def resolve_auto_taps(
