@@ -1,4 +1,4 @@
-"""Padded output heads of causal LMs: the same tokenizer, heads of different widths.
+"""Vocabularies of causal LM pairs: padded output heads, and teachers of another tokenizer.
 
 Models of one tokenizer often pad their output head past the tokenizer's length (Qwen: 151,936 or
 152,064 rows for 151,669 tokens). When the teacher's and the student's heads differ in width and the
@@ -6,9 +6,14 @@ dataset's vocabulary (``num_classes``, the tokenizer's length) fits in both, eve
 ``@logits`` that has no ``vocab_size`` of its own gets it set to the tokenizer's length, so both logits
 are cut to the real entries (``losses/_lm.py: match_vocab``), with one note per term. A tokenizer longer
 than either head means the models do not share it: refused, pointing to ``uld`` or ``seq_kd``.
+
+Data that carries a teacher tokenizer's own ids (``shakespeare`` ``teacher_tokenizer``) gets the
+teacher built for that tokenizer's length (:func:`pair_teacher_vocab`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
@@ -16,6 +21,19 @@ from distill.config.schema import Recipe
 from distill.errors import ConfigError, DistillError
 from distill.losses import LOSSES
 from distill.losses._lm import TokenLoss, padded_vocab_size
+
+
+def pair_teacher_vocab(recipe: Recipe, train: Any) -> Recipe:
+    """``recipe`` with the teacher built for its own tokenizer's length (``teacher.options.num_classes``)
+    when the data carries the teacher's ids of another tokenizer (``teacher_num_classes``,
+    :mod:`distill.data.lm_pair`) and the recipe does not say it."""
+    width = getattr(train, "teacher_num_classes", None)
+    if width is None or recipe.teacher is None or "num_classes" in recipe.teacher.options:
+        return recipe
+    teacher = recipe.teacher.model_copy(
+        update={"options": {**recipe.teacher.options, "num_classes": int(width)}}
+    )
+    return recipe.model_copy(update={"teacher": teacher})
 
 
 def head_width(model: nn.Module | None) -> int | None:
