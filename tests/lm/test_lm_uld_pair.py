@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from distill.cli import main
+from distill.config.run import open_run
 from distill.data import build_dataset
 from distill.tasks import build_task
 from lm.lm_helpers import corpus
@@ -71,3 +72,8 @@ def test_char_teacher_distils_into_bpe_student_with_uld(tmp_path: Path, capsys):
     logged = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "loss" in r]
     assert len(steps) == 2 and all(0 < r["uld"] <= 2 for r in steps)
+    run = open_run(
+        student, teacher=True
+    )  # reopened later (eval, export): the teacher of its tokenizer
+    assert run.teacher is not None and run.teacher.vocab_size == run.train_data.teacher_num_classes
+    assert run.student.vocab_size == run.train_data.num_classes != run.teacher.vocab_size
