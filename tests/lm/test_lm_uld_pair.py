@@ -12,6 +12,7 @@ import torch
 from distill.cli import main
 from distill.config.run import open_run
 from distill.data import build_dataset
+from distill.errors import DistillError
 from distill.tasks import build_task
 from lm.lm_helpers import corpus
 
@@ -77,3 +78,9 @@ def test_char_teacher_distils_into_bpe_student_with_uld(tmp_path: Path, capsys):
     )  # reopened later (eval, export): the teacher of its tokenizer
     assert run.teacher is not None and run.teacher.vocab_size == run.train_data.teacher_num_classes
     assert run.student.vocab_size == run.train_data.num_classes != run.teacher.vocab_size
+
+
+def test_unknown_teacher_tokenizer_is_one_line(tmp_path: Path):
+    root = corpus(tmp_path / "corpus")
+    with pytest.raises(DistillError, match=r"teacher_tokenizer='words'; use char or bpe$"):
+        build_dataset("shakespeare", root=str(root), teacher_tokenizer="words")
