@@ -173,6 +173,8 @@ def _train_locked(
         if trainer.dist.is_main:
             for line in built.pairing:
                 trainer.console.print(f"auto pairing: {escape(line)}", soft_wrap=True)
+            for line in built.notes:
+                trainer.console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
         warning = slow_batchnorm_warning(built)
         if warning and trainer.dist.is_main:
             trainer.console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=True)

@@ -107,7 +107,7 @@ class OnlineTeacher(TeacherSource):
         with FeatureTaps(
             self.teacher, [t for t in taps if not t.startswith("@")], detach=True
         ) as captured:
-            named = self.task.forward(self.teacher, batch.inputs)
+            named = self.task.forward(self.teacher, self.task.teacher_inputs(batch))
         result = {"@" + k: v.detach() for k, v in named.items()}
         result.update(captured)
         if self.upcast:

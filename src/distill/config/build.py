@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from distill.config.autopair import is_auto, pair_auto_terms
 from distill.config.checks import check_on_example, check_taps, example_batch
+from distill.config.lmvocab import pair_teacher_vocab, slice_padded_heads
 from distill.config.schema import (
     FROM_TEACHER,
     AugmentSpec,
@@ -66,6 +67,7 @@ class Built:
     distiller: Distiller
     augment: BatchAugment | TokenMask | ConsistentAugment | None
     pairing: list[str] = field(default_factory=list)  # what auto taps resolved to, one line a term
+    notes: list[str] = field(default_factory=list)  # assembly decisions to print (padded LM heads)
 
 
 def build_weight(weight: float | ScheduleSpec, where: str = "weight") -> float | Schedule:
@@ -222,9 +224,9 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
 
 def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: str) -> nn.Module:
     try:
-        model = build_model(
-            spec.name, num_classes=num_classes, in_channels=in_channels, **spec.options
-        )
+        # options may give num_classes: a teacher of another tokenizer (config/lmvocab.py)
+        sizes = {"num_classes": num_classes, "in_channels": in_channels}
+        model = build_model(spec.name, **{**sizes, **spec.options})
     except DistillError as err:  # say whose options they are: student and teacher may share a model
         raise (ConfigError if isinstance(err, ConfigError) else DistillError)(
             f"{role}: {err}"
@@ -286,6 +288,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     torch.manual_seed(recipe.train.seed)
     train, test = data or build_data(recipe)
     num_classes, in_channels = data_shape(recipe, train)
+    recipe = pair_teacher_vocab(recipe, train)
     # a complete top-k cache answers for the teacher: it is not loaded (unless the student is cut from it)
     mode = recipe.distill.data_mode
     skip = (
@@ -297,6 +300,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
     recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)
+    recipe, notes = slice_padded_heads(recipe, student, teacher, num_classes)
     source = None
     if recipe.distill.topk_cache is not None:
         taps = [t for term in recipe.distill.terms for t in _taps(term.teacher)]
@@ -311,7 +315,7 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
     check_mixing(augment, distiller)
     if recipe.distill.cache_teacher and recipe.distill.cache_views:
         augment = None  # the cache's stored views are what both models read (TeacherSource.view)
-    return Built(recipe, train, test, student, teacher, distiller, augment, pairing)
+    return Built(recipe, train, test, student, teacher, distiller, augment, pairing, notes)
 
 
 def resolve_auto_taps(

@@ -22,6 +22,7 @@ from distill.config.build import (
     prepare_text_data,
     recipe_task,
 )
+from distill.config.lmvocab import pair_teacher_vocab
 from distill.config.load import load_recipe
 from distill.config.schema import Recipe
 from distill.errors import DistillError, did_you_mean
@@ -95,6 +96,7 @@ def open_run(
     run_dir = Path(run_dir)
     recipe = run_recipe(run_dir)
     train, test = data or build_data(recipe)
+    recipe = pair_teacher_vocab(recipe, train)  # a teacher of another tokenizer: its own length
     notes: list[str] = []
     choice: Any = teacher
     if teacher is True:

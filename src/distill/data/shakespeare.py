@@ -83,31 +83,44 @@ def shakespeare(
     heldout: str = "val",
     tokenizer: str = "char",
     vocab_size: int = 512,
+    teacher_tokenizer: str | None = None,
 ) -> LMDataset:
     """``train``: the training plays; ``test``: the ``heldout`` text (``val``, ``test`` plays or
     ``milton``), as blocks of ``block_size + 1`` tokens (:func:`distill.data.lm.pack_blocks`).
     ``tokenizer``: ``char`` (about 84 symbols) or ``bpe`` (byte-level BPE of ``vocab_size`` trained on
-    the training text, needs the ``text`` extra)."""
+    the training text, needs the ``text`` extra). ``teacher_tokenizer`` (``char`` or ``bpe``): each row
+    also carries the teacher's ids of the same text (``teacher_input_ids``,
+    :mod:`distill.data.lm_pair`), for a teacher of another tokenizer (the ``uld`` loss)."""
     folder = shakespeare_dir(root)
     if heldout not in HELDOUT:
         raise DistillError(
             f"shakespeare: unknown heldout={heldout!r}; use one of {sorted(HELDOUT)}"
         )
-    if tokenizer not in TOKENIZERS:
-        raise DistillError(f"shakespeare: unknown tokenizer={tokenizer!r}; use char or bpe")
+    for option, value in (("tokenizer", tokenizer), ("teacher_tokenizer", teacher_tokenizer)):
+        if value not in TOKENIZERS and not (option == "teacher_tokenizer" and value is None):
+            raise DistillError(f"shakespeare: unknown {option}={value!r}; use char or bpe")
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise DistillError(f"shakespeare: invalid block_size={block_size!r}; use an int >= 1")
     file = "train.txt" if check_split(split) == "train" else HELDOUT[heldout]
     text = read_split(folder, file)
-    if tokenizer == "bpe":
-        from distill.data.bpe import bpe_tokenizer
-
-        tok: LMTokenizer = bpe_tokenizer(folder, vocab_size)
-    else:
-        tok = char_tokenizer(folder)
+    tok = make_tokenizer(tokenizer, folder, vocab_size)
     blocks = pack_blocks(tok.encode(text), block_size)
     name = "shakespeare" if file != "milton.txt" else "milton"
+    if teacher_tokenizer is not None:
+        from distill.data.lm_pair import paired_dataset
+
+        teacher_tok = make_tokenizer(teacher_tokenizer, folder, vocab_size)
+        return paired_dataset(text, blocks, tok, teacher_tok, name)
     return LMDataset(blocks, tok, name=name)
+
+
+def make_tokenizer(kind: str, folder: Path, vocab_size: int) -> LMTokenizer:
+    """The ``char`` tokenizer of the corpus, or its byte-level ``bpe`` of ``vocab_size``."""
+    if kind == "bpe":
+        from distill.data.bpe import bpe_tokenizer
+
+        return bpe_tokenizer(folder, vocab_size)
+    return char_tokenizer(folder)
 
 
 def normalise(text: str, alphabet: str) -> tuple[str, int]:

@@ -206,7 +206,7 @@ def _init_weights(module: nn.Module) -> None:
     "gpt",
     family="gpt",
     description="decoder-only transformer; num_classes = vocabulary size; options: block_size, "
-    "n_layer, n_head, n_embd, dropout, tie_embeddings",
+    "n_layer, n_head, n_embd, dropout, tie_embeddings, pad_vocab",
 )
 def gpt(
     num_classes: int = 84,
@@ -217,14 +217,26 @@ def gpt(
     n_embd: int = 128,
     dropout: float = 0.0,
     tie_embeddings: bool = True,
+    pad_vocab: int = 0,
 ) -> GPT:
-    """A GPT over a vocabulary of ``num_classes`` tokens (``in_channels`` is unused)."""
+    """A GPT over a vocabulary of ``num_classes`` tokens (``in_channels`` is unused); ``pad_vocab`` extra
+    embedding and head rows past the tokenizer's length, as in models whose head is padded to a round
+    size (no token ever takes them; distillation slices them off, docs/lm_losses.md)."""
+    check_option(
+        isinstance(pad_vocab, int) and not isinstance(pad_vocab, bool) and pad_vocab >= 0,
+        "gpt",
+        "pad_vocab",
+        pad_vocab,
+        "an int >= 0",
+    )
     for option, value in (("block_size", block_size), ("n_layer", n_layer), ("n_head", n_head)):
         check_option(is_positive_int(value), "gpt", option, value, "an int >= 1")
     ok = is_positive_int(n_embd) and n_embd % n_head == 0
     check_option(ok, "gpt", "n_embd", n_embd, f"a positive multiple of n_head={n_head}")
     check_dropout("gpt", dropout)
-    return GPT(num_classes, block_size, n_layer, n_head, n_embd, dropout, bool(tie_embeddings))
+    return GPT(
+        num_classes + pad_vocab, block_size, n_layer, n_head, n_embd, dropout, bool(tie_embeddings)
+    )
 
 
 @MODELS.register("gpt_teacher", family="gpt", description="gpt 4 layers x 128, ~0.8 M parameters")

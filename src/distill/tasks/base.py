@@ -123,6 +123,11 @@ class Task:
     def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def teacher_inputs(self, batch: Batch) -> Any:
+        """What the teacher reads: the student's ``inputs``, unless the data gives the teacher its own
+        (``causal_lm`` with a teacher of another tokenizer)."""
+        return batch.inputs
+
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 

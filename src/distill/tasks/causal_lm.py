@@ -109,7 +109,16 @@ class CausalLMTask(Task):
         for key in ("index", "chars"):
             if key in batch:
                 extras[key] = batch[key]
+        if (
+            "teacher_input_ids" in batch
+        ):  # a teacher of another tokenizer: its own ids, shifted alike
+            extras["teacher_inputs"] = {"input_ids": batch["teacher_input_ids"][:, :-1]}
         return Batch(inputs=inputs, targets=targets, extras=extras)
+
+    def teacher_inputs(self, batch: Batch) -> Any:
+        """The teacher's own ids of the same text when the data carries them (``teacher_input_ids``:
+        another tokenizer, :mod:`distill.data.lm_pair`), else the student's inputs."""
+        return batch.extras.get("teacher_inputs", batch.inputs)
 
     def count_items(self, batch: Batch) -> int:
         """The valid target tokens: the task loss and the token losses average over them, so the trainer
@@ -147,16 +156,18 @@ class CausalLMTask(Task):
             m.eval()
         sums = {"nll": 0.0, "tokens": 0, "hits": 0, "agree": 0, "chars": 0.0}
         every_row_has_chars = True
+        other_tokens = False
         try:
             for raw in loader:
                 batch = self.split(raw).to(device)
+                other_tokens = "teacher_inputs" in batch.extras
                 logits = run_lm(model, batch.inputs, False)["logits"]
                 nll, valid = token_nll(logits, batch.targets)
                 predicted = logits.argmax(-1)
                 sums["nll"] += float(nll.sum())
                 sums["tokens"] += int(valid.sum())
                 sums["hits"] += int(((predicted == batch.targets) & valid).sum())
-                if teacher is not None:
+                if teacher is not None and "teacher_inputs" not in batch.extras:
                     taught = run_lm(teacher, batch.inputs, False)["logits"].argmax(-1)
                     sums["agree"] += int(((taught == predicted) & valid).sum())
                 if "chars" in batch.extras:
@@ -166,7 +177,8 @@ class CausalLMTask(Task):
         finally:
             for m, mode in zip(models, modes, strict=True):
                 m.train(mode)
-        return lm_metrics(sums, teacher is not None, every_row_has_chars)
+        # agreement needs one tokenizer: not given for a teacher of another one
+        return lm_metrics(sums, teacher is not None and not other_tokens, every_row_has_chars)
 
 
 def lm_metrics(sums: dict[str, float], with_teacher: bool, with_chars: bool) -> dict[str, float]:
