@@ -100,10 +100,19 @@ class OnlineTeacher(TeacherSource):
         self.teacher = teacher
         self.task = task
         self.upcast = False  # a teacher cast to half precision: outputs go to the losses in float32
+        self._modules: list[nn.Module] | None = None  # the teacher's modules, listed once
+
+    def _keep_eval(self) -> None:
+        """Put the teacher back in eval mode if any of its modules left it (reading the flags is much
+        cheaper than ``eval()``, which sets every module's flag, on every step)."""
+        if self._modules is None:
+            self._modules = list(self.teacher.modules())
+        if any(m.training for m in self._modules):
+            self.teacher.eval()
 
     @torch.no_grad()
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
-        self.teacher.eval()
+        self._keep_eval()
         with FeatureTaps(
             self.teacher, [t for t in taps if not t.startswith("@")], detach=True
         ) as captured:

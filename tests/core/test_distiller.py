@@ -100,6 +100,18 @@ def test_train_mode_keeps_teacher_in_eval(nets):
     assert not student.training and not teacher.training
 
 
+def test_a_teacher_module_put_in_train_mode_is_back_in_eval_at_the_next_step(nets, batch):
+    teacher, student = nets
+    distiller = kd_fitnet(teacher, student)
+    distiller.setup(batch)
+    split = ClassificationTask().split(batch)
+    distiller(split)
+    inner = next(m for m in teacher.modules() if m is not teacher)
+    inner.train()  # e.g. a user's hook or callback; BN statistics would drift
+    distiller(split)
+    assert not any(m.training for m in teacher.modules())
+
+
 def test_teacher_outputs_reach_losses_without_graph(nets, batch):
     teacher, student = nets
     seen = {}

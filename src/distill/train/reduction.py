@@ -38,6 +38,8 @@ def micro_batch_weights(
     """Weights of the micro-batches ``raws`` of one optimizer step (see the module docstring); None for
     a task that does not count items (the trainer divides by the number of micro-batches)."""
     n = len(raws)
+    if type(task).count_items is Task.count_items:  # a task that does not count: no split needed
+        return None
     counts: list[Any] = [task.count_items(task.split(raw)) for raw in raws]
     if any(c is None for c in counts):
         return None
