@@ -124,14 +124,25 @@ def test_weights():
     task = TokenTask()
     data = token_data()
     raws = [data[0:2], data[2:8]]  # 8 + 6 and 6 x 1 valid tokens
-    weights = micro_batch_weights(task, raws, DistInfo(), torch.device("cpu"))
+    weights = micro_batch_weights(
+        task, [task.split(r) for r in raws], DistInfo(), torch.device("cpu")
+    )
     assert weights.loss == pytest.approx([14 / 20, 6 / 20])
     assert weights.metric == pytest.approx([14 / 20, 6 / 20])
-    ranks = micro_batch_weights(task, raws, DistInfo(world_size=2), torch.device("cpu"))
+    ranks = micro_batch_weights(
+        task, [task.split(r) for r in raws], DistInfo(world_size=2), torch.device("cpu")
+    )
     assert ranks.loss == pytest.approx([2 * 14 / 20, 2 * 6 / 20])  # no process group: local total
     empty = [(data[0][0][None], torch.full((1, T), -100))] * 2
-    assert micro_batch_weights(task, empty, DistInfo(), torch.device("cpu")).loss == [0.0, 0.0]
-    assert micro_batch_weights(SampleTask(), raws, DistInfo(), torch.device("cpu")) is None
+    assert micro_batch_weights(
+        task, [task.split(r) for r in empty], DistInfo(), torch.device("cpu")
+    ).loss == [0.0, 0.0]
+    assert (
+        micro_batch_weights(
+            SampleTask(), [SampleTask().split(r) for r in raws], DistInfo(), torch.device("cpu")
+        )
+        is None
+    )
 
 
 SCRIPT = textwrap.dedent(

@@ -81,7 +81,9 @@ def test_micro_batches_are_weighted_by_their_valid_tokens():
     long = {"input_ids": ids, "labels": torch.tensor([[0, 1, 2, 3]])}
     short = {"input_ids": ids, "labels": torch.tensor([[0, -100, -100, 3]])}
     assert task.count_items(task.split(long)) == 3
-    weights = micro_batch_weights(task, [long, short], DistInfo(), torch.device("cpu"))
+    weights = micro_batch_weights(
+        task, [task.split(long), task.split(short)], DistInfo(), torch.device("cpu")
+    )
     assert weights is not None
     assert weights.loss == pytest.approx([0.75, 0.25])
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from distill.tasks.base import Task
+from distill.tasks.base import Batch, Task
 from distill.train.distributed import DistInfo
 
 
@@ -33,14 +33,12 @@ class StepWeights(NamedTuple):
 
 
 def micro_batch_weights(
-    task: Task, raws: Sequence[Any], info: DistInfo, device: torch.device
+    task: Task, batches: Sequence[Batch], info: DistInfo, device: torch.device
 ) -> StepWeights | None:
-    """Weights of the micro-batches ``raws`` of one optimizer step (see the module docstring); None for
-    a task that does not count items (the trainer divides by the number of micro-batches)."""
-    n = len(raws)
-    if type(task).count_items is Task.count_items:  # a task that does not count: no split needed
-        return None
-    counts: list[Any] = [task.count_items(task.split(raw)) for raw in raws]
+    """Weights of the (split) micro-batches ``batches`` of one optimizer step (see the module
+    docstring); None for a task that does not count items (the trainer divides by their number)."""
+    n = len(batches)
+    counts: list[Any] = [task.count_items(batch) for batch in batches]
     if any(c is None for c in counts):
         return None
     counts = [int(c) for c in counts]

@@ -183,9 +183,10 @@ class Stepper:
         sums: Metrics = {}
         parts: list[str] = []
         seen = 0
-        weights = micro_batch_weights(self.task, raws, self.dist, self.device)
-        for i, raw in enumerate(raws):
-            batch = self.task.split(raw).to(self.device)
+        split = [self.task.split(raw) for raw in raws]  # split once: counted, then trained on
+        weights = micro_batch_weights(self.task, split, self.dist, self.device)
+        for i, batch in enumerate(split):
+            batch = batch.to(self.device)
             if generator is not None:
                 batch.inputs = self.augment(batch.inputs, generator)
                 if isinstance(self.augment, ConsistentAugment) and self.augment.mix is not None:
