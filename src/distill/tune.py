@@ -219,13 +219,19 @@ def _run_trials(
     spec = tune_spec(recipe, recipe_path)
     study = _study(recipe, spec, folder, _storage(folder))
     metric = spec.metric or TASKS.get(recipe.task).primary_metric
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    left = n_trials - len(study.get_trials(deepcopy=False, states=done))
+    # a trial another process is running counts too: parallel workers stop at ``n_trials`` between them
+    # (stale running trials of a killed study were failed before the workers started)
+    TrialState = optuna.trial.TrialState
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    left = n_trials - len(study.get_trials(deepcopy=False, states=counted))
     if left > 0:
         study.optimize(
             _objective(recipe_path, overrides, spec, folder, metric),
             n_trials=left,
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done), _Progress(console)],
+            callbacks=[
+                optuna.study.MaxTrialsCallback(n_trials, states=counted),
+                _Progress(console),
+            ],
             catch=(),
         )
 

@@ -6,6 +6,7 @@ import atexit
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -47,9 +48,20 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def _destroy_group() -> None:
-    """Leave the process group if it is still up (PyTorch warns, and may abort, on exit without it)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group if it is still up (PyTorch warns, and may abort, on exit without it).
+
+    On gloo the ranks first meet at a bounded barrier: a rank that tears its connections down while a
+    peer is still finishing a collective makes gloo's worker threads abort that peer ("terminate called
+    without an active exception"). A peer that never arrives (it failed) costs the timeout, not a hang.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except Exception:  # noqa: BLE001 - a peer already gone: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def pick_device(device: str, info: DistInfo) -> torch.device:
