@@ -92,6 +92,22 @@ class TeacherSource:
         chose and the seconds it spent generating; its choice must be a function of ``step`` (resume)."""
         return batch, {}
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What the source must keep across an interruption (tensors, saved in every checkpoint and
+        handed back to :meth:`load_state_tensors` on resume): none for a source whose answers depend
+        on the batch and step only; the replay buffer of :mod:`distill.lm_modes`."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take back what :meth:`state_tensors` gave (an empty dict: a checkpoint without it)."""
+
+    def evaluation_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        """The teacher the evaluation compares the student with (``agreement``): ``teacher``, or None
+        from a source that lets a run train without one in memory (a complete top-k cache), so every
+        run of a recipe, the one that filled the cache, the next ones and a resumed one, reports the
+        same metrics."""
+        return teacher
+
 
 class OnlineTeacher(TeacherSource):
     """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""

@@ -20,8 +20,9 @@ have no mode logic.
   once), and the student trains on the completions: they are the task's targets and the terms' labels.
 
 The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the
-step's seeded RNG, so a resumed run makes the same choices and samples (``replay``'s buffer is not
-checkpointed: a resumed replay run refills it). Logged per step: ``mode_<name>`` (1 for the mode taken;
+step's seeded RNG, so a resumed run makes the same choices and samples; ``replay``'s buffer is saved
+in every checkpoint (:meth:`DataModes.state_tensors`) and ``seq_kd``'s completions are sampled again,
+the same, by a resumed run (seeded, in index order). Logged per step: ``mode_<name>`` (1 for the mode taken;
 averaged over a logging window, the share of steps) and ``generate_s`` (seconds spent sampling; the
 trainer logs ``step_s``, the whole step, beside it).
 """
@@ -146,6 +147,25 @@ class DataModes(TeacherSource):
         if s.mode == "replay" and self.buffer and draw.random() < s.replay_ratio:
             return "replay"
         return "student"
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """``replay``'s buffer: its rows end to end (``buffer``, int64) and their lengths
+        (``buffer_lengths``), oldest first; nothing for the other modes."""
+        if not self.buffer:
+            return {}
+        lengths = torch.tensor([len(row) for row in self.buffer], dtype=torch.int64)
+        return {"buffer": torch.cat(self.buffer).long(), "buffer_lengths": lengths}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.buffer = []
+        if "buffer" in tensors:
+            lengths = tensors["buffer_lengths"].tolist()
+            self.buffer = [row.clone() for row in tensors["buffer"].split(lengths)]
+
+    def evaluation_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        if self.settings.mode == "teacher_forced":  # the inner source decides (the top-k cache)
+            return self.inner.evaluation_teacher(teacher)
+        return teacher  # generating modes always load the teacher
 
     def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
         self.inner.prepare(train_data, batch_size, console, is_main)

@@ -70,6 +70,9 @@ class TopKCache(TeacherSource):
     def filled(self) -> bool:
         return self.reader is not None
 
+    def evaluation_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        return None  # a run that finds the cache complete has no teacher: agreement never reported
+
     def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
         """The trainer's call: check the cache against the training data and fill the shards it lacks
         (under ``torchrun`` each rank fills shards ``rank, rank + world, ...``)."""

@@ -41,6 +41,7 @@ from distill.train.manifest import FORMAT, KINDS, manifest_problem, parse_name, 
 
 MANIFEST = "manifest.json"
 EMA_PREFIX = "ema."  # the student's weight average (train.ema), beside the raw "model." tensors
+SOURCE_PREFIX = "source."  # what the teacher source keeps between steps (the replay buffer)
 
 
 def _sha256(path: Path) -> str:

@@ -285,7 +285,10 @@ class RunLog(Callback):
     record and a printed line; each non-finite step a ``nonfinite`` record; the summary ends the
     loggers' runs. The trainer runs it before the user's callbacks, calls :meth:`start_epoch` and
     runs the loop inside it (``with``: the progress bar shows; a failure ends the loggers' runs as
-    failed)."""
+    failed).
+
+    A run stopped inside a logging window saves the window (:meth:`window`, in the checkpoint) and the
+    resumed run carries it on (``window`` given back), so its records equal an uninterrupted run's."""
 
     def __init__(
         self,
@@ -295,12 +298,14 @@ class RunLog(Callback):
         steps_per_epoch: int,
         epochs: int,
         start_step: int = 0,
+        window: Mapping[str, Any] | None = None,
     ) -> None:
         self.logger, self.progress = logger, progress
         self.total, self.steps_per_epoch, self.epochs = total, steps_per_epoch, epochs
         self.start_step = start_step  # a resumed run starts past 0
         self.bar: Any = None
         self._reset()
+        self._carried = dict(window) if window else None  # taken up by the first start_epoch
 
     def __enter__(self) -> RunLog:
         self.progress.__enter__()
@@ -320,10 +325,20 @@ class RunLog(Callback):
         """Epoch ``epoch`` (0-based) starts: averages and the samples/s rate start afresh."""
         self.progress.update(self.bar, description=f"epoch {epoch + 1}/{self.epochs}")
         self._reset()
+        if self._carried is not None:  # resumed inside this epoch: the window goes on
+            self.sums = dict(self._carried["sums"])
+            self.seen, self.count = int(self._carried["seen"]), int(self._carried["count"])
+            self._carried = None
 
     def _reset(self) -> None:
         self.sums: dict[str, Any] = {}
         self.seen, self.count, self.started = 0, 0, time.perf_counter()
+
+    def window(self) -> dict[str, Any]:
+        """The steps averaged since the last record, as JSON values: ``sums`` (each metric's sum, a
+        float32 sum kept as its exact float value), ``count`` (applied steps) and ``seen`` (samples)."""
+        sums = {k: float(v) for k, v in self.sums.items()}
+        return {"sums": sums, "count": self.count, "seen": self.seen}
 
     def on_step_end(self, trainer: Trainer, step: int, metrics: Mapping[str, Any]) -> None:
         self.seen += trainer.step_samples

@@ -1,7 +1,8 @@
 """What a checkpoint holds of a training run, and how a resumed run gets it back.
 
 A checkpoint (see :mod:`distill.train.checkpoint` for the files) holds the trainable weights, the
-optimizer state, the weight average (``train.ema``) and a JSON state: the step counters, the best and
+optimizer state, the weight average (``train.ema``), what the teacher source keeps between steps
+(:meth:`~distill.distiller.TeacherSource.state_tensors`: the replay buffer) and a JSON state: the step counters, the best and
 every evaluation, the non-finite and fp16-scaler counts, the callbacks' own state, a stop a callback
 asked for and the training config. :func:`run_state` gathers it; :func:`restore` puts it back.
 A run's end writes ``summary.json`` (:func:`run_summary`) and, when complete, ``model.safetensors``.
@@ -19,6 +20,7 @@ from distill.data.transfer import TransferSet
 from distill.io import remove_stale_temporaries, write_error, write_json
 from distill.train.checkpoint import (
     EMA_PREFIX,
+    SOURCE_PREFIX,
     Loaded,
     model_tensors,
     optimizer_state_from_json,
@@ -64,7 +66,16 @@ def run_state(trainer: Trainer) -> dict[str, Any]:
         "callbacks": trainer.callbacks.state(),
         "stop_reason": trainer.stop_reason,
         "config": trainer.config.model_dump(),
+        "log_window": log_window(trainer),
     }
+
+
+def log_window(trainer: Trainer) -> dict[str, Any] | None:
+    """The logging window a run stopped inside an epoch carries on when resumed (None at an epoch's
+    end, where the next epoch starts a window anyway)."""
+    if trainer.epoch_step == 0:
+        return None
+    return trainer.log.window() if trainer.log is not None else trainer.log_window
 
 
 def signature(state: dict[str, Any]) -> str:
@@ -94,7 +105,10 @@ def save(trainer: Trainer, tag: str, with_optimizer: bool) -> Path | None:
             trainer._saved_last = sig if tag == "last" else trainer._saved_last
             return None
     ema = trainer.ema
-    extra = state_tensors(ema.module.state_dict(), EMA_PREFIX) if ema is not None else None
+    extra = state_tensors(ema.module.state_dict(), EMA_PREFIX) if ema is not None else {}
+    source = trainer.distiller.source
+    if source is not None:  # what a teacher source keeps between steps (the replay buffer)
+        extra.update(state_tensors(source.state_tensors(), SOURCE_PREFIX))
     # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
     path = trainer.store.save(tag, model, state, optimizer, extra)
     if tag == "last":
@@ -165,10 +179,13 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str,
     stepper.scaler_skipped = state.get("scaler_skipped", 0)
     stepper.scaler_in_a_row = state.get("scaler_in_a_row", 0)
     trainer.stop_reason = state.get("stop_reason")
+    trainer.log_window = state.get("log_window")
     console = trainer.console if trainer.dist.is_main else None
     trainer.callbacks.load(state.get("callbacks"), console)
     if trainer.ema is not None:
         _restore_ema(trainer, tensors, state)
+    if trainer.distiller.source is not None:
+        trainer.distiller.source.load_state_tensors(model_tensors(tensors, SOURCE_PREFIX))
 
 
 def _restore_ema(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -120,6 +120,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: WeightEMA | None = None  # train.ema: the average that is evaluated and saved
         teacher = self.distiller.teacher
+        if self.distiller.source is not None:  # a top-k cache: no teacher in some runs, in none
+            teacher = self.distiller.source.evaluation_teacher(teacher)
         self.evaluator = Evaluator(
             self.task, val_data, teacher, cfg, self.dist, self.device, fsdp=self.fsdp
         )
@@ -144,6 +146,8 @@ class Trainer:
             lambda *event: self.callbacks.emit("on_nonfinite", self, *event)
         )
         self.stop_reason: str | None = None  # request_stop(): the run ends as finished
+        self.log: RunLog | None = None  # the logging of the fit() under way
+        self.log_window: dict[str, Any] | None = None  # a resumed run's unfinished logging window
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -336,7 +340,10 @@ class Trainer:
             meta=state.run_meta(self),
         )
         progress = make_progress(cfg.progress and self.dist.is_main, self.console)
-        log = RunLog(logger, progress, total, steps_per_epoch, cfg.epochs, self.global_step)
+        log = RunLog(
+            logger, progress, total, steps_per_epoch, cfg.epochs, self.global_step, self.log_window
+        )
+        self.log, self.log_window = log, None
         self.callbacks.internal = [log]  # logging runs first at every event
         if cfg.progress and self.dist.is_main:  # a CPU fallback is visible before the first step
             self.console.print(
