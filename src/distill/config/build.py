@@ -42,6 +42,7 @@ from distill.data.views import ConsistentAugment
 from distill.distiller import Distiller, TeacherSource, Term
 from distill.errors import ConfigError, DistillError, first_line, is_allocation_failure
 from distill.losses import build_loss
+from distill.losses._chunked import ChunkedTokenLoss
 from distill.losses.base import contract_of
 from distill.models import build_model, student_from_teacher
 from distill.models.hf import layer_map, num_layers, same_vocabulary, tokenizer_of
@@ -248,6 +249,18 @@ def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: 
     return model
 
 
+CHUNKED_HIDDEN, CHUNKED_HEAD = "@lm_hidden", "@lm_head"  # causal_lm's outputs for the chunked path
+
+
+def chunked_taps(spec: TermSpec) -> TermSpec:
+    """A ``chunk_size`` term reads ``[@lm_hidden, @lm_head]`` of each model instead of ``@logits``
+    (``causal_lm``'s named outputs; the schema allows chunk_size only on ``@logits`` token losses)."""
+    if spec.chunk_size is None:
+        return spec
+    taps = [CHUNKED_HIDDEN, CHUNKED_HEAD]
+    return spec.model_copy(update={"student": taps, "teacher": list(taps)})
+
+
 def build_term(spec: TermSpec, where: str = "distill.terms") -> Term:
     try:
         loss = build_loss(spec.loss, **spec.options)
@@ -258,6 +271,8 @@ def build_term(spec: TermSpec, where: str = "distill.terms") -> Term:
             f"{where}: loss {spec.loss!r} rejected options {spec.options} ({first_line(err)}); "
             "fix the option values"
         ) from None
+    if spec.chunk_size is not None:  # the same loss from hidden states and head weights
+        loss = ChunkedTokenLoss(loss, spec.chunk_size)
     return Term(
         loss=loss,
         student=spec.student,
@@ -405,7 +420,9 @@ def build_distiller(
     (``cache_teacher``; with ``cache_views``, the stored views of ``augment``, each epoch's pick drawn
     from ``seed``) or ``source`` as given (a top-k cache: ``teacher`` may then be None). No data is
     touched: :func:`build` checks the result on an example batch."""
-    specs = [expand_layer_taps(t, student, teacher, i) for i, t in enumerate(spec.terms)]
+    specs = [
+        chunked_taps(expand_layer_taps(t, student, teacher, i)) for i, t in enumerate(spec.terms)
+    ]
     for i, term in enumerate(specs):  # name the term and side of a bad tap
         check_taps(student, term.student, f"distill.terms.{i}.student")
         if teacher is not None:

@@ -275,6 +275,14 @@ class TermSpec(Strict):
         description="for @hidden_states.* / @attentions.* taps: which teacher layer each student layer "
         "matches (uniform, last, or a list of teacher layers)",
     )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="causal LMs, token losses on @logits (forward_kl, generalized_jsd...): compute the "
+        "term from the last hidden states and the output heads, chunk_size valid tokens at a time, "
+        "never the teacher's (B, T, V) logits nor (N, V) log-probabilities for backward; the same "
+        "value and gradients as without (docs/lm_losses.md)",
+    )
 
     @field_validator("weight", mode="before")
     @classmethod
@@ -288,6 +296,8 @@ class TermSpec(Strict):
             self._check_auto()
         if self.projector is not None:
             _lookup("projector", self.projector)
+        if self.chunk_size is not None:
+            self._check_chunked()
         starred = [t for t in (self.student, self.teacher) if isinstance(t, str) and "*" in t]
         if starred or any(
             "*" in t
@@ -301,6 +311,21 @@ class TermSpec(Strict):
                     f"student {self.student!r}, teacher {self.teacher!r}"
                 )
         return self
+
+    def _check_chunked(self) -> None:
+        """The chunked path computes a dense token loss from hidden states and head weights."""
+        if not callable(getattr(_lookup("loss", self.loss), "chunked", None)):
+            raise ValueError(
+                f"chunk_size {self.chunk_size}: loss {self.loss!r} has no chunked path; use a token "
+                "loss on @logits (forward_kl, reverse_kl, generalized_jsd, symmetric_kl, skew_kl, "
+                "skew_reverse_kl, tvd) or remove chunk_size"
+            )
+        if self.student != "@logits" or self.teacher != "@logits" or self.projector is not None:
+            raise ValueError(
+                f"chunk_size {self.chunk_size} replaces the term's @logits by hidden states and head "
+                f"weights, but it taps student {self.student!r}, teacher {self.teacher!r} (projector "
+                f"{self.projector!r}); keep @logits on both sides and no projector, or remove chunk_size"
+            )
 
     def _check_auto(self) -> None:
         if self.student != self.teacher:
@@ -697,7 +722,31 @@ class Recipe(Strict):
             raise ValueError(
                 "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
             )
+        for i, term in enumerate(self.distill.terms):
+            if term.chunk_size is not None:
+                self._check_chunked(i)
         return self
+
+    def _check_chunked(self, i: int) -> None:
+        """A term's chunk_size needs both models' hidden states and head weights, in memory."""
+        where = f"distill.terms.{i}.chunk_size"
+        if self.task != "causal_lm":
+            raise ValueError(f"{where} is for task: causal_lm, not {self.task!r}; remove it")
+        if self.distill.topk_cache is not None or self.distill.cache_teacher:
+            raise ValueError(
+                f"{where}: a teacher cache keeps no hidden states for the chunked path; remove "
+                "chunk_size or the cache (the top-k losses never build (B, T, V) teacher logits)"
+            )
+        if self.train.distributed == "fsdp":
+            raise ValueError(
+                f"{where}: the chunked path reads whole head weights, which train.distributed: fsdp "
+                "shards; remove chunk_size or use distributed: ddp"
+            )
+        if "teacher_tokenizer" in self.data.options:
+            raise ValueError(
+                f"{where}: a teacher of another tokenizer has other token ids; remove chunk_size "
+                "(use uld)"
+            )
 
     def _check_transfer(self) -> None:
         """Transfer rows have no labels: the task must be a class-logit one and no term may read them."""

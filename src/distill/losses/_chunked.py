@@ -12,6 +12,8 @@ because the per-token divergence of one token depends on that token's logits onl
 
 Same reduction rule as the plain losses: the sum over valid tokens divided by their count (0, with zero
 gradients, for none). Output heads without bias (the lm_head of GPT-2, Llama, Qwen).
+
+Recipes turn it on per term with ``chunk_size`` (:class:`ChunkedTokenLoss`; docs/lm_losses.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 import torch
 
 from distill.errors import DistillError
-from distill.losses._lm import PerToken, log_probs_of, valid_positions
+from distill.losses._lm import PerToken, TokenLoss, log_probs_of, valid_positions
+from distill.losses.base import DistillLoss
 
 
 class _ChunkedDivergence(torch.autograd.Function):
@@ -120,3 +123,30 @@ def chunked_token_loss(
     return _ChunkedDivergence.apply(
         s_rows, student_head, t_rows, teacher_head, per_token, temperature, width, chunk_size
     )
+
+
+class ChunkedTokenLoss(DistillLoss):
+    """A token loss (``forward_kl``, ``generalized_jsd``...) on the chunked path: the recipe's term
+    ``chunk_size``. The student and the teacher each give ``[hidden (B, T, D), head weight (V, D)]``
+    (``causal_lm``'s ``@lm_hidden`` and ``@lm_head``) instead of ``@logits``; the value and gradients
+    are the plain term's (:meth:`TokenLoss.chunked <distill.losses._lm.TokenLoss.chunked>`)."""
+
+    extra_inputs = ("labels",)
+    needs_same_shape = False  # hidden widths and head rows may differ; chunked_token_loss checks
+
+    def __init__(self, loss: TokenLoss, chunk_size: int = 1024) -> None:
+        super().__init__()
+        if chunk_size < 1:
+            raise DistillError(f"{loss.name}: chunk_size must be >= 1, got {chunk_size}")
+        self.loss, self.chunk_size = loss, int(chunk_size)
+
+    def forward(
+        self, student: list[torch.Tensor], teacher: list[torch.Tensor], labels: torch.Tensor
+    ) -> torch.Tensor:
+        (student_hidden, student_head), (teacher_hidden, teacher_head) = student, teacher
+        return self.loss.chunked(
+            student_hidden, student_head, teacher_hidden, teacher_head, labels, self.chunk_size
+        )
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}"

@@ -15,7 +15,9 @@ The contract every LM loss, the LM teacher cache and the data modes rely on (als
   every target ignored is legal.
 
 Named outputs for taps: ``@logits`` (B, T, V); ``@hidden_states.N`` (B, T, D), N = 0 the embedding
-output, N = 1..L the blocks' outputs (computed only when a term taps them).
+output, N = 1..L the blocks' outputs (computed only when a term taps them); ``@lm_hidden`` (B, T, D), what
+the output head reads (after the final norm), and ``@lm_head`` (V, D), the head's weight: the chunked
+loss path's inputs (a term's ``chunk_size``), also only when tapped.
 
 Evaluation: ``nll`` (nats/token), ``ppl``, ``bpc`` (total NLL in bits / characters of the evaluated
 text, comparable across tokenizers; only when the batches carry ``chars``), ``top1`` (next-token
@@ -86,15 +88,19 @@ class CausalLMTask(Task):
     name = "causal_lm"
     primary_metric = "top1"
     # (B, T, ...) outputs: distill.cache_teacher cannot keep them (the LM top-k cache does)
-    per_token_outputs = ("logits", "hidden_states")
+    per_token_outputs = ("logits", "hidden_states", "lm_hidden")
 
     def __init__(self) -> None:
         self.hidden_states = False
+        self.head_inputs = False
 
     def request(self, taps: Iterable[str]) -> None:
-        """Compute ``@hidden_states.N`` only when a term taps them."""
+        """Compute ``@hidden_states.N``, ``@lm_hidden`` and ``@lm_head`` only when a term taps them."""
+        taps = list(taps)
         if any(t.startswith("@hidden_states") for t in taps):
             self.hidden_states = True
+        if any(t in ("@lm_hidden", "@lm_head") for t in taps):
+            self.head_inputs = True
 
     def split(self, batch: Any) -> Batch:
         if not isinstance(batch, Mapping) or "input_ids" not in batch:
@@ -126,7 +132,7 @@ class CausalLMTask(Task):
         return int((batch.targets != IGNORE).sum())
 
     def forward(self, model: nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
-        return run_lm(model, inputs, self.hidden_states)
+        return run_lm(model, inputs, self.hidden_states, self.head_inputs)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         nll, valid = token_nll(outputs["logits"], batch.targets)
@@ -202,19 +208,48 @@ def lm_metrics(sums: dict[str, float], with_teacher: bool, with_chars: bool) -> 
     return metrics
 
 
-def run_lm(model: nn.Module, inputs: Mapping[str, torch.Tensor], hidden: bool) -> dict[str, Any]:
+def run_lm(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], hidden: bool, head: bool = False
+) -> dict[str, Any]:
     """``{"logits": (B, T, V), "hidden_states.N": (B, T, D)...}`` of a Hugging Face causal LM or of any
     module called as ``model(input_ids, attention_mask=..., output_hidden_states=...)`` that returns
-    logits, or ``(logits, hidden_states)`` when asked for them (distill's ``gpt``)."""
+    logits, or ``(logits, hidden_states)`` when asked for them (distill's ``gpt``). ``head`` adds
+    ``lm_hidden`` (the output head's input, caught by a forward hook) and ``lm_head`` (its weight)."""
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "output_hidden_states"):  # a transformers model
-        out = model(**inputs, output_hidden_states=hidden, use_cache=False, return_dict=True)
-        logits, states = out.logits, out.hidden_states or ()
-    elif hidden:
-        logits, states = model(**inputs, output_hidden_states=True)
-    else:
-        logits, states = model(**inputs), ()
+    output = output_head(model) if head else None
+    caught: list[torch.Tensor] = []
+    hook = (
+        output.register_forward_hook(lambda module, args, out: caught.append(args[0]))
+        if output is not None
+        else None
+    )
+    try:
+        if config is not None and hasattr(config, "output_hidden_states"):  # a transformers model
+            out = model(**inputs, output_hidden_states=hidden, use_cache=False, return_dict=True)
+            logits, states = out.logits, out.hidden_states or ()
+        elif hidden:
+            logits, states = model(**inputs, output_hidden_states=True)
+        else:
+            logits, states = model(**inputs), ()
+    finally:
+        if hook is not None:
+            hook.remove()
     named: dict[str, Any] = {"logits": logits}
     for i, h in enumerate(states):
         named[f"hidden_states.{i}"] = h
+    if output is not None:
+        named["lm_hidden"], named["lm_head"] = caught[-1], output.weight
     return named
+
+
+def output_head(model: nn.Module) -> nn.Linear:
+    """The causal LM's output head: a Hugging Face model's ``get_output_embeddings()``, distill's
+    ``gpt``'s ``head``; a bias-free ``nn.Linear`` (what the chunked loss path reads)."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else getattr(model, "head", None)
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        raise DistillError(
+            f"a term's chunk_size reads the output head's weight, but {type(model).__name__} has no "
+            "bias-free nn.Linear head (get_output_embeddings() or .head); remove chunk_size"
+        )
+    return head
