@@ -1,4 +1,4 @@
-"""Every LM data mode resumes exactly: a tiny recipe run stopped after a checkpoint (`stop_after`) and
+"""Every LM data mode, and the chunked loss path, resumes exactly: a tiny recipe run stopped after a checkpoint (`stop_after`) and
 resumed ends with the same weights and logs the same metrics as the run that was never stopped.
 
 Each run goes through the one assembly path (`build` + `make_trainer`), with a random teacher (built
@@ -28,7 +28,13 @@ TINY = ["teacher.weights=null", "data.options.block_size=16", "data.train_subset
         "data.test_subset=4", "train.batch_size=4", "train.eval_batch_size=4", "train.epochs=2",
         "train.progress=false", "train.log_every=3", "train.checkpoint_every=2",
         "student.options.dropout=0.1"]  # fmt: skip
-TIMINGS = {"time", "samples_per_s", "generate_s", "step_s"}  # wall-clock: differ run to run
+TIMINGS = {
+    "time",
+    "samples_per_s",
+    "generate_s",
+    "train_s",
+    "step_s",
+}  # wall-clock: differ run to run
 SAMPLE = (
     "distill.data_mode={mode: %s, lam: 0.5, prompt_tokens: 8, replay_size: 8, replay_ratio: 1.0}"
 )
@@ -38,6 +44,7 @@ MODES = {
     "replay": ("shakespeare/on_policy", [SAMPLE % "replay"]),
     "seq_kd": ("shakespeare/kd", ["distill.data_mode={mode: seq_kd, prompt_tokens: 8}"]),
     "cached": ("shakespeare/cached", []),
+    "chunked": ("shakespeare/kd", ["distill.terms.0.chunk_size=7"]),  # the chunked loss path
 }
 
 

@@ -110,6 +110,12 @@ def model_card(
     ]
     if summary.get("stopped"):
         lines.append(f"- Stopped early: {summary['stopped']}")
+    spent = summary.get("time")  # a data mode that samples: generating and training apart
+    if spent:
+        lines.append(
+            f"- Time: {spent['generate_s']:.1f} s generating samples, {spent['train_s']:.1f} s "
+            "training (the rest of the steps)"
+        )
     d = recipe.data
     lines += [
         "",

@@ -67,6 +67,7 @@ def run_state(trainer: Trainer) -> dict[str, Any]:
         "stop_reason": trainer.stop_reason,
         "config": trainer.config.model_dump(),
         "log_window": log_window(trainer),
+        "time_spent": trainer.time_spent,
     }
 
 
@@ -180,6 +181,7 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str,
     stepper.scaler_in_a_row = state.get("scaler_in_a_row", 0)
     trainer.stop_reason = state.get("stop_reason")
     trainer.log_window = state.get("log_window")
+    trainer.time_spent = dict(state.get("time_spent") or {})
     console = trainer.console if trainer.dist.is_main else None
     trainer.callbacks.load(state.get("callbacks"), console)
     if trainer.ema is not None:
@@ -238,6 +240,8 @@ def run_summary(trainer: Trainer, last: dict[str, Any]) -> dict[str, Any]:
         )
     if trainer.stop_reason is not None:
         summary["stopped"] = trainer.stop_reason
+    if trainer.time_spent:  # a data mode that samples: seconds generating and training, apart
+        summary["time"] = {k: round(v, 3) for k, v in sorted(trainer.time_spent.items())}
     return summary
 
 

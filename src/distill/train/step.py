@@ -35,6 +35,8 @@ from distill.train.reduction import micro_batch_weights
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Metrics = dict[str, torch.Tensor]
 
+# a source's timings (seconds) of one micro-batch: the step's are their sum, not their mean
+SECONDS = frozenset({"generate_s"})
 RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, ~2**63: rank r's seeds never meet rank 0's of another step
 
 
@@ -133,8 +135,10 @@ class Stepper:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         sums, parts, seen = self.forward_backward(raws, epoch, generator, global_step)
-        if "generate_s" in sums:  # a generating source: generation and the whole step, apart
-            sums["step_s"] = torch.tensor(time.perf_counter() - started)
+        if "generate_s" in sums:  # a generating source: generation, training and the whole step
+            step_s = time.perf_counter() - started
+            sums["step_s"] = torch.tensor(step_s)
+            sums["train_s"] = torch.tensor(max(step_s - float(sums["generate_s"]), 0.0))
         self.scaler.unscale_(optimizer)  # fp16: clip and check the true gradients
         grad_norm = local_norm(self._grad_norm())  # a DTensor under FSDP
         loss_bad, grad_bad = nonfinite(sums["loss"], grad_norm, self.dist)
@@ -212,7 +216,8 @@ class Stepper:
             micro.update(self.task.batch_metrics(step.outputs, step.batch or batch))
             micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
             for k, v in micro.items():
-                v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
+                if k not in SECONDS:  # seconds add up over the micro-batches; the rest averages
+                    v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v
             seen += len(batch)
         return sums, parts, seen

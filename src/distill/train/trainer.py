@@ -148,6 +148,8 @@ class Trainer:
         self.stop_reason: str | None = None  # request_stop(): the run ends as finished
         self.log: RunLog | None = None  # the logging of the fit() under way
         self.log_window: dict[str, Any] | None = None  # a resumed run's unfinished logging window
+        # seconds of the applied steps spent generating and training (a sampling data mode), in all
+        self.time_spent: dict[str, float] = {}
         self.store = (
             CheckpointStore(self.run_dir / "checkpoints", cfg.keep_checkpoints)
             if self.run_dir
@@ -289,6 +291,9 @@ class Trainer:
         metrics, self.step_samples = self.stepper.run(
             raws, self.optimizer, self.global_step, epoch, self.ema
         )
+        if metrics is not None and "generate_s" in metrics:
+            for key in ("generate_s", "train_s"):
+                self.time_spent[key] = self.time_spent.get(key, 0.0) + float(metrics[key])
         return metrics, lr
 
     def evaluate(self) -> dict[str, float]:
