@@ -4,7 +4,9 @@ A folder holds ``manifest.json`` and ``shard-NNNNN.safetensors`` files, each wit
 record (its samples, tokens, size and sha256) written after it. The manifest is written first (it claims
 the folder for one teacher, tokenizer, dataset and settings); a shard is written whole or not at all
 (:func:`~distill.io.atomic_write`), so a killed fill resumes with the shards it has; the manifest lists
-every shard and says ``complete`` at the end.
+every shard and says ``complete`` at the end. A process killed while writing leaves at most a
+``.*.tmp`` temporary, which is never read, never makes a folder "not a cache" and is removed by the
+next fill (:meth:`CacheStore.claim`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, first_line
-from distill.io import atomic_write, write_json
+from distill.io import atomic_write, remove_stale_temporaries, write_json
 
 FORMAT = "distill-topk-cache/1"
 ALIGNMENT = "row j predicts token j+1"
@@ -83,6 +85,11 @@ def _fix(path: Path) -> str:
     return f"point distill.topk_cache.dir at a new folder, or delete {path} to fill it again"
 
 
+def _temporary(path: Path) -> bool:
+    """A file :func:`~distill.io.atomic_write` had not renamed yet when its process was killed."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 class CacheStore:
     """One cache folder: checks it against this run's ``settings``/``fingerprints``, writes shards and
     the manifest, and verifies shard files (size and sha256) before they are read."""
@@ -96,7 +103,7 @@ class CacheStore:
         self.manifest: dict[str, Any] | None = self._read_manifest()
         if self.manifest is not None:
             self._check(self.manifest)
-        elif self.path.is_dir() and any(self.path.iterdir()):
+        elif self.path.is_dir() and any(not _temporary(p) for p in self.path.iterdir()):
             raise DistillError(
                 f"topk cache folder {self.path} holds files but no {MANIFEST}, so it is not a cache; "
                 "point distill.topk_cache.dir at an empty or new folder"
@@ -160,7 +167,9 @@ class CacheStore:
             )
 
     def claim(self, num_samples: int, vocab_size: int) -> None:
-        """Write the manifest (not complete, no shards) unless there is one: the folder is this cache's."""
+        """Write the manifest (not complete, no shards) unless there is one: the folder is this cache's.
+        Called by one process before any shard is written: temporaries a killed fill left go first."""
+        remove_stale_temporaries(self.path)
         if self.manifest is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
