@@ -22,8 +22,8 @@ have no mode logic.
 The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the
 step's seeded RNG, so a resumed run makes the same choices and samples; ``replay``'s buffer is saved
 in every checkpoint (:meth:`DataModes.state_tensors`) and ``seq_kd``'s completions are sampled again,
-the same, by a resumed run (seeded, in index order). Logged per step: ``mode_<name>`` (1 for the mode taken;
-averaged over a logging window, the share of steps) and ``generate_s`` (seconds spent sampling; the
+the same, by a resumed run (seeded, in index order). Logged per step: ``mode_<name>`` (1 for the mode
+taken; averaged over a logging window, the share of steps) and ``generate_s`` (seconds spent sampling; the
 trainer logs ``train_s``, the rest of the step, and ``step_s``, the whole step, beside it, and sums
 both in ``summary.json``'s ``time``).
 """

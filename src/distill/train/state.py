@@ -1,10 +1,11 @@
 """What a checkpoint holds of a training run, and how a resumed run gets it back.
 
 A checkpoint (see :mod:`distill.train.checkpoint` for the files) holds the trainable weights, the
-optimizer state, the weight average (``train.ema``), what the teacher source keeps between steps
-(:meth:`~distill.distiller.TeacherSource.state_tensors`: the replay buffer) and a JSON state: the step counters, the best and
-every evaluation, the non-finite and fp16-scaler counts, the callbacks' own state, a stop a callback
-asked for and the training config. :func:`run_state` gathers it; :func:`restore` puts it back.
+optimizer state, the weight average (``train.ema``), what each rank's teacher source keeps between
+steps (:meth:`~distill.distiller.TeacherSource.state_tensors`: the replay buffer) and a JSON state:
+the step counters, the best and every evaluation, the non-finite and fp16-scaler counts, the
+callbacks' own state, a stop a callback asked for, the training config, an unfinished logging window
+and the seconds spent generating and training. :func:`run_state` gathers it; :func:`restore` puts it back.
 A run's end writes ``summary.json`` (:func:`run_summary`) and, when complete, ``model.safetensors``.
 """
 
@@ -28,6 +29,7 @@ from distill.train.checkpoint import (
     state_tensors,
     unflatten_state,
 )
+from distill.train.distributed import gather_objects
 from distill.train.ema import WeightEMA
 from distill.train.fsdp import full_state, load_sharded, save_sharded
 from distill.train.logging import truncate_metrics
@@ -87,7 +89,10 @@ def signature(state: dict[str, Any]) -> str:
 def save(trainer: Trainer, tag: str, with_optimizer: bool) -> Path | None:
     """Write the ``tag`` checkpoint (rank 0); None when nothing was written: no run dir, another rank,
     or a ``last`` identical to the newest one (stopped right after a checkpoint)."""
-    if trainer.store is None or not (trainer.dist.is_main or trainer.fsdp):
+    if trainer.store is None:
+        return None
+    kept = source_tensors(trainer)  # every rank takes part: each keeps its own samples
+    if not (trainer.dist.is_main or trainer.fsdp):
         return None
     state = run_state(trainer)
     sig = signature(state)
@@ -107,14 +112,25 @@ def save(trainer: Trainer, tag: str, with_optimizer: bool) -> Path | None:
             return None
     ema = trainer.ema
     extra = state_tensors(ema.module.state_dict(), EMA_PREFIX) if ema is not None else {}
-    source = trainer.distiller.source
-    if source is not None:  # what a teacher source keeps between steps (the replay buffer)
-        extra.update(state_tensors(source.state_tensors(), SOURCE_PREFIX))
+    extra.update(kept)
     # a second 'last' at one step (after an evaluation) goes to a new file: see CheckpointStore.save
     path = trainer.store.save(tag, model, state, optimizer, extra)
     if tag == "last":
         trainer._saved_last = sig
     return path
+
+
+def source_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """What the teacher source of every rank keeps between steps (the replay buffer), as
+    ``source.rank<r>.<name>`` tensors; under ``torchrun`` a collective, so every rank calls it."""
+    source = trainer.distiller.source
+    if source is None:
+        return {}
+    own = {k: v.detach().cpu() for k, v in source.state_tensors().items()}
+    out: dict[str, torch.Tensor] = {}
+    for rank, part in enumerate(gather_objects(own, trainer.dist)):
+        out.update(state_tensors(part, f"{SOURCE_PREFIX}rank{rank}."))
+    return out
 
 
 def resume(trainer: Trainer) -> None:
@@ -186,8 +202,9 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str,
     trainer.callbacks.load(state.get("callbacks"), console)
     if trainer.ema is not None:
         _restore_ema(trainer, tensors, state)
-    if trainer.distiller.source is not None:
-        trainer.distiller.source.load_state_tensors(model_tensors(tensors, SOURCE_PREFIX))
+    if trainer.distiller.source is not None:  # this rank's own part
+        own = model_tensors(tensors, f"{SOURCE_PREFIX}rank{trainer.dist.rank}.")
+        trainer.distiller.source.load_state_tensors(own)
 
 
 def _restore_ema(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
