@@ -1026,3 +1026,21 @@ def test_lm_uld_sorts_and_pads():
     check(
         build_loss("uld")(s, teacher, labels), sum(abs(a - b) for a, b in zip(ps, pt, strict=True))
     )
+
+
+@case("aligned_kl")
+def test_lm_aligned_kl_keys_renormalises_and_sorts_the_rest():
+    """Student tokens a, b, q; teacher tokens a, ab, x over a second position aligned to the first: the
+    teacher's a and ab both count under a; q and x start with nothing shared (ULD on them); the sum over
+    the one aligned position is divided by the two valid student targets."""
+    s = torch.tensor([[[9.0, 9.0, 9.0], LM_STUDENT]])
+    teacher = torch.tensor([[[0.0, 0.0, 0.0], [0.5, -1.0, 1.5]]])
+    ps, pt = softmax(LM_STUDENT), softmax([0.5, -1.0, 1.5])
+    qs = [ps[0] / (ps[0] + ps[1]), ps[1] / (ps[0] + ps[1])]  # a, b given a shared start
+    qt = [1.0, 0.0]  # the teacher's a and ab are both "starts with a"; it has no b
+    expected = (kl(qt, qs) + abs(ps[2] - pt[2])) / 2
+    loss = build_loss("aligned_kl")(
+        s, teacher, torch.tensor([[0, 1]]), torch.tensor([[-1, 1]]),
+        torch.tensor([0, 1, -1]), torch.tensor([0, 0, -1]),
+    )  # fmt: skip
+    check(loss, expected)
