@@ -26,7 +26,15 @@ from distill.losses._lm import TokenLoss, padded_vocab_size
 def pair_teacher_vocab(recipe: Recipe, train: Any) -> Recipe:
     """``recipe`` with the teacher built for its own tokenizer's length (``teacher.options.num_classes``)
     when the data carries the teacher's ids of another tokenizer (``teacher_num_classes``,
-    :mod:`distill.data.lm_pair`) and the recipe does not say it."""
+    :mod:`distill.data.lm_pair`) and the recipe does not say it. An ``aligned_kl`` term on data without
+    the character alignment is refused here, before anything is trained."""
+    for i, term in enumerate(recipe.distill.terms):
+        if term.loss == "aligned_kl" and getattr(train, "alignment", None) is None:
+            raise ConfigError(
+                f"distill.terms.{i} (aligned_kl) needs the character alignment of a teacher of another "
+                "tokenizer, which the data does not carry; set data.options.teacher_tokenizer (char "
+                "or bpe)"
+            )
     width = getattr(train, "teacher_num_classes", None)
     if width is None or recipe.teacher is None or "num_classes" in recipe.teacher.options:
         return recipe
