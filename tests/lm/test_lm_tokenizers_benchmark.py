@@ -15,7 +15,8 @@ _spec.loader.exec_module(bench)
 
 def test_students_share_data_and_teacher_and_the_json_keeps_other_keys(tmp_path: Path, monkeypatch):
     asked = {}
-    bpc = {"teacher_bpe": 2.4, "scratch": 3.3, "aligned_kl": 3.2, "uld_positional": 3.5}
+    bpc = {"teacher_bpe": 2.4, "scratch": 3.3, "aligned_kl": 3.2, "aligned_kl_w1": 3.25,
+           "uld_positional": 3.5}  # fmt: skip
 
     def fake_train(recipe, overrides, out):
         asked[out.name] = (recipe, overrides)
@@ -28,6 +29,7 @@ def test_students_share_data_and_teacher_and_the_json_keeps_other_keys(tmp_path:
     assert set(asked) == set(bpc)
     scratch, aligned = asked["scratch"][1], asked["aligned_kl"][1]
     assert scratch == aligned  # the same rows, steps and teacher; only the recipe differs
+    assert asked["aligned_kl_w1"][1][: len(scratch)] == scratch
     assert "data.train_subset=320" in scratch and "data.options.teacher_tokenizer=bpe" in scratch
     assert f"teacher.weights={tmp_path / 'teacher_bpe'}" in scratch
     stored = json.loads(path.read_text())
