@@ -13,7 +13,8 @@ Two things are computed once, in the data pipeline, so a training step only gath
   shared string ``u``" is one event for both models. Tokens with identical strings map onto each other
   id for id, and with one tokenizer on both sides the map is the identity. For a character student (or
   teacher) the shared strings are the characters and the key is a token's first character, so both
-  distributions become the exact next-character distribution.
+  distributions become next-character distributions (a subword model's given its token boundary
+  there, which the other side does not see).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ read (``-1``: none), and the vocabulary keys ``student_vocab_key`` ``(Vs,)`` / `
   character the other tokenizer never saw, has no counterpart event), and scored with
   ``KL(q_T || q_S)``. With one tokenizer on both sides the keys are the identity and this is the plain
   forward KL; for a character student (or teacher) it is the KL between the two models'
-  next-character distributions, exact whatever the other tokenizer.
+  next-character distributions, each model's given the text it has read *and its own token boundary
+  there*: a subword teacher's boundary tells it that its previous token does not continue (the
+  tokenization bias of Phan et al., 2024), which the student cannot see (docs/benchmarks/lm.md).
 * the unkeyed tokens' probabilities (``p_S`` over student ids keyed ``-1``, ``p_T`` over teacher ids
   keyed ``-1``) are compared by ULD, ``sum_i |p_S,(i) - p_T,(i)|`` over the sorted, zero-padded
   vectors, weighted by ``uld_weight``.
