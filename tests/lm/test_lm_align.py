@@ -210,12 +210,15 @@ def test_bpe_teacher_distils_into_character_student_with_aligned_kl(tmp_path: Pa
     assert "bpc" in summary["last"] and "agreement" not in summary["last"]
 
 
-def test_aligned_kl_without_paired_data_is_one_line_before_training(tmp_path: Path, capsys):
+@pytest.mark.parametrize("loss", ["aligned_kl", "marginal_kl"])
+def test_aligned_kl_without_paired_data_is_one_line_before_training(
+    loss: str, tmp_path: Path, capsys
+):
     root = corpus(tmp_path / "corpus")
     run = tmp_path / "run"
     code = main(["train", "shakespeare/kd", f"data.root={root}", *TINY, "teacher.weights=null",
-                 "distill.terms.0.loss=aligned_kl", f"output={run}"])  # fmt: skip
+                 f"distill.terms.0.loss={loss}", f"output={run}"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert "distill.terms.0 (aligned_kl)" in err[0] and "teacher_tokenizer" in err[0]
+    assert f"distill.terms.0 ({loss})" in err[0] and "teacher_tokenizer" in err[0]
     assert not run.exists()

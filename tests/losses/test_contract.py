@@ -129,6 +129,11 @@ def _extras(loss, batch: int, seed: int = 0, inputs=None) -> dict:
         available["teacher_position"] = position.masked_fill(position % 3 == 2, -1)
         available["student_vocab_key"] = torch.arange(CLASSES)
         available["teacher_vocab_key"] = torch.arange(CLASSES)
+        # marginal_kl: the row before each position, one-character tokens (no longer token continues)
+        available["teacher_anchor"] = position - 1
+        available["teacher_prefix"] = torch.randint(0, CLASSES, (batch, SEQ), generator=g)
+        available["prefix_keys"] = torch.full((CLASSES, CLASSES), -1)
+        available["prefix_token"] = torch.arange(CLASSES)
     wanted = getattr(loss, "extra_inputs", ())
     missing = [k for k in wanted if k not in available]
     assert not missing, f"contract test does not know how to make extras {missing}"
@@ -225,7 +230,7 @@ def test_batch_size_invariance(name):
         return [torch.cat([a, a]) for a in x] if isinstance(x, list) else torch.cat([x, x])
 
     def twice_extra(key, value):  # box_index of the repeat points at the repeated images
-        if key.endswith("_vocab_key"):  # one per vocabulary, not per row
+        if key.endswith("_vocab_key") or key.startswith("prefix_"):  # per vocabulary, not per row
             return value
         return torch.cat([value, value + B if key == "box_index" else value])
 

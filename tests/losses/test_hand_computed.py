@@ -1044,3 +1044,22 @@ def test_lm_aligned_kl_keys_renormalises_and_sorts_the_rest():
         torch.tensor([0, 1, -1]), torch.tensor([0, 0, -1]),
     )  # fmt: skip
     check(loss, expected)
+
+
+@case("marginal_kl")
+def test_lm_marginal_kl_adds_continuing_tokens_to_the_prefix_tokens_share():
+    """Teacher tokens a, ab, b; student characters a, b. Position 1 has read "a" since the teacher's row
+    0: the teacher's next character there is b through "ab", or what follows the token "a" (the
+    teacher's row 1, keyed, as the token "a" does end there)."""
+    s = torch.tensor([[[0.0, 0.0], [0.3, -0.4]]])
+    teacher = torch.tensor([[[0.2, 0.9, -0.5], [1.0, -2.0, 0.5]]])
+    p0, p1, ps = softmax([0.2, 0.9, -0.5]), softmax([1.0, -2.0, 0.5]), softmax([0.3, -0.4])
+    after = [p1[0] + p1[1], p1[2]]  # row 1 keyed by first character: a and ab count as a
+    target = [p0[0] * after[0], p0[1] + p0[0] * after[1]]
+    target = [x / sum(target) for x in target]
+    loss = build_loss("marginal_kl")(
+        s, teacher, torch.tensor([[0, 1]]), torch.tensor([[-1, 0]]), torch.tensor([[-1, 0]]),
+        torch.tensor([[0, 1]]), torch.tensor([0, 0, 1]),
+        torch.tensor([[-1, 1, -1], [-1, -1, -1], [-1, -1, -1]]), torch.tensor([0, 1, 2]),
+    )  # fmt: skip
+    check(loss, kl(target, ps) / 2)

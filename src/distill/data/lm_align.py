@@ -19,7 +19,7 @@ Two things are computed once, in the data pipeline, so a training step only gath
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -80,9 +80,9 @@ def align_positions(student_ends: Tensor, teacher_ends: Tensor) -> Tensor:
     return torch.where(inside & (at == student_ends), found, torch.full_like(found, -1))
 
 
-def vocab_keys(student: Sequence[str], teacher: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """``(student_key (Vs,), teacher_key (Vt,))`` int64: the student id of the longest string of both
-    vocabularies that each token's text starts with, ``-1`` when there is none."""
+def shared_keyer(student: Sequence[str], teacher: Sequence[str]) -> Callable[[str], int]:
+    """``key(text)``: the student id of the longest string of both vocabularies that ``text`` starts
+    with, ``-1`` when there is none."""
     first: dict[str, int] = {}
     teacher_strings = set(teacher)
     for sid, text in enumerate(student):
@@ -102,6 +102,13 @@ def vocab_keys(student: Sequence[str], teacher: Sequence[str]) -> tuple[Tensor, 
                 return shared[text[:n]]
         return -1
 
+    return key
+
+
+def vocab_keys(student: Sequence[str], teacher: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """``(student_key (Vs,), teacher_key (Vt,))`` int64: the student id of the longest string of both
+    vocabularies that each token's text starts with, ``-1`` when there is none."""
+    key = shared_keyer(student, teacher)
     return (
         torch.tensor([key(t) for t in student], dtype=torch.int64),
         torch.tensor([key(t) for t in teacher], dtype=torch.int64),

@@ -26,8 +26,10 @@ from distill.data.lm_align import (
     SpanTokenizer,
     align_positions,
     boundary_ends,
+    shared_keyer,
     vocab_keys,
 )
+from distill.data.lm_marginal import MAX_TEACHER_VOCAB, anchor_positions, prefix_table
 from distill.errors import DistillError
 
 
@@ -84,6 +86,7 @@ class PairedLMDataset(LMDataset):
         teacher_tokenizer: LMTokenizer,
         name: str = "lm",
         alignment: tuple[Tensor, Tensor, Tensor] | None = None,
+        marginal: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> None:
         if teacher_input_ids.shape != input_ids.shape:
             raise DistillError(
@@ -100,6 +103,7 @@ class PairedLMDataset(LMDataset):
         self.teacher_tokenizer = teacher_tokenizer
         self.teacher_num_classes = teacher_tokenizer.vocab_size
         self.alignment = alignment
+        self.marginal = marginal
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         out = {**super().batch(idx), "teacher_input_ids": self.teacher_input_ids[idx]}
@@ -108,12 +112,20 @@ class PairedLMDataset(LMDataset):
             out["teacher_position"] = position[idx]
             out["student_vocab_key"] = student_key
             out["teacher_vocab_key"] = teacher_key
+        if self.marginal is not None:
+            anchor, prefix, prefix_keys, prefix_token = self.marginal
+            out["teacher_anchor"] = anchor[idx]
+            out["teacher_prefix"] = prefix[idx]
+            out["prefix_keys"] = prefix_keys
+            out["prefix_token"] = prefix_token
         return out
 
     def _take(self, idx: Tensor) -> PairedLMDataset:
-        alignment = None
+        alignment = marginal = None
         if self.alignment is not None:
             alignment = (self.alignment[0][idx], *self.alignment[1:])
+        if self.marginal is not None:
+            marginal = (self.marginal[0][idx], self.marginal[1][idx], *self.marginal[2:])
         return PairedLMDataset(
             self.input_ids[idx],
             self.tokenizer,
@@ -121,6 +133,7 @@ class PairedLMDataset(LMDataset):
             self.teacher_tokenizer,
             self.name,
             alignment,  # type: ignore[arg-type]
+            marginal,  # type: ignore[arg-type]
         )
 
 
@@ -160,8 +173,21 @@ def paired_dataset(
     spans = student_ends(text, blocks, tokenizer)
     starts = spans[1] if spans is not None else block_starts(blocks, tokenizer)
     rows, kept, teacher_ends = teacher_rows(text, starts, teacher_tokenizer, blocks.shape[1])
-    alignment = None
+    alignment = marginal = None
     if spans is not None and teacher_ends is not None:
-        keys = vocab_keys(tokenizer.token_texts(), teacher_tokenizer.token_texts())  # type: ignore[attr-defined]
+        student_texts = tokenizer.token_texts()  # type: ignore[attr-defined]
+        teacher_texts = teacher_tokenizer.token_texts()  # type: ignore[attr-defined]
+        keys = vocab_keys(student_texts, teacher_texts)
         alignment = (align_positions(spans[0][kept], teacher_ends), *keys)
-    return PairedLMDataset(blocks[kept], tokenizer, rows, teacher_tokenizer, name, alignment)
+        if len(teacher_texts) <= MAX_TEACHER_VOCAB:
+            index, prefix_keys, prefix_token = prefix_table(
+                teacher_texts, shared_keyer(student_texts, teacher_texts)
+            )
+            starts_kept = [spans[1][k] for k in kept]
+            anchor, prefix = anchor_positions(
+                text, starts_kept, spans[0][kept], teacher_ends, index
+            )
+            marginal = (anchor, prefix, prefix_keys, prefix_token)
+    return PairedLMDataset(
+        blocks[kept], tokenizer, rows, teacher_tokenizer, name, alignment, marginal
+    )
