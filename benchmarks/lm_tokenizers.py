@@ -3,8 +3,9 @@
 Trains the GPT teacher over a byte-level BPE of 512 tokens (``shakespeare/teacher_bpe``, one epoch), then
 the 64 k-parameter character student for the same number of steps on the same paired rows (each row
 also in the teacher's BPE ids): alone (``shakespeare/scratch``), with ``aligned_kl`` (KL on the
-character-aligned positions, ``shakespeare/aligned_kl``, at its 0.5 / 0.5 weights and at 1 / 1) and,
-with ``--positional``, with the positional ``uld`` instead. Reports held-out bits per character (a
+character-aligned positions, ``shakespeare/aligned_kl``, at its 0.5 / 0.5 weights and at 1 / 1), with
+``marginal_kl`` (the teacher's next character marginalised over its boundaries, every position,
+``shakespeare/marginal_kl``) and, with ``--positional``, with the positional ``uld`` instead. Reports held-out bits per character (a
 seeded subset of the validation plays, the last checkpoint) and writes them to ``docs/benchmarks/lm_tokenizers.json`` (key ``tokenizer_pair``).
 
     make data-lm
@@ -33,6 +34,7 @@ STUDENTS = {
         "shakespeare/aligned_kl",
         ["distill.task_weight=1.0", "distill.terms.0.weight=1.0"],
     ),
+    "marginal_kl": ("shakespeare/marginal_kl", []),  # 0.5 x cross-entropy + 0.5 x marginal_kl
     "uld_positional": ("shakespeare/kd", ["distill.terms.0.loss=uld"]),
 }
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             min(bpc["aligned_kl"], bpc["aligned_kl_w1"]) - bpc["scratch"], 4
         ),
         "aligned_kl_beats_scratch": min(bpc["aligned_kl"], bpc["aligned_kl_w1"]) < bpc["scratch"],
+        "marginal_kl_minus_scratch_bpc": round(bpc["marginal_kl"] - bpc["scratch"], 4),
+        "marginal_kl_beats_scratch": bpc["marginal_kl"] < bpc["scratch"],
         "steps": args.steps,
         "seeds": [args.seed],
         "command": "python benchmarks/lm_tokenizers.py "
