@@ -1,5 +1,5 @@
 """The same text in two tokenizers, for distilling between models that do not share one (``uld``,
-``aligned_kl``).
+``aligned_kl``, ``marginal_kl``).
 
 Each row of a :class:`PairedLMDataset` is a student row of ``L`` tokens (``input_ids``, ``labels``,
 ``chars`` as in :class:`~distill.data.lm.LMDataset`) and ``teacher_input_ids``: the teacher tokenizer's
@@ -14,6 +14,9 @@ reads the character-offset alignment the dataset also carries when both tokenize
 (:mod:`distill.data.lm_align`): ``teacher_position`` ``(N, L)`` (the teacher token that ends where
 student token ``j`` ends, ``-1`` if none) and the two vocabularies' keys (``student_vocab_key``,
 ``teacher_vocab_key``: the student id of the longest shared string each token starts with).
+``marginal_kl`` reads, for teacher vocabularies up to
+:data:`~distill.data.lm_marginal.MAX_TEACHER_VOCAB` tokens, the teacher row before each position's
+covering token and the prefix read since (:mod:`distill.data.lm_marginal`).
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ def block_starts(blocks: Tensor, tokenizer: LMTokenizer) -> list[int]:
 class PairedLMDataset(LMDataset):
     """An :class:`LMDataset` of the student's rows that also carries the teacher's ids of the same text
     (``teacher_input_ids``); ``teacher_num_classes`` is the teacher tokenizer's length. ``alignment``
-    (optional): ``(teacher_position (N, L), student_vocab_key (Vs,), teacher_vocab_key (Vt,))``."""
+    (optional): ``(teacher_position (N, L), student_vocab_key (Vs,), teacher_vocab_key (Vt,))``;
+    ``marginal`` (optional): ``(teacher_anchor (N, L), teacher_prefix (N, L), prefix_keys (R, Vt),
+    prefix_token (R,))``."""
 
     def __init__(
         self,
