@@ -123,6 +123,17 @@ def _extras(loss, batch: int, seed: int = 0, inputs=None) -> dict:
     if _meta(loss_name(loss)).get("inputs") == "token_logits":  # targets (B, T), -100 = not scored
         targets = torch.randint(0, CLASSES, (batch, SEQ), generator=g)
         available["labels"] = targets.masked_fill(_padding_mask(batch, SEQ) == 0, -100)
+        # a teacher of another tokenizer, aligned by characters (aligned_kl): here the same tokens,
+        # every third position without a teacher token ending at the same character
+        position = torch.arange(SEQ).expand(batch, SEQ)
+        available["teacher_position"] = position.masked_fill(position % 3 == 2, -1)
+        available["student_vocab_key"] = torch.arange(CLASSES)
+        available["teacher_vocab_key"] = torch.arange(CLASSES)
+        # marginal_kl: the row before each position, one-character tokens (no longer token continues)
+        available["teacher_anchor"] = position - 1
+        available["teacher_prefix"] = torch.randint(0, CLASSES, (batch, SEQ), generator=g)
+        available["prefix_keys"] = torch.full((CLASSES, CLASSES), -1)
+        available["prefix_token"] = torch.arange(CLASSES)
     wanted = getattr(loss, "extra_inputs", ())
     missing = [k for k in wanted if k not in available]
     assert not missing, f"contract test does not know how to make extras {missing}"
@@ -219,6 +230,8 @@ def test_batch_size_invariance(name):
         return [torch.cat([a, a]) for a in x] if isinstance(x, list) else torch.cat([x, x])
 
     def twice_extra(key, value):  # box_index of the repeat points at the repeated images
+        if key.endswith("_vocab_key") or key.startswith("prefix_"):  # per vocabulary, not per row
+            return value
         return torch.cat([value, value + B if key == "box_index" else value])
 
     one = loss(s, t, **extras)

@@ -1026,3 +1026,40 @@ def test_lm_uld_sorts_and_pads():
     check(
         build_loss("uld")(s, teacher, labels), sum(abs(a - b) for a, b in zip(ps, pt, strict=True))
     )
+
+
+@case("aligned_kl")
+def test_lm_aligned_kl_keys_renormalises_and_sorts_the_rest():
+    """Student tokens a, b, q; teacher tokens a, ab, x over a second position aligned to the first: the
+    teacher's a and ab both count under a; q and x start with nothing shared (ULD on them); the sum over
+    the one aligned position is divided by the two valid student targets."""
+    s = torch.tensor([[[9.0, 9.0, 9.0], LM_STUDENT]])
+    teacher = torch.tensor([[[0.0, 0.0, 0.0], [0.5, -1.0, 1.5]]])
+    ps, pt = softmax(LM_STUDENT), softmax([0.5, -1.0, 1.5])
+    qs = [ps[0] / (ps[0] + ps[1]), ps[1] / (ps[0] + ps[1])]  # a, b given a shared start
+    qt = [1.0, 0.0]  # the teacher's a and ab are both "starts with a"; it has no b
+    expected = (kl(qt, qs) + abs(ps[2] - pt[2])) / 2
+    loss = build_loss("aligned_kl")(
+        s, teacher, torch.tensor([[0, 1]]), torch.tensor([[-1, 1]]),
+        torch.tensor([0, 1, -1]), torch.tensor([0, 0, -1]),
+    )  # fmt: skip
+    check(loss, expected)
+
+
+@case("marginal_kl")
+def test_lm_marginal_kl_adds_continuing_tokens_to_the_prefix_tokens_share():
+    """Teacher tokens a, ab, b; student characters a, b. Position 1 has read "a" since the teacher's row
+    0: the teacher's next character there is b through "ab", or what follows the token "a" (the
+    teacher's row 1, keyed, as the token "a" does end there)."""
+    s = torch.tensor([[[0.0, 0.0], [0.3, -0.4]]])
+    teacher = torch.tensor([[[0.2, 0.9, -0.5], [1.0, -2.0, 0.5]]])
+    p0, p1, ps = softmax([0.2, 0.9, -0.5]), softmax([1.0, -2.0, 0.5]), softmax([0.3, -0.4])
+    after = [p1[0] + p1[1], p1[2]]  # row 1 keyed by first character: a and ab count as a
+    target = [p0[0] * after[0], p0[1] + p0[0] * after[1]]
+    target = [x / sum(target) for x in target]
+    loss = build_loss("marginal_kl")(
+        s, teacher, torch.tensor([[0, 1]]), torch.tensor([[-1, 0]]), torch.tensor([[-1, 0]]),
+        torch.tensor([[0, 1]]), torch.tensor([0, 0, 1]),
+        torch.tensor([[-1, 1, -1], [-1, -1, -1], [-1, -1, -1]]), torch.tensor([0, 1, 2]),
+    )  # fmt: skip
+    check(loss, kl(target, ps) / 2)

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from distill.config.schema import Recipe
+from distill.data.lm_marginal import MAX_TEACHER_VOCAB
 from distill.errors import ConfigError, DistillError
 from distill.losses import LOSSES
 from distill.losses._lm import TokenLoss, padded_vocab_size
@@ -26,7 +27,22 @@ from distill.losses._lm import TokenLoss, padded_vocab_size
 def pair_teacher_vocab(recipe: Recipe, train: Any) -> Recipe:
     """``recipe`` with the teacher built for its own tokenizer's length (``teacher.options.num_classes``)
     when the data carries the teacher's ids of another tokenizer (``teacher_num_classes``,
-    :mod:`distill.data.lm_pair`) and the recipe does not say it."""
+    :mod:`distill.data.lm_pair`) and the recipe does not say it. An ``aligned_kl`` or ``marginal_kl`` term
+    on data without the character alignment (or the prefix table) is refused here, before training."""
+    for i, term in enumerate(recipe.distill.terms):
+        if term.loss not in ("aligned_kl", "marginal_kl"):
+            continue
+        if getattr(train, "alignment", None) is None:
+            raise ConfigError(
+                f"distill.terms.{i} ({term.loss}) needs the character alignment of a teacher of "
+                "another tokenizer, which the data does not carry; set "
+                "data.options.teacher_tokenizer (char or bpe)"
+            )
+        if term.loss == "marginal_kl" and getattr(train, "marginal", None) is None:
+            raise ConfigError(
+                f"distill.terms.{i} (marginal_kl) needs the teacher's prefix table, built only for "
+                f"teacher vocabularies of at most {MAX_TEACHER_VOCAB} tokens; use aligned_kl"
+            )
     width = getattr(train, "teacher_num_classes", None)
     if width is None or recipe.teacher is None or "num_classes" in recipe.teacher.options:
         return recipe

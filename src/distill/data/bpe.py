@@ -41,6 +41,22 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)
 
+    def encode_spans(self, text: str) -> tuple[list[int], list[int]]:
+        """``(ids, ends)``: the ids and the character offset just past each token (``offsets``)."""
+        encoding = self.tokenizer.encode(text)
+        return list(encoding.ids), [end for _, end in encoding.offsets]
+
+    def token_texts(self) -> list[str]:
+        """The text of each id alone, its bytes read as UTF-8; a byte that is not a whole character
+        reads as a lone surrogate (``surrogateescape``), so every id keeps a distinct text."""
+        to_byte = {char: byte for byte, char in byte_symbols().items()}
+        texts = []
+        for i in range(self.vocab_size):
+            symbols = self.tokenizer.id_to_token(i) or ""
+            raw = bytes(to_byte[c] for c in symbols if c in to_byte)
+            texts.append(raw.decode("utf-8", errors="surrogateescape"))
+        return texts
+
     def decode(self, ids: Iterable[int]) -> str:
         return str(self.tokenizer.decode([int(i) for i in ids]))
 
@@ -54,6 +70,20 @@ class BPETokenizer:
         from distill.models.hf import _transformers
 
         return _transformers().PreTrainedTokenizerFast(tokenizer_object=self.tokenizer)
+
+
+def byte_symbols() -> dict[int, str]:
+    """The byte-level alphabet (GPT-2's, which ``tokenizers``' ``ByteLevel`` uses): each byte's symbol;
+    printable bytes stand for themselves, the others are shifted past 255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    symbols, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + shift)
+            shift += 1
+    return symbols
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:

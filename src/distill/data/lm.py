@@ -70,6 +70,14 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.alphabet[int(i)] for i in ids)
 
+    def token_texts(self) -> list[str]:
+        """The text of each id: its character."""
+        return list(self.alphabet)
+
+    def encode_spans(self, text: str) -> tuple[list[int], list[int]]:
+        """``(ids, ends)``: token ``k`` is character ``k``, ending at offset ``k + 1``."""
+        return self.encode(text), list(range(1, len(text) + 1))
+
     def token_chars(self) -> Tensor:
         """Characters per token: 1 each."""
         return torch.ones(self.vocab_size, dtype=torch.int64)

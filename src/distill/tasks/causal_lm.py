@@ -119,6 +119,15 @@ class CausalLMTask(Task):
             "teacher_input_ids" in batch
         ):  # a teacher of another tokenizer: its own ids, shifted alike
             extras["teacher_inputs"] = {"input_ids": batch["teacher_input_ids"][:, :-1]}
+        if "teacher_position" in batch:  # and the character-offset alignment (data/lm_align.py)
+            extras["teacher_position"] = batch["teacher_position"][:, :-1]
+            extras["student_vocab_key"] = batch["student_vocab_key"]
+            extras["teacher_vocab_key"] = batch["teacher_vocab_key"]
+        if "teacher_anchor" in batch:  # the marginal over the teacher's boundaries (lm_marginal.py)
+            extras["teacher_anchor"] = batch["teacher_anchor"][:, :-1]
+            extras["teacher_prefix"] = batch["teacher_prefix"][:, :-1]
+            extras["prefix_keys"] = batch["prefix_keys"]
+            extras["prefix_token"] = batch["prefix_token"]
         return Batch(inputs=inputs, targets=targets, extras=extras)
 
     def teacher_inputs(self, batch: Batch) -> Any:
