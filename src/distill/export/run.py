@@ -23,7 +23,7 @@ from distill.export.inputs import Inputs, batch_size, take
 from distill.export.quantize import first_and_last_layers, quantize_onnx
 from distill.export.runtime import OnnxModule, ParityError, check_parity, merge_reports
 from distill.export.select import Timer
-from distill.io import write_json
+from distill.io import check_replaceable, write_json
 
 EXPORT_FORMATS = ("onnx", "coreml")
 INT8_MODES = ("static", "dynamic")
@@ -90,6 +90,7 @@ def export_run(
     _check_settings(spec.model_dump())
     int8, checkpoint = spec.int8, spec.checkpoint
     out_dir = Path(out) if out is not None else run_dir / "export"
+    check_replaceable(out_dir, REPORT_NAME, run_dir)
     run = open_run(run_dir, checkpoint)
     student, task, train, test_loader = run.student, run.task, run.train_data, run.test_loader()
     batches = parity_batches(task, test_loader, PARITY_SAMPLES)
