@@ -1,0 +1,86 @@
+"""distill tune's study folder: another study's trials, a training run or a changed recipe are never
+written over or mixed in; the refusal is one line and the folder is left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from distill.cli import main
+from helpers import tiny_recipe_dict
+
+pytest.importorskip("optuna", reason="distill tune needs the tune extra (optuna)")
+
+from distill.tune import tune  # noqa: E402
+
+QUIET = Console(file=io.StringIO())
+
+
+def recipe_file(tmp_path: Path, name: str = "tiny", **train: object) -> Path:
+    recipe = tiny_recipe_dict(tmp_path / "run", name=name)
+    recipe["data"].update(train_subset=96, test_subset=32)
+    recipe["train"].update(batch_size=32, eval_batch_size=32, **train)
+    recipe["tune"] = {
+        "params": [{"path": "train.lr", "low": 0.01, "high": 0.5, "log": True}],
+        "trials": 1,
+        "validation": 32,
+        "out": str(tmp_path / "study"),
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def refused(argv: list[str], capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    tune(recipe_file(tmp_path), console=QUIET)
+    return tmp_path / "study"
+
+
+def test_a_folder_holding_another_study_is_refused(tmp_path, study, capsys) -> None:
+    before = fingerprint(study)
+    other = recipe_file(tmp_path, name="other")
+    err = refused(["tune", str(other)], capsys)
+    assert "holds the study 'tiny', not 'other'" in err and "--out" in err
+    assert fingerprint(study) == before  # trials/000 and best.yaml of 'tiny' untouched
+
+
+def test_a_changed_recipe_is_refused_but_more_trials_resume(tmp_path, study, capsys) -> None:
+    before = fingerprint(study)
+    recipe = recipe_file(tmp_path, epochs=2)
+    err = refused(["tune", str(recipe)], capsys)
+    assert "train.epochs (1 -> 2)" in err and "undo the change" in err
+    assert fingerprint(study) == before
+    recipe = recipe_file(tmp_path)  # the same recipe, a wider range, one more trial: resumes
+    assert main(["tune", str(recipe), "tune.params.0.high=0.9", "--trials", "2"]) == 0
+    assert sorted(p.name for p in (study / "trials").iterdir()) == ["000", "001"]
+
+
+def test_a_training_run_folder_is_refused(tmp_path, capsys) -> None:
+    recipe = recipe_file(tmp_path)
+    assert main(["train", str(recipe)]) == 0
+    run = tmp_path / "run"
+    before = fingerprint(run)
+    err = refused(["tune", str(recipe), "--out", str(run)], capsys)
+    assert "holds a training run" in err and "new or empty folder" in err
+    assert fingerprint(run) == before
