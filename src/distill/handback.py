@@ -104,9 +104,10 @@ def handback_run(
 def _save_hf(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
     from distill.models.hf import load_hf_classifier
 
+    causal = run.recipe.task == "causal_lm"
     max_length = int(getattr(run.test_data, "max_length", 128))
-    save_hf(run.student, folder, _classes(run), max_length)
-    return _listing(folder), load_hf_classifier(folder)
+    save_hf(run.student, folder, None if causal else _classes(run), max_length, causal=causal)
+    return _listing(folder), load_hf_classifier(folder, causal=causal)
 
 
 def _save_ultralytics(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
@@ -124,6 +125,12 @@ def _save_ultralytics(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
 
 def _save_image(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
     spec = run.recipe.student
+    if run.recipe.task == "causal_lm":
+        raise DistillError(
+            f"the student of {run.run_dir} ({spec.name}) is distill's own GPT, which has no Hugging Face "
+            "class to hand back as; hand-back of language models needs an hf: student (or from_teacher "
+            "of an hf: teacher); for this one use distill export (ONNX) or its model.safetensors"
+        )
     size = getattr(run.test_data, "image_size", None)
     if size is None:
         raise DistillError(
