@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -167,7 +168,10 @@ def _check_settings(values: Mapping[str, Any]) -> None:
             )
     budget = values.get("budget")
     if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not math.isfinite(budget)
+        or budget < 0
     ):
         raise DistillError(f"budget must be >= 0 points, got {budget!r}; e.g. 1.0")
     if int8_mode is not None and int8_mode not in INT8_MODES:
