@@ -84,3 +84,34 @@ def test_a_training_run_folder_is_refused(tmp_path, capsys) -> None:
     err = refused(["tune", str(recipe), "--out", str(run)], capsys)
     assert "holds a training run" in err and "new or empty folder" in err
     assert fingerprint(run) == before
+
+
+def test_a_journal_cut_short_by_a_kill_resumes(tmp_path, study, capsys) -> None:
+    journal = study / "study.journal"
+    journal.write_bytes(
+        journal.read_bytes() + b'{"op_code": 5, "worker_id": "x", "tri'
+    )  # torn write
+    recipe = recipe_file(tmp_path)
+    assert main(["tune", str(recipe), "--trials", "2"]) == 0, capsys.readouterr().err
+    assert "cut short" in capsys.readouterr().out
+    assert sorted(p.name for p in (study / "trials").iterdir()) == ["000", "001"]
+
+
+def test_a_damaged_journal_is_refused_and_left_as_it_is(tmp_path, study, capsys) -> None:
+    journal = study / "study.journal"
+    journal.write_bytes(b"garbage\n" + journal.read_bytes())
+    before = fingerprint(study)
+    err = refused(["tune", str(recipe_file(tmp_path))], capsys)
+    assert "study.journal is damaged (line 1 is not JSON)" in err
+    assert fingerprint(study) == before
+
+
+def test_trial_runs_the_journal_does_not_list_are_not_overwritten(tmp_path, study, capsys) -> None:
+    journal = study / "study.journal"
+    journal.write_bytes(
+        journal.read_bytes().split(b"\n")[0] + b"\n"
+    )  # the study, none of its trials
+    before = fingerprint(study)
+    err = refused(["tune", str(recipe_file(tmp_path))], capsys)
+    assert "trials/000 is the run of no trial in the journal" in err
+    assert fingerprint(study) == before

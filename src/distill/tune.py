@@ -159,7 +159,14 @@ def _storage(folder: Path) -> Any:
     optuna = _optuna()
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
+    journal = folder / STUDY_FILE
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    except Exception as err:  # noqa: BLE001 - optuna replays the log with JSON and asserts
+        raise DistillError(
+            f"study journal {journal} is damaged ({type(err).__name__}: {str(err)[:120]}); move it "
+            "away to start the study again, or give --out (tune.out) a new folder"
+        ) from None
 
 
 def _study(recipe: Recipe, spec: TuneSpec, folder: Path, storage: Any) -> Any:
@@ -315,6 +322,8 @@ def tune(
     lock.acquire()
     started = time.perf_counter()
     try:
+        if _repair_journal(folder / STUDY_FILE):
+            console.print("the study journal ended in a write cut short; that part was dropped")
         storage = _storage(folder)
         _check_same_study(storage, base, folder)
         study = _study(base, spec, folder, storage)
@@ -337,6 +346,29 @@ def tune(
         return _write_results(recipe, overrides, base, spec, study, folder, started, console)
     finally:
         lock.release()
+
+
+def _repair_journal(journal: Path) -> bool:
+    """Check the study journal line by line before Optuna appends to it: a last line cut short (a
+    process killed while writing it; Optuna ignores it when reading) is removed, so the next write does
+    not run into it; any other line that is not JSON is refused. Returns whether a cut was removed."""
+    if not journal.is_file():
+        return False
+    data = journal.read_bytes()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines[:-1], 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise DistillError(
+                f"study journal {journal} is damaged (line {number} is not JSON); move it away to "
+                "start the study again, or give --out (tune.out) a new folder"
+            ) from None
+    if not lines[-1]:
+        return False
+    with open(journal, "r+b") as f:  # the torn last line: never a complete operation
+        f.truncate(len(data) - len(lines[-1]))
+    return True
 
 
 def _check_folder(folder: Path) -> None:
@@ -372,9 +404,22 @@ def _check_same_study(storage: Any, recipe: Recipe, folder: Path) -> None:
             f"study folder {folder} holds the study {other[0]!r}, not {recipe.name!r}; its trials "
             "would be overwritten: give --out (tune.out) another folder"
         )
-    if not names:
+    study = optuna.load_study(study_name=recipe.name, storage=storage) if names else None
+    known = len(study.get_trials(deepcopy=False)) if study is not None else 0
+    trials = folder / "trials"
+    stray = sorted(
+        p.name
+        for p in (trials.iterdir() if trials.is_dir() else ())
+        if not (p.name.isdigit() and int(p.name) < known)
+    )
+    if stray:
+        raise DistillError(
+            f"study folder {folder}: trials/{stray[0]} is the run of no trial in the journal (it lists "
+            f"{known}), so a new trial would overwrite it; give --out (tune.out) a new folder"
+        )
+    if study is None:
         return
-    saved = optuna.load_study(study_name=recipe.name, storage=storage).user_attrs.get("recipe")
+    saved = study.user_attrs.get("recipe")
     if saved is None:
         return  # a study begun before the recipe was recorded
     now = json.loads(json.dumps(_study_key(recipe)))
