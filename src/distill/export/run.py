@@ -329,7 +329,8 @@ def example_inputs(task: Any, loader: Any, n: int) -> Inputs:
 def _calibration(task: Any, train: Any, batches: int) -> Iterator[Inputs]:
     """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
     if isinstance(train, BatchingDataset):
-        loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        loader = train.loader(64, order)
     else:
         loader = train
     for i, raw in enumerate(loader):
