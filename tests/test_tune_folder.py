@@ -115,3 +115,13 @@ def test_trial_runs_the_journal_does_not_list_are_not_overwritten(tmp_path, stud
     err = refused(["tune", str(recipe_file(tmp_path))], capsys)
     assert "trials/000 is the run of no trial in the journal" in err
     assert fingerprint(study) == before
+
+
+def test_a_study_whose_first_trial_failed_takes_the_fixed_recipe(tmp_path, capsys) -> None:
+    recipe = recipe_file(tmp_path)
+    err = refused(["tune", str(recipe), "tune.validation=100000"], capsys)  # more than 60k
+    assert "data.validation=100000" in err
+    assert main(["tune", str(recipe)]) == 0, (
+        capsys.readouterr().err
+    )  # nothing finished: not refused
+    assert "complete" in (tmp_path / "study" / "trials.md").read_text()

@@ -327,8 +327,9 @@ def tune(
         storage = _storage(folder)
         _check_same_study(storage, base, folder)
         study = _study(base, spec, folder, storage)
-        if not study.get_trials(deepcopy=False):
+        if not _finished(study):  # nothing to compare with yet: the recipe may still be fixed
             study.set_user_attr("recipe", _study_key(base))
+        if not study.get_trials(deepcopy=False):
             _enqueue_recipe_values(study, base, spec)
         stale = _fail_stale_trials(study, storage)
         if stale:
@@ -369,6 +370,12 @@ def _repair_journal(journal: Path) -> bool:
     with open(journal, "r+b") as f:  # the torn last line: never a complete operation
         f.truncate(len(data) - len(lines[-1]))
     return True
+
+
+def _finished(study: Any) -> bool:
+    """Whether a trial of ``study`` ended with a value (complete or pruned)."""
+    states = _optuna().trial.TrialState
+    return bool(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
 
 
 def _check_folder(folder: Path) -> None:
@@ -417,8 +424,8 @@ def _check_same_study(storage: Any, recipe: Recipe, folder: Path) -> None:
             f"study folder {folder}: trials/{stray[0]} is the run of no trial in the journal (it lists "
             f"{known}), so a new trial would overwrite it; give --out (tune.out) a new folder"
         )
-    if study is None:
-        return
+    if study is None or not _finished(study):
+        return  # no trial finished (a first trial that failed): a fixed recipe starts it over
     saved = study.user_attrs.get("recipe")
     if saved is None:
         return  # a study begun before the recipe was recorded
