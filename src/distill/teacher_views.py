@@ -137,7 +137,13 @@ class ViewStore:
         start = time.perf_counter()
         tensors = self._fill(online, dataset, batch_size)
         self.fill_seconds = time.perf_counter() - start
-        self._write(tensors, settings)
+        try:
+            self._write(tensors, settings)
+        except OSError as err:
+            raise DistillError(
+                f"cannot write the teacher view cache in {self.folder} ({err.strerror or err}); set "
+                "DISTILL_CACHE to a writable folder (default ~/.cache/distill)"
+            ) from None
         self._use(tensors)
 
     @torch.no_grad()

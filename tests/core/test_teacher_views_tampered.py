@@ -53,3 +53,12 @@ def test_a_replaced_file_with_a_matching_checksum_is_refused(tmp_path, topk, edi
     with pytest.raises(DistillError) as err:
         again()
     assert needle in str(err.value) and "delete it to fill it again" in str(err.value)
+
+
+def test_an_unwritable_cache_folder_is_one_line_naming_the_setting(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(DistillError) as err:
+        fill(tmp_path / "afile" / "views")
+    line = str(err.value)
+    assert "cannot write the teacher view cache" in line and "DISTILL_CACHE" in line
+    assert (tmp_path / "afile").read_text() == "not a folder"
