@@ -88,3 +88,13 @@ def test_a_tampered_cache_is_refused_in_one_line(tmp_path, name) -> None:
     line = str(err.value)
     assert needle in line and "\n" not in line and "delete" in line, line
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "cache").iterdir())} == before
+
+
+def test_a_cache_folder_that_cannot_be_made_names_the_setting(tmp_path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    cache = TopKCache(
+        tmp_path / "afile" / "cache", SETTINGS, PRINTS, CausalLMTask(), ["@logits"], TinyLM(VOCAB)
+    )
+    with pytest.raises(DistillError, match="cannot create the topk cache folder .*topk_cache.dir"):
+        cache.prepare(TokenData(n=10), 4, None, True)
+    assert (tmp_path / "afile").read_text() == "not a folder"

@@ -169,7 +169,13 @@ class CacheStore:
         """Write the manifest (not complete, no shards) unless there is one: the folder is this cache's."""
         if self.manifest is not None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DistillError(
+                f"cannot create the topk cache folder {self.path} ({err.strerror or err}); point "
+                "distill.topk_cache.dir at a writable folder"
+            ) from None
         manifest = {
             **self._expected(),
             "names": self.fingerprints.names,
