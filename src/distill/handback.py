@@ -28,7 +28,7 @@ from torch import nn
 
 from distill.config.run import CHECKPOINTS, Run, open_run, run_recipe
 from distill.errors import DistillError, did_you_mean
-from distill.io import write_json
+from distill.io import check_replaceable, write_json
 from distill.models.hf import save_hf
 from distill.models.pretrained_cfg import image_config, load_image_model, save_image_model
 from distill.models.yolo import is_yolo, save_ultralytics
@@ -70,6 +70,8 @@ def handback_run(
             "Use best or last"
         )
     run_dir = Path(run_dir)
+    if out is not None:
+        check_replaceable(Path(out), REPORT_NAME, run_dir)
     run = open_run(run_dir, checkpoint or run_recipe(run_dir).export.checkpoint)
     native = native_format(run.student)
     if format not in ("auto", native):
@@ -78,6 +80,7 @@ def handback_run(
             f"{format}; use --format {native} (or auto)"
         )
     out_dir = Path(out) if out is not None else run_dir / native
+    check_replaceable(out_dir, REPORT_NAME, run_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -101,9 +104,10 @@ def handback_run(
 def _save_hf(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
     from distill.models.hf import load_hf_classifier
 
+    causal = run.recipe.task == "causal_lm"
     max_length = int(getattr(run.test_data, "max_length", 128))
-    save_hf(run.student, folder, _classes(run), max_length)
-    return _listing(folder), load_hf_classifier(folder)
+    save_hf(run.student, folder, None if causal else _classes(run), max_length, causal=causal)
+    return _listing(folder), load_hf_classifier(folder, causal=causal)
 
 
 def _save_ultralytics(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
@@ -121,6 +125,12 @@ def _save_ultralytics(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
 
 def _save_image(run: Run, folder: Path) -> tuple[list[str], nn.Module]:
     spec = run.recipe.student
+    if run.recipe.task == "causal_lm":
+        raise DistillError(
+            f"the student of {run.run_dir} ({spec.name}) is distill's own GPT, which has no Hugging Face "
+            "class to hand back as; hand-back of language models needs an hf: student (or from_teacher "
+            "of an hf: teacher); for this one use distill export (ONNX) or its model.safetensors"
+        )
     size = getattr(run.test_data, "image_size", None)
     if size is None:
         raise DistillError(

@@ -125,3 +125,24 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_replaceable(out_dir: Path, marker: str, run_dir: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that a command would replace whole unless it is new, empty, or one that
+    command wrote before (it holds ``marker``, e.g. ``export.json``): the run folder itself, a folder
+    holding the run, or any other folder of files would otherwise be deleted with it."""
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    out_abs, run_abs = out_dir.resolve(), run_dir.resolve()
+    if out_abs == run_abs or out_abs in run_abs.parents:
+        raise DistillError(
+            f"{flag} {out_dir} would replace the run folder {run_dir} (it holds it); give {flag} a "
+            f"new folder, e.g. {run_dir / 'out'}, or leave {flag} unset"
+        )
+    if out_dir.is_dir() and not (out_dir / marker).is_file():
+        held = sorted(p.name for p in out_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise DistillError(
+                f"{flag} {out_dir} holds other files ({shown}), which replacing it would delete; give "
+                f"{flag} a new or empty folder"
+            )

@@ -137,7 +137,13 @@ class ViewStore:
         start = time.perf_counter()
         tensors = self._fill(online, dataset, batch_size)
         self.fill_seconds = time.perf_counter() - start
-        self._write(tensors, settings)
+        try:
+            self._write(tensors, settings)
+        except OSError as err:
+            raise DistillError(
+                f"cannot write the teacher view cache in {self.folder} ({err.strerror or err}); set "
+                "DISTILL_CACHE to a writable folder (default ~/.cache/distill)"
+            ) from None
         self._use(tensors)
 
     @torch.no_grad()
@@ -237,15 +243,30 @@ class ViewStore:
         self._use(load_file(str(path)))
 
     def _use(self, tensors: dict[str, torch.Tensor]) -> None:
-        params = tensors["params"]
-        if params.ndim != 3 or params.shape[0] != self.count or params.shape[2] != PARAMS:
+        params = tensors.get("params")
+        shape = tuple(params.shape) if params is not None else None
+        if shape is None or len(shape) != 3 or shape[0] != self.count or shape[2] != PARAMS:
             raise DistillError(
-                f"teacher view cache in {self.folder} holds views of shape {tuple(params.shape)}, not "
+                f"teacher view cache in {self.folder} holds views of shape {shape}, not "
                 f"({self.count}, N, {PARAMS}); delete it to fill it again"
             )
         if "classes" in tensors:
             self.classes = int(tensors["classes"])
         self.stored = {k: v for k, v in tensors.items() if k not in ("params", "classes")}
+        expected = {
+            f"{kind}:{name}"
+            for name in self.names
+            for kind in (("top", "class", "rest") if self.topk and self.classes else ("out",))
+        }
+        wrong = [
+            k for k in expected if k not in self.stored or self.stored[k].shape[:2] != shape[:2]
+        ]
+        if wrong or set(self.stored) != expected:
+            raise DistillError(
+                f"teacher view cache in {self.folder} does not hold {sorted(expected)} for "
+                f"{shape[0]} views of {shape[1]} samples (it has {sorted(self.stored)}); delete it "
+                "to fill it again"
+            )
         self.params = params
 
     # ------------------------------------------------------------------ reading

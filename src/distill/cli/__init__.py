@@ -88,8 +88,17 @@ def _usage_line(err: Exception) -> str:
     return f"{message} (see `{command} --help`)"
 
 
+def _quiet_library_notices() -> None:
+    """Keep stderr to distill's own lines: torch logs a deprecation notice per class when torchao (which
+    transformers and QAT import) registers its enums with ``torch.utils._pytree``."""
+    import logging
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distill`` console script."""
+    _quiet_library_notices()
     try:
         # standalone_mode=False: typer returns the exit code of typer.Exit, and turns Ctrl-C into 130
         code = app(args=argv, prog_name="distill", standalone_mode=False)

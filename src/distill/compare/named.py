@@ -48,7 +48,8 @@ class PackedOnnxModule(OnnxModule):
     """An :class:`~distill.export.OnnxModule` that also takes its named inputs packed as ``(B, k, T)``."""
 
     def forward(self, x: Any = None, **inputs: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, torch.Tensor) and len(self.input_names) > 1:
+        # a packed (B, k, T) batch, also for one named input (k = 1: a causal LM's input_ids)
+        if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == len(self.input_names):
             return super().forward(**unpack(x, self.input_names))
         return super().forward(x, **inputs)
 

@@ -718,14 +718,40 @@ class Recipe(Strict):
             )
         if self.data.transfer is not None:
             self._check_transfer()
-        if self.distill.data_mode is not None and self.teacher is None:
+        if self.distill.cache_topk and not self.distill.cache_views:
             raise ValueError(
-                "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
+                f"distill.cache_topk={self.distill.cache_topk} keeps the top-k of each stored view, but "
+                "distill.cache_views is 0; set cache_views (with an augmentation) or remove cache_topk"
             )
+        if self.distill.data_mode is not None:
+            self._check_data_mode()
         for i, term in enumerate(self.distill.terms):
             if term.chunk_size is not None:
                 self._check_chunked(i)
         return self
+
+    def _check_data_mode(self) -> None:
+        """Data modes draw and score token sequences with a teacher that answers every tap read."""
+        if self.task != "causal_lm":
+            raise ValueError(
+                f"distill.data_mode chooses the text a language model trains on; it needs task: "
+                f"causal_lm, not {self.task!r}; remove data_mode"
+            )
+        if self.teacher is None:
+            raise ValueError(
+                "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
+            )
+        mode = self.distill.data_mode
+        assert mode is not None
+        if mode.mode == "teacher_forced":
+            return
+        for i, term in enumerate(self.distill.terms):
+            if "@topk" in _tap_list(term.teacher):
+                raise ValueError(
+                    f"distill.terms.{i} taps @topk, which only the top-k cache answers, but "
+                    f"data_mode {mode.mode} has the teacher score generated text (@logits); tap "
+                    "@logits with a token loss (e.g. forward_kl), or use mode: teacher_forced"
+                )
 
     def _check_chunked(self, i: int) -> None:
         """A term's chunk_size needs both models' hidden states and head weights, in memory."""

@@ -71,6 +71,7 @@ def make_transfer_set(
         if len(rest):
             parts.append(train.take(rest))
     if extra is not None:
+        _check_same_inputs(labelled, extra)
         parts.append(extra)
     if not parts:
         raise DistillError(
@@ -80,6 +81,29 @@ def make_transfer_set(
     return TransferSet(
         labelled, _joined(parts), labelled_fraction, name=getattr(train, "name", "train")
     )
+
+
+def _check_same_inputs(labelled: Dataset, extra: Dataset) -> None:
+    """The transfer dataset's inputs have the labelled data's shape and dtype: both go into the same
+    batches (a mismatch failed mid-epoch with torch.stack's error)."""
+    if not len(extra) or not len(labelled):
+        return
+    ours, theirs = labelled[0], extra[0]
+    for key, value in ours.items():
+        other = theirs.get(key) if isinstance(theirs, dict) else None
+        if key in ("label", "labels", "index") or not isinstance(value, Tensor):
+            continue
+        if (
+            not isinstance(other, Tensor)
+            or other.shape != value.shape
+            or other.dtype != value.dtype
+        ):
+            got = "none" if not isinstance(other, Tensor) else f"{list(other.shape)} {other.dtype}"
+            raise DistillError(
+                f"data.transfer.dataset's {key!r} inputs are {got}, the training data's "
+                f"{list(value.shape)} {value.dtype}; give a transfer set of the same image size and "
+                "channels (dataset options such as image_size, grayscale)"
+            )
 
 
 def _joined(parts: list[Dataset]) -> Dataset:

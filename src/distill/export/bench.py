@@ -94,6 +94,22 @@ def _executorch_example(path: Path) -> torch.Tensor:
     return torch.zeros(list(meta.input_tensor_meta(0).sizes())[1:])
 
 
+def _check_file(path: Path, runtime: str) -> None:
+    """The file exists and is of the kind ``runtime`` runs: ``.pte`` for ExecuTorch, ONNX otherwise."""
+    if path.is_dir():
+        raise DistillError(
+            f"{path} is a folder; give the exported file, e.g. {path / 'student.onnx'} (distill export)"
+        )
+    program = path.suffix == ".pte"
+    if path.is_file() and program != (runtime == "executorch"):
+        runs = "ExecuTorch .pte programs" if runtime == "executorch" else "ONNX files"
+        use = "executorch" if program else "onnxruntime or openvino"
+        raise DistillError(
+            f"{path} is {'an ExecuTorch program' if program else 'not an ExecuTorch .pte program'}, "
+            f"and runtime {runtime} runs {runs}; use --runtime {use}"
+        )
+
+
 def machine(label: str | None = None) -> dict[str, Any]:
     """What the timing ran on: CPU model, logical cores, OS, Python, and the user's ``label``."""
     cpu = platform.processor() or platform.machine()
@@ -151,6 +167,11 @@ def bench(
         raise DistillError(f"--threads must be >= 1 (or 0 for all cores), got {threads!r}")
     RUNTIMES.get(runtime)  # an unknown name: one line with close matches, before the file is read
     path = Path(path)
+    _check_file(path, runtime)
+    if out is not None and Path(out).is_dir():
+        raise DistillError(
+            f"--out {out} is a folder; give a file name, e.g. {Path(out) / 'bench.json'}"
+        )
     example = input_example(path, seq_len)
     module = load(runtime, path, threads)
     if isinstance(example, Mapping):

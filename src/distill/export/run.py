@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ from distill.export.inputs import Inputs, batch_size, take
 from distill.export.quantize import first_and_last_layers, quantize_onnx
 from distill.export.runtime import OnnxModule, ParityError, check_parity, merge_reports
 from distill.export.select import Timer
-from distill.io import write_json
+from distill.io import check_replaceable, write_json
 
 EXPORT_FORMATS = ("onnx", "coreml")
 INT8_MODES = ("static", "dynamic")
@@ -90,6 +91,7 @@ def export_run(
     _check_settings(spec.model_dump())
     int8, checkpoint = spec.int8, spec.checkpoint
     out_dir = Path(out) if out is not None else run_dir / "export"
+    check_replaceable(out_dir, REPORT_NAME, run_dir)
     run = open_run(run_dir, checkpoint)
     student, task, train, test_loader = run.student, run.task, run.train_data, run.test_loader()
     batches = parity_batches(task, test_loader, PARITY_SAMPLES)
@@ -166,7 +168,10 @@ def _check_settings(values: Mapping[str, Any]) -> None:
             )
     budget = values.get("budget")
     if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0
+        isinstance(budget, bool)
+        or not isinstance(budget, (int, float))
+        or not math.isfinite(budget)
+        or budget < 0
     ):
         raise DistillError(f"budget must be >= 0 points, got {budget!r}; e.g. 1.0")
     if int8_mode is not None and int8_mode not in INT8_MODES:
@@ -324,7 +329,8 @@ def example_inputs(task: Any, loader: Any, n: int) -> Inputs:
 def _calibration(task: Any, train: Any, batches: int) -> Iterator[Inputs]:
     """``batches`` shuffled (seeded) training batches of 64 inputs, without augmentation."""
     if isinstance(train, BatchingDataset):
-        loader = train.loader(64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        loader = train.loader(64, order)
     else:
         loader = train
     for i, raw in enumerate(loader):

@@ -19,7 +19,10 @@ Core ML files (:mod:`distill.export.coreml`) run only on macOS, so they are not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,21 @@ class OpenVinoModule(RuntimeModule):
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at the null device: ExecuTorch's C++ loader logs each failure there
+    (``[program.cpp:168] Program identifier ...``) before raising; the raised error says it in one line."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class ExecuTorchModule(RuntimeModule):
     """A ``.pte`` file run by ExecuTorch's Python runtime (XNNPACK kernels). ExecuTorch's thread pool is
     one per process, sized when it starts; resizing it after a program ran aborted the process here
@@ -130,7 +148,8 @@ class ExecuTorchModule(RuntimeModule):
         if not self.path.is_file():
             raise DistillError(f"file {self.path} not found; export one first")
         try:
-            self.method = Runtime.get().load_program(self.path).load_method("forward")
+            with _native_stderr_silenced():
+                self.method = Runtime.get().load_program(self.path).load_method("forward")
         except Exception as err:  # noqa: BLE001 - ExecuTorch raises RuntimeError with codes
             raise DistillError(
                 f"executorch cannot load {self.path} ({first_line(err, 240)}); export it again "

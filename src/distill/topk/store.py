@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,11 @@ class CacheStore:
             ) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise DistillError(f"topk cache {file} is not a {FORMAT} manifest; {_fix(self.path)}")
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise DistillError(
+                f"topk cache manifest {file} is damaged ({problem}); {_fix(self.path)}"
+            )
         return manifest
 
     def _expected(self) -> dict[str, Any]:
@@ -172,7 +178,13 @@ class CacheStore:
         remove_stale_temporaries(self.path)
         if self.manifest is not None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DistillError(
+                f"cannot create the topk cache folder {self.path} ({err.strerror or err}); point "
+                "distill.topk_cache.dir at a writable folder"
+            ) from None
         manifest = {
             **self._expected(),
             "names": self.fingerprints.names,
@@ -205,6 +217,11 @@ class CacheStore:
     def verify(self, record: dict[str, Any]) -> None:
         """Refuse a shard whose file is gone or whose size or sha256 differs from its record."""
         file = self.path / record["file"]
+        problem = _record_problem(record)
+        if problem:
+            raise DistillError(
+                f"topk cache record of {file} is damaged ({problem}); {_fix(self.path)}"
+            )
         if not file.exists():
             raise DistillError(f"topk cache shard {file} is missing; {_fix(self.path)}")
         size = file.stat().st_size
@@ -261,11 +278,45 @@ class ShardReader:
         self.per_shard = store.settings.shard_samples
         self.handles: list[Any] = []
         self.offsets: list[torch.Tensor] = []
-        for record in store.manifest["shards"]:
+        records = store.manifest["shards"]
+        if len(records) != store.num_shards(self.num_samples):
+            raise DistillError(
+                f"topk cache {store.path} lists {len(records)} shard(s) for "
+                f"{self.num_samples} samples, not {store.num_shards(self.num_samples)}; "
+                f"{_fix(store.path)}"
+            )
+        for i, record in enumerate(records):
             store.verify(record)
-            handle = safe_open(str(store.path / record["file"]), framework="pt")
+            if record["file"] != shard_file(i) or record["first"] != i * self.per_shard:
+                raise DistillError(
+                    f"topk cache {store.path}: shard {i} is listed as {record['file']} from sample "
+                    f"{record['first']}; {_fix(store.path)}"
+                )
+            try:
+                handle = safe_open(str(store.path / record["file"]), framework="pt")
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+                raise DistillError(
+                    f"topk cache shard {store.path / record['file']} is not a safetensors file "
+                    f"({first_line(err)}); {_fix(store.path)}"
+                ) from None
+            self._check_shapes(handle, record)
             self.handles.append(handle)
             self.offsets.append(handle.get_tensor("offsets"))
+
+    def _check_shapes(self, handle: Any, record: dict[str, Any]) -> None:
+        """The shard's tensors have the shapes its record and the settings say: (N, k) top-k, (N,) rest
+        and tokens, (samples + 1,) offsets ending at N."""
+        n, k, samples = record["tokens"], self.store.settings.k, record["samples"]
+        expected = {"logprobs": [n, k], "ids": [n, k], "rest": [n], "tokens": [n],
+                    "offsets": [samples + 1]}  # fmt: skip
+        keys = set(handle.keys())
+        for name, shape in expected.items():
+            got = list(handle.get_slice(name).get_shape()) if name in keys else None
+            if got != shape:
+                raise DistillError(
+                    f"topk cache shard {self.store.path / record['file']}: {name} has shape {got}, "
+                    f"not {shape}; {_fix(self.store.path)}"
+                )
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         """``logprobs (L, k)``, ``ids (L, k)``, ``rest (L,)``, ``tokens (L,)`` of training sample ``index``."""
@@ -277,4 +328,48 @@ class ShardReader:
         shard, local = divmod(index, self.per_shard)
         a, b = (int(x) for x in self.offsets[shard][local : local + 2])
         handle = self.handles[shard]
-        return {name: handle.get_slice(name)[a:b] for name in TENSORS[:4]}
+        rows = {name: handle.get_slice(name)[a:b] for name in TENSORS[:4]}
+        ids = rows["ids"]
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.vocab_size):
+            raise DistillError(
+                f"topk cache {self.store.path}: sample {index} holds token ids outside 0..{self.vocab_size - 1}"
+                f" (the manifest's vocab_size); {_fix(self.store.path)}"
+            )
+        return rows
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's structure (a key missing or of the wrong type), or None."""
+    for key in ("settings", "fingerprints"):
+        if not isinstance(manifest.get(key), dict):
+            return f"{key} is not a mapping"
+    if not _is_int(manifest.get("num_samples")) or not _is_int(manifest.get("vocab_size"), 1):
+        return "num_samples or vocab_size is not a positive whole number"
+    if not isinstance(manifest.get("complete"), bool) or not isinstance(
+        manifest.get("shards"), list
+    ):
+        return "complete is not true/false or shards is not a list"
+    for record in manifest["shards"]:
+        problem = _record_problem(record)
+        if problem:
+            return f"shards: {problem}"
+    return None
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one shard record, or None: a plain ``shard-NNNNN.safetensors`` name (never a
+    path out of the folder), whole numbers, a sha256 digest."""
+    if not isinstance(record, dict):
+        return f"a record is {type(record).__name__}, not a mapping"
+    name = record.get("file")
+    if not isinstance(name, str) or not re.fullmatch(r"shard-\d{5,}\.safetensors", name):
+        return f"file {name!r} is not a shard-NNNNN.safetensors name"
+    if not all(_is_int(record.get(k)) for k in ("first", "samples", "tokens", "bytes")):
+        return f"{name}: first, samples, tokens or bytes is not a whole number"
+    if not isinstance(record.get("sha256"), str):
+        return f"{name}: sha256 is not a string"
+    return None
