@@ -278,6 +278,7 @@ Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other work
 {torch.__version__}, `OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}`. Seeds {s["seeds"]};
 mean ± sample std over seeds. Budget: {args.steps} steps of 32 blocks of 128 characters per student, on
 {args.blocks} training blocks; the cache keeps k = {args.k} of 84 characters per position in float16.
+Students trained in this run: {", ".join(s["methods"])} (the recipes as shipped now).
 
 * Teacher: `shakespeare/teacher` (`gpt_teacher`, 0.82 M parameters, one epoch), trained by
   benchmarks/lm.py. Student: `gpt_student` (64 k parameters) for every method.
