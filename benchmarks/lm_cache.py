@@ -134,7 +134,7 @@ def run_all(args: argparse.Namespace, teacher: Path) -> list[dict[str, Any]]:
     prompts = held_out_prompts(args.samples)
     rows = []
     for seed in args.seeds:
-        for method in METHODS:
+        for method in args.methods:
             tag = {
                 "method": method,
                 "seed": seed,
@@ -168,8 +168,11 @@ def _mean_std(values: list[float]) -> list[float]:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures the methods that ran give: retention needs scratch, kd and cached; the speed-up kd
+    and cached; the on-policy ratios kd and on_policy."""
     by = {(r["method"], r["seed"]): r for r in rows}
-    seeds = sorted({s for (_, s) in by if all((m, s) in by for m in METHODS)})
+    seeds = sorted({s for (_, s) in by})
+    ran = [m for m in METHODS if all((m, s) in by for s in seeds)]
 
     def retention(method: str) -> list[float]:
         return [
@@ -178,19 +181,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for s in seeds
         ]
 
-    speedup = [by["kd", s]["seconds"] / by["cached", s]["seconds"] for s in seeds]
-    sample_ratio = [by["on_policy", s]["sample_nll"] / by["kd", s]["sample_nll"] for s in seeds]
-    nll_ratio = [by["on_policy", s]["nll"] / by["kd", s]["nll"] for s in seeds]
+    def ratio(top: str, bottom: str, key: str) -> list[float]:
+        return [by[top, s][key] / by[bottom, s][key] for s in seeds]
+
+    figures = {
+        "topk_retention": (("scratch", "kd", "cached"), lambda: retention("cached")),
+        "topk_retention_dense": (("scratch", "kd", "cached_dense"), lambda: retention("cached_dense")),
+        "cache_speedup": (("kd", "cached"), lambda: ratio("kd", "cached", "seconds")),
+        "on_policy_sample_nll_ratio": (
+            ("kd", "on_policy"), lambda: ratio("on_policy", "kd", "sample_nll")
+        ),
+        "on_policy_heldout_nll_ratio": (("kd", "on_policy"), lambda: ratio("on_policy", "kd", "nll")),
+    }  # fmt: skip
     return {
         "seeds": seeds,
-        "topk_retention": _mean_std(retention("cached")),
-        "topk_retention_dense": _mean_std(retention("cached_dense")),
-        "cache_speedup": _mean_std(speedup),
-        "on_policy_sample_nll_ratio": _mean_std(sample_ratio),
-        "on_policy_heldout_nll_ratio": _mean_std(nll_ratio),
+        "methods": ran,
+        **{k: _mean_std(f()) for k, (need, f) in figures.items() if set(need) <= set(ran)},
         **{
             f"{m}_{key}": _mean_std([by[m, s][key] for s in seeds])
-            for m in METHODS
+            for m in ran
             for key in ("bpc", "nll", "seconds", "sample_nll")
         },
     }
@@ -199,7 +208,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def table(s: dict[str, Any]) -> str:
     lines = ["| method | held-out bpc | held-out NLL | teacher NLL of own samples | train s |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for m in METHODS:
+    for m in s["methods"]:
         cells = [
             f"{s[f'{m}_{k}'][0]:.4f} ± {s[f'{m}_{k}'][1]:.4f}" for k in ("bpc", "nll", "sample_nll")
         ]
@@ -208,16 +217,19 @@ def table(s: dict[str, Any]) -> str:
     targets = {"topk_retention": ">= 0.90", "topk_retention_dense": ">= 0.90", "cache_speedup": ">= 1.5",
                "on_policy_sample_nll_ratio": "<= 0.95", "on_policy_heldout_nll_ratio": "<= 1.02"}  # fmt: skip
     for key, target in targets.items():
-        lines.append(f"| `{key}` | {s[key][0]:.3f} ± {s[key][1]:.3f} | {target} |")
+        if key in s:
+            lines.append(f"| `{key}` | {s[key][0]:.3f} ± {s[key][1]:.3f} | {target} |")
     return "\n".join(lines)
 
 
-def update_json(path: Path, summary: dict[str, Any]) -> None:
-    """Set this benchmark's keys in ``path``, keeping every other key."""
+def update_json(path: Path, summary: dict[str, Any], detail: str = "lm_cache") -> None:
+    """Set this benchmark's keys in ``path`` (the figures measured, and ``summary`` under ``detail``),
+    keeping every other key."""
     data = json.loads(path.read_text()) if path.is_file() else {}
     for key in ("topk_retention", "cache_speedup", "on_policy_sample_nll_ratio"):
-        data[key] = round(summary[key][0], 4)
-    data["lm_cache"] = summary
+        if key in summary:
+            data[key] = round(summary[key][0], 4)
+    data[detail] = summary
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -230,7 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--samples", type=int, default=64, help="held-out prompts sampled")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS),
+        help="the students to train (each figure needs its methods; the others are left out)",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-lm-cache")
+    parser.add_argument("--json-key", default="lm_cache", help="lm.json key of this run's detail")
     parser.add_argument(
         "--write", help="the Markdown page to write (the figures also go to lm.json)"
     )
@@ -246,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.argv[1:] if argv is None else argv
         )
         page.write_text(render(summary, text, args, command, time.perf_counter() - started))
-        update_json(page.with_name("lm.json"), summary)
+        update_json(page.with_name("lm.json"), summary, args.json_key)
 
 
 def render(
@@ -261,6 +278,7 @@ Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other work
 {torch.__version__}, `OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}`. Seeds {s["seeds"]};
 mean ± sample std over seeds. Budget: {args.steps} steps of 32 blocks of 128 characters per student, on
 {args.blocks} training blocks; the cache keeps k = {args.k} of 84 characters per position in float16.
+Students trained in this run: {", ".join(s["methods"])} (the recipes as shipped now).
 
 * Teacher: `shakespeare/teacher` (`gpt_teacher`, 0.82 M parameters, one epoch), trained by
   benchmarks/lm.py. Student: `gpt_student` (64 k parameters) for every method.

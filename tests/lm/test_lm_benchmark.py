@@ -41,3 +41,19 @@ def test_json_update_keeps_the_other_benchmarks_keys(tmp_path: Path):
     data = json.loads(path.read_text())
     assert data["topk_retention"] == 0.93 and data["offline_gap_closed"] == pytest.approx(0.2)
     assert "scarce_gap_closed" not in data  # not measured: not written
+
+
+def test_topk_retention_is_paired_by_seed_and_written_where_cached_ran(tmp_path: Path):
+    rows = _rows("offline", [(2.0, 1.8), (2.2, 1.8)]) + _rows("scarce", [(2.5, 2.4)])
+    rows += [
+        {"variant": "offline", "method": "cached", "seed": s, "bpc": b, "seconds": 1.0}
+        for s, b in ((0, 1.85), (1, 2.0))
+    ]
+    summary = bench.summarise(rows, teacher_bpc=1.5)
+    # seed 0: 0.15 / 0.2; seed 1: 0.2 / 0.4
+    assert summary["offline"]["topk_retention_per_seed"] == pytest.approx([0.75, 0.5])
+    assert summary["offline"]["cached_bpc"][0] == pytest.approx(1.925)
+    assert "topk_retention" not in summary["scarce"]  # no cached student there
+    path = tmp_path / "lm.json"
+    bench.update_json(path, summary)
+    assert json.loads(path.read_text())["topk_retention"] == pytest.approx(0.625)
