@@ -722,6 +722,14 @@ class Recipe(Strict):
             raise ValueError(
                 "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
             )
+        mode = self.distill.data_mode
+        if mode is not None and "teacher_tokenizer" in self.data.options and self.distill.terms:
+            if mode.mode != "teacher_forced":
+                raise ValueError(
+                    f"distill.data_mode {mode.mode} with a teacher of another tokenizer "
+                    "(data.options.teacher_tokenizer): the teacher cannot score the student's tokens; "
+                    "remove distill.terms (seq_kd trains on the task loss) or the data mode"
+                )
         for i, term in enumerate(self.distill.terms):
             if term.chunk_size is not None:
                 self._check_chunked(i)
