@@ -366,7 +366,8 @@ class DataModeSpec(Strict):
     mode: Literal["teacher_forced", "on_policy", "replay", "seq_kd"] = Field(
         "on_policy",
         description="teacher_forced (dataset text), on_policy (student samples with probability lam), "
-        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions)",
+        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions; "
+        "across tokenizers as text)",
     )
     lam: float = Field(
         1.0, ge=0, le=1, description="on_policy/replay: share of steps on the student's samples"
