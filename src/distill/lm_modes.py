@@ -195,36 +195,51 @@ class DataModes(TeacherSource):
             self.tokenizers = (dataset.tokenizer, dataset.teacher_tokenizer)
         if console is not None:
             console.print(f"seq_kd: the teacher completes {len(dataset):,} training rows")
+        assert self.scorer is not None  # __init__: seq_kd has a teacher
+        teacher = self.scorer.teacher
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.settings.seed)
+            prompts, index, new = [], [], 0
             for raw in make_loader(dataset, batch_size, None):
-                assert self.scorer is not None
-                batch = self.task.split(raw).to(_device(self.scorer.teacher))
+                batch = self.task.split(raw).to(_device(teacher))
                 if self.tokenizers is None:
-                    rows = self._sample(self.scorer.teacher, batch)
-                else:
-                    rows = self._retokenized(self.scorer.teacher, batch, *self.tokenizers)
-                for i, row in zip(_index(batch).tolist(), rows.cpu(), strict=True):
-                    self.completions[i] = row
+                    rows = self._sample(teacher, batch)
+                    for i, row in zip(_index(batch).tolist(), rows.cpu(), strict=True):
+                        self.completions[i] = row
+                    continue
+                prompt, new = self._prompt(batch)
+                prompts.append(prompt.cpu())
+                index += _index(batch).tolist()
+            if self.tokenizers is not None:
+                rows = self._retokenized(teacher, torch.cat(prompts), new, batch_size)
+                self.completions.update(zip(index, rows, strict=True))
 
     def _retokenized(
-        self, teacher: nn.Module, batch: Batch, student_tok: Any, teacher_tok: Any
-    ) -> torch.Tensor:
-        """``(B, L)`` student rows: each row's prompt, then the teacher's continuation of its text in
-        the student's tokens (``-100`` past a short one)."""
-        prompt, new = self._prompt(batch)
-        prompt = prompt.cpu()
-        encoded = teacher_prompts(student_tok, teacher_tok, prompt)
-        budget = teacher_budget(encoded, prompt.shape[1], new)
+        self, teacher: nn.Module, prompts: torch.Tensor, new: int, batch_size: int
+    ) -> list[torch.Tensor]:
+        """Student rows ``(P + new,)`` for ``prompts`` (N, P): each prompt, then the teacher's
+        continuation of its text in the student's tokens (``-100`` past a short one). The prompts that
+        give the teacher as many tokens sample together, ``batch_size`` at a time, shortest first."""
+        assert self.tokenizers is not None
+        student_tok, teacher_tok = self.tokenizers
+        encoded = teacher_prompts(student_tok, teacher_tok, prompts)
+        budget = teacher_budget(encoded, prompts.shape[1], new)
+        order = sorted(range(len(encoded)), key=lambda k: (len(encoded[k]), k))
+        groups = [
+            [k for k in order if len(encoded[k]) == n] for n in sorted(set(map(len, encoded)))
+        ]
         rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
-        for size in sorted({len(ids) for ids in encoded}):
-            group = [k for k, ids in enumerate(encoded) if len(ids) == size]
-            ids = torch.tensor([encoded[k] for k in group], device=_device(teacher))
-            out = sample_tokens(teacher, ids, budget, self.settings.temperature)[:, size:].cpu()
-            for k, generated in zip(group, out, strict=True):
-                text = teacher_tok.decode(generated.tolist())
-                rows[k] = student_row(student_tok, prompt[k].tolist(), text, prompt.shape[1] + new)
-        return torch.stack(rows)
+        for group in groups:
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                ids = torch.tensor([encoded[k] for k in chunk], device=_device(teacher))
+                out = sample_tokens(teacher, ids, budget, self.settings.temperature)
+                for k, generated in zip(chunk, out[:, ids.shape[1] :].cpu(), strict=True):
+                    text = teacher_tok.decode(generated.tolist())
+                    rows[k] = student_row(
+                        student_tok, prompts[k].tolist(), text, prompts.shape[1] + new
+                    )
+        return rows
 
     def batch(self, batch: Batch, student: nn.Module, step: int) -> tuple[Batch, dict[str, float]]:
         choice = self.choose(step)
