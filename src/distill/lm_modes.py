@@ -21,8 +21,8 @@ have no mode logic.
   With a teacher of another tokenizer (paired data, :mod:`distill.data.lm_pair`) the prompt goes over as
   text (:mod:`distill.data.lm_retokenize`): decoded, encoded for the teacher, which samples its own
   tokens; its continuation is decoded and encoded for the student after the student's prompt ids
-  (right-padded, masked, when short). Rows whose prompts give the teacher as many tokens sample
-  together. The student learns from the task loss only: terms are refused (the teacher's tokens are
+  (right-padded, masked, when short). The rows of the whole training set whose prompts give the
+  teacher as many tokens sample together, so every prompt is whole. The student learns from the task loss only: terms are refused (the teacher's tokens are
   not the student's).
 
 The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the

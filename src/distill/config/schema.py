@@ -724,13 +724,13 @@ class Recipe(Strict):
                 "distill.data_mode: the teacher scores (or writes) the text; add a 'teacher:' section"
             )
         mode = self.distill.data_mode
-        if mode is not None and "teacher_tokenizer" in self.data.options and self.distill.terms:
-            if mode.mode != "teacher_forced":
-                raise ValueError(
-                    f"distill.data_mode {mode.mode} with a teacher of another tokenizer "
-                    "(data.options.teacher_tokenizer): the teacher cannot score the student's tokens; "
-                    "remove distill.terms (seq_kd trains on the task loss) or the data mode"
-                )
+        generating = mode is not None and mode.mode != "teacher_forced"
+        if generating and "teacher_tokenizer" in self.data.options and self.distill.terms:
+            raise ValueError(
+                f"distill.data_mode {mode.mode} with a teacher of another tokenizer "
+                "(data.options.teacher_tokenizer): the teacher cannot score the student's tokens; "
+                "remove distill.terms (seq_kd trains on the task loss) or the data mode"
+            )
         for i, term in enumerate(self.distill.terms):
             if term.chunk_size is not None:
                 self._check_chunked(i)
