@@ -5,7 +5,9 @@ the 64 k-parameter character student for the same number of steps on the same pa
 also in the teacher's BPE ids): alone (``shakespeare/scratch``), with ``aligned_kl`` (KL on the
 character-aligned positions, ``shakespeare/aligned_kl``, at its 0.5 / 0.5 weights and at 1 / 1), with
 ``marginal_kl`` (the teacher's next character marginalised over its boundaries, every position,
-``shakespeare/marginal_kl``) and, with ``--positional``, with the positional ``uld`` instead. Reports held-out bits per character (a
+``shakespeare/marginal_kl``), with ``seq_kd`` (sequence-level KD through text: the teacher completes each
+row's first 32 characters in its own tokens, the student trains on that text with the task loss,
+``shakespeare/seq_kd_bpe``) and, with ``--positional``, with the positional ``uld`` instead. Reports held-out bits per character (a
 seeded subset of the validation plays, the last checkpoint) and writes them to ``docs/benchmarks/lm_tokenizers.json`` (key ``tokenizer_pair``).
 
     make data-lm
@@ -35,6 +37,8 @@ STUDENTS = {
         ["distill.task_weight=1.0", "distill.terms.0.weight=1.0"],
     ),
     "marginal_kl": ("shakespeare/marginal_kl", []),  # 0.5 x cross-entropy + 0.5 x marginal_kl
+    # the teacher's completions, re-tokenized; written 256 rows at a time (eval_batch_size)
+    "seq_kd": ("shakespeare/seq_kd_bpe", ["train.eval_batch_size=256"]),
     "uld_positional": ("shakespeare/kd", ["distill.terms.0.loss=uld"]),
 }
 
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         "aligned_kl_beats_scratch": min(bpc["aligned_kl"], bpc["aligned_kl_w1"]) < bpc["scratch"],
         "marginal_kl_minus_scratch_bpc": round(bpc["marginal_kl"] - bpc["scratch"], 4),
         "marginal_kl_beats_scratch": bpc["marginal_kl"] < bpc["scratch"],
+        "seq_kd_minus_scratch_bpc": round(bpc["seq_kd"] - bpc["scratch"], 4),
+        "seq_kd_beats_scratch": bpc["seq_kd"] < bpc["scratch"],
         "steps": args.steps,
         "seeds": [args.seed],
         "command": "python benchmarks/lm_tokenizers.py "

@@ -18,6 +18,12 @@ have no mode logic.
 * ``seq_kd``: sequence-level KD (Kim & Rush 2016): the teacher completes every training row's prompt
   once, in index order, when the trainer prepares (kept in memory, so a run samples each completion
   once), and the student trains on the completions: they are the task's targets and the terms' labels.
+  With a teacher of another tokenizer (paired data, :mod:`distill.data.lm_pair`) the prompt goes over as
+  text (:mod:`distill.data.lm_retokenize`): decoded, encoded for the teacher, which samples its own
+  tokens; its continuation is decoded and encoded for the student after the student's prompt ids
+  (right-padded, masked, when short). The rows of the whole training set whose prompts give the
+  teacher as many tokens sample together, so every prompt is whole. The student learns from the task loss only: terms are refused (the teacher's tokens are
+  not the student's).
 
 The choice is a function of ``(seed, step)`` only, the same on every rank, and sampling runs under the
 step's seeded RNG, so a resumed run makes the same choices and samples; ``replay``'s buffer is saved
@@ -41,6 +47,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distill.data.base import make_loader
+from distill.data.lm_retokenize import (
+    check_text_tokenizers,
+    student_row,
+    teacher_budget,
+    teacher_prompts,
+)
 from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import DistillError
 from distill.tasks.base import Batch, Task
@@ -132,6 +144,8 @@ class DataModes(TeacherSource):
         self.settings = settings
         self.buffer: list[torch.Tensor] = []  # replay: sampled rows (L,), newest last
         self.completions: dict[int, torch.Tensor] = {}  # seq_kd: the teacher's row per sample index
+        # seq_kd with a teacher of another tokenizer: (student, teacher) tokenizers, from the data
+        self.tokenizers: tuple[Any, Any] | None = None
         self._generated: Batch | None = None
 
     def choose(self, step: int) -> str:
@@ -176,16 +190,56 @@ class DataModes(TeacherSource):
     @torch.no_grad()
     def _write_completions(self, data: Any, batch_size: int, console: Any) -> None:
         dataset = data.dataset if isinstance(data, DataLoader) else data
+        if getattr(dataset, "teacher_tokenizer", None) is not None:
+            check_text_tokenizers(dataset.tokenizer, dataset.teacher_tokenizer)
+            self.tokenizers = (dataset.tokenizer, dataset.teacher_tokenizer)
         if console is not None:
             console.print(f"seq_kd: the teacher completes {len(dataset):,} training rows")
+        assert self.scorer is not None  # __init__: seq_kd has a teacher
+        teacher = self.scorer.teacher
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.settings.seed)
+            prompts, index, new = [], [], 0
             for raw in make_loader(dataset, batch_size, None):
-                assert self.scorer is not None
-                batch = self.task.split(raw).to(_device(self.scorer.teacher))
-                rows = self._sample(self.scorer.teacher, batch)
-                for i, row in zip(_index(batch).tolist(), rows.cpu(), strict=True):
-                    self.completions[i] = row
+                batch = self.task.split(raw).to(_device(teacher))
+                if self.tokenizers is None:
+                    rows = self._sample(teacher, batch)
+                    for i, row in zip(_index(batch).tolist(), rows.cpu(), strict=True):
+                        self.completions[i] = row
+                    continue
+                prompt, new = self._prompt(batch)
+                prompts.append(prompt.cpu())
+                index += _index(batch).tolist()
+            if self.tokenizers is not None:
+                rows = self._retokenized(teacher, torch.cat(prompts), new, batch_size)
+                self.completions.update(zip(index, rows, strict=True))
+
+    def _retokenized(
+        self, teacher: nn.Module, prompts: torch.Tensor, new: int, batch_size: int
+    ) -> list[torch.Tensor]:
+        """Student rows ``(P + new,)`` for ``prompts`` (N, P): each prompt, then the teacher's
+        continuation of its text in the student's tokens (``-100`` past a short one). The prompts that
+        give the teacher as many tokens sample together, ``batch_size`` at a time, shortest first."""
+        assert self.tokenizers is not None
+        student_tok, teacher_tok = self.tokenizers
+        encoded = teacher_prompts(student_tok, teacher_tok, prompts)
+        budget = teacher_budget(encoded, prompts.shape[1], new)
+        order = sorted(range(len(encoded)), key=lambda k: (len(encoded[k]), k))
+        groups = [
+            [k for k in order if len(encoded[k]) == n] for n in sorted(set(map(len, encoded)))
+        ]
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
+        for group in groups:
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                ids = torch.tensor([encoded[k] for k in chunk], device=_device(teacher))
+                out = sample_tokens(teacher, ids, budget, self.settings.temperature)
+                for k, generated in zip(chunk, out[:, ids.shape[1] :].cpu(), strict=True):
+                    text = teacher_tok.decode(generated.tolist())
+                    rows[k] = student_row(
+                        student_tok, prompts[k].tolist(), text, prompts.shape[1] + new
+                    )
+        return rows
 
     def batch(self, batch: Batch, student: nn.Module, step: int) -> tuple[Batch, dict[str, float]]:
         choice = self.choose(step)
@@ -221,6 +275,11 @@ class DataModes(TeacherSource):
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         if self._generated is not None and batch is self._generated:
             assert self.scorer is not None  # __init__: every generating mode has a teacher
+            if self.tokenizers is not None:
+                raise DistillError(
+                    "seq_kd with a teacher of another tokenizer trains on the task loss only (the "
+                    "teacher cannot score the student's tokens); remove distill.terms"
+                )
             return self.scorer.outputs(batch, taps)  # every token of a sample, scored online
         return self.inner.outputs(batch, taps)
 
@@ -272,6 +331,10 @@ class DataModes(TeacherSource):
         labels = rows.clone()
         labels[:, : self.settings.prompt_tokens] = IGNORE
         raw: dict[str, torch.Tensor] = {"input_ids": rows, "labels": labels}
+        padded = rows == IGNORE  # seq_kd across tokenizers: a short continuation, right-padded
+        if bool(padded.any()):
+            raw["input_ids"] = rows.masked_fill(padded, 0)
+            raw["attention_mask"] = (~padded).long()
         if "index" in like.extras:
             raw["index"] = like.extras["index"]
         batch = self.task.split(raw).to(like.targets.device)

@@ -4,8 +4,9 @@ resumed ends with the same weights and logs the same metrics as the run that was
 Each run goes through the one assembly path (`build` + `make_trainer`), with a random teacher (built
 from the recipe's seed, the same in every process). The stop lands inside a logging window
 (`log_every: 3`, stopped after step 5) and inside the second epoch, and for the generating modes on
-steps that sample: what a mode keeps between steps (the replay buffer, seq_kd's completions, the
-top-k cache filled by the first part) and the sampling RNG must come back with the checkpoint.
+steps that sample: what a mode keeps between steps (the replay buffer, seq_kd's completions, also
+across tokenizers, the top-k cache filled by the first part) and the sampling RNG must come back with
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ MODES = {
     "on_policy": ("shakespeare/on_policy", [SAMPLE % "on_policy"]),
     "replay": ("shakespeare/on_policy", [SAMPLE % "replay"]),
     "seq_kd": ("shakespeare/kd", ["distill.data_mode={mode: seq_kd, prompt_tokens: 8}"]),
+    # a teacher of another tokenizer: its completions cross over as text (needs `tokenizers`)
+    "seq_kd_bpe": (
+        "shakespeare/seq_kd_bpe",
+        ["distill.data_mode.prompt_tokens=8", "data.options.vocab_size=300"],
+    ),
     "cached": ("shakespeare/cached", []),
     "chunked": ("shakespeare/kd", ["distill.terms.0.chunk_size=7"]),  # the chunked loss path
 }
@@ -75,6 +81,8 @@ def assert_same_run(whole: Path, parts: Path) -> None:
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_stopped_and_resumed_lm_run_equals_the_uninterrupted_one(tmp_path, mode) -> None:
+    if mode == "seq_kd_bpe":
+        pytest.importorskip("tokenizers")
     recipe, extra = MODES[mode]
     whole = run(tmp_path, recipe, extra, "whole")
     steps = [r for r in logged(whole) if r["event"] == "train"]

@@ -16,7 +16,7 @@ _spec.loader.exec_module(bench)
 def test_students_share_data_and_teacher_and_the_json_keeps_other_keys(tmp_path: Path, monkeypatch):
     asked = {}
     bpc = {"teacher_bpe": 2.4, "scratch": 3.3, "aligned_kl": 3.2, "aligned_kl_w1": 3.25,
-           "marginal_kl": 3.35, "uld_positional": 3.5}  # fmt: skip
+           "marginal_kl": 3.35, "seq_kd": 3.28, "uld_positional": 3.5}  # fmt: skip
 
     def fake_train(recipe, overrides, out):
         asked[out.name] = (recipe, overrides)
@@ -37,3 +37,6 @@ def test_students_share_data_and_teacher_and_the_json_keeps_other_keys(tmp_path:
     pair = stored["tokenizer_pair"]
     assert pair["aligned_kl_beats_scratch"] and pair["aligned_kl_minus_scratch_bpc"] == -0.1
     assert not pair["marginal_kl_beats_scratch"] and asked["marginal_kl"][1] == scratch
+    # seq_kd: the same rows and teacher, its completions written 256 rows at a time
+    assert asked["seq_kd"] == ("shakespeare/seq_kd_bpe", [*scratch, "train.eval_batch_size=256"])
+    assert pair["seq_kd_beats_scratch"] and pair["seq_kd_minus_scratch_bpc"] == -0.02

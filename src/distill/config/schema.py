@@ -366,7 +366,8 @@ class DataModeSpec(Strict):
     mode: Literal["teacher_forced", "on_policy", "replay", "seq_kd"] = Field(
         "on_policy",
         description="teacher_forced (dataset text), on_policy (student samples with probability lam), "
-        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions)",
+        "replay (on_policy reusing a buffer of samples), seq_kd (the teacher's completions; "
+        "across tokenizers as text)",
     )
     lam: float = Field(
         1.0, ge=0, le=1, description="on_policy/replay: share of steps on the student's samples"
@@ -745,6 +746,12 @@ class Recipe(Strict):
         assert mode is not None
         if mode.mode == "teacher_forced":
             return
+        if "teacher_tokenizer" in self.data.options and self.distill.terms:
+            raise ValueError(
+                f"distill.data_mode {mode.mode} with a teacher of another tokenizer "
+                "(data.options.teacher_tokenizer): the teacher cannot score the student's tokens; "
+                "remove distill.terms (seq_kd trains on the task loss) or the data mode"
+            )
         for i, term in enumerate(self.distill.terms):
             if "@topk" in _tap_list(term.teacher):
                 raise ValueError(

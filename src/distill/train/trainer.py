@@ -223,10 +223,12 @@ class Trainer:
                 data = data.dataset
             context = {"num_samples": len(data)} if hasattr(data, "__len__") else {}
             self.distiller.setup(next(iter(self._train_loader(0))), **context)
-            if self.distiller.source is not None:  # a cache fills itself here (cache_teacher)
-                self.distiller.source.prepare(
-                    self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
-                )
+        # a cache fills itself here (cache_teacher), seq_kd's teacher writes its completions (also
+        # with no terms: across tokenizers it trains on the task loss alone)
+        if self.distiller.source is not None:
+            self.distiller.source.prepare(
+                self.train_data, self.config.eval_batch_size, self.console, self.dist.is_main
+            )
         if not callable(self.optimizer_spec):  # parameter groups name real modules (a factory: fit)
             build_optimizer(
                 self.distiller.trainable().named_parameters(), self.config, self.optimizer_spec
