@@ -300,6 +300,8 @@ class RunLog(Callback):
         self.total, self.steps_per_epoch, self.epochs = total, steps_per_epoch, epochs
         self.start_step = start_step  # a resumed run starts past 0
         self.bar: Any = None
+        # a rich bar that is off (progress: false, other ranks) shows nothing: no update per step
+        self.shows = not (isinstance(progress, Progress) and progress.disable)
         self._reset()
 
     def __enter__(self) -> RunLog:
@@ -332,7 +334,7 @@ class RunLog(Callback):
             self.count += 1
             for k, v in metrics.items():
                 if k != "lr":
-                    self.sums[k] = self.sums.get(k, 0.0) + v
+                    self.sums[k] = self.sums[k] + v if k in self.sums else v
         if self.count and (step % trainer.config.log_every == 0 or step == self.total):
             values = {k: float(v) / self.count for k, v in self.sums.items()}
             if trainer.skipped_steps:
@@ -343,9 +345,11 @@ class RunLog(Callback):
             epoch = trainer.epoch + trainer.epoch_step / self.steps_per_epoch
             record = {"step": step, "epoch": epoch, "lr": lr, "samples_per_s": round(rate, 1)}
             self.logger.log("train", {**record, **values})
-            self.progress.update(self.bar, info=format_values(values))
+            if self.shows:
+                self.progress.update(self.bar, info=format_values(values))
             self._reset()
-        self.progress.update(self.bar, completed=step)
+        if self.shows:
+            self.progress.update(self.bar, completed=step)
 
     def on_nonfinite(
         self, trainer: Trainer, step: int, loss: float, grad_norm: float, action: str

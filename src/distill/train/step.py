@@ -125,10 +125,11 @@ class Stepper:
         the micro-batches (None: the step was not applied), and the samples seen."""
         cfg = self.config
         generator = self._seed(global_step)
-        side = self.distiller.trainable()
         # a skipped step must not leave NaN in BN statistics or memory banks either
         saved = (
-            [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
+            [(b, b.detach().clone()) for b in self.distiller.trainable().buffers()]
+            if cfg.on_nonfinite == "skip"
+            else []
         )
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -178,6 +179,9 @@ class Stepper:
         samples seen."""
         cfg, n = self.config, len(raws)
         amp = autocast_dtype(cfg)
+        # fp32 enters no autocast region (one that is disabled costs a few microseconds a step), unless
+        # the caller's code runs inside one, which fp32 turns off as it always did
+        no_autocast = amp is None and not torch.is_autocast_enabled(self.device.type)
         wrapped = self.distiller.student_side
         ddp = isinstance(wrapped, DistributedDataParallel)
         sums: Metrics = {}
@@ -197,8 +201,11 @@ class Stepper:
                 batch.inputs = channels_last_inputs(batch.inputs)
             # DDP all-reduces the gradients once, after the last micro-batch's backward
             with wrapped.no_sync() if ddp and i < n - 1 else nullcontext():
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                if no_autocast:
                     step = self.distiller(batch, epoch=epoch, step=global_step)
+                else:
+                    with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                        step = self.distiller(batch, epoch=epoch, step=global_step)
                 # a task that counts its items (tokens): the micro-batch's share of the step's items
                 if weights is not None:
                     loss = step.loss * weights.loss[i]
@@ -210,7 +217,8 @@ class Stepper:
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
             # a source may replace the batch (on-policy samples) and report its own metrics
             micro.update(self.task.batch_metrics(step.outputs, step.batch or batch))
-            micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
+            if step.metrics:
+                micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
             for k, v in micro.items():
                 v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
                 sums[k] = sums[k] + v if k in sums else v
