@@ -146,6 +146,8 @@ def checked_label_smoothing(task: str, value: Any) -> float:
 
 def logits_of(out: Any) -> torch.Tensor:
     """A model's class logits: its output tensor, ``out["logits"]`` (Hugging Face style) or ``out[0]``."""
+    if isinstance(out, torch.Tensor):  # the common case, before the slower check against an ABC
+        return out
     if isinstance(out, Mapping):
         return out["logits"]
     if isinstance(out, (tuple, list)):
