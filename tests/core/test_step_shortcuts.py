@@ -124,3 +124,29 @@ def test_getitems_still_wraps_negative_indices():
     assert torch.equal(items.batch["image"][0], data.images[9])
     from_tensor = data.__getitems__(torch.tensor([-2, 3]))
     assert from_tensor.batch["index"].tolist() == [8, 3]
+
+
+def test_logged_sums_are_the_one_by_one_sums():
+    from distill.train.logging import add_metrics, read_metrics
+
+    g = torch.Generator().manual_seed(5)
+    steps = [{k: torch.rand((), generator=g) * 10 for k in ("loss", "task", "kd", "acc")}]
+    steps += [dict(steps[0]) for _ in range(2)]
+    steps += [
+        {k: torch.rand((), generator=g) for k in ("loss", "task", "kd", "acc")} for _ in range(5)
+    ]
+    steps.append({k: steps[0][k] for k in ("acc", "kd", "task", "loss")})  # same keys, other order
+    steps.append({"loss": torch.tensor(1.0), "extra": 2.5})  # a new key, a float
+    fused: dict = {}
+    plain: dict = {}
+    for values in steps:
+        fused = add_metrics(fused, values)
+        for k, v in values.items():
+            plain[k] = plain[k] + v if k in plain else v
+    assert list(fused) == list(plain)
+    for k in plain:
+        assert float(fused[k]) == float(plain[k])  # bit for bit: the same float32 additions
+    assert steps[0]["loss"].item() == steps[1]["loss"].item()  # the step's tensors are not changed
+    assert read_metrics(plain) == {k: float(v) for k, v in plain.items()}
+    counts = {"acc": torch.tensor(0.5), "tokens": torch.tensor(2**40 + 1)}  # an int: read as is
+    assert read_metrics(counts) == {"acc": 0.5, "tokens": float(2**40 + 1)}
