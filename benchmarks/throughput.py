@@ -100,8 +100,10 @@ short."""
 NOTE = (
     "The machine is shared with other work, so single runs are noisy: the frameworks alternate within "
     "each repeat (their order rotates every repeat) and the table gives medians with min and max. "
-    "The ratios are medians divided by medians; the JSON's `ratio_vs_hand` and `ratio_vs_torchdistill` "
-    "are the lower of the batch sizes' ratios."
+    "The ratios are medians divided by medians. In the JSON, `ratio_vs_hand` and "
+    "`ratio_vs_torchdistill` are the online (like-for-like) table's, `ratio_vs_hand_fastest` and "
+    "`ratio_vs_torchdistill_fastest` the fastest-documented table's, each the lower of the batch "
+    "sizes' ratios (`ratio_keys` says the same)."
 )
 
 

@@ -150,3 +150,13 @@ def test_logged_sums_are_the_one_by_one_sums():
     assert read_metrics(plain) == {k: float(v) for k, v in plain.items()}
     counts = {"acc": torch.tensor(0.5), "tokens": torch.tensor(2**40 + 1)}  # an int: read as is
     assert read_metrics(counts) == {"acc": 0.5, "tokens": float(2**40 + 1)}
+
+
+def test_total_norm_told_the_gradients_are_uniform_is_get_total_norm():
+    from distill.train.step import total_norm
+
+    g = torch.Generator().manual_seed(6)
+    grads = [torch.randn(5, 3, generator=g), torch.randn(4, generator=g)]
+    assert torch.equal(total_norm(grads, True), torch.nn.utils.get_total_norm(grads))
+    mixed = [grads[0], grads[1].double()]
+    assert torch.equal(total_norm(mixed, False), torch.nn.utils.get_total_norm(mixed))

@@ -58,14 +58,19 @@ def seed_step_rng(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+def total_norm(grads: list[torch.Tensor], uniform: bool | None = None) -> torch.Tensor:
     """The 2-norm of all of ``grads`` together, as ``torch.nn.utils.get_total_norm`` computes it (the norm
     of the per-tensor norms); one fused call when they share a device and dtype, the common case, without
-    its grouping by device and dtype."""
+    its grouping by device and dtype. ``uniform`` says whether they do when the caller knows (checking
+    costs more than the norm of a small model's gradients)."""
     if not grads:
         return torch.tensor(0.0)
     first = grads[0]
-    same = all(g.device == first.device and g.dtype == first.dtype for g in grads)
+    same = (
+        all(g.device == first.device and g.dtype == first.dtype for g in grads)
+        if uniform is None
+        else uniform
+    )
     if not same or not hasattr(torch, "_foreach_norm"):
         return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
@@ -111,6 +116,7 @@ class Stepper:
         self.scaler_skipped = 0  # fp16 steps the scaler skipped (gradient overflow), in all
         self.scaler_in_a_row = 0
         self._params: list[torch.nn.Parameter] | None = None  # the trainable ones, listed once
+        self._uniform = True  # whether they share one device and dtype
 
     def run(
         self,
@@ -229,7 +235,12 @@ class Stepper:
         """The trainable parameters' total gradient norm, clipped to ``train.grad_clip`` when set."""
         if self._params is None:
             self._params = self.distiller.trainable_parameters()
+            # a gradient has its parameter's device and dtype: checked once, not every step
+            first = self._params[0] if self._params else None
+            self._uniform = all(
+                p.device == first.device and p.dtype == first.dtype for p in self._params
+            )
         params = self._params
         if self.config.grad_clip:
             return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return total_norm([p.grad for p in params if p.grad is not None])
+        return total_norm([p.grad for p in params if p.grad is not None], self._uniform)
