@@ -68,7 +68,7 @@ fi
 if [ "$TINY" = 1 ]; then
     SIZES=(data.train_subset=256 data.test_subset=128 train.max_steps=3 train.batch_size=64)
     SCENES=(data.options.train_images=16 data.options.val_images=8 train.max_steps=2)
-    BENCH=(--steps 2 --repeats 1 --batch-size 64)
+    BENCH=(--steps 2 --repeats 1 --batch-size 64 --cached-subset 512)
 else
     SIZES=(data.train_subset=10000 data.test_subset=2000 train.batch_size=256)
     SCENES=(data.options.train_images=256 data.options.val_images=64)

@@ -117,6 +117,7 @@ class OnlineTeacher(TeacherSource):
         self.task = task
         self.upcast = False  # a teacher cast to half precision: outputs go to the losses in float32
         self._modules: list[nn.Module] | None = None  # the teacher's modules, listed once
+        self._taps: tuple[tuple[str, ...], FeatureTaps | None] | None = None  # the last taps' hooks
 
     def _keep_eval(self) -> None:
         """Put the teacher back in eval mode if any of its modules left it (reading the flags is much
@@ -126,15 +127,28 @@ class OnlineTeacher(TeacherSource):
         if any(m.training for m in self._modules):
             self.teacher.eval()
 
+    def _module_taps(self, taps: Sequence[str]) -> FeatureTaps | None:
+        """The hooks for ``taps``' module names (None when all are task outputs), built once per set
+        of taps: a step asks for the same ones every time."""
+        key = tuple(taps)
+        if self._taps is None or self._taps[0] != key:
+            names = [t for t in key if not t.startswith("@")]
+            self._taps = key, FeatureTaps(self.teacher, names, detach=True) if names else None
+        return self._taps[1]
+
     @torch.no_grad()
     def outputs(self, batch: Batch, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         self._keep_eval()
-        with FeatureTaps(
-            self.teacher, [t for t in taps if not t.startswith("@")], detach=True
-        ) as captured:
-            named = self.task.forward(self.teacher, self.task.teacher_inputs(batch))
+        hooks = self._module_taps(taps)
+        inputs = self.task.teacher_inputs(batch)
+        if hooks is None:
+            named = self.task.forward(self.teacher, inputs)
+        else:
+            with hooks:
+                named = self.task.forward(self.teacher, inputs)
         result = {"@" + k: v.detach() for k, v in named.items()}
-        result.update(captured)
+        if hooks is not None:
+            result.update(hooks)
         if self.upcast:
             result = {k: _cast_floating(v, torch.float32) for k, v in result.items()}
         return result
@@ -188,6 +202,8 @@ class StudentSide(nn.Module):
         )
         self.names = _term_names(terms)
         self.student_taps = _module_taps([t.student for t in terms])
+        # what each loss reads from the batch besides the two tensors, read once
+        self.extra_inputs = [contract_of(t.loss).extra_inputs for t in terms]
         # a task loss weighted 0 is skipped, unless every parameter must take part in every backward
         # (DDP waits for a gradient of each one; set by Distiller.parallelize)
         self.zero_weights_in_graph = False
@@ -195,33 +211,53 @@ class StudentSide(nn.Module):
     def forward(
         self, batch: Batch, teacher_outputs: dict[str, torch.Tensor], epoch: float
     ) -> DistillStep:
-        with FeatureTaps(self.student, self.student_taps) as taps:
+        taps: FeatureTaps | dict = {}
+        if self.student_taps:
+            with FeatureTaps(self.student, self.student_taps) as taps:
+                outputs = self.task.forward(self.student, batch.inputs)
+        else:
             outputs = self.task.forward(self.student, batch.inputs)
         parts: dict[str, torch.Tensor] = {}
-        total = outputs[next(iter(outputs))].new_zeros((), dtype=torch.float32)
+        total: torch.Tensor | None = None  # float32 at least: the sum of the parts from 0.0
         w_task = weight_at(self.task_weight, epoch)
         if w_task:
-            parts["task"] = w_task * self.task.loss(outputs, batch)
-            total = total + parts["task"]
+            parts["task"] = _weighted(w_task, self.task.loss(outputs, batch))
+            total = _add(total, parts["task"])
         elif (
             self.zero_weights_in_graph
         ):  # DDP: the parameters only the task loss reaches get a 0 gradient
-            total = total + 0.0 * self.task.loss(outputs, batch)
-        for term, name, loss, projector in zip(
-            self.terms, self.names, self.losses, self.projectors, strict=True
+            total = _add(total, 0.0 * self.task.loss(outputs, batch))
+        for term, name, loss, projector, wanted in zip(
+            self.terms, self.names, self.losses, self.projectors, self.extra_inputs, strict=True
         ):
             w = weight_at(term.weight, epoch)
             student = _pick(term.student, outputs, taps, "student")
             teacher = _teacher_pick(term.teacher, teacher_outputs)
-            student = (
-                projector(student)
-                if not isinstance(student, list)
-                else [projector(s) for s in student]
-            )
-            extras = _extras_for(loss, batch, name)
-            parts[name] = w * loss(student, teacher, **extras)
-            total = total + parts[name]
+            if not isinstance(projector, nn.Identity):  # no projector: the tensors as they are
+                student = (
+                    projector(student)
+                    if not isinstance(student, list)
+                    else [projector(s) for s in student]
+                )
+            extras = _extras_for(loss, batch, name, wanted) if wanted else {}
+            parts[name] = _weighted(w, loss(student, teacher, **extras))
+            total = _add(total, parts[name])
+        if total is None:
+            total = outputs[next(iter(outputs))].new_zeros((), dtype=torch.float32)
         return DistillStep(total, parts, outputs)
+
+
+def _weighted(weight: float, loss: torch.Tensor) -> torch.Tensor:
+    """``weight * loss``; a weight of 1 leaves the tensor as it is (the same values, one op fewer)."""
+    return loss if weight == 1.0 else weight * loss
+
+
+def _add(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    """``total + part``, where no total yet is a float32 zero: the first part, in float32 when it is
+    in a lower precision (``0.0 + part`` gives the same values without the op)."""
+    if total is not None:
+        return total + part
+    return part.float() if part.dtype in (torch.float16, torch.bfloat16) else part
 
 
 def _term_names(terms: Sequence[Term]) -> list[str]:
@@ -235,8 +271,12 @@ def _term_names(terms: Sequence[Term]) -> list[str]:
     return names
 
 
-def _extras_for(loss: nn.Module, batch: Batch, name: str) -> dict[str, Any]:
-    wanted = contract_of(loss).extra_inputs
+def _extras_for(
+    loss: nn.Module, batch: Batch, name: str, wanted: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What ``loss`` reads from ``batch`` besides the tensors (``wanted``: its ``extra_inputs``,
+    when the caller has them)."""
+    wanted = contract_of(loss).extra_inputs if wanted is None else wanted
     missing = [k for k in wanted if k not in batch.extras]
     if missing:
         raise DistillError(

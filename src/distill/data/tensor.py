@@ -48,6 +48,26 @@ class BatchedItems(Sequence[dict[str, Tensor]]):
         return (self[i] for i in range(len(self)))
 
 
+class InMemoryLoader(DataLoader):
+    """The single-process DataLoader of a :class:`TensorDataset`: the same batches, in the same order,
+    as torch's own iterator gives (one ``__getitems__`` gather per batch of the batch sampler's
+    indices, then ``collate_fn``), and the same one draw from ``generator`` (the global generator when
+    None) each time a pass starts, so the random state after ``iter()`` is unchanged; without that
+    iterator's per-batch bookkeeping (profiler range, fetcher, pinning checks), which costs as much as
+    the gather itself for a small batch."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.num_workers or not self._auto_collation:
+            return super().__iter__()
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # torch's base seed
+        return self._batches(iter(self._index_sampler))
+
+    def _batches(self, order: Iterator[list[int]]) -> Iterator[Any]:
+        fetch, collate = self.dataset.__getitems__, self.collate_fn  # type: ignore[attr-defined]
+        for indices in order:
+            yield collate(fetch(indices))
+
+
 def identity_collate(batch: Any) -> dict[str, Tensor]:
     """DataLoader ``collate_fn`` for TensorDataset: the batch is already stacked.
 
@@ -162,9 +182,12 @@ class TensorDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> BatchedItems:
         """Fetch a whole batch with one gather per tensor (used by torch's DataLoader)."""
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        idx = torch.where(idx < 0, idx + len(self), idx)
+        # a sampler's list holds indices >= 0: checked in Python, cheaper than two tensor ops
+        if not isinstance(indices, list) or (indices and min(indices) < 0):
+            idx = torch.where(idx < 0, idx + len(self), idx)
         dev = self.images.device
-        batch = {"image": self.images[idx.to(dev)], "label": self.labels[idx.to(dev)], "index": idx}
+        on_dev = idx if idx.device == dev else idx.to(dev)
+        batch = {"image": self.images[on_dev], "label": self.labels[on_dev], "index": idx}
         return BatchedItems(batch)
 
     def loader(
@@ -180,7 +203,7 @@ class TensorDataset(Dataset):
             raise DistillError(f"batch_size must be positive, got {batch_size}; use e.g. 128")
         if sampler is not None and shuffle:
             raise DistillError("shuffle=True conflicts with an explicit sampler; drop one of them")
-        return DataLoader(
+        return InMemoryLoader(
             self,
             batch_size=batch_size,
             sampler=sampler,

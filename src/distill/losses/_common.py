@@ -40,8 +40,12 @@ def flat_logits(
     """Logits ``(..., C)`` as float32 rows ``(N, C)``, the teacher's detached; ``standardize`` z-scores
     each row (:func:`distill.losses._standardize.standardize`)."""
     num_classes = student_logits.shape[-1]
-    s = student_logits.reshape(-1, num_classes).float()
-    t = teacher_logits.detach().reshape(-1, num_classes).float()
+    s, t = student_logits, teacher_logits.detach()
+    if s.ndim != 2:  # (B, C) rows as they are: a view would add a node to the backward graph
+        s = s.reshape(-1, num_classes)
+    if t.ndim != 2 or t.shape[-1] != num_classes:
+        t = t.reshape(-1, num_classes)
+    s, t = s.float(), t.float()
     return (zscore(s), zscore(t)) if standardize else (s, t)
 
 

@@ -146,6 +146,8 @@ def checked_label_smoothing(task: str, value: Any) -> float:
 
 def logits_of(out: Any) -> torch.Tensor:
     """A model's class logits: its output tensor, ``out["logits"]`` (Hugging Face style) or ``out[0]``."""
+    if isinstance(out, torch.Tensor):  # the common case, before the slower check against an ABC
+        return out
     if isinstance(out, Mapping):
         return out["logits"]
     if isinstance(out, (tuple, list)):
@@ -188,11 +190,11 @@ class ClassLogitsTask(Task):
             own = predicted.eq(targets.labels).float()
             other = predicted.eq(targets.partner).float()
             return {"mixed_acc": (targets.lam * own + (1.0 - targets.lam) * other).mean()}
-        hits = predicted.eq(targets).float()
         if targets.ndim == 1:  # class ids: transfer rows (UNLABELLED) left out
-            labelled = (targets != UNLABELLED).float()
-            return {"acc": (hits * labelled).sum() / labelled.sum().clamp_min(1.0)}
-        return {"acc": hits.mean()}
+            # a prediction is a class id >= 0, so it never equals UNLABELLED: those rows are no hits
+            hits = predicted.eq(targets).sum(dtype=torch.float32)
+            return {"acc": hits / targets.ne(UNLABELLED).sum(dtype=torch.float32).clamp_min(1.0)}
+        return {"acc": predicted.eq(targets).float().mean()}
 
     def mix_targets(self, batch: Batch, partner: torch.Tensor, lam: float) -> Batch:
         """Targets become :class:`MixedTargets`; the ``labels`` extra is dropped (a loss that reads hard

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -279,6 +280,36 @@ def format_values(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
+def add_metrics(sums: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``sums`` plus one step's ``values``, key by key (a new key starts at its value). Tensors with the
+    keys of the sums are added in one fused call: the same float additions as one by one."""
+    if sums and list(sums) == list(values):  # the same keys in the same order
+        totals, step = list(sums.values()), list(values.values())
+        if all(isinstance(v, torch.Tensor) for v in (*totals, *step)):
+            try:
+                return dict(zip(sums, torch._foreach_add(totals, step), strict=True))
+            except (RuntimeError, TypeError):  # dtypes or devices foreach does not mix
+                pass
+    out = dict(sums)
+    for k, v in values.items():
+        out[k] = out[k] + v if k in out else v
+    return out
+
+
+def read_metrics(sums: Mapping[str, Any]) -> dict[str, float]:
+    """``sums`` as floats: tensors read from the device in one transfer when they stack (one host
+    sync per logging step, not one per metric)."""
+    tensors = [v for v in sums.values() if isinstance(v, torch.Tensor)]
+    if len(tensors) == len(sums) > 1 and all(
+        t.ndim == 0 and t.is_floating_point() for t in tensors
+    ):
+        try:
+            return dict(zip(sums, torch.stack(tensors).tolist(), strict=True))
+        except (RuntimeError, TypeError):  # devices that do not stack
+            pass
+    return {k: float(v) for k, v in sums.items()}
+
+
 class RunLog(Callback):
     """Logging as a user of the trainer's events: each step's metrics, averaged over ``log_every``
     applied steps, become a ``train`` record and the progress bar's text; each evaluation an ``eval``
@@ -304,6 +335,8 @@ class RunLog(Callback):
         self.total, self.steps_per_epoch, self.epochs = total, steps_per_epoch, epochs
         self.start_step = start_step  # a resumed run starts past 0
         self.bar: Any = None
+        # a rich bar that is off (progress: false, other ranks) shows nothing: no update per step
+        self.shows = not (isinstance(progress, Progress) and progress.disable)
         self._reset()
         self._carried = dict(window) if window else None  # taken up by the first start_epoch
 
@@ -345,11 +378,9 @@ class RunLog(Callback):
         lr = metrics["lr"]
         if "loss" in metrics:  # not a skipped non-finite step
             self.count += 1
-            for k, v in metrics.items():
-                if k != "lr":
-                    self.sums[k] = self.sums.get(k, 0.0) + v
+            self.sums = add_metrics(self.sums, {k: v for k, v in metrics.items() if k != "lr"})
         if self.count and (step % trainer.config.log_every == 0 or step == self.total):
-            values = {k: float(v) / self.count for k, v in self.sums.items()}
+            values = {k: v / self.count for k, v in read_metrics(self.sums).items()}
             if trainer.skipped_steps:
                 values["skipped_steps"] = trainer.skipped_steps
             if trainer.scaler_skipped:
@@ -358,9 +389,11 @@ class RunLog(Callback):
             epoch = trainer.epoch + trainer.epoch_step / self.steps_per_epoch
             record = {"step": step, "epoch": epoch, "lr": lr, "samples_per_s": round(rate, 1)}
             self.logger.log("train", {**record, **values})
-            self.progress.update(self.bar, info=format_values(values))
+            if self.shows:
+                self.progress.update(self.bar, info=format_values(values))
             self._reset()
-        self.progress.update(self.bar, completed=step)
+        if self.shows:
+            self.progress.update(self.bar, completed=step)
 
     def on_nonfinite(
         self, trainer: Trainer, step: int, loss: float, grad_norm: float, action: str

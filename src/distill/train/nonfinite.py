@@ -27,7 +27,15 @@ FIX = "lower the learning rate or a term weight, or set train.grad_clip"
 
 def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor, dist: DistInfo) -> tuple[bool, bool]:
     """Whether the loss, and whether the gradient norm, is NaN/inf on any rank: one fused check and the
-    step's one host sync (the step must not be applied before the verdict is known)."""
+    step's one host sync (the step must not be applied before the verdict is known).
+
+    On one process the check is the sum of the two read as one number: finite means both are (the
+    common case, two small ops); otherwise each is checked (a sum that overflows with both finite
+    passes there)."""
+    if not dist.enabled:
+        both = loss.detach().float() + grad_norm.detach().float()
+        if math.isfinite(both.tolist()):  # a 0-dim tensor: one number
+            return False, False
     bad = ~torch.isfinite(torch.stack([loss.detach().float(), grad_norm.detach().float()]))
     flags = bad.float()
     if dist.enabled:  # all ranks take the same decision

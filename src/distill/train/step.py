@@ -60,14 +60,19 @@ def seed_step_rng(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+def total_norm(grads: list[torch.Tensor], uniform: bool | None = None) -> torch.Tensor:
     """The 2-norm of all of ``grads`` together, as ``torch.nn.utils.get_total_norm`` computes it (the norm
     of the per-tensor norms); one fused call when they share a device and dtype, the common case, without
-    its grouping by device and dtype."""
+    its grouping by device and dtype. ``uniform`` says whether they do when the caller knows (checking
+    costs more than the norm of a small model's gradients)."""
     if not grads:
         return torch.tensor(0.0)
     first = grads[0]
-    same = all(g.device == first.device and g.dtype == first.dtype for g in grads)
+    same = (
+        all(g.device == first.device and g.dtype == first.dtype for g in grads)
+        if uniform is None
+        else uniform
+    )
     if not same or not hasattr(torch, "_foreach_norm"):
         return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
@@ -113,6 +118,7 @@ class Stepper:
         self.scaler_skipped = 0  # fp16 steps the scaler skipped (gradient overflow), in all
         self.scaler_in_a_row = 0
         self._params: list[torch.nn.Parameter] | None = None  # the trainable ones, listed once
+        self._uniform = True  # whether they share one device and dtype
 
     def run(
         self,
@@ -127,10 +133,11 @@ class Stepper:
         the micro-batches (None: the step was not applied), and the samples seen."""
         cfg = self.config
         generator = self._seed(global_step)
-        side = self.distiller.trainable()
         # a skipped step must not leave NaN in BN statistics or memory banks either
         saved = (
-            [(b, b.detach().clone()) for b in side.buffers()] if cfg.on_nonfinite == "skip" else []
+            [(b, b.detach().clone()) for b in self.distiller.trainable().buffers()]
+            if cfg.on_nonfinite == "skip"
+            else []
         )
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -182,6 +189,9 @@ class Stepper:
         samples seen."""
         cfg, n = self.config, len(raws)
         amp = autocast_dtype(cfg)
+        # fp32 enters no autocast region (one that is disabled costs a few microseconds a step), unless
+        # the caller's code runs inside one, which fp32 turns off as it always did
+        no_autocast = amp is None and not torch.is_autocast_enabled(self.device.type)
         wrapped = self.distiller.student_side
         ddp = isinstance(wrapped, DistributedDataParallel)
         sums: Metrics = {}
@@ -201,8 +211,11 @@ class Stepper:
                 batch.inputs = channels_last_inputs(batch.inputs)
             # DDP all-reduces the gradients once, after the last micro-batch's backward
             with wrapped.no_sync() if ddp and i < n - 1 else nullcontext():
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                if no_autocast:
                     step = self.distiller(batch, epoch=epoch, step=global_step)
+                else:
+                    with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                        step = self.distiller(batch, epoch=epoch, step=global_step)
                 # a task that counts its items (tokens): the micro-batch's share of the step's items
                 if weights is not None:
                     loss = step.loss * weights.loss[i]
@@ -214,7 +227,8 @@ class Stepper:
             micro = {"loss": step.loss.detach(), **{k: v.detach() for k, v in step.parts.items()}}
             # a source may replace the batch (on-policy samples) and report its own metrics
             micro.update(self.task.batch_metrics(step.outputs, step.batch or batch))
-            micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
+            if step.metrics:
+                micro.update({k: torch.tensor(float(v)) for k, v in step.metrics.items()})
             for k, v in micro.items():
                 if k not in SECONDS:  # seconds add up over the micro-batches; the rest averages
                     v = v * weights.metric[i] if weights is not None else v if n == 1 else v / n
@@ -226,7 +240,12 @@ class Stepper:
         """The trainable parameters' total gradient norm, clipped to ``train.grad_clip`` when set."""
         if self._params is None:
             self._params = self.distiller.trainable_parameters()
+            # a gradient has its parameter's device and dtype: checked once, not every step
+            first = self._params[0] if self._params else None
+            self._uniform = all(
+                p.device == first.device and p.dtype == first.dtype for p in self._params
+            )
         params = self._params
         if self.config.grad_clip:
             return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        return total_norm([p.grad for p in params if p.grad is not None])
+        return total_norm([p.grad for p in params if p.grad is not None], self._uniform)
