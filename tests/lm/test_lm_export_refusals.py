@@ -44,3 +44,17 @@ def test_coreml_on_a_causal_lm_is_refused_before_the_onnx_export(lm_run: Path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--format coreml" in err and "--format onnx" in err
     assert not (lm_run / "export").exists()
+
+
+def test_static_int8_on_a_causal_lm_is_refused_before_the_onnx_export(
+    lm_run: Path, capsys, monkeypatch
+):
+    def no_export(*args, **kwargs):
+        raise AssertionError("the ONNX export ran before the static int8 refusal")
+
+    monkeypatch.setattr(export_run_module, "_export_all", no_export)
+    capsys.readouterr()
+    assert main(["export", str(lm_run), "--int8", "--int8-mode", "static"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--int8-mode static" in err and "dynamic" in err
+    assert not (lm_run / "export").exists()

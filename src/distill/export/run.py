@@ -97,6 +97,11 @@ def export_run(
     batches = parity_batches(task, test_loader, PARITY_SAMPLES)
     if spec.format == "coreml":
         _check_coreml_inputs(batches[0])  # before the ONNX export and its evaluation
+    if int8 and spec.int8_mode == "static" and isinstance(batches[0], Mapping):
+        raise DistillError(
+            "--int8-mode static (export.int8_mode) calibrates models with one tensor input; models "
+            "with named inputs (text, causal LMs) quantize with --int8-mode dynamic"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
