@@ -23,7 +23,8 @@ gain the top-k cache keeps, ``(scratch - cached) / (scratch - kd)`` (``topk_rete
 
 Finished runs go to ``<out>/results.jsonl`` and are reused when the command runs again with the same
 settings and recipes; caches go to ``<out>/cache`` (their fill time is printed, not counted).
-``--write`` also updates ``offline_gap_closed``, ``scarce_gap_closed`` and ``topk_retention`` (and
+``--write`` keeps the hand-written end of an existing page (from its first ``## Reading`` heading or
+``KEEP_MARKER`` line on) below the regenerated part, and also updates ``offline_gap_closed``, ``scarce_gap_closed`` and ``topk_retention`` (and
 ``lm_kd_gap``, the detail) in ``docs/benchmarks/lm.json``, keeping the keys other benchmarks wrote there.
 """
 
@@ -264,8 +265,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         page = Path(args.write)
         command = "python benchmarks/lm.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        page.write_text(render(summary, text, args, command, time.perf_counter() - started))
+        write_page(page, render(summary, text, args, command, time.perf_counter() - started))
         update_json(page.with_suffix(".json"), summary)
+
+
+# where the hand-written part of an existing page starts: it is kept below the regenerated table
+KEEP_MARKER = "<!-- kept by benchmarks/lm.py --write: everything below -->"
+KEEP_HEADING = "## Reading"
+
+
+def write_page(page: Path, generated: str) -> None:
+    """Write ``generated`` to ``page``, keeping the hand-written end of an existing page: everything
+    from its first ``KEEP_MARKER`` line or ``## Reading...`` heading on, whichever comes first."""
+    kept = ""
+    if page.is_file():
+        lines = page.read_text().splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            if line.strip() == KEEP_MARKER or line.startswith(KEEP_HEADING):
+                kept = "".join(lines[i:])
+                break
+    page.write_text(generated.rstrip("\n") + "\n\n" + kept if kept else generated)
 
 
 TARGETS = {"offline": 0.15, "scarce": 0.30}  # the issue's shares of the gap

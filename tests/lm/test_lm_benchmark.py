@@ -57,3 +57,26 @@ def test_topk_retention_is_paired_by_seed_and_written_where_cached_ran(tmp_path:
     path = tmp_path / "lm.json"
     bench.update_json(path, summary)
     assert json.loads(path.read_text())["topk_retention"] == pytest.approx(0.625)
+
+
+def test_write_keeps_the_hand_written_sections_of_an_existing_page(tmp_path: Path):
+    page = tmp_path / "lm.md"
+    hand = (
+        "## Reading (written by hand after the runs)\n\nBudget and load: ...\n\n"
+        "## Different tokenizers: character-aligned KD\n\nmarginal_kl beats ...\n"
+    )
+    page.write_text("# Causal LM: old table\n\n| old | 1 |\n\n" + hand)
+    bench.write_page(page, "# Causal LM: new table\n\n| new | 2 |\n")
+    text = page.read_text()
+    assert text == "# Causal LM: new table\n\n| new | 2 |\n\n" + hand
+    assert "old" not in text.split("## Reading")[0]
+
+
+def test_write_keeps_from_a_marker_line_and_writes_a_new_page_whole(tmp_path: Path):
+    page = tmp_path / "lm.md"
+    page.write_text(f"# old\n{bench.KEEP_MARKER}\nnotes\n## Reading later\n")
+    bench.write_page(page, "# new\n")
+    assert page.read_text() == f"# new\n\n{bench.KEEP_MARKER}\nnotes\n## Reading later\n"
+    fresh = tmp_path / "fresh.md"
+    bench.write_page(fresh, "# new\n")
+    assert fresh.read_text() == "# new\n"

@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from distill.cli import app
-from distill.compress.qat import qat_run
+from distill.compress.qat import check_qat_task, qat_run
+from distill.config.run import run_recipe
 from distill.errors import DistillError
 from distill.export import export_run
 
@@ -89,6 +90,9 @@ def export(
     given here overrides its setting."""
     if qat_epochs is not None and qat_epochs < 0:
         raise DistillError(f"--qat-epochs must be >= 0, got {qat_epochs}; 1 is usually enough")
+    saved = run_recipe(run_dir)
+    if saved.export.qat if qat_epochs is None else qat_epochs > 0:
+        check_qat_task(saved.task)  # before export_run writes its files
     result = export_run(
         run_dir,
         format=format,

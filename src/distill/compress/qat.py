@@ -43,6 +43,7 @@ from distill.export.exporter import _failing_module, export_onnx
 from distill.export.run import EXAMPLE_SAMPLES, example_inputs, rounded_metrics
 from distill.export.runtime import OnnxModule, ParityError, check_parity
 from distill.io import write_json
+from distill.tasks import TASKS
 from distill.train.config import TrainConfig
 
 QAT_EXTRA_HINT = "pip install 'distill[qat]'"
@@ -391,6 +392,17 @@ def _replace(field: Any, items: list[Any]) -> None:
     field.extend(kept)
 
 
+def check_qat_task(task: str) -> None:
+    """Refuse, before anything is written, a run whose task QAT cannot handle: its models take named
+    inputs (text classification, causal LMs), and QAT captures a model called on one tensor."""
+    if getattr(TASKS.get(task), "named_inputs", False):
+        raise DistillError(
+            f"--qat-epochs (QAT) takes models with one tensor input, not the named inputs of task "
+            f"{task!r}; drop --qat-epochs (and export.qat) and use the dynamic int8 export: "
+            "distill export --int8"
+        )
+
+
 def qat_run(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -412,6 +424,7 @@ def qat_run(
     the float student's).
     """
     saved = run_recipe(run_dir)
+    check_qat_task(saved.task)
     given = {"epochs": epochs, "lr": lr, "temperature": temperature, "keep_float": keep_float}
     spec = override(settings if settings is not None else saved.qat, given)
     epochs, lr, temperature, keep_float = spec.epochs, spec.lr, spec.temperature, spec.keep_float

@@ -383,6 +383,28 @@ class DataModeSpec(Strict):
         0.5, ge=0, le=1, description="replay: share of sample steps that reuse the buffer"
     )
 
+    @model_validator(mode="after")
+    def _fields_of_the_mode(self) -> DataModeSpec:
+        """A field changed from its default for a mode that never reads it is a mistake, not a no-op."""
+        for name, modes in DATA_MODE_FIELDS.items():
+            value = getattr(self, name)
+            if self.mode not in modes and value != type(self).model_fields[name].default:
+                raise ValueError(
+                    f"{name}={value} is read only by mode {' or '.join(modes)}, not "
+                    f"{self.mode}; remove {name} or set mode: {modes[0]}"
+                )
+        return self
+
+
+# the fields of DataModeSpec that only some modes read
+DATA_MODE_FIELDS: dict[str, tuple[str, ...]] = {
+    "lam": ("on_policy", "replay"),
+    "prompt_tokens": ("on_policy", "replay", "seq_kd"),
+    "temperature": ("on_policy", "replay", "seq_kd"),
+    "replay_size": ("replay",),
+    "replay_ratio": ("replay",),
+}
+
 
 class DistillSpec(Strict):
     task_weight: Weight = 1.0

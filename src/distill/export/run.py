@@ -95,6 +95,13 @@ def export_run(
     run = open_run(run_dir, checkpoint)
     student, task, train, test_loader = run.student, run.task, run.train_data, run.test_loader()
     batches = parity_batches(task, test_loader, PARITY_SAMPLES)
+    if spec.format == "coreml":
+        _check_coreml_inputs(batches[0])  # before the ONNX export and its evaluation
+    if int8 and spec.int8_mode == "static" and isinstance(batches[0], Mapping):
+        raise DistillError(
+            "--int8-mode static (export.int8_mode) calibrates models with one tensor input; models "
+            "with named inputs (text, causal LMs) quantize with --int8-mode dynamic"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
@@ -227,14 +234,18 @@ def _export_all(
     return {"files": files, "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _export_coreml(student: nn.Module, example: Inputs, path: Path) -> dict[str, Any]:
-    """``student.mlpackage`` (float32, flexible batch 1..256) and what its spec declares. It is not run
-    here: Core ML runs only on macOS (``runs_here``, ``not_run_because``)."""
+def _check_coreml_inputs(example: Inputs) -> None:
     if isinstance(example, Mapping):
         raise DistillError(
             "--format coreml takes models with one tensor input; models with named inputs (text) "
             "export to ONNX: use --format onnx"
         )
+
+
+def _export_coreml(student: nn.Module, example: Inputs, path: Path) -> dict[str, Any]:
+    """``student.mlpackage`` (float32, flexible batch 1..256) and what its spec declares. It is not run
+    here: Core ML runs only on macOS (``runs_here``, ``not_run_because``)."""
+    _check_coreml_inputs(example)
     written = coreml.export_coreml(student, example, path)
     check = coreml.validate_coreml(written, tuple(example.shape[1:]))
     size = sum(f.stat().st_size for f in written.rglob("*") if f.is_file())

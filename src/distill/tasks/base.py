@@ -95,6 +95,8 @@ class Task:
       recipe checks compare with the dataset's ``num_classes``.
     * ``per_token_outputs``: output kinds (``@kind.N``) shaped ``(B, T, ...)`` whose ``T`` follows each
       batch's padding, so ``distill.cache_teacher`` cannot keep them (text: hidden states, attentions).
+    * ``named_inputs``: True when the model takes a dict of named tensors (``input_ids``, ...), not one
+      tensor; QAT (one-tensor ``torch.export`` capture) refuses such runs before it writes anything.
     """
 
     name: str = ""
@@ -103,6 +105,7 @@ class Task:
     latency_batch: int | None = None
     classifies: bool = False
     per_token_outputs: tuple[str, ...] = ()
+    named_inputs: bool = False
 
     def bind(self, student: nn.Module) -> None:
         """Nothing to bind: the task loss does not depend on the student."""

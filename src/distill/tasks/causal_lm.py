@@ -89,6 +89,7 @@ class CausalLMTask(Task):
     primary_metric = "top1"
     # (B, T, ...) outputs: distill.cache_teacher cannot keep them (the LM top-k cache does)
     per_token_outputs = ("logits", "hidden_states", "lm_hidden")
+    named_inputs = True
 
     def __init__(self) -> None:
         self.hidden_states = False

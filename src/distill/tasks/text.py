@@ -53,6 +53,7 @@ class TextClassificationTask(ClassLogitsTask):
     label_fix = "build the model's head from the data's classes"
     # (B, T, ...) outputs: T follows each batch's padding, so distill.cache_teacher cannot keep them
     per_token_outputs = ("hidden_states", "attentions")
+    named_inputs = True
 
     def __init__(self, label_smoothing: float = 0.0, output_attentions: bool = False) -> None:
         self.label_smoothing = checked_label_smoothing("text_classification", label_smoothing)

@@ -199,7 +199,7 @@ class TrainConfig(BaseModel):
         "ddp",
         description="under torchrun: ddp (each rank holds the whole student) or fsdp (FSDP2 "
         "fully_shard: the student, its optimizer state and the teacher sharded over the ranks; "
-        "checkpoints with torch.distributed.checkpoint)",
+        "checkpoints with torch.distributed.checkpoint); in one process neither (fsdp prints a note)",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seeds torch, numpy and random")
     deterministic: bool = False

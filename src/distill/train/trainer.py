@@ -356,6 +356,15 @@ class Trainer:
             self.console.print(
                 f"training on {describe_device(cfg.device, self.device, self.dist)}", soft_wrap=True
             )
+        if (
+            cfg.distributed == "fsdp" and not self.dist.enabled
+        ):  # the same recipe runs on one process
+            self.console.print(
+                "[yellow]note[/]: train.distributed: fsdp is off in a single process (nothing is "
+                "sharded); launch with torchrun to shard, e.g. torchrun --nproc_per_node=N -m distill "
+                "train RECIPE",
+                soft_wrap=True,
+            )
         last: dict[str, float] = self.history[-1] if self.history else {}
         self.signals.accepting = True
         try:
