@@ -36,6 +36,21 @@ from kd_parts._common import (  # noqa: E402
 
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/kd_recipes.py --part tune"
 READING = "Reading: (written after the measurement)."
+# the first study (before full-length trials), for a tune.json that does not record its spec
+OLD_STUDY: dict[str, Any] = {
+    "params": [
+        {"path": "distill.terms.0.options.temperature", "low": 1.0, "high": 8.0, "log": True},
+        {"path": "distill.terms.0.weight", "low": 0.25, "high": 4.0, "log": True},
+        {"path": "distill.task_weight", "low": 0.1, "high": 1.5},
+        {"path": "train.lr", "low": 0.1, "high": 0.4, "log": True},
+    ],
+    "validation": 5000,
+    "pruner": "median",
+    "startup_trials": 3,
+    "trial_epochs": 2,
+    "trial_train_subset": 12000,
+    "hand_set_first": False,
+}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,17 +141,22 @@ def render(result: dict[str, Any]) -> str:
     """The tuning section of kd_recipes.md."""
     r, study = result["tune"], result["tune"]["study"]
     counts = ", ".join(f"{n} {state}" for state, n in study["trials"].items())
-    spec = r["spec"]
+    spec = r.get("spec") or OLD_STUDY  # a tune.json written before the spec was recorded
     searched = ", ".join(
         f"{p['path']} in [{p['low']:g}, {p['high']:g}]{' (log)' if p.get('log') else ''}"
         for p in spec["params"]
     )
-    size = spec["trial_train_subset"] or 60_000
+    trained = spec["trial_train_subset"] or 60_000 - spec["validation"]
     how = (
-        f"the hand-set values are trial 0, then {spec['startup_trials'] - 1} random trials before TPE; "
-        f"each trial trains {spec['trial_epochs']} epochs on {size - spec['validation']:,} training "
-        f"images and is scored on {spec['validation']:,} other training images (the test split is never "
-        f"read); pruner: {spec['pruner']}"
+        (
+            f"the hand-set values are trial 0, then {spec['startup_trials'] - 1} random trials before "
+            if spec.get("hand_set_first", True)
+            else f"{spec['startup_trials']} random trials before "
+        )
+        + "TPE; "
+        f"each trial trains {spec['trial_epochs']} epochs on {trained:,} training images and is scored "
+        f"on {spec['validation']:,} other training images (the test split is never read); pruner: "
+        f"{spec['pruner']}"
     )
     params = ", ".join(
         f"{k.split('.')[-1] if 'options' in k else k} = {v:.3g}"
