@@ -1,0 +1,43 @@
+"""The shipped recipe pairs that docs/benchmarks/kd_recipes.md compares stay fair comparisons: the
+label-scarce scratch student gets as many optimizer steps of as many labelled rows as the KD student, and
+the tuning study scores its trials at the schedule its best recipe is trained with."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from distill.config.load import load_recipe
+from distill.data.tensor import TensorDataset
+from distill.data.transfer import TransferSet
+
+FASHION_MNIST_TRAIN = 60_000
+
+
+def _images(n: int) -> TensorDataset:
+    return TensorDataset(torch.zeros(n, 1, 1, 1), torch.zeros(n, dtype=torch.long), num_classes=10)
+
+
+def test_scarce_scratch_trains_as_many_steps_of_labelled_rows_as_kd():
+    kd = load_recipe("fashion_mnist/kd_scarce")
+    scratch = load_recipe("fashion_mnist/scratch_scarce")
+    labelled = kd.data.transfer.labels_per_class * 10
+    assert scratch.data.train_subset == labelled  # the same 1,000 labels (same seed)
+    data = TransferSet(
+        _images(labelled),
+        _images(FASHION_MNIST_TRAIN - labelled),
+        kd.data.transfer.labelled_fraction,
+    )
+    kd_steps = kd.train.epochs * len(data.plan(list(range(len(data))), kd.train.batch_size))
+    scratch_steps = scratch.train.epochs * math.ceil(labelled / scratch.train.batch_size)
+    assert data.labelled_rows(kd.train.batch_size) == scratch.train.batch_size
+    assert scratch_steps == kd_steps, (scratch_steps, kd_steps)
+
+
+def test_tune_trials_train_the_schedule_the_best_recipe_trains():
+    base = load_recipe("fashion_mnist/kd_tune")
+    trial = load_recipe("fashion_mnist/kd_tune", base.tune.overrides)
+    assert trial.train == base.train
+    assert trial.data.train_subset == base.data.train_subset
+    assert base.tune.validation > 0  # scored on training images held out, never the test split
