@@ -36,13 +36,14 @@ TIMINGS = {
     "train_s",
     "step_s",
 }  # wall-clock: differ run to run
-SAMPLE = (
-    "distill.data_mode={mode: %s, lam: 0.5, prompt_tokens: 8, replay_size: 8, replay_ratio: 1.0}"
+SAMPLE = "distill.data_mode={mode: %s, lam: 0.5, prompt_tokens: 8%s}"
+REPLAY = (
+    ", replay_size: 8, replay_ratio: 1.0"  # read by replay only (the schema refuses them elsewhere)
 )
 MODES = {
     "teacher_forced": ("shakespeare/kd", ["distill.data_mode={mode: teacher_forced}"]),
-    "on_policy": ("shakespeare/on_policy", [SAMPLE % "on_policy"]),
-    "replay": ("shakespeare/on_policy", [SAMPLE % "replay"]),
+    "on_policy": ("shakespeare/on_policy", [SAMPLE % ("on_policy", "")]),
+    "replay": ("shakespeare/on_policy", [SAMPLE % ("replay", REPLAY)]),
     "seq_kd": ("shakespeare/kd", ["distill.data_mode={mode: seq_kd, prompt_tokens: 8}"]),
     # a teacher of another tokenizer: its completions cross over as text (needs `tokenizers`)
     "seq_kd_bpe": (

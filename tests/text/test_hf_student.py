@@ -125,7 +125,8 @@ def test_hf_adapter_errors(tmp_path: Path) -> None:
         build_model(f"hf:{folder}", num_classes=2)
     with pytest.raises(DistillError, match="unknown config option 'hiden_size'"):
         build_model(f"hf:{folder}", num_classes=3, hiden_size=8)
-    with pytest.raises(DistillError, match=r"cannot load the config of hf:.*give a local folder"):
+    # a local path that does not exist is named as such (not as a hub id that failed to load)
+    with pytest.raises(DistillError, match=r"there is no folder .*missing; fix the path"):
         build_model(f"hf:{tmp_path / 'missing'}", num_classes=2)
 
 
