@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -109,6 +110,9 @@ class TeacherSource:
         return teacher
 
 
+_TRAINING = attrgetter("training")
+
+
 class OnlineTeacher(TeacherSource):
     """Runs the frozen teacher in eval mode under ``torch.no_grad`` on the same (augmented) inputs."""
 
@@ -124,7 +128,7 @@ class OnlineTeacher(TeacherSource):
         cheaper than ``eval()``, which sets every module's flag, on every step)."""
         if self._modules is None:
             self._modules = list(self.teacher.modules())
-        if any(m.training for m in self._modules):
+        if any(map(_TRAINING, self._modules)):  # the flags read in C, not a generator
             self.teacher.eval()
 
     def _module_taps(self, taps: Sequence[str]) -> FeatureTaps | None:

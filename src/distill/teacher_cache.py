@@ -85,6 +85,7 @@ class CachedTeacher(TeacherSource):
                 f"{views!r} and {count}; set distill.cache_views with data.augment, or neither"
             )
         self.online = OnlineTeacher(teacher, task)
+        self._at: torch.device | None = None  # the teacher's device when the trainer prepared it
         self.names = list(dict.fromkeys(taps))
         self.cache: dict[str, torch.Tensor] = {}
         self.store = ViewStore(views, count, topk, self.names, folder, seed) if views else None
@@ -94,7 +95,9 @@ class CachedTeacher(TeacherSource):
         return bool(self.cache) if self.store is None else self.store.filled
 
     def prepare(self, train_data: Any, batch_size: int, console: Any, is_main: bool) -> None:
-        """The trainer's call: fill the cache from the training data (once), or read a stored one."""
+        """The trainer's call: fill the cache from the training data (once), or read a stored one. The
+        teacher's device is read here, after the trainer placed it, not walked every step."""
+        self._at = _device(self.online.teacher)
         if self.store is not None:
             self.store.prepare(self.online, train_data, batch_size, console if is_main else None)
             return
@@ -180,12 +183,12 @@ class CachedTeacher(TeacherSource):
             stored = self.store.outputs(batch, taps)
             if stored is None:
                 return self.online.outputs(batch, taps)
-            device = _device(self.online.teacher)
+            device = self._at or _device(self.online.teacher)
             return {t: v.to(device, non_blocking=True) for t, v in stored.items()}
         index = batch.extras.get("index")
         if not self.cache or index is None or any(t not in self.cache for t in taps):
             return self.online.outputs(batch, taps)
-        device = _device(self.online.teacher)
+        device = self._at or _device(self.online.teacher)
         index = index.cpu()
         return {t: self.cache[t][index].to(device, non_blocking=True) for t in taps}
 

@@ -160,3 +160,43 @@ def test_total_norm_told_the_gradients_are_uniform_is_get_total_norm():
     assert torch.equal(total_norm(grads, True), torch.nn.utils.get_total_norm(grads))
     mixed = [grads[0], grads[1].double()]
     assert torch.equal(total_norm(mixed, False), torch.nn.utils.get_total_norm(mixed))
+
+
+def _reference_cross_entropy(logits, targets, smoothing):
+    """The checked path's result: labelled rows only, 0 for a batch without any."""
+    keep = targets != -1
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[keep], targets[keep], label_smoothing=smoothing)
+
+
+def test_cross_entropy_on_cpu_without_the_check_gives_the_checked_result():
+    from distill.tasks.classification import checked_cross_entropy
+
+    torch.manual_seed(0)
+    for labels, smoothing in (
+        ([0, 1, 2, 1], 0.0),
+        ([0, 1, 2, 1], 0.1),
+        ([0, -1, 2, -1], 0.0),  # transfer rows: the kernel refuses -1, the checked path drops them
+        ([-1, -1, -1, -1], 0.1),
+    ):
+        logits = torch.randn(4, 3, requires_grad=True)
+        mine = checked_cross_entropy(logits, torch.tensor(labels), smoothing, "fix")
+        (grad,) = torch.autograd.grad(mine, logits)
+        twin = logits.detach().clone().requires_grad_()
+        ref = _reference_cross_entropy(twin, torch.tensor(labels), smoothing)
+        (ref_grad,) = torch.autograd.grad(ref, twin)
+        assert torch.equal(mine, ref) and torch.equal(grad, ref_grad), labels
+
+
+def test_cross_entropy_on_cpu_still_names_a_bad_label():
+    """-100 is torch's default ignore_index: here it is a bad label like any other."""
+    import pytest
+
+    from distill.errors import DistillError
+    from distill.tasks.classification import checked_cross_entropy
+
+    logits = torch.randn(3, 4)
+    for bad in (4, 7, -100, -2):
+        with pytest.raises(DistillError, match=f"label {bad} is out of range .* 4 classes; FIX"):
+            checked_cross_entropy(logits, torch.tensor([0, bad, 1]), 0.0, "FIX")

@@ -28,6 +28,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 # the label of a row without one (a transfer set's, distill/data/transfer.py): left out of the task loss
 UNLABELLED = -1
+_NO_LABEL = torch.iinfo(torch.int64).min  # an ignore_index no label can hold
 
 
 def checked_cross_entropy(
@@ -35,7 +36,18 @@ def checked_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy in float32 over the labelled rows (a label of :data:`UNLABELLED` is left out; a
     batch without labelled rows gives 0); a label outside the model's ``C`` classes is a DistillError
-    ending in ``fix``."""
+    ending in ``fix``.
+
+    On the CPU the kernel checks the labels itself (an ``IndexError``, nothing computed), so a batch goes
+    through the checks below, and their host read, only when it refuses one: transfer rows or a bad
+    label. Elsewhere a bad label is a device-side assert that ends the process, so it is checked first."""
+    if targets.numel() and logits.device.type == "cpu" and not targets.is_floating_point():
+        try:  # no label is ignored: -100, like any label outside the classes, is refused
+            return F.cross_entropy(
+                logits.float(), targets, label_smoothing=label_smoothing, ignore_index=_NO_LABEL
+            )
+        except IndexError:
+            pass
     if targets.numel():
         low, high = torch.stack(torch.aminmax(targets)).tolist()  # one host sync, not two
         if low == UNLABELLED:  # a transfer set's batch: the task loss sees the labelled rows only
