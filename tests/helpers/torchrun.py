@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,21 +25,22 @@ def torchrun(
     processes: int = 2,
     timeout: float = 240,
     tests_on_path: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Write ``source`` to ``folder / name`` and run it with ``args`` from ``folder``: under
     ``python -m torch.distributed.run --standalone`` with ``processes`` processes, or as a plain
-    ``python`` script when ``processes`` is 1. Fails the test (the output's tail as the message) unless
-    it exits 0; returns the finished process."""
+    ``python`` script when ``processes`` is 1, with ``env``'s variables added (e.g. a setting the script
+    reads). Fails the test (the output's tail as the message) unless it exits 0; returns the finished
+    process."""
     script = folder / name
     script.write_text(source)
-    env = dict(os.environ)
-    for key in TORCHRUN_ENV:
-        env.pop(key, None)
+    variables = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     paths = [ROOT / "src", *([ROOT / "tests"] if tests_on_path else [])]
-    env.update(
+    variables.update(
         PYTHONPATH=os.pathsep.join(str(p) for p in paths),
         OMP_NUM_THREADS="1",
         CUDA_VISIBLE_DEVICES="",
+        **(env or {}),
     )
     launcher = (
         ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
@@ -49,7 +50,7 @@ def torchrun(
     proc = subprocess.run(
         [sys.executable, *launcher, str(script), *args],
         cwd=folder,
-        env=env,
+        env=variables,
         capture_output=True,
         text=True,
         timeout=timeout,
