@@ -18,7 +18,7 @@ NEEDED = {
         (4, 56),
         "the public PreTrainedModel.set_attn_implementation in tasks/text.py",
     ),
-    "optuna": ((4, 0), "optuna.storages.journal.JournalFileBackend in tune.py"),
+    "optuna": ((4, 0), "optuna.storages.journal.JournalFileBackend in tune/storage.py"),
 }
 
 

@@ -15,7 +15,7 @@ from helpers import tiny_recipe_dict
 
 optuna = pytest.importorskip("optuna", reason="distill tune needs the tune extra (optuna)")
 
-from distill.config import build as build_module  # noqa: E402
+from distill.config import splits as splits_module  # noqa: E402
 from distill.config.load import load_recipe  # noqa: E402
 from distill.tune import STUDY_FILE, _Report, tune  # noqa: E402
 
@@ -44,7 +44,7 @@ def tiny_tune_recipe(tmp_path: Path, trials: int = 3, **tune_extra) -> Path:
 @pytest.fixture
 def no_test_split(monkeypatch):
     """Any attempt to build a test split fails the test: trials score on the carved validation set."""
-    real = build_module.build_dataset
+    real = splits_module.build_dataset
     asked: list[str] = []
 
     def guarded(name, split, *args, **kwargs):
@@ -52,7 +52,7 @@ def no_test_split(monkeypatch):
         assert split != "test", "distill tune read the test split"
         return real(name, split, *args, **kwargs)
 
-    monkeypatch.setattr(build_module, "build_dataset", guarded)
+    monkeypatch.setattr(splits_module, "build_dataset", guarded)
     return asked
 
 

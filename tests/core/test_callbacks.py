@@ -1,10 +1,6 @@
 """Callbacks: every event in order, stopping on request, and early stopping that survives a resume."""
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +14,7 @@ from distill.errors import ConfigError, DistillError
 from distill.tasks import ClassificationTask
 from distill.train import TrainConfig, Trainer, load_checkpoint
 from distill.train.callbacks import CALLBACKS, Callback, EarlyStopping
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from helpers.torchrun import torchrun
 
 
 @pytest.fixture(autouse=True)
@@ -241,15 +236,6 @@ print(f"rank {trainer.dist.rank} steps {summary['steps']} stopped {summary.get('
 
 @pytest.mark.integration
 def test_a_stop_one_rank_asks_for_stops_every_rank(tmp_path):
-    script = tmp_path / "stop.py"
-    script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         str(script), str(tmp_path / "run")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(tmp_path, "stop.py", DDP_SCRIPT, [str(tmp_path / "run")])
     assert "rank 0 steps 3 stopped a callback on another rank asked to stop" in proc.stdout
     assert "rank 1 steps 3 stopped rank 1 asked" in proc.stdout

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.train import checkpoint as ck
+from distill.train import checkpoint_store as ck
 from distill.train.checkpoint import CheckpointStore
 
 

@@ -1,17 +1,13 @@
 """Two CPU processes under torchrun (gloo) train the same student as one process with the same global batch."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.integration
+from helpers.torchrun import torchrun
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """
@@ -75,24 +71,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(args, tmp_path, name, accum=1):
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", ACCUM=str(accum))
+def _run(processes, tmp_path, name, accum=1):
     out = tmp_path / f"{name}.safetensors"
     run_dir = tmp_path / f"run_{name}"
-    proc = subprocess.run(
-        [sys.executable, *args, str(out), str(run_dir)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, (
-        f"{name} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    )
+    args = [str(out), str(run_dir)]
+    proc = torchrun(tmp_path, "train_ddp.py", SCRIPT, args, processes, env={"ACCUM": str(accum)})
     assert out.is_file(), proc.stderr[-3000:]
     return out, run_dir
 
@@ -100,14 +83,8 @@ def _run(args, tmp_path, name, accum=1):
 def test_two_process_ddp_matches_single_process(tmp_path):
     from safetensors.torch import load_file
 
-    script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT)
-    single, single_dir = _run([str(script)], tmp_path, "single")
-    double, double_dir = _run(
-        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)],
-        tmp_path,
-        "ddp",
-    )
+    single, single_dir = _run(1, tmp_path, "single")
+    double, double_dir = _run(2, tmp_path, "ddp")
     a, b = load_file(str(single)), load_file(str(double))
     assert a.keys() == b.keys()
     finals = [k for k in a if k.startswith("final.")]
@@ -147,15 +124,8 @@ def test_ddp_with_gradient_accumulation_matches_single_process(tmp_path):
     """Two ranks x two micro-batches (DDP syncs only the last one's backward) = one batch of 32."""
     from safetensors.torch import load_file
 
-    script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT)
-    single, _ = _run([str(script)], tmp_path, "single")
-    double, _ = _run(
-        ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)],
-        tmp_path,
-        "ddp_accum",
-        accum=2,
-    )
+    single, _ = _run(1, tmp_path, "single")
+    double, _ = _run(2, tmp_path, "ddp_accum", accum=2)
     a, b = load_file(str(single)), load_file(str(double))
     finals = [k for k in a if k.startswith("final.")]
     assert finals and a.keys() == b.keys()

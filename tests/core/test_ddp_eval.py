@@ -4,17 +4,14 @@ over the whole set with rank 0's model (BatchNorm statistics included), ECE and 
 (computed from all predictions, not averaged)."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from helpers.torchrun import torchrun
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """
@@ -57,18 +54,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_ranks_evaluate_their_slices_and_agree_with_one_process(tmp_path: Path) -> None:
-    script = tmp_path / "eval_ddp.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         str(script), str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    torchrun(tmp_path, "eval_ddp.py", SCRIPT, [str(tmp_path)])
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rows"] for r in ranks] == [30, 31]  # each rank its own slice, nothing twice
     expected = ranks[0]["expected"]  # one process, rank 0's model

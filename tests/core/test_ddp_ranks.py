@@ -2,18 +2,15 @@
 recording what one test checks, so a failure in one fit does not hide the others."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.integration
+from helpers.torchrun import torchrun
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """
@@ -102,25 +99,8 @@ SCRIPT = textwrap.dedent(
 def ranks(tmp_path_factory):
     """``[rank0_results, rank1_results]`` from one two-process run of SCRIPT."""
     tmp = tmp_path_factory.mktemp("ddp_ranks")
-    script = tmp / "ranks.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     out = tmp / "result"
-    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
-    proc = subprocess.run(
-        [sys.executable, *args, str(out)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, (
-        f"rc={proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    )
+    torchrun(tmp, "ranks.py", SCRIPT, [str(out)])
     return [json.loads(Path(f"{out}.{r}.json").read_text()) for r in (0, 1)]
 
 

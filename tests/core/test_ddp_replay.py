@@ -3,9 +3,6 @@ buffer of samples; a run stopped after a checkpoint and resumed gets every rank'
 with exactly the weights and logged metrics of the run that was not stopped."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.integration
+from helpers.torchrun import torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """
@@ -48,23 +45,8 @@ SCRIPT = textwrap.dedent(
 
 
 def run(tmp_path: Path, run_dir: Path, stop_after: int = 0, resume: bool = False) -> None:
-    script = tmp_path / "replay_train.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(
-        PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-        OMP_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-    )
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [str(run_dir), str(stop_after), "resume" if resume else "fresh"]
-    proc = subprocess.run(
-        [sys.executable, *launcher, str(script), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    torchrun(tmp_path, "replay_train.py", SCRIPT, args, timeout=300, tests_on_path=True)
 
 
 def logged(run_dir: Path) -> list[dict]:

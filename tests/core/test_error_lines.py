@@ -21,6 +21,7 @@ from distill.errors import MAX_MESSAGE, DistillError, one_line
 from distill.tasks import ClassificationTask
 from distill.train import TrainConfig, Trainer
 from distill.train import checkpoint as checkpoint_module
+from distill.train import checkpoint_store as store_module
 
 DISK_FULL = (
     'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
@@ -63,7 +64,9 @@ def raise_disk_full(*args, **kwargs):
 @pytest.mark.parametrize("writer", ["save_model", "checkpoint"])
 def test_safetensors_disk_full_is_a_one_line_error(tmp_path, monkeypatch, writer):
     """safetensors raises its own SafetensorError (not OSError) from inside its writer."""
+    # save_model writes through checkpoint.py, the store through checkpoint_store.py
     monkeypatch.setattr(checkpoint_module, "save_file", raise_disk_full)
+    monkeypatch.setattr(store_module, "save_file", raise_disk_full)
     model = nn.Linear(2, 2)
     with pytest.raises(DistillError) as info:
         if writer == "save_model":

@@ -3,9 +3,6 @@ as one process with the same global batch (teacher sharded too), and a run stopp
 checkpoint resumes to exactly the weights of the run that was not stopped."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.integration
+from helpers.torchrun import torchrun
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
 
 SCRIPT = textwrap.dedent(
     """
@@ -90,27 +87,8 @@ SCRIPT = textwrap.dedent(
 
 
 def run(tmp_path: Path, run_dir: Path, processes: int, stop_after: int = 0, resume: bool = False):
-    script = tmp_path / "fsdp_train.py"
-    script.write_text(SCRIPT)
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(
-        PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
-        OMP_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-    )
-    launcher = (
-        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
-        if processes > 1
-        else []
-    )
     args = [str(run_dir), str(stop_after), "resume" if resume else "fresh"]
-    proc = subprocess.run(
-        [sys.executable, *launcher, str(script), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    torchrun(tmp_path, "fsdp_train.py", SCRIPT, args, processes, timeout=300, tests_on_path=True)
 
 
 def evals(run_dir: Path) -> list[dict]:

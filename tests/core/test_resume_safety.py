@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 from distill.distiller import Distiller
 from distill.tasks import ClassificationTask
 from distill.train import TrainConfig, Trainer
-from distill.train import checkpoint as ck
+from distill.train import checkpoint_store as ck
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

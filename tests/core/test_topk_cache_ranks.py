@@ -2,9 +2,6 @@
 rank 0 completes the manifest, and the cache holds the tensors a single process writes."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers.torchrun import torchrun
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
@@ -50,16 +48,7 @@ SCRIPT = textwrap.dedent(
 
 
 def fill(tmp_path: Path, folder: Path, processes: int) -> None:
-    script = tmp_path / "fill.py"
-    script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", OMP_NUM_THREADS="1")
-    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone"]
-    command = [sys.executable, *(launcher if processes > 1 else []), str(script), str(folder)]
-    proc = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    torchrun(tmp_path, "fill.py", SCRIPT, [str(folder)], processes, tests_on_path=True)
 
 
 def test_two_ranks_fill_their_own_shards_into_the_same_cache(tmp_path: Path) -> None:

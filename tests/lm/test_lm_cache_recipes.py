@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import distill.config.build as build_module
+import distill.config.models as models_module
 from distill.cli import main
 from lm.lm_helpers import corpus
 
@@ -52,7 +52,7 @@ def test_cached_recipe_fills_once_then_trains_without_the_teacher(
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was built although the cache is complete")
 
-    monkeypatch.setattr(build_module, "build_teacher", no_teacher)
+    monkeypatch.setattr(models_module, "build_teacher", no_teacher)
     assert main(["train", "shakespeare/cached", *args, f"output={tmp_path / 'b'}"]) == 0
     monkeypatch.undo()
     assert snapshot(cache) == filled

@@ -1,1 +1,2 @@
-"""Recipes: YAML -> validated schemas -> objects. ``build.py`` is the only place that builds objects."""
+"""Recipes: YAML -> validated schemas -> objects. ``build.py`` (with ``splits.py`` for the data and
+``models.py`` for the models) is the only place that builds objects."""
