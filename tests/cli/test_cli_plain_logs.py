@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 
 from distill.errors import DistillError
-from distill.train.logging import PlainProgress, make_progress
+from distill.train.progress import PlainProgress, make_progress
 from helpers import tiny_recipe_dict
 
 STEP_LINE = re.compile(r"^epoch (\d)/2 step (\d+)/8 \(\d+%\) loss=\S+ .*\| \S+ steps/s, elapsed ")

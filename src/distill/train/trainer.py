@@ -6,7 +6,8 @@ verdict), evaluates, keeps the best and saves ``last`` (:mod:`distill.train.stat
 holds and how a resumed run gets it back). Every step is a pure function of (weights, optimizer state,
 global step): the data order comes from a seeded sampler and the random state from the step number, so
 a resumed run skips the batches it already saw and continues bit for bit. Logging is a user of the
-callback events (:class:`~distill.train.logging.RunLog`).
+callback events (:class:`~distill.train.logging.RunLog`; the progress display is
+:mod:`distill.train.progress`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from distill.train.distributed import (
 from distill.train.ema import WeightEMA
 from distill.train.evaluation import Evaluator
 from distill.train.fsdp import shard_distiller
-from distill.train.logging import MetricsLogger, RunLog, make_progress
+from distill.train.logging import MetricsLogger, RunLog
 from distill.train.nonfinite import NonFiniteGuard
 from distill.train.optim import (
     OptimizerSpec,
@@ -47,6 +48,7 @@ from distill.train.optim import (
     warmup_steps,
 )
 from distill.train.precision import prepare_models
+from distill.train.progress import make_progress
 from distill.train.rundir import RunLock
 from distill.train.sampling import (
     epoch_loader,
