@@ -200,3 +200,43 @@ def test_cross_entropy_on_cpu_still_names_a_bad_label():
     for bad in (4, 7, -100, -2):
         with pytest.raises(DistillError, match=f"label {bad} is out of range .* 4 classes; FIX"):
             checked_cross_entropy(logits, torch.tensor([0, bad, 1]), 0.0, "FIX")
+
+
+def test_cpu_optimizers_take_the_foreach_update_with_the_loops_numbers():
+    """The multi-tensor update distill asks for on the CPU gives the per-parameter loop's weights to
+    the bit, for every optimizer it is asked for."""
+    import inspect
+
+    import pytest
+
+    from distill.train.config import TrainConfig
+    from distill.train.optim import _named_optimizer
+
+    chosen = []
+    for name in ("sgd", "adamw", "adam", "nadam", "radam", "adamax", "rmsprop", "adagrad"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+        twin = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+        twin.load_state_dict(model.state_dict())
+        cfg = TrainConfig(optimizer=name, lr=0.05, weight_decay=5e-4, momentum=0.9)
+        fast = _named_optimizer(cfg, [{"params": list(model.parameters()), "weight_decay": 5e-4}])
+        if not fast.defaults.get("foreach"):
+            continue
+        chosen.append(name)
+        accepted = inspect.signature(type(fast).__init__).parameters
+        loop_kwargs = {k: v for k, v in fast.defaults.items() if k in accepted}
+        loop = type(fast)(
+            [{"params": list(twin.parameters()), "weight_decay": 5e-4}],
+            **{**loop_kwargs, "foreach": False},
+        )
+        for _ in range(5):
+            x = torch.randn(4, 1, 6, 6)
+            for net, opt in ((model, fast), (twin, loop)):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                opt.step()
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(a, b), name
+    assert "sgd" in chosen and "adamw" in chosen
+    if len(chosen) < 2:
+        pytest.fail("no optimizer took the foreach update")
