@@ -1,6 +1,7 @@
 """The shipped recipe pairs that docs/benchmarks/kd_recipes.md compares stay fair comparisons: the
-label-scarce scratch student gets as many optimizer steps of as many labelled rows as the KD student, and
-the tuning study scores its trials at the schedule its best recipe is trained with."""
+label-scarce scratch student gets as many optimizer steps of as many labelled rows as the KD student, the
+patient full-label KD student trains with its scratch baseline's schedule and augmentation, and the tuning
+study scores its trials at the schedule its best recipe is trained with."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ def test_tune_trials_train_the_schedule_the_best_recipe_trains():
     assert trial.train == base.train
     assert trial.data.train_subset == base.data.train_subset
     assert base.tune.validation > 0  # scored on training images held out, never the test split
+
+
+def test_patient_pair_shares_schedule_data_and_augmentation_with_its_scratch_baseline():
+    kd = load_recipe("fashion_mnist/kd_long")
+    scratch = load_recipe("fashion_mnist/scratch_long")
+    assert kd.train == scratch.train  # epochs, lr, warm-up, batch, optimizer, seed
+    assert kd.data == scratch.data  # the same images and the same (no) augmentation
+    assert kd.student == scratch.student
+    assert scratch.teacher is None and not scratch.distill.terms
+    assert kd.teacher.weights == "runs/fashion_mnist-teacher_strong"  # the cached 15-epoch teacher
+    assert kd.train.epochs >= 2 * load_recipe("fashion_mnist/scratch").train.epochs  # patient
