@@ -12,7 +12,8 @@ of the teacher-student gap that KD closes, ``(scratch - kd) / (scratch - teacher
 scratch run costs; ``--kd-k 0`` runs the teacher online instead. On all the text a third student,
 ``cached`` (``shakespeare/cached``: ``topk_kl`` on a top-``--topk-k`` cache), gives the share of KD's
 gain the top-k cache keeps, ``(scratch - cached) / (scratch - kd)`` (``topk_retention``), and a fourth,
-``on_policy`` (``shakespeare/on_policy``, the teacher online to score the student's samples), the
+``on_policy`` (``shakespeare/on_policy_mix``: lambda = 0.5 on-policy steps mixed with text steps, the
+teacher online to score the student's samples), the
 teacher's NLL of the student's own samples against ``kd``'s (``on_policy_sample_nll_ratio``; every
 student's samples are scored: 64 held-out prompts of 32 characters, 96 sampled at temperature 1) and
 its held-out NLL against ``kd``'s (``on_policy_heldout_nll_ratio``). ``scarce`` trains for
@@ -107,7 +108,8 @@ def student_recipe(args: argparse.Namespace, variant: str, method: str, seed: in
             f"distill.topk_cache.dir={cache_dir(args, variant, seed, k)}",
             f"distill.topk_cache.k={k}",
         ]
-    return load_recipe(f"shakespeare/{method}", overrides)
+    name = "on_policy_mix" if method == "on_policy" else method
+    return load_recipe(f"shakespeare/{name}", overrides)
 
 
 def fill_cache(recipe: Any) -> float:
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps on all the text")
     parser.add_argument(
-        "--scarce-steps", type=int, default=1000, help="optimizer steps on the scarce tenth"
+        "--scarce-steps", type=int, default=2000, help="optimizer steps on the scarce tenth"
     )
     parser.add_argument(
         "--scarce-eval-every", type=int, default=2, help="scarce: evaluate every N passes"
@@ -364,7 +366,7 @@ def describe(method: str) -> str:
 def on_policy_mode() -> str:
     from distill.config.load import load_recipe
 
-    mode = load_recipe("shakespeare/on_policy").distill.data_mode
+    mode = load_recipe("shakespeare/on_policy_mix").distill.data_mode
     return f"`{mode.model_dump()}`" if mode is not None else "none"
 
 
@@ -423,7 +425,7 @@ mean ± sample std over seeds.
 * Student: `gpt_student` (1 block x 64, 64 k parameters), {args.steps} steps of 32 blocks of 128
   characters for every run on all the text: {describe("scratch")} vs {describe("kd")}, teacher-forced
   on the same blocks; the teacher's next-character distribution is {source}. `cached`:
-  {describe("cached")}, from a top-{args.topk_k} cache. `on_policy`: {describe("on_policy")}, data mode
+  {describe("cached")}, from a top-{args.topk_k} cache. `on_policy`: {describe("on_policy_mix")}, data mode
   {on_policy_mode()}. Learning rates: each method's best of the same grid (lm_settings.md, the
   probes). `scarce`: the student reads a seeded {100 * args.fraction:.0f} % of the training blocks (the
   same ones for every method of a seed) for {args.scarce_steps} steps; the teacher was trained on all

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from distill import api
     from distill.config.load import load_recipe
-    from lm import fill_cache, teacher_run
+    from lm import fill_cache, teacher_run, write_page
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
     text = table(rows, args.seeds)
     print(text)
-    if args.write:
-        Path(args.write).write_text(render(text, rows, args))
+    if args.write:  # the hand-written end of an existing page (its "## Reading") is kept
+        write_page(Path(args.write), render(text, rows, args))
 
 
 def table(rows: list[dict], seeds: list[int]) -> str:
