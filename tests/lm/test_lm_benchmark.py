@@ -120,3 +120,20 @@ def test_scarce_runs_its_own_steps_and_keeps_a_held_out_curve():
     # enough passes over the tenth for the steps asked
     per_epoch = -(-scarce.data.train_subset // scarce.train.batch_size)
     assert scarce.train.epochs * per_epoch >= 3000
+
+
+def test_scarce_curves_are_kept_per_method_and_shown():
+    rows = _rows("scarce", [(2.5, 2.4)])
+    for row in rows:
+        row["curve"] = [
+            (100, 2.7),
+            (200, 2.45 if row["method"] == "scratch" else 2.4),
+            (300, row["bpc"]),
+        ]
+    summary = bench.summarise(rows, teacher_bpc=1.5)
+    assert summary["scarce"]["curves"]["scratch"] == [[(100, 2.7), (200, 2.45), (300, 2.5)]]
+    # the scratch student's best (2.45) is below its last (2.5): the page shows both
+    assert "2.450, 2.500" in bench.curve_lines(summary)
+    assert (
+        "curves" not in bench.summarise(_rows("offline", [(2.0, 1.9)]), teacher_bpc=1.5)["offline"]
+    )
