@@ -1,10 +1,10 @@
 """The settings probes behind ``shakespeare/{scratch,kd,cached}``: two-seed runs of the 64 k character
-student, the scratch student, the KD term alone and 0.5 x cross-entropy + 0.5 x KD over the same
+student alone, with the KD term alone and with 0.5 x cross-entropy + 0.5 x KD over the same
 learning-rate grid, at the benchmark's steps; the page gives each probe's bpc per seed and the spread
 between the seeds, the figure the regime is chosen for.
 
 Every KD probe reads the teacher from one top-32 cache of all the training blocks (filled once with the
-teacher of benchmarks/lm.py; ``forward_kl``/``generalized_jsd`` on the dense ``@logits`` it rebuilds, the
+teacher of benchmarks/lm.py; ``forward_kl`` on the dense ``@logits`` it rebuilds, the
 mass outside the 32 kept characters, under 1 % on average, spread evenly), so a probe costs about what
 a scratch run costs and no teacher is loaded. Same steps (1000), seeds (0 and 1: initialisation and
 data order), evaluation (the validation plays, last checkpoint) for every probe.
