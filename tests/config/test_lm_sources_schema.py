@@ -43,6 +43,9 @@ def test_the_shipped_lm_source_recipes_validate() -> None:
     assert cached.distill.terms[0].teacher == "@topk"
     on_policy = load_recipe("shakespeare/on_policy")
     assert on_policy.distill.data_mode is not None and on_policy.distill.data_mode.lam == 1.0
+    mix = load_recipe("shakespeare/on_policy_mix")  # half the steps on the text, with the task loss
+    assert mix.distill.data_mode is not None and mix.distill.data_mode.lam == 0.5
+    assert mix.distill.task_weight == 0.5 and mix.distill.terms[0].loss == "reverse_kl"
     assert load_recipe("shakespeare/kd", ["train.distributed=fsdp"]).train.distributed == "fsdp"
 
 

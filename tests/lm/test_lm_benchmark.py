@@ -80,3 +80,60 @@ def test_write_keeps_from_a_marker_line_and_writes_a_new_page_whole(tmp_path: Pa
     fresh = tmp_path / "fresh.md"
     bench.write_page(fresh, "# new\n")
     assert fresh.read_text() == "# new\n"
+
+
+def test_on_policy_ratios_are_paired_by_seed_against_kd_and_written(tmp_path: Path):
+    rows = _rows("offline", [(2.0, 1.8), (2.2, 1.9)])
+    nll = {("kd", 0): (2.0, 4.0), ("kd", 1): (2.0, 5.0), ("scratch", 0): (3.0, 9.0)}
+    for row in rows:
+        row["nll"], row["sample_nll"] = nll.get((row["method"], row["seed"]), (3.0, 9.0))
+    rows += [
+        {"variant": "offline", "method": "on_policy", "seed": s, "bpc": 2.5, "seconds": 1.0,
+         "nll": n, "sample_nll": sn}
+        for s, n, sn in ((0, 2.02, 3.6), (1, 2.1, 4.0))
+    ]  # fmt: skip
+    summary = bench.summarise(rows, teacher_bpc=1.5)["offline"]
+    # the student's own samples scored by the teacher, on_policy / kd; the held-out NLL the same way
+    assert summary["on_policy_sample_nll_ratio_per_seed"] == pytest.approx([0.9, 0.8])
+    assert summary["on_policy_heldout_nll_ratio_per_seed"] == pytest.approx([1.01, 1.05])
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"cache_speedup": 2.5}))
+    bench.update_json(path, {"offline": summary})
+    data = json.loads(path.read_text())
+    assert data["on_policy_sample_nll_ratio"] == pytest.approx(0.85)
+    assert data["on_policy_heldout_nll_ratio"] == pytest.approx(1.03)
+    assert data["cache_speedup"] == 2.5
+    line = bench.on_policy_lines({"offline": summary})
+    assert "0.95 met" in line and "1.02 **not met**" in line
+
+
+def test_scarce_runs_its_own_steps_and_keeps_a_held_out_curve():
+    args = bench.argparse.Namespace(
+        steps=1000, scarce_steps=3000, scarce_eval_every=2, fraction=0.1, kd_k=32, topk_k=8,
+        out="runs/x",
+    )  # fmt: skip
+    teacher = Path("runs/teacher")
+    scarce = bench.student_recipe(args, "scarce", "scratch", 0, teacher)
+    offline = bench.student_recipe(args, "offline", "scratch", 0, teacher)
+    assert (scarce.train.max_steps, scarce.train.eval_every) == (3000, 2)
+    assert (offline.train.max_steps, offline.train.eval_every) == (1000, 1000)
+    # enough passes over the tenth for the steps asked
+    per_epoch = -(-scarce.data.train_subset // scarce.train.batch_size)
+    assert scarce.train.epochs * per_epoch >= 3000
+
+
+def test_scarce_curves_are_kept_per_method_and_shown():
+    rows = _rows("scarce", [(2.5, 2.4)])
+    for row in rows:
+        row["curve"] = [
+            (100, 2.7),
+            (200, 2.45 if row["method"] == "scratch" else 2.4),
+            (300, row["bpc"]),
+        ]
+    summary = bench.summarise(rows, teacher_bpc=1.5)
+    assert summary["scarce"]["curves"]["scratch"] == [[(100, 2.7), (200, 2.45), (300, 2.5)]]
+    # the scratch student's best (2.45) is below its last (2.5): the page shows both
+    assert "2.450, 2.500" in bench.curve_lines(summary)
+    assert (
+        "curves" not in bench.summarise(_rows("offline", [(2.0, 1.9)]), teacher_bpc=1.5)["offline"]
+    )
