@@ -257,6 +257,12 @@ def update_json(path: Path, summary: dict[str, Any]) -> None:
         found = [s[key][0] for s in summary.values() if key in s]
         if found:
             data[key] = round(found[0], 4)
+    if any("on_policy_sample_nll_ratio" in s for s in summary.values()):
+        # which on-policy student the two ratios are of (the figure is lambda = 1)
+        from distill.config.load import load_recipe
+
+        data["on_policy_recipe"] = "shakespeare/on_policy_mix"
+        data["on_policy_lam"] = load_recipe("shakespeare/on_policy_mix").distill.data_mode.lam
     data["lm_kd_gap"] = summary
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
