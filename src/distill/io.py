@@ -4,6 +4,7 @@ crash at any instant leaves either the old file or the new one, never a part."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -64,6 +65,15 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, caches, exported models)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

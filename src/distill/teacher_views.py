@@ -37,7 +37,7 @@ from distill.data.base import make_loader
 from distill.data.views import PARAMS, ViewAugment
 from distill.distiller import OnlineTeacher
 from distill.errors import DistillError
-from distill.io import atomic_write, write_json
+from distill.io import atomic_write, file_sha256, write_json
 from distill.tasks.base import Batch
 
 FORMAT = 1
@@ -58,14 +58,6 @@ def module_digest(module: torch.nn.Module) -> str:
     for name, value in module.state_dict().items():
         h.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
         h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -210,7 +202,7 @@ class ViewStore:
         manifest = {
             "settings": settings,
             "file": FILE,
-            "sha256": file_digest(path),
+            "sha256": file_sha256(path),
             "bytes": path.stat().st_size,
             "fill_seconds": self.fill_seconds,  # the teacher's passes over every view, for the record
         }
@@ -235,7 +227,7 @@ class ViewStore:
                 f"delete {where} to fill it again"
             )
         path = where / FILE
-        if not path.is_file() or file_digest(path) != digest:
+        if not path.is_file() or file_sha256(path) != digest:
             raise DistillError(
                 f"teacher view cache {path} fails its SHA-256 check (changed or cut short after it was "
                 f"written); delete {where} to fill it again"

@@ -235,7 +235,7 @@ def test_bench_results_join_the_row_of_the_file_they_timed(tmp_path):
     """A ``distill bench`` result lands on the row whose file has its hash, with the ratio to the
     same-runtime teacher timed on the same machine, batch and threads; others are ignored."""
     from distill.compare.fair import bench_note, merge_bench
-    from distill.export.bench import sha256
+    from distill.io import file_sha256
 
     files = {}
     for name, data in (("teacher-int8", b"teacher"), ("student-kd-int8", b"student")):
@@ -247,7 +247,7 @@ def test_bench_results_join_the_row_of_the_file_they_timed(tmp_path):
 
     def result(name, ms, label="pi-5", threads=1):
         return {
-            "sha256": sha256(files[name]),
+            "sha256": file_sha256(files[name]),
             "runtime": "onnxruntime",
             "batch": 1,
             "threads": threads,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.io import file_sha256
 from distill.train import checkpoint_store as ck
 from distill.train.checkpoint import (
     CheckpointStore,
@@ -236,7 +237,7 @@ def test_reads_runs_written_before_the_manifest(tmp_path):
     tensors = ck.state_tensors(model.state_dict(), "model.")
     save_file(tensors, str(tmp_path / "last.safetensors"))
     (tmp_path / "last.json").write_text(
-        json.dumps({"global_step": 7, "sha256": ck._sha256(tmp_path / "last.safetensors")})
+        json.dumps({"global_step": 7, "sha256": file_sha256(tmp_path / "last.safetensors")})
     )
     store = CheckpointStore(tmp_path)
     assert store.load("last").state["global_step"] == 7

@@ -13,9 +13,9 @@ from torch import nn
 from distill.data.tensor import TensorDataset
 from distill.data.views import ViewAugment
 from distill.errors import DistillError
+from distill.io import file_sha256
 from distill.tasks import ClassificationTask
 from distill.teacher_cache import CachedTeacher
-from distill.teacher_views import file_digest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 AUG = ViewAugment(crop_padding=1, flip=True)
@@ -48,7 +48,7 @@ def test_a_replaced_file_with_a_matching_checksum_is_refused(tmp_path, topk, edi
     edit(tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["sha256"] = file_digest(path)
+    manifest["sha256"] = file_sha256(path)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DistillError) as err:
         again()

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DistillError
+from distill.io import file_sha256
 from distill.tasks.causal_lm import CausalLMTask
 from distill.topk import CacheSettings, Fingerprints, TopKCache
-from distill.topk.store import fingerprint_file, shard_file
+from distill.topk.store import shard_file
 from helpers.tiny_lm import TinyLM, TokenData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +44,7 @@ def reshaped_shard(folder: Path) -> None:
     tensors["ids"] = tensors["ids"][:, :-1].contiguous()
     save_file(tensors, str(path))
     edit_manifest(
-        lambda m: m["shards"][0].update(bytes=path.stat().st_size, sha256=fingerprint_file(path))
+        lambda m: m["shards"][0].update(bytes=path.stat().st_size, sha256=file_sha256(path))
     )(folder)
 
 

@@ -129,7 +129,8 @@ def test_export_select_without_a_faster_int8_layer_says_so_and_keeps_the_budget(
 
 def test_bench_writes_a_result_that_compare_reads(run_dir, tmp_path, capsys):
     from distill.export import export_run
-    from distill.export.bench import read_results, sha256
+    from distill.export.bench import read_results
+    from distill.io import file_sha256
 
     folder = tmp_path / "b"
     export_run(run_dir, checkpoint="last", out=folder)
@@ -154,7 +155,7 @@ def test_bench_writes_a_result_that_compare_reads(run_dir, tmp_path, capsys):
     assert code == 0, err
     assert "student.onnx on onnxruntime" in out and "batch 4, threads 1" in out
     (result,) = read_results([tmp_path / "r.json"])
-    assert result["sha256"] == sha256(onnx) and result["size_bytes"] == onnx.stat().st_size
+    assert result["sha256"] == file_sha256(onnx) and result["size_bytes"] == onnx.stat().st_size
     assert (result["batch"], result["threads"], result["precision"]) == (4, 1, "float32")
     assert result["machine"]["label"] == "pi-5" and result["latency_ms"] > 0
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from distill.io import file_sha256
+
 TEACHER = "teacher"
 # pipeline suffix -> (runtime, precision) of the file it makes
 VARIANTS = {
@@ -180,13 +182,12 @@ def merge_bench(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> No
     this one's, when that was timed too."""
     if not results:
         return
-    from distill.export.bench import sha256
 
     hashes = {}
     for row in rows:
         artefact = row.get("artefact")
         if artefact and str(artefact).endswith(".onnx") and Path(artefact).is_file():
-            hashes[sha256(artefact)] = row
+            hashes[file_sha256(artefact)] = row
     for result in results:
         row = hashes.get(result["sha256"])
         if row is not None:

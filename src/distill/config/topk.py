@@ -16,10 +16,11 @@ from torch import nn
 from distill.config.schema import Recipe
 from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import ConfigError, DistillError, first_line
+from distill.io import file_sha256
 from distill.lm_modes import DataModes, ModeSettings
 from distill.tasks.base import Task
 from distill.topk import CacheSettings, Fingerprints, TopKCache
-from distill.topk.store import CacheStore, fingerprint_file, fingerprint_json
+from distill.topk.store import CacheStore, fingerprint_json
 
 
 def cache_settings(recipe: Recipe) -> CacheSettings:
@@ -48,7 +49,7 @@ def teacher_fingerprint(recipe: Recipe) -> str:
         {
             "name": spec.name,
             "options": spec.options,
-            "weights": [[f.name, fingerprint_file(f)] for f in files],
+            "weights": [[f.name, file_sha256(f)] for f in files],
         }
     )
 

@@ -8,7 +8,6 @@ the repeats, the machine (CPU, cores, OS, a user ``label``) and distill's versio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ from distill.errors import DistillError, first_line
 from distill.export._deps import require
 from distill.export.latency import percentile, time_calls
 from distill.export.runtimes import RUNTIMES, file_precision, load
-from distill.io import write_json
+from distill.io import file_sha256, write_json
 
 RESULT_KEYS = {
     "file": str,
@@ -40,14 +39,6 @@ RESULT_KEYS = {
     "machine": dict,
 }
 _ONNX_DTYPES = {1: torch.float32, 10: torch.float16, 7: torch.int64, 6: torch.int32, 9: torch.bool}
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_example(path: str | Path, seq_len: int = 128) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -186,7 +177,7 @@ def bench(
         times = time_calls(call, warmup, repeats)
     result = {
         "file": path.name,
-        "sha256": sha256(path),
+        "sha256": file_sha256(path),
         "size_bytes": path.stat().st_size,
         "runtime": runtime,
         "runtime_version": _runtime_version(runtime),

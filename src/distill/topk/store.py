@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError, first_line
-from distill.io import atomic_write, remove_stale_temporaries, write_json
+from distill.io import atomic_write, file_sha256, remove_stale_temporaries, write_json
 
 FORMAT = "distill-topk-cache/1"
 ALIGNMENT = "row j predicts token j+1"
@@ -38,15 +38,6 @@ def fingerprint_module(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def fingerprint_file(path: Path) -> str:
-    """sha256 of a file's bytes (a weights file: the teacher, without loading it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -225,7 +216,7 @@ class CacheStore:
         if not file.exists():
             raise DistillError(f"topk cache shard {file} is missing; {_fix(self.path)}")
         size = file.stat().st_size
-        if size != record["bytes"] or fingerprint_file(file) != record["sha256"]:
+        if size != record["bytes"] or file_sha256(file) != record["sha256"]:
             what = (
                 f"{size} bytes, recorded {record['bytes']}" if size != record["bytes"] else "sha256"
             )
@@ -248,7 +239,7 @@ class CacheStore:
             "samples": samples,
             "tokens": int(tensors["offsets"][-1]),
             "bytes": file.stat().st_size,
-            "sha256": fingerprint_file(file),
+            "sha256": file_sha256(file),
         }
         write_json(file.with_suffix(".json"), record)
 

@@ -24,7 +24,6 @@ the files' own headers (each holds its JSON state, ``global_step`` included).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -37,19 +36,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.errors import DistillError
-from distill.io import atomic_write, remove_stale_temporaries, write_error, write_json
+from distill.io import (
+    atomic_write,
+    file_sha256,
+    remove_stale_temporaries,
+    write_error,
+    write_json,
+)
 from distill.train.flatten import flatten_state, state_tensors
 from distill.train.manifest import FORMAT, KINDS, manifest_problem, parse_name, rebuild
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _listed(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,7 +160,7 @@ class CheckpointStore:
         cached = self._checksums.get(path.name)
         if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
             return cached[2]
-        sha = _sha256(path)
+        sha = file_sha256(path)
         self._checksums[path.name] = (stat.st_size, stat.st_mtime_ns, sha)
         return sha
 
@@ -281,7 +278,7 @@ class CheckpointStore:
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if not path.is_file():
             raise DistillError(f"checkpoint {path} is missing")
-        if entry.get("sha256") and _sha256(path) != entry["sha256"]:
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"]:
             raise DistillError(
                 f"checkpoint {path} does not match its recorded checksum (corrupt or truncated)"
             )
