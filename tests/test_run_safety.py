@@ -25,6 +25,7 @@ from distill.errors import DistillError
 from distill.models import build_model
 from distill.train.rundir import BACKUP_NAME, LOCK_NAME, RunLock, RunStart
 from helpers import tiny_recipe_dict
+from helpers.torchrun import torchrun
 
 TIMEOUT_S = 120
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -329,18 +330,14 @@ except TrainingInterrupted as err:
 
 @pytest.mark.integration
 def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    script = tmp_path / "ddp_signal.py"
-    script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-        + [str(script), str(tmp_path / "run")],
-        env={**env, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
+    proc = torchrun(
+        tmp_path,
+        "ddp_signal.py",
+        DDP_SCRIPT,
+        [str(tmp_path / "run")],
         timeout=TIMEOUT_S,
+        env={"PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} stopped at step 5 by signal 15" in proc.stdout, proc.stdout
     manifest = json.loads((tmp_path / "run" / "checkpoints" / "manifest.json").read_text())

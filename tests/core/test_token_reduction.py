@@ -6,9 +6,6 @@ different gradient when micro-batches hold different numbers of valid tokens: TR
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -23,9 +20,9 @@ from distill.losses import build_loss
 from distill.tasks.base import Batch, Task
 from distill.train.distributed import DistInfo
 from distill.train.reduction import micro_batch_weights
+from helpers.torchrun import torchrun
 
 V, T, N = 11, 8, 8
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 class TokenTask(Task):
@@ -168,34 +165,18 @@ def test_two_gloo_ranks_give_the_update_of_one_batch(tmp_path):
     """Two processes x two micro-batches with unequal token counts = one process, one batch."""
     from safetensors.torch import load_file
 
-    script = tmp_path / "step.py"
-    script.write_text(SCRIPT)
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-    }
     here = str(Path(__file__).parent)
     single, double = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    subprocess.run(
-        [sys.executable, str(script), str(single), here, "1"], check=True, env=env, timeout=300
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--standalone",
-            str(script),
-            str(double),
-            here,
-            "2",
-        ],
-        check=True,
-        env=env,
+    torchrun(
+        tmp_path,
+        "step.py",
+        SCRIPT,
+        [str(single), here, "1"],
+        processes=1,
         timeout=300,
+        tests_on_path=True,
     )
+    torchrun(tmp_path, "step.py", SCRIPT, [str(double), here, "2"], timeout=300, tests_on_path=True)
     a, b = load_file(str(single)), load_file(str(double))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), (key, (a[key] - b[key]).abs().max())

@@ -343,27 +343,12 @@ dist.destroy_process_group()
 def test_banks_stay_identical_across_ranks_and_see_the_global_batch(tmp_path):
     """Two gloo ranks with half a batch each end with the banks of one process with the whole batch, and
     with the same Z."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
-    script = tmp_path / "crd_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(
-        PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
-        OMP_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-    )
+    from helpers.torchrun import torchrun
+
     out = tmp_path / "banks"
-    cmd = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
-    proc = subprocess.run(
-        [sys.executable, *cmd, str(out)], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(tmp_path, "crd_ddp.py", DDP_SCRIPT, [str(out)])
     torch.manual_seed(0)
     single = CRDLoss(feat_dim=8, num_negatives=5)
     single.build(torch.zeros(2, 6), torch.zeros(2, 10), num_samples=16)
