@@ -110,8 +110,30 @@ def test_shipped_kd_recipe_without_trained_teacher_says_train_it_first():
     with pytest.raises(ConfigError) as excinfo:
         build(recipe)
     assert_one_line(
-        excinfo.value, "teacher weights", "'runs/fashion_mnist-teacher'", "train it first"
+        excinfo.value,
+        "teacher weights",
+        "'runs/fashion_mnist-teacher'",
+        "train it first (distill train fashion_mnist/teacher)",
     )
+
+
+def test_every_shipped_runs_reference_names_the_recipe_that_trains_it():
+    """A shipped recipe's ``weights: runs/NAME`` is the run of the shipped recipe named NAME."""
+    from distill.config.load import recipe_training, shipped_recipes
+
+    refs = {
+        line.split("weights:", 1)[1].strip()
+        for r in shipped_recipes()
+        for line in r.read_text().splitlines()
+        if line.strip().startswith("weights: runs/")
+    }
+    assert refs
+    for ref in refs:
+        recipe = recipe_training(ref)
+        assert recipe is not None, ref
+        assert load_recipe(recipe).name == Path(ref).name, (ref, recipe)
+    assert recipe_training("elsewhere/teacher.safetensors") is None
+    assert recipe_training("runs/fashion_mnist-teacher/model.safetensors") == "fashion_mnist/teacher"
 
 
 # ----------------------------------------------------------------------------- teacher weights

@@ -42,6 +42,28 @@ def shipped_recipes() -> list[Path]:
     return sorted(p for p in BUILTIN_RECIPES.rglob("*.yaml") if not p.name.startswith("_"))
 
 
+def recipe_training(run: str | Path) -> str | None:
+    """The shipped recipe whose ``name:`` is the folder ``run`` (or the folder holding the file ``run``),
+    as ``distill train`` names it (``fashion_mnist/teacher_strong``); None when no shipped recipe is."""
+    path = Path(run)
+    names = {path.name, path.parent.name} - {"", ".", "runs"}
+    for recipe in shipped_recipes():
+        found = re.search(r"^name:\s*([^\s#]+)", recipe.read_text(encoding="utf-8"), re.MULTILINE)
+        if found and found.group(1).strip("'\"") in names:
+            return str(recipe.relative_to(BUILTIN_RECIPES).with_suffix(""))
+    return None
+
+
+def weights_not_found(weights: str, role: str) -> ConfigError:
+    """The one-line error for ``role`` weights that are not there, naming the shipped recipe that makes
+    them when there is one."""
+    recipe = recipe_training(weights)
+    how = f"distill train {recipe}" if recipe else "distill train ..."
+    return ConfigError(
+        f"{role} weights {weights!r} not found; train it first ({how}) or fix the path"
+    )
+
+
 def _is_file(path: Path) -> bool:
     """``path.is_file()`` that answers ``False`` for names the OS refuses (too long, NUL bytes)."""
     try:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import nn
 from torch.utils.data import DataLoader
 
+from distill.config.load import weights_not_found
 from distill.config.schema import (
     FROM_TEACHER,
     ModelSpec,
@@ -33,9 +34,7 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
     """
     path = Path(weights)
     if not path.exists():
-        raise ConfigError(
-            f"{role} weights {weights!r} not found; train it first (distill train ...) or fix the path"
-        )
+        raise weights_not_found(weights, role)
     try:
         if path.is_dir():
             try:

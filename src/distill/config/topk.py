@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from distill.config.load import weights_not_found
 from distill.config.schema import Recipe
 from distill.distiller import OnlineTeacher, TeacherSource
 from distill.errors import ConfigError, DistillError, first_line
@@ -35,9 +36,7 @@ def _weight_files(weights: str) -> list[Path]:
         return [path]
     if path.is_dir():  # a run folder: its final model and checkpoints
         return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix == ".safetensors")
-    raise ConfigError(
-        f"teacher weights {weights!r} not found; train it first (distill train ...) or fix the path"
-    )
+    raise weights_not_found(weights, "teacher")
 
 
 def teacher_fingerprint(recipe: Recipe) -> str:
