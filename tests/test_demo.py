@@ -58,6 +58,9 @@ def test_tiny_demo_report_and_teacher_cache(tmp_path, monkeypatch):
 
     md = (out / "report.md").read_text()
     assert "| teacher |" in md and "| student (KD) |" in md and "accuracy_latency.png" in md
+    # the report points to the benchmarks, and those files exist
+    for doc in ("docs/benchmarks/methods_6epoch.md", "docs/benchmarks/kd_recipes.md"):
+        assert doc in md and (Path(__file__).resolve().parents[1] / doc).is_file(), doc
     png = out / "accuracy_latency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     assert Path(result["paths"]["plot"]) == png
