@@ -11,18 +11,21 @@ of the teacher-student gap that KD closes, ``(scratch - kd) / (scratch - teacher
 99 % of the mass; the rest is spread evenly), filled once per training set, so a KD run costs what a
 scratch run costs; ``--kd-k 0`` runs the teacher online instead. On all the text a third student,
 ``cached`` (``shakespeare/cached``: ``topk_kl`` on a top-``--topk-k`` cache), gives the share of KD's
-gain the top-k cache keeps, ``(scratch - cached) / (scratch - kd)`` (``topk_retention``), and a fourth,
-``on_policy`` (``shakespeare/on_policy_mix``: lambda = 0.5 on-policy steps mixed with text steps, the
-teacher online to score the student's samples), the
-teacher's NLL of the student's own samples against ``kd``'s (``on_policy_sample_nll_ratio``; every
-student's samples are scored: 64 held-out prompts of 32 characters, 96 sampled at temperature 1) and
-its held-out NLL against ``kd``'s (``on_policy_heldout_nll_ratio``). ``scarce`` trains for
+gain the top-k cache keeps, ``(scratch - cached) / (scratch - kd)`` (``topk_retention``). On-policy
+distillation is a second stage from each seed's ``kd`` run, as GKD and tinker-cookbook run it:
+``on_policy`` (``shakespeare/on_policy_stage2``: lambda = 1, reverse KL, the teacher online to score the
+student's samples) against ``kd_more`` (``shakespeare/kd`` continued from the same run for the same
+steps at the same rate, teacher-forced on the text), so both have trained the same total steps; the
+teacher's NLL of the student's own samples (``on_policy_sample_nll_ratio``; every student's samples are
+scored: 64 held-out prompts of 32 characters, 96 sampled at temperature 1) and the held-out NLL
+(``on_policy_heldout_nll_ratio``) are ``on_policy``'s over ``kd_more``'s. ``scarce`` trains for
 ``--scarce-steps`` (several passes over its tenth) and evaluates every ``--scarce-eval-every`` epochs,
 so each run's held-out curve is kept (``curve``).
 
     make data-lm
     python benchmarks/lm.py --write docs/benchmarks/lm.md          # seeds 0 1 2, both variants
     python benchmarks/lm.py --seeds 0 --steps 100 --scarce-steps 100   # a quick look
+    python benchmarks/lm.py --seeds 0 --variants offline --stage2-steps 200 --stage2-lr 1e-3  # a probe
     # on 2 shared cores: the teacher once, then one one-thread process, then the table
     python benchmarks/lm.py --teacher-only
     OMP_NUM_THREADS=1 python benchmarks/lm.py --seeds 0 1 2
@@ -32,7 +35,8 @@ Finished runs go to ``<out>/results.jsonl`` and are reused when the command runs
 settings and recipes; caches go to ``<out>/cache`` (their fill time is printed, not counted).
 ``--write`` keeps the hand-written end of an existing page (from its first ``## Reading`` heading or
 ``KEEP_MARKER`` line on) below the regenerated part, and also updates ``offline_gap_closed``, ``scarce_gap_closed`` and ``topk_retention`` (and
-``on_policy_sample_nll_ratio``, ``on_policy_heldout_nll_ratio``, ``lm_kd_gap``, the detail) in
+``on_policy_sample_nll_ratio``, ``on_policy_heldout_nll_ratio``, which student they are of:
+``on_policy_recipe``, ``on_policy_lam``, ``on_policy_comparator``; ``lm_kd_gap``, the detail) in
 ``docs/benchmarks/lm.json``, keeping the keys other benchmarks wrote there.
 """
 
@@ -54,7 +58,10 @@ from typing import Any
 import torch
 
 VARIANTS = ("offline", "scarce")
-METHODS = ("scratch", "kd", "cached", "on_policy")
+METHODS = ("scratch", "kd", "cached", "kd_more", "on_policy")
+# the on-policy student: a second stage from kd's run, against kd continued as many teacher-forced steps
+ON_POLICY = "shakespeare/on_policy_stage2"
+STAGE2 = ("kd_more", "on_policy")
 JSON_KEYS = {"offline": "offline_gap_closed", "scarce": "scarce_gap_closed"}
 
 
@@ -88,6 +95,8 @@ def student_recipe(args: argparse.Namespace, variant: str, method: str, seed: in
     or online with ``--kd-k 0``) or ``cached`` (``shakespeare/cached``, top-``--topk-k`` sparse loss)."""
     from distill.config.load import load_recipe
 
+    if method in STAGE2:
+        return stage2_recipe(args, variant, method, seed, teacher)
     steps = args.scarce_steps if variant == "scarce" else args.steps
     # offline: evaluated once, after the last step; scarce: a held-out curve over the passes
     every = args.scarce_eval_every if variant == "scarce" else 1000
@@ -108,8 +117,41 @@ def student_recipe(args: argparse.Namespace, variant: str, method: str, seed: in
             f"distill.topk_cache.dir={cache_dir(args, variant, seed, k)}",
             f"distill.topk_cache.k={k}",
         ]
-    name = "on_policy_mix" if method == "on_policy" else method
-    return load_recipe(f"shakespeare/{name}", overrides)
+    return load_recipe(f"shakespeare/{method}", overrides)
+
+
+def stage2_settings(args: argparse.Namespace) -> tuple[int, float]:
+    """The second stage's steps and learning rate: ``--stage2-steps``/``--stage2-lr`` or the recipe's."""
+    from distill.config.load import load_recipe
+
+    train = load_recipe(ON_POLICY).train
+    steps = args.stage2_steps or train.max_steps
+    return steps, args.stage2_lr or train.lr
+
+
+def stage2_recipe(args: argparse.Namespace, variant: str, method: str, seed: int, teacher: Path):
+    """A second stage from the seed's ``kd`` run: ``on_policy`` (``shakespeare/on_policy_stage2``,
+    lambda = 1, reverse KL) or ``kd_more`` (``shakespeare/kd``, teacher-forced on the text, its top-k
+    cache), both for the same steps at the same rate, so they differ only in the data and the loss."""
+    from distill.config.load import load_recipe
+
+    steps, lr = stage2_settings(args)
+    kd_run = Path(args.out) / f"{variant}-kd-s{seed}"
+    overrides = [
+        "train.progress=false", f"train.seed={seed}", f"train.max_steps={steps}", f"train.lr={lr}",
+        f"train.eval_every={steps}", f"teacher.weights={teacher / 'model.safetensors'}",
+        f"student.weights={kd_run}", f"output={Path(args.out) / f'{variant}-{method}-s{seed}'}",
+    ]  # fmt: skip
+    per_epoch = math.ceil(_train_blocks() / load_recipe("shakespeare/scratch").train.batch_size)
+    overrides.append(f"train.epochs={math.ceil(steps / per_epoch)}")
+    if method == "kd_more":
+        if args.kd_k:
+            overrides += [
+                f"distill.topk_cache.dir={cache_dir(args, variant, seed, args.kd_k)}",
+                f"distill.topk_cache.k={args.kd_k}",
+            ]
+        return load_recipe("shakespeare/kd", overrides)
+    return load_recipe(ON_POLICY, overrides)
 
 
 def fill_cache(recipe: Any) -> float:
@@ -142,7 +184,7 @@ def student_runs(
             for method in METHODS:
                 if method == "cached" and variant not in args.cached_variants:
                     continue
-                if method == "on_policy" and variant not in args.on_policy_variants:
+                if method in STAGE2 and variant not in args.on_policy_variants:
                     continue
                 recipe = student_recipe(args, variant, method, seed, teacher)
                 key = recipe_key(recipe.model_copy(update={"output": None}))
@@ -224,11 +266,17 @@ def summarise(rows: list[dict[str, Any]], teacher_bpc: float) -> dict[str, Any]:
             ]
             out[variant]["topk_retention"] = _mean_std(kept)
             out[variant]["topk_retention_per_seed"] = kept
-        if "on_policy" in methods:
+        if "on_policy" in methods and "kd_more" in methods:
+            # the comparator: kd continued as many steps on the text (``kd_more``); against the
+            # first stage's kd (fewer steps) too, for reference
             for name, key in (("sample_nll", "sample_nll"), ("heldout_nll", "nll")):
-                ratios = [by["on_policy", s][key] / by["kd", s][key] for s in seeds]
-                out[variant][f"on_policy_{name}_ratio"] = _mean_std(ratios)
-                out[variant][f"on_policy_{name}_ratio_per_seed"] = ratios
+                for suffix, base in (("", "kd_more"), ("_vs_kd", "kd")):
+                    ratios = [by["on_policy", s][key] / by[base, s][key] for s in seeds]
+                    out[variant][f"on_policy_{name}_ratio{suffix}"] = _mean_std(ratios)
+                    out[variant][f"on_policy_{name}_ratio{suffix}_per_seed"] = ratios
+            for m in STAGE2:
+                out[variant][f"{m}_sample_nll"] = _mean_std([by[m, s]["sample_nll"] for s in seeds])
+                out[variant][f"{m}_nll"] = _mean_std([by[m, s]["nll"] for s in seeds])
     return out
 
 
@@ -261,8 +309,11 @@ def update_json(path: Path, summary: dict[str, Any]) -> None:
         # which on-policy student the two ratios are of (the issue's figure is lambda = 1)
         from distill.config.load import load_recipe
 
-        data["on_policy_recipe"] = "shakespeare/on_policy_mix"
-        data["on_policy_lam"] = load_recipe("shakespeare/on_policy_mix").distill.data_mode.lam
+        data["on_policy_recipe"] = ON_POLICY
+        data["on_policy_lam"] = load_recipe(ON_POLICY).distill.data_mode.lam
+        data["on_policy_comparator"] = (
+            "shakespeare/kd continued from the same kd run for as many steps at the same rate"
+        )
     data["lm_kd_gap"] = summary
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -295,6 +346,13 @@ def main(argv: list[str] | None = None) -> None:
         "--on-policy-variants", nargs="*", choices=VARIANTS, default=["offline"],
         help="variants that also train the on-policy student (the teacher online)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stage2-steps", type=int, default=0,
+        help="steps of the second stage from kd's run (on_policy, kd_more); 0: the recipe's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stage2-lr", type=float, default=0.0, help="its learning rate; 0: the recipe's"
+    )
     parser.add_argument("--out", default="runs/bench-lm")
     parser.add_argument("--teacher-only", action="store_true")
     parser.add_argument("--table-only", action="store_true")
@@ -375,7 +433,7 @@ def describe(method: str) -> str:
 def on_policy_mode() -> str:
     from distill.config.load import load_recipe
 
-    mode = load_recipe("shakespeare/on_policy_mix").distill.data_mode
+    mode = load_recipe(ON_POLICY).distill.data_mode
     return f"`{mode.model_dump()}`" if mode is not None else "none"
 
 
@@ -407,17 +465,38 @@ def curve_lines(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _met(mean: float, per_seed: list[float], bound: float) -> str:
+    """An upper bound met on the mean, and whether on every seed too."""
+    if mean > bound:
+        return "**not met**"
+    return (
+        "met on every seed" if max(per_seed) <= bound else "met on the mean, **not on every seed**"
+    )
+
+
 def on_policy_lines(summary: dict[str, Any]) -> str:
     lines = []
     for variant, s in summary.items():
         if "on_policy_sample_nll_ratio" in s:
             (sm, ss), (hm, hs) = s["on_policy_sample_nll_ratio"], s["on_policy_heldout_nll_ratio"]
+            (km, ks), (om, os_) = s["kd_more_sample_nll"], s["on_policy_sample_nll"]
             lines.append(
-                f"* on-policy (`{variant}`): teacher NLL of its own samples {sm:.3f} ± {ss:.3f} x kd's "
+                f"* on-policy second stage (`{variant}`): teacher NLL of its own samples {om:.3f} ± "
+                f"{os_:.3f} nats/character vs kd_more's {km:.3f} ± {ks:.3f}, "
+                f"{sm:.3f} ± {ss:.3f} x kd_more's "
                 f"(per seed {[round(x, 3) for x in s['on_policy_sample_nll_ratio_per_seed']]}), target "
-                f"<= 0.95 {'met' if sm <= 0.95 else '**not met**'}; held-out NLL {hm:.3f} ± {hs:.3f} x "
-                f"kd's (per seed {[round(x, 3) for x in s['on_policy_heldout_nll_ratio_per_seed']]}), "
-                f"target <= 1.02 {'met' if hm <= 1.02 else '**not met**'}."
+                f"<= 0.95 {_met(sm, s['on_policy_sample_nll_ratio_per_seed'], 0.95)}; held-out NLL "
+                f"{hm:.3f} ± {hs:.3f} x "
+                f"kd_more's (per seed {[round(x, 3) for x in s['on_policy_heldout_nll_ratio_per_seed']]}), "
+                f"target <= 1.02 {_met(hm, s['on_policy_heldout_nll_ratio_per_seed'], 1.02)}."
+            )
+            (sk, _), (hk, _) = (
+                s["on_policy_sample_nll_ratio_vs_kd"],
+                s["on_policy_heldout_nll_ratio_vs_kd"],
+            )
+            lines.append(
+                f"  Against the first stage's kd ({variant}, fewer steps): own samples {sk:.3f} x, "
+                f"held-out NLL {hk:.3f} x."
             )
     return "\n".join(lines)
 
@@ -447,9 +526,12 @@ mean ± sample std over seeds.
 * Student: `gpt_student` (1 block x 64, 64 k parameters), {args.steps} steps of 32 blocks of 128
   characters for every run on all the text: {describe("scratch")} vs {describe("kd")}, teacher-forced
   on the same blocks; the teacher's next-character distribution is {source}. `cached`:
-  {describe("cached")}, from a top-{args.topk_k} cache. `on_policy`: {describe("on_policy_mix")}, data mode
-  {on_policy_mode()}. Learning rates: each method's best of the same grid (lm_settings.md, the
-  probes). `scarce`: the student reads a seeded {100 * args.fraction:.0f} % of the training blocks (the
+  {describe("cached")}, from a top-{args.topk_k} cache. On-policy, a second stage from each seed's kd
+  run for {stage2_settings(args)[0]} steps at lr {stage2_settings(args)[1]:g}: `on_policy`
+  ({describe("on_policy_stage2")}, data mode {on_policy_mode()}) against `kd_more` (`shakespeare/kd`
+  continued as many steps at the same rate on the text), so both trained {args.steps} +
+  {stage2_settings(args)[0]} steps. Learning rates: each method's best of the same grid (lm_settings.md,
+  the probes; the second stage's steps and rate: its own probes there). `scarce`: the student reads a seeded {100 * args.fraction:.0f} % of the training blocks (the
   same ones for every method of a seed) for {args.scarce_steps} steps; the teacher was trained on all
   of them.
 * Metric: bits per character on the held-out validation plays (Julius Caesar, Twelfth Night; 231 k

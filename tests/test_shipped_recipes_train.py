@@ -87,6 +87,8 @@ def _shakespeare(recipe, tmp_path: Path) -> list[str]:
         lm.append(f"distill.topk_cache.dir={tmp_path / 'topk'}")
     if recipe.distill.data_mode is not None:  # prompts fit the 16-character blocks
         lm.append("distill.data_mode.prompt_tokens=8")
+    if recipe.student.weights is not None:  # a second stage: another run's student, absent here
+        lm.append("student.weights=null")
     return lm
 
 

@@ -82,29 +82,58 @@ def test_write_keeps_from_a_marker_line_and_writes_a_new_page_whole(tmp_path: Pa
     assert fresh.read_text() == "# new\n"
 
 
-def test_on_policy_ratios_are_paired_by_seed_against_kd_and_written(tmp_path: Path):
+def test_on_policy_ratios_are_paired_by_seed_against_kd_more_and_written(tmp_path: Path):
     rows = _rows("offline", [(2.0, 1.8), (2.2, 1.9)])
-    nll = {("kd", 0): (2.0, 4.0), ("kd", 1): (2.0, 5.0), ("scratch", 0): (3.0, 9.0)}
     for row in rows:
-        row["nll"], row["sample_nll"] = nll.get((row["method"], row["seed"]), (3.0, 9.0))
+        row["nll"], row["sample_nll"] = (2.5, 6.0) if row["method"] == "kd" else (3.0, 9.0)
     rows += [
-        {"variant": "offline", "method": "on_policy", "seed": s, "bpc": 2.5, "seconds": 1.0,
+        {"variant": "offline", "method": m, "seed": s, "bpc": 2.5, "seconds": 1.0,
          "nll": n, "sample_nll": sn}
-        for s, n, sn in ((0, 2.02, 3.6), (1, 2.1, 4.0))
+        for m, s, n, sn in (("kd_more", 0, 2.0, 4.0), ("kd_more", 1, 2.0, 5.0),
+                            ("on_policy", 0, 2.02, 3.6), ("on_policy", 1, 2.1, 4.0))
     ]  # fmt: skip
     summary = bench.summarise(rows, teacher_bpc=1.5)["offline"]
-    # the student's own samples scored by the teacher, on_policy / kd; the held-out NLL the same way
+    # the student's own samples scored by the teacher, on_policy / kd_more (the same total steps);
+    # the held-out NLL the same way; against the first stage's kd for reference
     assert summary["on_policy_sample_nll_ratio_per_seed"] == pytest.approx([0.9, 0.8])
     assert summary["on_policy_heldout_nll_ratio_per_seed"] == pytest.approx([1.01, 1.05])
+    assert summary["on_policy_sample_nll_ratio_vs_kd_per_seed"] == pytest.approx([0.6, 4.0 / 6])
     path = tmp_path / "lm.json"
     path.write_text(json.dumps({"cache_speedup": 2.5}))
     bench.update_json(path, {"offline": summary})
     data = json.loads(path.read_text())
     assert data["on_policy_sample_nll_ratio"] == pytest.approx(0.85)
     assert data["on_policy_heldout_nll_ratio"] == pytest.approx(1.03)
+    assert (data["on_policy_recipe"], data["on_policy_lam"]) == (
+        "shakespeare/on_policy_stage2",
+        1.0,
+    )
     assert data["cache_speedup"] == 2.5
     line = bench.on_policy_lines({"offline": summary})
-    assert "0.95 met" in line and "1.02 **not met**" in line
+    # 0.85 on the mean, 0.9 and 0.8 per seed; 1.03 on the mean
+    assert "0.95 met on every seed" in line and "1.02 **not met**" in line
+    summary["on_policy_sample_nll_ratio_per_seed"] = [0.8, 0.96]
+    assert "0.95 met on the mean, **not on every seed**" in bench.on_policy_lines(
+        {"offline": summary}
+    )
+
+
+def test_second_stage_starts_from_the_seeds_kd_run_with_equal_steps_and_rate():
+    args = bench.argparse.Namespace(
+        steps=1000, scarce_steps=2000, scarce_eval_every=2, fraction=0.1, kd_k=32, topk_k=8,
+        out="runs/x", stage2_steps=150, stage2_lr=7e-4,
+    )  # fmt: skip
+    teacher = Path("runs/teacher")
+    on_policy = bench.student_recipe(args, "offline", "on_policy", 2, teacher)
+    kd_more = bench.student_recipe(args, "offline", "kd_more", 2, teacher)
+    for recipe in (on_policy, kd_more):
+        assert recipe.student.weights == str(Path("runs/x/offline-kd-s2"))
+        assert (recipe.train.max_steps, recipe.train.lr, recipe.train.seed) == (150, 7e-4, 2)
+    assert on_policy.distill.data_mode.lam == 1.0 and on_policy.distill.task_weight == 0.0
+    # kd_more is kd's loss on the text, read from kd's cache
+    assert kd_more.distill.data_mode is None
+    assert [t.loss for t in kd_more.distill.terms] == ["forward_kl"]
+    assert kd_more.distill.topk_cache.dir == str(Path("runs/x/cache/offline-k32"))
 
 
 def test_scarce_runs_its_own_steps_and_keeps_a_held_out_curve():
