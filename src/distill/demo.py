@@ -28,7 +28,7 @@ __all__ = ["TINY", "cache_dir", "run_demo"]
 
 # where the demo's report sends a reader who wants more from KD than this short, plain pair shows
 MORE_KD = (
-    "This is plain KD at the demo's budget; every method at it, over seeds: docs/benchmarks/methods_6epoch.md; "
+    "This is plain KD at the demo's budget; the best methods at it, over three seeds: docs/benchmarks/methods_6epoch.md; "
     "longer schedules, a stronger teacher, transfer sets and tuning: docs/benchmarks/kd_recipes.md "
     "(in the distill repository)."
 )
