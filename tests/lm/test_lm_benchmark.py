@@ -231,3 +231,12 @@ def test_scarce_only_json_sets_the_scarce_keys_and_keeps_every_other(tmp_path: P
         "offline_gap_closed": 0.35,
         "lm_kd_gap": {"scarce": {"x": 1}},
     }
+
+
+def test_a_full_write_keeps_the_scarce_figure_of_the_scarce_only_student(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"scarce_gap_closed": 0.4, "scarce_student": {"model": "gpt"}}))
+    rows = _rows("offline", [(2.0, 1.9)]) + _rows("scarce", [(2.5, 2.6)])
+    bench.update_json(path, bench.summarise(rows, teacher_bpc=1.5))
+    data = json.loads(path.read_text())
+    assert data["scarce_gap_closed"] == 0.4 and data["offline_gap_closed"] == pytest.approx(0.2)
