@@ -289,6 +289,7 @@ def summarise(rows: list[dict[str, Any]], teacher_bpc: float) -> dict[str, Any]:
             (by["scratch", s]["bpc"] - by["kd", s]["bpc"]) / (by["scratch", s]["bpc"] - teacher_bpc)
             for s in seeds
         ]
+        diffs = [by["kd", s]["bpc"] - by["scratch", s]["bpc"] for s in seeds]
         methods = [m for m in METHODS if all((m, s) in by for s in seeds)]
         out[variant] = {
             "seeds": seeds,
@@ -296,6 +297,13 @@ def summarise(rows: list[dict[str, Any]], teacher_bpc: float) -> dict[str, Any]:
             **{f"{m}_bpc": _mean_std([by[m, s]["bpc"] for s in seeds]) for m in methods},
             "gap_closed": _mean_std(closed),
             "gap_closed_per_seed": closed,
+            # where the student alone ends at or below the teacher there is no gap to close: the
+            # share above is then no measure of KD (its sign flips), the bpc difference is
+            "scratch_below_teacher_seeds": [
+                s for s in seeds if by["scratch", s]["bpc"] <= teacher_bpc
+            ],
+            "kd_minus_scratch_bpc": _mean_std(diffs),
+            "kd_minus_scratch_bpc_per_seed": diffs,
             "kd_beats_scratch_every_seed": all(
                 by["kd", s]["bpc"] < by["scratch", s]["bpc"] for s in seeds
             ),
@@ -334,9 +342,12 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
     label = {"offline": "all (100 %)", "scarce": f"{100 * args.fraction:.0f} %"}
     for variant, s in summary.items():
         (sm, ss), (km, ks), (gm, gs) = s["scratch_bpc"], s["kd_bpc"], s["gap_closed"]
+        closed = f"{100 * gm:.1f} % ± {100 * gs:.1f}"
+        if s.get("scratch_below_teacher_seeds"):
+            closed = f"none to close: scratch below the teacher on seeds {s['scratch_below_teacher_seeds']}"
         lines.append(
             f"| {label[variant]} | {s['teacher_bpc']:.4f} | {sm:.4f} ± {ss:.4f} | {km:.4f} ± {ks:.4f} "
-            f"| {100 * gm:.1f} % ± {100 * gs:.1f} | {'yes' if s['kd_beats_scratch_every_seed'] else 'no'} |"
+            f"| {closed} | {'yes' if s['kd_beats_scratch_every_seed'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -510,14 +521,19 @@ def scarce_student(args: argparse.Namespace, teacher: Path) -> dict[str, Any]:
 def update_scarce_json(
     path: Path, summary: dict[str, Any], args: argparse.Namespace, teacher: Path
 ) -> None:
-    """Set the scarce variant's keys in ``path`` (``scarce_gap_closed``, its per-seed values, which
-    student: ``scarce_student``; ``lm_scarce``, the detail), keeping every other key and its value."""
+    """Set the scarce variant's keys in ``path``, keeping every other key and its value: ``lm_scarce``
+    (the detail, with its student), and where the student alone stays above the teacher on every
+    seed, ``scarce_gap_closed``, its per-seed values and ``scarce_student`` (which student they are
+    of); below the teacher there is no gap to close, and the figure already there stays."""
     data = json.loads(path.read_text()) if path.is_file() else {}
     scarce = summary["scarce"]
-    data["scarce_gap_closed"] = round(scarce["gap_closed"][0], 4)
-    data["scarce_gap_closed_per_seed"] = [round(x, 4) for x in scarce["gap_closed_per_seed"]]
-    data["scarce_student"] = scarce_student(args, teacher)
-    data["lm_scarce"] = scarce
+    student = scarce_student(args, teacher)
+    data["lm_scarce"] = {"student": student, **scarce}
+    if not scarce["scratch_below_teacher_seeds"]:
+        data["scarce_gap_closed"] = round(scarce["gap_closed"][0], 4)
+        data["scarce_gap_closed_per_seed"] = [round(x, 4) for x in scarce["gap_closed_per_seed"]]
+        data["scarce_student"] = student
+    # else no gap to close (the student alone beats the teacher): the figure stays the one it was
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -533,6 +549,7 @@ def render_scarce(
     s, student = summary["scarce"], scarce_student(args, teacher)
     options = ", ".join(f"{k}={v}" for k, v in student["options"].items()) or "its defaults"
     per_seed = [round(x, 4) for x in s["gap_closed_per_seed"]]
+    diffs = [round(x, 4) for x in s["kd_minus_scratch_bpc_per_seed"]]
     seconds = {m: round(t) for m, t in s["seconds"].items()}
     return f"""# Causal LM: KD with the student on 10 % of the text
 
@@ -556,7 +573,8 @@ mean ± sample std over seeds.
 
 {text}
 
-Per seed (gap closed): {json.dumps(per_seed)}.
+Per seed: gap closed {json.dumps(per_seed)} (no measure of KD where the student alone is below the
+teacher); KD - scratch bpc {json.dumps(diffs)}.
 
 {status({"scarce": s}).splitlines()[-1]}
 
@@ -573,6 +591,18 @@ def status(summary: dict[str, Any]) -> str:
             continue
         mean, std = summary[variant]["gap_closed"]
         met = "met" if mean >= target else "**not met**"
+        below = summary[variant].get("scratch_below_teacher_seeds")
+        if below:
+            (dm, ds), per_seed = (
+                summary[variant]["kd_minus_scratch_bpc"],
+                summary[variant]["kd_minus_scratch_bpc_per_seed"],
+            )
+            lines.append(
+                f"* `{variant}`: no gap to close, target >= {100 * target:.0f} % **not measured**: the "
+                f"student alone ends below the teacher on seeds {below}; KD - scratch "
+                f"{dm:+.4f} ± {ds:.4f} bpc (per seed {[round(x, 4) for x in per_seed]})."
+            )
+            continue
         every = (
             "on every seed"
             if summary[variant]["kd_beats_scratch_every_seed"]

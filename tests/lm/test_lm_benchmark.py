@@ -240,3 +240,25 @@ def test_a_full_write_keeps_the_scarce_figure_of_the_scarce_only_student(tmp_pat
     bench.update_json(path, bench.summarise(rows, teacher_bpc=1.5))
     data = json.loads(path.read_text())
     assert data["scarce_gap_closed"] == 0.4 and data["offline_gap_closed"] == pytest.approx(0.2)
+
+
+def test_a_student_alone_below_the_teacher_leaves_no_gap_and_no_figure(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"scarce_gap_closed": 0.17}))
+    args = bench.parse_args(
+        ["--seeds", "0", "1", "--variants", "scarce", "--scarce-student", "gpt", "--out", "runs/x"]
+    )
+    # seed 1's student alone (2.4) beats the teacher (2.5): (2.4 - 2.3) / (2.4 - 2.5) would read -100 %
+    rows = _rows("scarce", [(2.6, 2.55), (2.4, 2.3)])
+    summary = bench.summarise(rows, teacher_bpc=2.5)
+    scarce = summary["scarce"]
+    assert scarce["scratch_below_teacher_seeds"] == [1]
+    assert scarce["kd_minus_scratch_bpc_per_seed"] == pytest.approx([-0.05, -0.1])
+    bench.update_scarce_json(path, summary, args, Path("runs/teacher"))
+    data = json.loads(path.read_text())
+    assert data["scarce_gap_closed"] == 0.17 and "scarce_student" not in data
+    assert data["lm_scarce"]["student"]["model"] == "gpt"
+    assert data["lm_scarce"]["scratch_below_teacher_seeds"] == [1]
+    assert "**not measured**" in bench.status(summary) and "none to close" in bench.table(
+        summary, args
+    )
