@@ -488,10 +488,11 @@ def write_page(page: Path, generated: str) -> None:
 
 
 TARGETS = {"offline": 0.15, "scarce": 0.30}  # the shares of the gap
-# the scarce figure of lm.json is a wider student's, measured on a page of its own (--scarce-only)
+# a wider student on the tenth has a page of its own (--scarce-only)
 SCARCE_POINTER = (
-    "* The `scarce` row above is the 64 k student's; `scarce_gap_closed` in lm.json is a wider "
-    "student's, from [lm_scarce.md](lm_scarce.md) (`--scarce-only`)."
+    "* The `scarce` row above is the 64 k student's; a wider student on the same tenth: "
+    "[lm_scarce.md](lm_scarce.md) (`--scarce-only`, `lm_scarce` in lm.json; `scarce_gap_closed` "
+    "is its figure only where lm.json's `scarce_student` names it)."
 )
 
 
