@@ -139,7 +139,7 @@ def test_second_stage_starts_from_the_seeds_kd_run_with_equal_steps_and_rate():
 def test_scarce_runs_its_own_steps_and_keeps_a_held_out_curve():
     args = bench.argparse.Namespace(
         steps=1000, scarce_steps=3000, scarce_eval_every=2, fraction=0.1, kd_k=32, topk_k=8,
-        out="runs/x",
+        out="runs/x", scarce_student="", scarce_student_option=[], scarce_lr=[],
     )  # fmt: skip
     teacher = Path("runs/teacher")
     scarce = bench.student_recipe(args, "scarce", "scratch", 0, teacher)
@@ -165,4 +165,100 @@ def test_scarce_curves_are_kept_per_method_and_shown():
     assert "2.450, 2.500" in bench.curve_lines(summary)
     assert (
         "curves" not in bench.summarise(_rows("offline", [(2.0, 1.9)]), teacher_bpc=1.5)["offline"]
+    )
+
+
+def test_scarce_student_and_rates_change_the_scarce_recipes_only():
+    args = bench.parse_args(
+        ["--scarce-student", "gpt", "--scarce-student-option", "n_layer=2", "n_embd=128",
+         "--scarce-lr", "scratch=3e-3", "kd=2e-3", "--out", "runs/x"]
+    )  # fmt: skip
+    teacher = Path("runs/teacher")
+    scratch = bench.student_recipe(args, "scarce", "scratch", 1, teacher)
+    kd = bench.student_recipe(args, "scarce", "kd", 1, teacher)
+    for recipe in (scratch, kd):
+        assert recipe.student.name == "gpt"
+        assert recipe.student.options == {"n_layer": 2, "n_embd": 128}
+    assert (scratch.train.lr, kd.train.lr) == (3e-3, 2e-3)
+    assert [t.loss for t in kd.distill.terms] == ["forward_kl"]
+    # all the text keeps the recipes' student and rates
+    offline = bench.student_recipe(args, "offline", "scratch", 1, teacher)
+    assert (offline.student.name, offline.student.options) == ("gpt_student", {})
+    assert offline.train.lr == 4.2e-3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--scarce-lr", "scratch"], "expected METHOD=LR"),
+        (["--scarce-lr", "teacher=1e-3"], "'teacher=1e-3'"),
+        (["--scarce-lr", "kd=-1"], "'kd=-1'"),
+        (["--scarce-student-option", "n_layer"], "expected KEY=VALUE"),
+        (["--scarce-only", "--write", "x.md"], "pass --variants scarce"),
+    ],
+)
+def test_bad_scarce_arguments_exit_2_naming_the_value(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_scarce_only_json_sets_the_scarce_keys_and_keeps_every_other(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    kept = {
+        "offline_gap_closed": 0.35,
+        "scarce_gap_closed": 0.17,
+        "lm_kd_gap": {"scarce": {"x": 1}},
+    }
+    path.write_text(json.dumps(kept))
+    args = bench.parse_args(
+        ["--seeds", "0", "1", "--variants", "scarce", "--scarce-student", "gpt",
+         "--scarce-student-option", "n_layer=1", "--scarce-lr", "kd=2e-3", "--out", "runs/x"]
+    )  # fmt: skip
+    summary = bench.summarise(_rows("scarce", [(2.5, 2.0), (2.5, 2.4)]), teacher_bpc=1.5)
+    bench.update_scarce_json(path, summary, args, Path("runs/teacher"))
+    data = json.loads(path.read_text())
+    # seed 0: 0.5 / 1.0; seed 1: 0.1 / 1.0
+    assert data["scarce_gap_closed"] == pytest.approx(0.3)
+    assert data["scarce_gap_closed_per_seed"] == pytest.approx([0.5, 0.1])
+    student = data["scarce_student"]
+    assert (student["model"], student["options"]) == ("gpt", {"n_layer": 1})
+    assert student["lr"] == {"scratch": 4.2e-3, "kd": 2e-3}
+    assert 0 < student["parameters"] < 300_000  # one block of 128, not the teacher's four
+    assert data["lm_scarce"]["gap_closed_per_seed"] == pytest.approx([0.5, 0.1])
+    assert {k: data[k] for k in ("offline_gap_closed", "lm_kd_gap")} == {
+        "offline_gap_closed": 0.35,
+        "lm_kd_gap": {"scarce": {"x": 1}},
+    }
+
+
+def test_a_full_write_keeps_the_scarce_figure_of_the_scarce_only_student(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"scarce_gap_closed": 0.4, "scarce_student": {"model": "gpt"}}))
+    rows = _rows("offline", [(2.0, 1.9)]) + _rows("scarce", [(2.5, 2.6)])
+    bench.update_json(path, bench.summarise(rows, teacher_bpc=1.5))
+    data = json.loads(path.read_text())
+    assert data["scarce_gap_closed"] == 0.4 and data["offline_gap_closed"] == pytest.approx(0.2)
+
+
+def test_a_student_alone_below_the_teacher_leaves_no_gap_and_no_figure(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"scarce_gap_closed": 0.17}))
+    args = bench.parse_args(
+        ["--seeds", "0", "1", "--variants", "scarce", "--scarce-student", "gpt", "--out", "runs/x"]
+    )
+    # seed 1's student alone (2.4) beats the teacher (2.5): (2.4 - 2.3) / (2.4 - 2.5) would read -100 %
+    rows = _rows("scarce", [(2.6, 2.55), (2.4, 2.3)])
+    summary = bench.summarise(rows, teacher_bpc=2.5)
+    scarce = summary["scarce"]
+    assert scarce["scratch_below_teacher_seeds"] == [1]
+    assert scarce["kd_minus_scratch_bpc_per_seed"] == pytest.approx([-0.05, -0.1])
+    bench.update_scarce_json(path, summary, args, Path("runs/teacher"))
+    data = json.loads(path.read_text())
+    assert data["scarce_gap_closed"] == 0.17 and "scarce_student" not in data
+    assert data["lm_scarce"]["student"]["model"] == "gpt"
+    assert data["lm_scarce"]["scratch_below_teacher_seeds"] == [1]
+    assert "**not measured**" in bench.status(summary) and "none to close" in bench.table(
+        summary, args
     )
