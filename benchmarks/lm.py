@@ -68,13 +68,17 @@ STAGE2 = ("kd_more", "on_policy")
 JSON_KEYS = {"offline": "offline_gap_closed", "scarce": "scarce_gap_closed"}
 
 
-def teacher_run() -> Path:
-    """The teacher of ``shakespeare/teacher``, trained once per distinct recipe into the cache."""
+TEACHER = "shakespeare/teacher"
+
+
+def teacher_run(recipe: str = TEACHER) -> Path:
+    """The teacher of ``recipe`` (``shakespeare/teacher`` by default), trained once per distinct recipe
+    into the cache."""
     from rich.console import Console
 
     from distill.compare.runs import cached_run
 
-    return cached_run("shakespeare/teacher", [], False, Console())
+    return cached_run(recipe, [], False, Console())
 
 
 @functools.cache
@@ -429,6 +433,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stage2-lr", type=float, default=0.0, help="its learning rate; 0: the recipe's"
     )
     parser.add_argument("--out", default="runs/bench-lm")
+    parser.add_argument(
+        "--teacher",
+        default=TEACHER,
+        help="the teacher's recipe (shakespeare/teacher_long: four epochs instead of one)",
+    )
     parser.add_argument("--teacher-only", action="store_true")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--write", help="the Markdown page to write (the JSON goes next to it)")
@@ -448,7 +457,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    teacher = teacher_run()
+    teacher = teacher_run(args.teacher)
     if args.teacher_only:
         return
     teacher_summary = json.loads((teacher / "summary.json").read_text())
@@ -519,6 +528,27 @@ def scarce_student(args: argparse.Namespace, teacher: Path) -> dict[str, Any]:
     }
 
 
+def scarce_key(teacher: str) -> str:
+    """The JSON key of a ``--scarce-only`` result: ``lm_scarce`` with the default teacher,
+    ``lm_scarce_<recipe>`` with another (``lm_scarce_teacher_long``), so each teacher's runs keep theirs."""
+    return "lm_scarce" if teacher == TEACHER else f"lm_scarce_{teacher.rsplit('/', 1)[-1]}"
+
+
+def teacher_line(recipe: str) -> str:
+    """The teacher as the page names it: recipe, model, parameters and epochs of the training plays."""
+    from distill.config.load import load_recipe
+    from distill.models import MODELS
+
+    resolved = load_recipe(recipe)
+    spec = resolved.student  # a teacher recipe trains its model as the run's student
+    size = sum(p.numel() for p in MODELS.get(spec.name)(84, 1, **spec.options).parameters())
+    epochs = resolved.train.epochs
+    return (
+        f"`{recipe}` (`{spec.name}`, {size / 1e6:.2f} M parameters), {epochs:g} "
+        f"epoch{'s' if epochs != 1 else ''} of all the training plays"
+    )
+
+
 def update_scarce_json(
     path: Path, summary: dict[str, Any], args: argparse.Namespace, teacher: Path
 ) -> None:
@@ -529,11 +559,12 @@ def update_scarce_json(
     data = json.loads(path.read_text()) if path.is_file() else {}
     scarce = summary["scarce"]
     student = scarce_student(args, teacher)
-    data["lm_scarce"] = {"student": student, **scarce}
+    data[scarce_key(args.teacher)] = {"student": student, "teacher": args.teacher, **scarce}
     if not scarce["scratch_below_teacher_seeds"]:
         data["scarce_gap_closed"] = round(scarce["gap_closed"][0], 4)
         data["scarce_gap_closed_per_seed"] = [round(x, 4) for x in scarce["gap_closed_per_seed"]]
         data["scarce_student"] = student
+        data["scarce_teacher"] = args.teacher
     # else no gap to close (the student alone beats the teacher): the figure stays the one it was
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -561,8 +592,7 @@ Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other work
 {torch.__version__}, `OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}`. Seeds {args.seeds};
 mean ± sample std over seeds.
 
-* Teacher: `shakespeare/teacher` (`gpt_teacher`, 4 blocks x 128, 0.82 M parameters), one epoch of all
-  the training plays, cached once (not retrained here).
+* Teacher: {teacher_line(args.teacher)}, cached once.
 * Student: `{student["model"]}` ({options}; {student["parameters"]:,} parameters), on a seeded
   {100 * args.fraction:.0f} % of the training blocks (the same blocks for both methods of a seed) for
   {args.scarce_steps} steps of 32 blocks of 128 characters: `shakespeare/scratch` at lr

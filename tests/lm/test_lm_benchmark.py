@@ -262,3 +262,21 @@ def test_a_student_alone_below_the_teacher_leaves_no_gap_and_no_figure(tmp_path:
     assert "**not measured**" in bench.status(summary) and "none to close" in bench.table(
         summary, args
     )
+
+
+def test_another_teacher_keeps_its_own_scarce_key_and_names_itself(tmp_path: Path):
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps({"lm_scarce": {"kept": 1}, "scarce_gap_closed": 0.17}))
+    args = bench.parse_args(
+        ["--seeds", "0", "1", "--variants", "scarce", "--scarce-student", "gpt",
+         "--teacher", "shakespeare/teacher_long", "--out", "runs/x"]
+    )  # fmt: skip
+    summary = bench.summarise(_rows("scarce", [(2.5, 2.0), (2.5, 2.4)]), teacher_bpc=1.5)
+    bench.update_scarce_json(path, summary, args, Path("runs/teacher"))
+    data = json.loads(path.read_text())
+    assert data["lm_scarce"] == {"kept": 1}  # the default teacher's result stays
+    assert data["lm_scarce_teacher_long"]["teacher"] == "shakespeare/teacher_long"
+    assert data["scarce_teacher"] == "shakespeare/teacher_long"
+    assert data["scarce_gap_closed"] == pytest.approx(0.3)
+    assert "4 epochs" in bench.teacher_line("shakespeare/teacher_long")
+    assert "1 epoch of" in bench.teacher_line(bench.TEACHER)
