@@ -58,6 +58,8 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     try:
         os.chmod(tmp, _new_file_mode())
         write(tmp)
+        # a writer may replace the file (safetensors >= 0.8 writes its own private file): mode it again
+        os.chmod(tmp, _new_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
