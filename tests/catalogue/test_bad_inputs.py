@@ -848,6 +848,14 @@ CASES = [
          argv=("eval", "$SAVED"),
          prepare=lambda env: (env.saved / "recipe.yaml").write_text(
              (env.saved / "recipe.yaml").read_text().replace("- 8", "- 16"))),
+    # --- a file or folder where the other is expected ----------------------------------------------------
+    case("teacher-weights-checkpoints-folder", "$SAVED/checkpoints", "checkpoints folder",
+         "give the run folder $SAVED",
+         edits=with_teacher({"loss": "kd"}, weights="$SAVED/checkpoints")),
+    case("teacher-weights-torch-save-named-safetensors", "teacher.safetensors", "torch.save file",
+         "rename it to .pt",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.safetensors"),
+         prepare=lambda env: torch.save({"w": torch.zeros(2)}, env.tmp / "teacher.safetensors")),
 ]  # fmt: skip
 
 
