@@ -572,6 +572,12 @@ CASES = [
          "teacher_forced", argv=("validate", "$RECIPE"),
          edits={**with_teacher({"loss": "topk_kl", "teacher": "@topk"}), "task": "causal_lm",
                 "distill.topk_cache": {"dir": "$TMP/cache"}, "distill.data_mode": {"mode": "on_policy"}}),
+    case("data-mode-temperature-tiny", "distill.data_mode.temperature", "greater than or equal to 0.0001",
+         "1e-300", edits={"task": "causal_lm",
+                          "distill.data_mode": {"mode": "on_policy", "temperature": 1e-300}}),
+    case("topk-cache-capture-temperature-huge", "distill.topk_cache.capture_temperature",
+         "less than or equal to 10000", edits={"task": "causal_lm",
+         "distill.topk_cache": {"dir": "$TMP/cache", "capture_temperature": 1e300}}),
     # --- negative or zero sizes ----------------------------------------------------------------------
     case("batch-size-zero", "train.batch_size", "greater than 0", edits={"train.batch_size": 0}),
     case("epochs-negative", "train.epochs", "greater than 0", edits={"train.epochs": -1}),
