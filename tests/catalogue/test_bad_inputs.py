@@ -809,6 +809,13 @@ CASES = [
          argv=("train", "$RECIPE")),
     case("output-parent-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile/run"}, prepare=raw_file("afile", b"I am a file")),
+    # output=. next to one's own recipe.yaml: the run would have replaced it (and later deleted it)
+    case("output-holds-the-users-recipe-yaml", "$TMP holds recipe.yaml", "no distill run wrote",
+         "output=", edits={"output": "$TMP"}),
+    case("output-holds-the-users-recipe-yaml-no-flag", "$TMP holds recipe.yaml", "no distill run wrote",
+         edits={"output": "$TMP"}, argv=("train", "$RECIPE")),
+    case("output-holds-the-users-recipe-yaml-resume", "$TMP holds recipe.yaml", "no distill run wrote",
+         edits={"output": "$TMP"}, argv=("train", "$RECIPE", "--resume")),
     case("output-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile"}, prepare=raw_file("afile", b"I am a file")),
     case("eval-missing-run", "no-such-run", "not a distill run directory", argv=("eval", "no-such-run")),
