@@ -816,6 +816,8 @@ CASES = [
          edits={"output": "$TMP"}, argv=("train", "$RECIPE")),
     case("output-holds-the-users-recipe-yaml-resume", "$TMP holds recipe.yaml", "no distill run wrote",
          edits={"output": "$TMP"}, argv=("train", "$RECIPE", "--resume")),
+    case("output-is-a-dangling-link", "$TMP/gone", "is a link to", "does not exist", "output=",
+         edits={"output": "$TMP/gone"}, prepare=lambda env: (env.tmp / "gone").symlink_to("nowhere")),
     case("output-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile"}, prepare=raw_file("afile", b"I am a file")),
     case("eval-missing-run", "no-such-run", "not a distill run directory", argv=("eval", "no-such-run")),

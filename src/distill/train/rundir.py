@@ -194,6 +194,11 @@ def check_writable(run_dir: Path) -> None:
 
 
 def _check_writable(run_dir: Path) -> None:
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise DistillError(
+            f"output {run_dir} is a link to {os.readlink(run_dir)}, which does not exist; create "
+            "that folder or set output=... to another folder"
+        )
     existing = run_dir
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
