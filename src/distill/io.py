@@ -44,6 +44,15 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode of a new file (``0o666`` less the umask): writers
+    such as safetensors create theirs private (``0o600``)."""
+    mode = _new_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, fsync, rename onto ``path`` and fsync the directory.
 
