@@ -809,6 +809,12 @@ CASES = [
          argv=("train", "$RECIPE")),
     case("output-parent-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile/run"}, prepare=raw_file("afile", b"I am a file")),
+    case("eval-of-a-runs-model-file", "saved-run/model.safetensors", "give the run folder: $SAVED",
+         argv=("eval", "$SAVED/model.safetensors")),
+    case("handback-of-a-runs-checkpoint-file", "give the run folder: $SAVED",
+         argv=("handback", "$SAVED/checkpoints/manifest.json")),
+    case("export-of-a-runs-recipe-file", "saved-run/recipe.yaml", "give the run folder: $SAVED",
+         argv=("export", "$SAVED/recipe.yaml")),
     # output=. next to one's own recipe.yaml: the run would have replaced it (and later deleted it)
     case("output-holds-the-users-recipe-yaml", "$TMP holds recipe.yaml", "no distill run wrote",
          "output=", edits={"output": "$TMP"}),
