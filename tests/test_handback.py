@@ -48,6 +48,20 @@ def test_image_student_is_rebuilt_from_its_folder_with_the_same_logits(image_run
     assert json.loads((folder / "handback.json").read_text())["format"] == "image"
 
 
+def test_handed_back_files_follow_the_umask(image_run, tmp_path):
+    """safetensors writes its files private (0o600); a hand-back is for others to read."""
+    import os
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        folder = Path(handback_run(image_run, out=tmp_path / "shared")["folder"])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes == dict.fromkeys(["config.json", "model.safetensors", "handback.json"], 0o664)
+
+
 def test_bad_folders_and_formats_are_one_line_errors(image_run, tmp_path):
     with pytest.raises(DistillError, match="has no config.json"):
         load_image_model(tmp_path)

@@ -58,7 +58,7 @@ from distill.tasks import TASKS
 from distill.train.callbacks import CALLBACKS, Callback
 from distill.train.checkpoint import CheckpointStore
 from distill.train.distributed import barrier
-from distill.train.rundir import RunStart
+from distill.train.rundir import RunStart, check_not_foreign, has_last_checkpoint
 
 
 def _as_recipe(recipe: Recipe | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -168,7 +168,10 @@ def _train_locked(
         for note in start.notes:
             (console or Console()).print(f"[yellow]note[/]: {note}", soft_wrap=True)
         check_run_dir(run_dir, resume, overwrite)
-        built = build(recipe)
+        if start.main:
+            check_not_foreign(run_dir, start.lock.new_file)
+        # a resumed run's checkpoint replaces the student's starting weights: they need not exist
+        built = build(recipe, student_weights=not (resume and has_last_checkpoint(run_dir)))
         trainer = make_trainer(built, run_dir, console=console, callbacks=callbacks)
         if trainer.dist.is_main:
             for line in built.pairing:

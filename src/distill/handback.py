@@ -28,7 +28,7 @@ from torch import nn
 
 from distill.config.run import CHECKPOINTS, Run, open_run, run_recipe
 from distill.errors import DistillError, did_you_mean
-from distill.io import check_replaceable, write_json
+from distill.io import check_replaceable, follow_umask, write_json
 from distill.models.hf import save_hf
 from distill.models.pretrained_cfg import image_config, load_image_model, save_image_model
 from distill.models.yolo import is_yolo, save_ultralytics
@@ -221,6 +221,7 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time() * 1000)}")
         out_dir.rename(old)
     staging.chmod(0o755)
+    follow_umask(staging)
     staging.rename(out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

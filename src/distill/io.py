@@ -44,6 +44,15 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode of a new file (``0o666`` less the umask): writers
+    such as safetensors create theirs private (``0o600``)."""
+    mode = _new_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, fsync, rename onto ``path`` and fsync the directory.
 
@@ -58,6 +67,8 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     try:
         os.chmod(tmp, _new_file_mode())
         write(tmp)
+        # a writer may replace the file (safetensors >= 0.8 writes its own private file): mode it again
+        os.chmod(tmp, _new_file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

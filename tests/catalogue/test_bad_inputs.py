@@ -572,6 +572,12 @@ CASES = [
          "teacher_forced", argv=("validate", "$RECIPE"),
          edits={**with_teacher({"loss": "topk_kl", "teacher": "@topk"}), "task": "causal_lm",
                 "distill.topk_cache": {"dir": "$TMP/cache"}, "distill.data_mode": {"mode": "on_policy"}}),
+    case("data-mode-temperature-tiny", "distill.data_mode.temperature", "greater than or equal to 0.0001",
+         "1e-300", edits={"task": "causal_lm",
+                          "distill.data_mode": {"mode": "on_policy", "temperature": 1e-300}}),
+    case("topk-cache-capture-temperature-huge", "distill.topk_cache.capture_temperature",
+         "less than or equal to 10000", edits={"task": "causal_lm",
+         "distill.topk_cache": {"dir": "$TMP/cache", "capture_temperature": 1e300}}),
     # --- negative or zero sizes ----------------------------------------------------------------------
     case("batch-size-zero", "train.batch_size", "greater than 0", edits={"train.batch_size": 0}),
     case("epochs-negative", "train.epochs", "greater than 0", edits={"train.epochs": -1}),
@@ -803,6 +809,21 @@ CASES = [
          argv=("train", "$RECIPE")),
     case("output-parent-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile/run"}, prepare=raw_file("afile", b"I am a file")),
+    case("eval-of-a-runs-model-file", "saved-run/model.safetensors", "give the run folder: $SAVED",
+         argv=("eval", "$SAVED/model.safetensors")),
+    case("handback-of-a-runs-checkpoint-file", "give the run folder: $SAVED",
+         argv=("handback", "$SAVED/checkpoints/manifest.json")),
+    case("export-of-a-runs-recipe-file", "saved-run/recipe.yaml", "give the run folder: $SAVED",
+         argv=("export", "$SAVED/recipe.yaml")),
+    # output=. next to one's own recipe.yaml: the run would have replaced it (and later deleted it)
+    case("output-holds-the-users-recipe-yaml", "$TMP holds recipe.yaml", "no distill run wrote",
+         "output=", edits={"output": "$TMP"}),
+    case("output-holds-the-users-recipe-yaml-no-flag", "$TMP holds recipe.yaml", "no distill run wrote",
+         edits={"output": "$TMP"}, argv=("train", "$RECIPE")),
+    case("output-holds-the-users-recipe-yaml-resume", "$TMP holds recipe.yaml", "no distill run wrote",
+         edits={"output": "$TMP"}, argv=("train", "$RECIPE", "--resume")),
+    case("output-is-a-dangling-link", "$TMP/gone", "is a link to", "does not exist", "output=",
+         edits={"output": "$TMP/gone"}, prepare=lambda env: (env.tmp / "gone").symlink_to("nowhere")),
     case("output-is-a-file", "afile", "cannot create run directory", "output=",
          edits={"output": "$TMP/afile"}, prepare=raw_file("afile", b"I am a file")),
     case("eval-missing-run", "no-such-run", "not a distill run directory", argv=("eval", "no-such-run")),
@@ -848,6 +869,14 @@ CASES = [
          argv=("eval", "$SAVED"),
          prepare=lambda env: (env.saved / "recipe.yaml").write_text(
              (env.saved / "recipe.yaml").read_text().replace("- 8", "- 16"))),
+    # --- a file or folder where the other is expected ----------------------------------------------------
+    case("teacher-weights-checkpoints-folder", "$SAVED/checkpoints", "checkpoints folder",
+         "give the run folder $SAVED",
+         edits=with_teacher({"loss": "kd"}, weights="$SAVED/checkpoints")),
+    case("teacher-weights-torch-save-named-safetensors", "teacher.safetensors", "torch.save file",
+         "rename it to .pt",
+         edits=with_teacher({"loss": "kd"}, weights="$TMP/teacher.safetensors"),
+         prepare=lambda env: torch.save({"w": torch.zeros(2)}, env.tmp / "teacher.safetensors")),
 ]  # fmt: skip
 
 

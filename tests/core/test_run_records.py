@@ -60,6 +60,19 @@ def _trainer(tmp_path: Path, model: nn.Module, **cfg: object) -> tuple[Trainer, 
     return trainer, out
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_a_runs_safetensors_files_follow_the_umask(tmp_path: Path, umask, mask: int) -> None:
+    """safetensors' writer makes its file private (``0o600``) whatever the umask; checkpoints and
+    ``model.safetensors`` must still be readable like the run's other files."""
+    umask(mask)
+    trainer, _ = _trainer(tmp_path / "run", nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), epochs=1)
+    trainer.fit()
+    files = [p for p in (tmp_path / "run").rglob("*.safetensors")]
+    assert any(p.name == "model.safetensors" for p in files) and len(files) >= 2
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name
+
+
 def _records(run_dir: Path, event: str) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["event"] == event]

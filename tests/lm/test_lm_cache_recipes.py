@@ -85,6 +85,17 @@ def test_cached_recipe_fills_once_then_trains_without_the_teacher(
     assert snapshot(cache) == damaged and not (tmp_path / "e").exists()
 
 
+def test_a_k_beyond_the_vocabulary_is_one_line_naming_k(teacher, tmp_path, capsys):
+    root, weights = teacher
+    cache = tmp_path / "cache"
+    args = [f"data.root={root}", *TINY, f"teacher.weights={weights}",
+            f"distill.topk_cache.dir={cache}", "distill.topk_cache.k=100000"]  # fmt: skip
+    code = main(["train", "shakespeare/cached", *args, f"output={tmp_path / 'a'}"])
+    line = error_line(capsys)
+    assert code == 2 and "distill.topk_cache.k=100000" in line and "use k <=" in line, line
+    assert not (tmp_path / "a").exists()
+
+
 def test_on_policy_recipe_logs_its_modes_and_generation_time(teacher, tmp_path):
     root, weights = teacher
     args = [f"data.root={root}", *TINY, f"teacher.weights={weights}",

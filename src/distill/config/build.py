@@ -117,9 +117,13 @@ def recipe_task(recipe: Recipe) -> Task:
     return build_task(recipe.task, **recipe.task_options)
 
 
-def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
+def build(
+    recipe: Recipe, data: tuple[Any, Any] | None = None, student_weights: bool = True
+) -> Built:
     """Build data, models and the distiller for ``recipe`` (seeded with ``train.seed``) and check them on
-    two training samples (:func:`~distill.config.checks.check_on_example`): everything ``train`` needs."""
+    two training samples (:func:`~distill.config.checks.check_on_example`): everything ``train`` needs.
+    ``student_weights=False`` leaves out the student's ``weights:`` (a resumed run's checkpoint
+    replaces them, and the file it started from may be gone)."""
     torch.manual_seed(recipe.train.seed)
     train, test = data or build_data(recipe)
     num_classes, in_channels = data_shape(recipe, train)
@@ -131,7 +135,9 @@ def build(recipe: Recipe, data: tuple[Any, Any] | None = None) -> Built:
         and recipe.student.name != FROM_TEACHER
         and (mode is None or mode.mode == "teacher_forced")  # generated text is scored online
     )
-    student, teacher = build_models(recipe, num_classes, in_channels, "skip" if skip else "load")
+    student, teacher = build_models(
+        recipe, num_classes, in_channels, "skip" if skip else "load", student_weights
+    )
     task = recipe_task(recipe)
     prepare_text_data(recipe, (train, test), student, teacher)
     recipe, pairing = resolve_auto_taps(recipe, train, student, teacher, task)

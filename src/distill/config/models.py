@@ -37,6 +37,11 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
         raise weights_not_found(weights, role)
     try:
         if path.is_dir():
+            if not (path / "checkpoints").exists() and (path / "manifest.json").is_file():
+                raise ConfigError(
+                    f"{role} weights {weights} is a run's checkpoints folder; give the run folder "
+                    f"{path.parent} (its best checkpoint is used) or one .safetensors file"
+                )
             try:
                 load_student_weights(path, model, "best")
             except DistillError as err:
@@ -49,6 +54,12 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             try:
                 state = load_file(str(path))
             except (SafetensorError, OSError) as err:
+                if _torch_save_file(path):
+                    raise ConfigError(
+                        f"{role} weights {path} is a torch.save file, not safetensors; rename it "
+                        "to .pt (read with weights_only=True) or re-save it with "
+                        "safetensors.torch.save_file"
+                    ) from None
                 raise DistillError(
                     f"{role} weights {path} are corrupt or truncated ({first_line(err)}); "
                     "re-save them with safetensors.torch.save_file or train the model again"
@@ -79,6 +90,18 @@ def load_weights(model: nn.Module, weights: str, role: str) -> None:
             f"{role} weights {weights} do not fit the {role} model ({detail}); check the model name, "
             "its options and num_classes"
         ) from None
+
+
+def _torch_save_file(path: Path) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file: a zip archive or a bare pickle."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError:
+        return False
+    return start == b"PK\x03\x04" or (
+        start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    )
 
 
 def build_model_spec(spec: ModelSpec, num_classes: int, in_channels: int, role: str) -> nn.Module:

@@ -55,6 +55,13 @@ class Run:
 def run_recipe(run_dir: str | Path) -> Recipe:
     """The recipe a run kept (``RUN_DIR/recipe.yaml``)."""
     path = Path(run_dir) / "recipe.yaml"
+    # a file of a run (model.safetensors, recipe.yaml, checkpoints/best-*.safetensors) given for the run
+    near = list(Path(run_dir).parents)[:2]
+    inside = next((p for p in near if (p / "recipe.yaml").is_file()), None)
+    if Path(run_dir).is_file() and inside is not None:
+        raise DistillError(
+            f"{run_dir} is a file of the run {inside}; give the run folder: {inside}"
+        )
     trained = (Path(run_dir) / "model.safetensors").is_file() or (
         Path(run_dir) / "checkpoints"
     ).is_dir()

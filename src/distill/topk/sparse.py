@@ -16,6 +16,11 @@ def topk_of(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logprobs (..., k), ids (..., k) int32, rest (...))`` of ``log_softmax(logits / temperature)``,
     computed in float32: the top-k log-probabilities, largest first, and the mass outside them."""
+    if k > logits.shape[-1]:
+        raise DistillError(
+            f"distill.topk_cache.k={k} is more than the teacher's {logits.shape[-1]} vocabulary "
+            f"ids; use k <= {logits.shape[-1]} (8 to 64 keep almost all of the mass)"
+        )
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     values, ids = logp.topk(k, dim=-1)
     # the tail's own sum, not 1 - sum(top-k): that cancels to noise when the tail is small

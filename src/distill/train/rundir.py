@@ -194,6 +194,11 @@ def check_writable(run_dir: Path) -> None:
 
 
 def _check_writable(run_dir: Path) -> None:
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise DistillError(
+            f"output {run_dir} is a link to {os.readlink(run_dir)}, which does not exist; create "
+            "that folder or set output=... to another folder"
+        )
     existing = run_dir
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
@@ -209,6 +214,22 @@ def _check_writable(run_dir: Path) -> None:
             raise DistillError(
                 f"cannot write to {folder}: permission denied; set output=... to a writable folder"
             )
+
+
+def check_not_foreign(run_dir: Path, lock_was_new: bool) -> None:
+    """Refuse a folder holding files with a run's names (``recipe.yaml``, ``summary.json``...) that no
+    distill start wrote: every start creates ``.lock`` before it writes anything, and a start that fails
+    removes the lock file it created, so such files without an earlier ``.lock`` or ``checkpoints`` are
+    the user's own (a recipe written as ``recipe.yaml`` next to ``output=.``). A new run would replace
+    them and delete them with its first checkpoint."""
+    if not lock_was_new or (run_dir / "checkpoints").exists():
+        return
+    theirs = [n for n in ARTEFACTS if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+    if theirs:
+        raise DistillError(
+            f"output {run_dir} holds {', '.join(theirs)} that no distill run wrote there, and a run "
+            "would replace them; set output=... to a new or empty folder, or move those files"
+        )
 
 
 def recover(run_dir: Path) -> str | None:

@@ -9,6 +9,9 @@ from pydantic import Field, model_validator
 
 from distill.config.schema.base import Strict
 
+# logits divided by a temperature stay finite in float32 inside this range (as losses' TEMPERATURES)
+TEMPERATURES = (1e-4, 1e4)
+
 
 class TopKCacheSpec(Strict):
     """``distill.topk_cache``: the teacher's top-k log-probabilities per token of the training text, kept
@@ -23,7 +26,10 @@ class TopKCacheSpec(Strict):
         "float16", description="storage type of the log-probabilities (ids are int32)"
     )
     capture_temperature: float = Field(
-        1.0, gt=0, description="temperature of the stored log-probabilities; losses re-temper them"
+        1.0,
+        ge=TEMPERATURES[0],
+        le=TEMPERATURES[1],
+        description="temperature of the stored log-probabilities; losses re-temper them",
     )
     shard_samples: int = Field(1024, ge=1, description="training samples per shard file")
 
@@ -45,7 +51,10 @@ class DataModeSpec(Strict):
         8, ge=1, description="tokens of each row kept as the prompt; the rest of the row is sampled"
     )
     temperature: float = Field(
-        1.0, gt=0, description="sampling temperature (a loss's temperature is its own option)"
+        1.0,
+        ge=TEMPERATURES[0],
+        le=TEMPERATURES[1],
+        description="sampling temperature (a loss's temperature is its own option)",
     )
     replay_size: int = Field(256, ge=1, description="replay: sampled rows kept for reuse")
     replay_ratio: float = Field(
