@@ -500,8 +500,10 @@ TARGETS = {"offline": 0.15, "scarce": 0.30}  # the issue's shares of the gap
 # a wider student on the tenth has a page of its own (--scarce-only)
 SCARCE_POINTER = (
     "* The `scarce` row above is the 64 k student's; a wider student on the same tenth: "
-    "[lm_scarce.md](lm_scarce.md) (`--scarce-only`, `lm_scarce` in lm.json; `scarce_gap_closed` "
-    "is its figure only where lm.json's `scarce_student` names it)."
+    "[lm_scarce.md](lm_scarce.md) with this teacher (`--scarce-only`, `lm_scarce` in lm.json) and "
+    "[lm_scarce_long.md](lm_scarce_long.md) with `shakespeare/teacher_long` (`--teacher`, "
+    "`lm_scarce_teacher_long`); `scarce_gap_closed` is another pair's figure where lm.json's "
+    "`scarce_student` and `scarce_teacher` name it."
 )
 
 
@@ -583,6 +585,11 @@ def render_scarce(
     per_seed = [round(x, 4) for x in s["gap_closed_per_seed"]]
     diffs = [round(x, 4) for x in s["kd_minus_scratch_bpc_per_seed"]]
     seconds = {m: round(t) for m, t in s["seconds"].items()}
+    below_note = (
+        " (no measure of KD where the student alone is below the teacher)"
+        if s["scratch_below_teacher_seeds"]
+        else ""
+    )
     return f"""# Causal LM: KD with the student on 10 % of the text
 
 Written by `{command}` from the stored runs (this call: {wall:.0f} s wall). Wall-clock seconds of
@@ -604,8 +611,7 @@ mean ± sample std over seeds.
 
 {text}
 
-Per seed: gap closed {json.dumps(per_seed)} (no measure of KD where the student alone is below the
-teacher); KD - scratch bpc {json.dumps(diffs)}.
+Per seed: gap closed {json.dumps(per_seed)}{below_note}; KD - scratch bpc {json.dumps(diffs)}.
 
 {status({"scarce": s}).splitlines()[-1]}
 
